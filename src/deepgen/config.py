@@ -1,0 +1,235 @@
+"""Frozen, typed configuration dataclasses.
+
+Every config in deepgen (each model family's, the trainer's, the data's) subclasses
+:class:`Config`. A config
+
+* checks the type of every field and then its own invariants at construction
+  (``validate``), so a bad value fails where it is written, not deep inside training;
+* round-trips through JSON (``to_dict`` / ``from_dict``; tuples come back as tuples);
+* accepts ``key=value`` strings from the command line (``with_overrides``), parsing each
+  value by the field's annotation; unknown keys and values of the wrong type are
+  :class:`~deepgen.errors.UserError` s that list what is accepted.
+
+Supported field types: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
+``tuple[int, ...]``, ``tuple[float, ...]``, ``tuple[str, ...]`` and ``X | None`` of these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from .errors import UserError, did_you_mean
+
+C = TypeVar("C", bound="Config")
+
+_NONE_WORDS = {"none", "null"}
+_TRUE_WORDS = {"true", "1", "yes", "on"}
+_FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a tuple of {_type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert lists to tuples and ints to floats."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError:
+                pass
+        raise UserError(f"{where} must be {_type_name(tp)}, got {value!r}.")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = [str(a) for a in get_args(tp)]
+            raise UserError(f"{where} got {value!r}. {did_you_mean(str(value), choices)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be {_type_name(tp)}, got {value!r}.")
+        item_tp = get_args(tp)[0]
+        return tuple(_coerce(v, item_tp, where) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where} must be an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where} must be a string, got {value!r}.")
+        return value
+    raise TypeError(f"config field type {tp!r} is not supported ({where})")
+
+
+def _parse(text: str, tp: Any, where: str) -> Any:
+    """Parse a command-line string into a value of annotation ``tp``."""
+    s = text.strip()
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if s.lower() in _NONE_WORDS and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse(s, arg, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(f"{where} must be {_type_name(tp)}, got {text!r}.")
+    if origin is Literal:
+        for choice in get_args(tp):
+            if str(choice) == s:
+                return choice
+        raise UserError(f"{where} got {text!r}. {did_you_mean(s, [str(a) for a in get_args(tp)])}")
+    if origin is tuple:
+        inner = s.strip("()[] ")
+        items = [p for p in (q.strip() for q in inner.split(",")) if p] if inner else []
+        return tuple(_parse(p, get_args(tp)[0], where) for p in items)
+    if tp is bool:
+        if s.lower() in _TRUE_WORDS:
+            return True
+        if s.lower() in _FALSE_WORDS:
+            return False
+        raise UserError(f"{where} must be true or false, got {text!r}.")
+    if tp is int:
+        try:
+            return int(s)
+        except ValueError:
+            raise UserError(f"{where} must be an integer, got {text!r}.") from None
+    if tp is float:
+        try:
+            return float(s)
+        except ValueError:
+            raise UserError(f"{where} must be a number, got {text!r}.") from None
+    if tp is str:
+        return s
+    raise TypeError(f"config field type {tp!r} is not supported ({where})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base class of every config: typed, validated, frozen, JSON round-trippable."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            where = f"{type(self).__name__}.{f.name}"
+            value = _coerce(getattr(self, f.name), hints[f.name], where)
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check invariants between fields; raise :class:`UserError` when one fails."""
+
+    def check(self, condition: bool, message: str) -> None:
+        """Raise a :class:`UserError` naming this config when ``condition`` is false."""
+        if not condition:
+            raise UserError(f"{type(self).__name__}: {message}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field values as plain JSON-able Python values (tuples become lists in JSON)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        """Build from a mapping; unknown keys are an error that lists the accepted ones."""
+        names = cls.field_names()
+        for key in values:
+            if key not in names:
+                raise UserError(f"{cls.__name__} has no setting {key!r}. {did_you_mean(key, names)}")
+        return cls(**dict(values))
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (validated again)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def with_overrides(self: C, overrides: Mapping[str, str]) -> C:
+        """A copy with ``key -> "text"`` overrides parsed by each field's type."""
+        hints = typing.get_type_hints(type(self))
+        names = self.field_names()
+        parsed = {}
+        for key, text in overrides.items():
+            if key not in names:
+                raise UserError(f"{type(self).__name__} has no setting {key!r}. {did_you_mean(key, names)}")
+            parsed[key] = _parse(text, hints[key], f"{type(self).__name__}.{key}")
+        return self.replace(**parsed)
+
+    def describe_fields(self) -> list[tuple[str, str, Any]]:
+        """(name, type, current value) for each field; used by ``deepgen models``."""
+        hints = typing.get_type_hints(type(self))
+        return [(f.name, _type_name(hints[f.name]), getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+
+def parse_assignments(pairs: Iterable[str]) -> dict[str, str]:
+    """Split ``["a=1", "b=x"]`` into ``{"a": "1", "b": "x"}``; a pair without ``=`` is an error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {pair!r} (for example --set latent_dim=32).")
+        out[key.strip()] = value
+    return out
+
+
+def split_overrides(
+    overrides: Mapping[str, str], configs: Mapping[str, Config]
+) -> dict[str, dict[str, str]]:
+    """Route ``key=value`` overrides to the config that owns each key.
+
+    ``configs`` maps a prefix (``"model"``, ``"train"``, ``"data"``) to a config. A key may
+    carry a prefix (``train.epochs``); an unprefixed key goes to the one config that has a
+    field of that name, and is an error when none or several do.
+    """
+    routed: dict[str, dict[str, str]] = {prefix: {} for prefix in configs}
+    for key, value in overrides.items():
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in configs:
+            routed[prefix][rest] = value
+            continue
+        owners = [p for p, cfg in configs.items() if key in cfg.field_names()]
+        if not owners:
+            every = sorted({n for cfg in configs.values() for n in cfg.field_names()})
+            raise UserError(f"unknown setting {key!r}. {did_you_mean(key, every)}")
+        if len(owners) > 1:
+            raise UserError(
+                f"setting {key!r} is ambiguous: write one of {', '.join(o + '.' + key for o in owners)}."
+            )
+        routed[owners[0]][key] = value
+    return routed

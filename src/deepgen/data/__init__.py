@@ -1,0 +1,116 @@
+"""The data layer: named datasets, user files, and resident batching.
+
+A source registers a loader under a name with :func:`register_dataset`; the loader takes
+a :class:`DataConfig` and returns a :class:`Dataset`. A name that is not registered but is
+a path is read as user data (a folder of images, a ``.npy`` / ``.npz`` array, a ``.csv``
+table) by the source that claims its suffix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError, did_you_mean
+from ..registry import Registry
+from .dataset import Batch, DataConfig, Dataset, DataSpec, Split
+from .resident import ResidentLoader, iterate
+
+Loader = Callable[[DataConfig], Dataset]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: its loader and one line for ``deepgen datasets``."""
+
+    name: str
+    loader: Loader
+    description: str
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+# User-file readers keyed by suffix ("" for folders): each takes (path, config).
+PATH_READERS: dict[str, Callable[[Path, DataConfig], Dataset]] = {}
+
+
+def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
+    """Decorator: make ``loader(config) -> Dataset`` available as dataset ``name``."""
+
+    def add(loader: Loader) -> Loader:
+        DATASETS.register(name)(DatasetEntry(name, loader, description))
+        return loader
+
+    return add
+
+
+def register_path_reader(*suffixes: str) -> Callable:
+    """Decorator: read user files with these suffixes (``""`` means a folder)."""
+
+    def add(reader: Callable[[Path, DataConfig], Dataset]) -> Callable[[Path, DataConfig], Dataset]:
+        for suffix in suffixes:
+            PATH_READERS[suffix] = reader
+        return reader
+
+    return add
+
+
+def load_dataset(name: str | DataConfig = "digits", **options: Any) -> Dataset:
+    """Load a dataset by registered name or user path.
+
+    >>> ds = load_dataset("digits")
+    >>> ds.spec.shape
+    (1, 8, 8)
+
+    ``options`` are :class:`DataConfig` fields (``data_dir``, ``binarization``, ...).
+    """
+    config = name if isinstance(name, DataConfig) else DataConfig(name=name, **options)
+    if isinstance(name, DataConfig) and options:
+        config = config.replace(**options)
+    _load_sources()
+    if config.name in DATASETS:
+        ds = DATASETS.get(config.name).loader(config)
+    else:
+        path = Path(config.name).expanduser()
+        if not path.exists():
+            raise UserError(
+                f"unknown dataset {config.name!r} (and no such file or folder). "
+                f"{did_you_mean(config.name, DATASETS.names())} "
+                f"User data: a folder of PNG/JPEG images, a .npy/.npz array or a .csv table."
+            )
+        suffix = "" if path.is_dir() else path.suffix.lower()
+        if suffix not in PATH_READERS:
+            accepted = ", ".join(s or "a folder" for s in sorted(PATH_READERS))
+            raise UserError(f"cannot read {str(path)!r}: accepted user data is {accepted}.")
+        ds = PATH_READERS[suffix](path, config)
+    if config.max_train:
+        ds.train = ds.train.subset(config.max_train)
+    return ds
+
+
+def dataset_descriptions() -> list[tuple[str, str]]:
+    """(name, one-line description) for every registered dataset."""
+    _load_sources()
+    return [(n, DATASETS.get(n).description) for n in DATASETS.names()]
+
+
+def _load_sources() -> None:
+    # Importing a source module registers its datasets.
+    from . import arrays, digits, idx, images, mat, tables, toy2d  # noqa: F401
+
+
+__all__ = [
+    "Batch",
+    "DATASETS",
+    "DataConfig",
+    "DataSpec",
+    "Dataset",
+    "ResidentLoader",
+    "Split",
+    "dataset_descriptions",
+    "iterate",
+    "load_dataset",
+    "register_dataset",
+    "register_path_reader",
+]

@@ -1,0 +1,167 @@
+"""What a model sees (:class:`DataSpec`), what a dataset holds (:class:`Dataset`), and the
+options every source accepts (:class:`DataConfig`).
+
+Datasets keep raw values (uint8 pixels, float32 tables) and convert each batch to the
+model's space on the device (:meth:`Dataset.convert`), so that a whole image dataset can
+live on the GPU in its compact form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import UserError
+
+Kind = Literal["binary", "continuous", "discrete", "tokens", "real"]
+
+
+@dataclass(frozen=True)
+class DataSpec(Config):
+    """The shape and kind of one example, as the model sees it.
+
+    * ``binary``: values in {0, 1} (float tensors).
+    * ``continuous``: values in [0, 1]; ``num_levels`` is the number of levels of the
+      quantised source (256 for uint8 pixels, 17 for scikit-learn digits), None if none.
+    * ``discrete``: integer values in [0, num_levels - 1] (float tensors holding integers).
+    * ``tokens``: integer token ids below ``vocab_size`` (int64 tensors).
+    * ``real``: unbounded floats (standardised tables, 2-D point sets).
+    """
+
+    shape: tuple[int, ...]
+    kind: Kind
+    num_levels: int | None = None
+    vocab_size: int | None = None
+    num_classes: int | None = None  # labels 0..num_classes-1 exist when set
+    name: str = ""
+
+    def validate(self) -> None:
+        self.check(len(self.shape) >= 1 and all(s > 0 for s in self.shape), f"bad shape {self.shape}")
+        if self.kind == "discrete":
+            self.check(self.num_levels is not None and self.num_levels >= 2, "discrete data needs num_levels >= 2")
+        if self.kind == "tokens":
+            self.check(self.vocab_size is not None and self.vocab_size >= 2, "token data needs vocab_size >= 2")
+
+    @property
+    def dim(self) -> int:
+        """Number of scalar dimensions D of one example (for bits per dimension)."""
+        return math.prod(self.shape)
+
+    @property
+    def is_image(self) -> bool:
+        """True for (C, H, W) data with 1 or 3 channels."""
+        return len(self.shape) == 3 and self.shape[0] in (1, 3)
+
+
+@dataclass
+class Split:
+    """One split of raw examples: ``x`` (N, *raw_shape) and optional labels ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.y is not None and len(self.y) != len(self.x):
+            raise ValueError(f"{len(self.x)} examples but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, n: int) -> Split:
+        return Split(self.x[:n], None if self.y is None else self.y[:n])
+
+
+@dataclass
+class Batch:
+    """A batch in model space: ``x`` (B, *spec.shape) and labels ``y`` (B,) or None."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Dataset:
+    """A named dataset: its spec, raw splits, and how raw values become model inputs.
+
+    ``scale`` multiplies the raw values (1/255 for uint8 pixels); ``binarize`` draws
+    Bernoulli pixels from the scaled values on every call (dynamic binarization, as in
+    the IWAE paper). ``state`` holds arrays a run must keep to undo the preprocessing
+    (a CSV table's mean and standard deviation); ``meta`` holds JSON-able facts
+    (column names, the true modes of a 2-D toy, the source path).
+    """
+
+    name: str
+    spec: DataSpec
+    train: Split
+    test: Split
+    scale: float | None = None
+    binarize: bool = False
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def convert(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Raw values (B, *raw_shape) -> model space (B, *spec.shape) on ``raw``'s device."""
+        if self.spec.kind == "tokens":
+            return raw.long()
+        x = raw.float()
+        if self.scale is not None:
+            x = x * self.scale
+        if self.binarize:
+            x = torch.bernoulli(x, generator=generator)
+        return x
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "test"):
+            raise UserError(f"unknown split {name!r}. Accepted: train, test.")
+        return self.train if name == "train" else self.test
+
+    def to_original(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo standardisation for tables (``state`` has ``mean`` and ``std``); else identity."""
+        if "mean" in self.state and "std" in self.state:
+            mean = torch.as_tensor(self.state["mean"], dtype=x.dtype, device=x.device)
+            std = torch.as_tensor(self.state["std"], dtype=x.dtype, device=x.device)
+            return x * std + mean
+        return x
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    """Which dataset to load and the options its source reads (others ignore them)."""
+
+    name: str = "digits"  # a registered dataset name, or a path to a folder / .npy / .npz / .csv
+    data_dir: str | None = None  # where to look first; then $DEEPGEN_DATA, then the user cache
+    binarization: Literal["dynamic", "static"] = "dynamic"  # mnist-binarized
+    seed: int = 0  # static binarization, toy sampling, user-data test split
+    image_size: tuple[int, ...] = ()  # image folders: (H, W) to resize to; () = first image's size
+    channels: int | None = None  # image folders: 1 or 3; None = from the first image
+    test_fraction: float = 0.1  # sources without a test split hold this fraction out
+    num_samples: int = 20000  # 2-D toys: training points (the test set is a quarter of it)
+    noise: float | None = None  # 2-D toys: None = the dataset's published default
+    label_column: str | None = None  # CSV tables: a column to use as labels, not as data
+    max_train: int = 0  # 0 = all; otherwise keep the first N training examples (quick runs)
+    download: bool = False  # allow fetching a missing dataset that has a public source
+
+    def validate(self) -> None:
+        self.check(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        self.check(self.num_samples >= 10, f"num_samples must be >= 10, got {self.num_samples}")
+        self.check(self.max_train >= 0, f"max_train must be >= 0, got {self.max_train}")
+        self.check(self.channels in (None, 1, 3), f"channels must be 1, 3 or none, got {self.channels}")
+        self.check(
+            self.image_size == () or (len(self.image_size) == 2 and min(self.image_size) > 0),
+            f"image_size must be (H, W) with positive sizes or empty, got {self.image_size}",
+        )
+        self.check(self.noise is None or self.noise >= 0, f"noise must be >= 0, got {self.noise}")
+
+
+def replace_splits(ds: Dataset, **changes: Any) -> Dataset:
+    """A shallow copy of ``ds`` with some fields replaced."""
+    return dataclasses.replace(ds, **changes)

@@ -1,0 +1,113 @@
+"""Batching with the whole split resident on the device.
+
+The raw tensor is copied to the device once; every batch is an index slice of a
+device-side permutation, converted to model space on the device. No DataLoader, no host
+copies, no host synchronisation per batch. The loader's position (epoch, permutation,
+offset) and its two generators are part of the trainer state, so a resumed run sees the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .dataset import Batch, Dataset
+
+
+class ResidentLoader:
+    """An endless stream of shuffled full batches from one split.
+
+    ``next()`` returns a :class:`Batch` of exactly ``batch_size`` examples; when the
+    current epoch cannot supply a full batch, a new permutation starts (the tail is
+    dropped, as with ``drop_last=True``).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        split: str = "train",
+    ) -> None:
+        data = dataset.split(split)
+        if batch_size > len(data):
+            batch_size = len(data)
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.x = data.x.to(self.device)
+        self.y = None if data.y is None else data.y.to(self.device)
+        self.n = len(data)
+        # Two streams: one for the order, one for per-batch randomness (binarization),
+        # so that changing one never shifts the other.
+        self.order_gen = torch.Generator(self.device).manual_seed(seed)
+        self.convert_gen = torch.Generator(self.device).manual_seed(seed + 1)
+        self.epoch = 0
+        self.pos = 0
+        self.perm = torch.randperm(self.n, generator=self.order_gen, device=self.device)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    @property
+    def at_epoch_end(self) -> bool:
+        """True when the current epoch has no full batch left."""
+        return self.pos + self.batch_size > self.n
+
+    @property
+    def epochs_done(self) -> int:
+        """Completed epochs, counting the current one when it is used up."""
+        return self.epoch + int(self.at_epoch_end)
+
+    def next(self) -> Batch:
+        if self.at_epoch_end:
+            self.epoch += 1
+            self.pos = 0
+            self.perm = torch.randperm(self.n, generator=self.order_gen, device=self.device)
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        x = self.dataset.convert(self.x[idx], self.convert_gen)
+        y = None if self.y is None else self.y[idx]
+        return Batch(x, y)
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "perm": self.perm.cpu(),
+            "order_gen": self.order_gen.get_state(),
+            "convert_gen": self.convert_gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.pos = int(state["pos"])
+        self.perm = state["perm"].to(self.device)
+        self.order_gen.set_state(state["order_gen"])
+        self.convert_gen.set_state(state["convert_gen"])
+
+
+def iterate(
+    dataset: Dataset,
+    split: str = "test",
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    limit: int = 0,
+) -> Iterator[Batch]:
+    """Every example of a split once, in order, in model space (the last batch may be short).
+
+    ``limit`` > 0 keeps only the first ``limit`` examples. ``generator`` drives any
+    per-batch randomness of the conversion (dynamic binarization).
+    """
+    data = dataset.split(split)
+    n = len(data) if limit <= 0 else min(limit, len(data))
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        raw = data.x[start:stop].to(device)
+        y = None if data.y is None else data.y[start:stop].to(device)
+        yield Batch(dataset.convert(raw, generator), y)
