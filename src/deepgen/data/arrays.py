@@ -1,0 +1,170 @@
+"""User arrays: ``.npy`` and ``.npz`` files.
+
+What the array holds decides the kind:
+
+* only 0 and 1 -> ``binary`` (stored uint8);
+* integer images (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3} and values
+  0..255 -> ``continuous`` uint8 pixels, ``scale = 1/255``;
+* float images in [0, 1] -> ``continuous`` float32;
+* anything else of shape (N, D) (or (N,)) -> ``real``, standardised with the training
+  split's mean and std (kept in ``Dataset.state``).
+
+An ``.npz`` holds the data under ``x``, ``X``, ``data`` or ``arr_0`` and optional labels
+under ``y``, ``Y`` or ``labels``. There is no official split: a seeded ``test_fraction``
+is held out.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from . import register_path_reader
+from .dataset import DataConfig, Dataset, DataSpec, Split
+from .files import holdout
+from .tables import encode_labels, standardise
+
+DATA_KEYS = ("x", "X", "data", "arr_0")
+LABEL_KEYS = ("y", "Y", "labels")
+ACCEPTED = (
+    "accepted: 0/1 arrays, uint8 images (N,H,W) / (N,H,W,C) / (N,C,H,W) with C 1 or 3, "
+    "float images in [0, 1], or numeric tables (N, D)"
+)
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(data, labels or None, key the data came from)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "pickle" in str(e).lower():
+            raise UserError(
+                f"{path} holds Python objects (an object or string-object array), which are not read "
+                f"for safety; save a numeric array instead ({ACCEPTED})."
+            ) from None
+        raise UserError(f"cannot read {path}: {e}.") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read {path}: the file is truncated or not a NumPy file ({e}).") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded, None, ""
+    with loaded as npz:
+        keys = list(npz.keys())
+        key = next((k for k in DATA_KEYS if k in keys), None)
+        if key is None:
+            raise UserError(
+                f"{path} has arrays {', '.join(keys) or '(none)'}, but the data must be under one of "
+                f"{', '.join(DATA_KEYS)} (labels optionally under {', '.join(LABEL_KEYS)})."
+            )
+        try:
+            x = npz[key]
+            label_key = next((k for k in LABEL_KEYS if k in keys), None)
+            y = None if label_key is None else npz[label_key]
+        except ValueError:
+            raise UserError(
+                f"{path} holds Python objects (an object array), which are not read for safety; "
+                f"save numeric arrays instead ({ACCEPTED})."
+            ) from None
+        except (OSError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f"cannot read {path}: an array in it is truncated or corrupt ({e}).") from None
+    return x, y, key
+
+
+def _check_values(path: Path, x: np.ndarray) -> np.ndarray:
+    """Reject non-numeric data and NaN/Inf; bools become uint8."""
+    if x.dtype.kind == "b":
+        return x.astype(np.uint8)
+    if x.dtype.kind not in "iuf":
+        raise UserError(f"{path} holds {x.dtype} values (dtype kind {x.dtype.kind!r}); only numbers are accepted ({ACCEPTED}).")
+    if x.ndim == 0 or len(x) == 0:
+        raise UserError(f"{path} holds no examples (shape {x.shape}); the first axis must index examples.")
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        count = int(bad.sum())
+        if count:
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise UserError(
+                f"{path} has {count} NaN or infinite values; the first is at index {first}. "
+                f"Remove or fill them before training."
+            )
+    return x
+
+
+def _to_nchw(path: Path, x: np.ndarray) -> np.ndarray | None:
+    """Image layout (N, C, H, W) for 3-D / 4-D arrays; None when not an image array."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4:
+        if x.shape[1] in (1, 3):
+            return x
+        if x.shape[3] in (1, 3):
+            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        raise UserError(f"{path} has shape {x.shape}: 4-D arrays must be (N, H, W, C) or (N, C, H, W) with C 1 or 3.")
+    if x.ndim > 4:
+        raise UserError(f"{path} has {x.ndim} dimensions {x.shape}; {ACCEPTED}.")
+    return None
+
+
+@register_path_reader(".npy", ".npz")
+def read_array(path: Path, config: DataConfig) -> Dataset:
+    """A NumPy array as binary, image or real data (see the module docstring)."""
+    x, y_raw, key = _load(path)
+    x = _check_values(path, x)
+    if x.ndim == 1:
+        x = x[:, None]  # (N,) -> (N, 1): one scalar feature
+    name = str(path)
+    meta: dict[str, Any] = {"source": name, "test_fraction": config.test_fraction, "seed": config.seed}
+    if key:
+        meta["key"] = key
+
+    y = None
+    if y_raw is not None:
+        if y_raw.ndim != 1 or len(y_raw) != len(x):
+            raise UserError(f"{path}: labels have shape {y_raw.shape}, expected ({len(x)},), one per example.")
+        codes, values = encode_labels(y_raw, f"{path} labels")
+        y = torch.from_numpy(codes)
+        meta["label_values"] = values
+    num_classes = len(meta["label_values"]) if y is not None else None
+
+    images = _to_nchw(path, x)
+    is_binary = bool(((x == 0) | (x == 1)).all())
+    state: dict[str, np.ndarray] = {}
+    scale = None
+    if is_binary:
+        data = (images if images is not None else x).astype(np.uint8)
+        kind, levels = "binary", None
+    elif images is not None and x.dtype.kind in "iu":
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise UserError(f"{path}: integer images must hold values 0..255, found {lo}..{hi}.")
+        data, kind, levels, scale = images.astype(np.uint8), "continuous", 256, 1 / 255
+    elif images is not None:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise UserError(
+                f"{path}: float images must hold values in [0, 1], found [{lo:g}, {hi:g}]; "
+                f"save uint8 pixels 0..255 or divide by the maximum."
+            )
+        data, kind, levels = images.astype(np.float32), "continuous", None
+    else:
+        data, kind, levels = x, "real", None
+
+    train_idx, test_idx = holdout(len(data), config.test_fraction, config.seed)
+    tr, te = data[train_idx.numpy()], data[test_idx.numpy()]
+    if kind == "real":
+        tr, te, mean, std = standardise(tr, te)
+        state = {"mean": mean, "std": std}
+    spec = DataSpec(shape=tuple(data.shape[1:]), kind=kind, num_levels=levels, num_classes=num_classes, name=name)
+    return Dataset(
+        name,
+        spec,
+        Split(torch.from_numpy(np.ascontiguousarray(tr)), None if y is None else y[train_idx]),
+        Split(torch.from_numpy(np.ascontiguousarray(te)), None if y is None else y[test_idx]),
+        scale=scale,
+        state=state,
+        meta=meta,
+    )

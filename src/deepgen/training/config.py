@@ -1,0 +1,39 @@
+"""The trainer's config: everything about how to optimise, nothing about what."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import Config
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0  # seeds the weights (when the CLI builds the model), the data order and the noise
+    device: str = "auto"  # auto = cuda when available, else cpu; or cpu, cuda, cuda:N, mps
+    schedule: Literal["constant", "cosine", "linear"] = "constant"  # lr factor over the run
+    warmup_steps: int = 0  # linear warm-up of the lr from 0 over this many steps
+    grad_clip: float = 0.0  # max global gradient norm per phase; 0 = off
+    bf16: bool = False  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    log_every: int = 50  # steps between reads of the logged device tensors (one sync each)
+    sample_every: int = 0  # steps between sample pictures; 0 = at the end of each epoch
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
+    max_steps: int = 0  # stop after this many steps in all (0 = no limit)
+    num_samples: int = 64  # examples in each sample picture (2-D data: 20x as many points)
+    progress: bool = True  # tqdm progress bar
+    tensorboard: bool = True  # TensorBoard event files in run/tb (needs the tensorboard package)
+
+    def validate(self) -> None:
+        self.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        self.check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        self.check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        self.check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        self.check(0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (0 = off), got {self.ema}")
+        self.check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        for name in ("sample_every", "checkpoint_every", "max_steps"):
+            self.check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        self.check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")

@@ -1,0 +1,382 @@
+"""The one training loop, for every family.
+
+A training step runs the model's phases in order; each phase takes ``repeats`` optimizer
+steps on its own parameters with its own optimizer, then its after-step hook. The loop
+knows nothing about families: it sees phases, losses and device tensors to log.
+
+The step stays free of host synchronisation: logged values are summed on the device and
+read once every ``log_every`` steps (one sync), which is also where the NaN/Inf guard
+looks. A checkpoint is written only after that guard has seen finite values, so the last
+checkpoint is always a good one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DataConfig, Dataset, ResidentLoader, load_dataset
+from ..errors import TrainingDiverged, UserError
+from ..models import create_model, model_class
+from ..models.base import GenerativeModel, OptimizerSpec, Phase
+from ..viz import save_samples
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .logging import RunLogger
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else must be a usable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}. Accepted: auto, cpu, cuda, cuda:N, mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but this machine has no CUDA GPU. Use device=cpu or auto.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name!r} asked for, but MPS is not available here. Use device=cpu or auto.")
+    return device
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's global generators (CPU and every GPU)."""
+    torch.manual_seed(seed)
+
+
+def build_optimizer(spec: OptimizerSpec, params: Sequence[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """A torch optimizer from a phase's spec: fused Adam on CUDA, foreach elsewhere."""
+    fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if spec.name in ("adam", "adamw"):
+        cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay, **fast)
+    if spec.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=spec.lr, eps=spec.eps, momentum=spec.momentum, weight_decay=spec.weight_decay, foreach=True)
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, foreach=True)
+
+
+def lr_factor(config: TrainConfig, step: int, total: int) -> float:
+    """Multiplier of the base lr at ``step`` of ``total``: warm-up, then the schedule."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant" or total <= config.warmup_steps:
+        return 1.0
+    t = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0 - t
+
+
+class EMA:
+    """An exponential moving average of a model's weights (a copy kept in eval mode)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_p = [p for p in self.model.parameters() if p.dtype.is_floating_point]
+        src_p = [p for p in model.parameters() if p.dtype.is_floating_point]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - self.decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns: steps taken, epochs completed, seconds, and the last logged values."""
+
+    steps: int
+    epochs: int
+    seconds: float
+    last: dict[str, float]
+
+
+class Trainer:
+    """Train ``model`` on ``dataset``; write the run folder ``run_dir`` (None: write nothing).
+
+    >>> trainer = Trainer(model, dataset, TrainConfig(epochs=2), run_dir="runs/vae")
+    >>> result = trainer.fit()
+
+    ``callbacks`` are called with the trainer at the end of every epoch.
+    """
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        dataset: Dataset,
+        config: TrainConfig | None = None,
+        run_dir: str | Path | None = None,
+        *,
+        data_config: DataConfig | None = None,
+        callbacks: Sequence[Callable[[Trainer], None]] = (),
+        _resume_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config or TrainConfig()
+        self.device = resolve_device(self.config.device)
+        self.model = model.to(self.device)
+        self.dataset = dataset
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.data_config = data_config or DataConfig(name=dataset.name)
+        self.callbacks = list(callbacks)
+        self.model_name = type(model).registered_name or type(model).__name__
+        self.phases: list[Phase] = model.phases()
+        self._check_phases()
+        self.optimizers = [build_optimizer(p.optimizer, p.parameters, self.device) for p in self.phases]
+        self.base_lrs = [p.optimizer.lr for p in self.phases]
+        self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed)
+        self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
+        self.step = 0
+        self.seconds = 0.0
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+        resume_step = None
+        if _resume_state is not None:
+            self._restore(_resume_state)
+            resume_step = self.step
+        elif self.run_dir is not None:
+            ckpt.write_run_config(self.run_dir, self.model_name, model.config, self.data_config, self.config, dataset)
+        self.logger = RunLogger(self.run_dir, self.config.tensorboard, resume_step=resume_step)
+
+    # -- setup ----------------------------------------------------------------------------
+    def _check_phases(self) -> None:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.model_name}: phase names must be distinct, got {names}")
+        for p in self.phases:
+            if not p.parameters:
+                raise ValueError(f"{self.model_name}: phase {p.name!r} has no parameters")
+
+    @property
+    def batches_per_step(self) -> int:
+        return 1 + sum(p.repeats - 1 for p in self.phases if p.new_batch)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps the run will take (for the lr schedule and the progress bar)."""
+        per_epoch = max(1, self.loader.steps_per_epoch // self.batches_per_step)
+        total = self.config.epochs * per_epoch
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train until ``epochs`` are done or ``max_steps`` are taken; return a summary."""
+        cfg = self.config
+        if self.step == 0:
+            seed_all(cfg.seed + 1)  # the model's own noise; weights were seeded by the caller
+        bar = self._progress_bar()
+        last_epochs_done = self.loader.epochs_done
+        start = time.perf_counter() - self.seconds
+        self.model.train()
+        try:
+            while not self._finished():
+                self._train_step()
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                epochs_done = self.loader.epochs_done
+                epoch_ended = epochs_done > last_epochs_done
+                last_epochs_done = epochs_done
+                finished = self._finished()
+                if self.step % cfg.log_every == 0 or epoch_ended or finished:
+                    self.seconds = time.perf_counter() - start
+                    self._flush_logs(bar)
+                if (cfg.sample_every and self.step % cfg.sample_every == 0) or (not cfg.sample_every and epoch_ended) or finished:
+                    self.save_samples()
+                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or (not cfg.checkpoint_every and epoch_ended) or finished:
+                    self.seconds = time.perf_counter() - start
+                    self.save_checkpoint()
+                if epoch_ended:
+                    for callback in self.callbacks:
+                        callback(self)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.logger.close()
+        self.seconds = time.perf_counter() - start
+        return TrainResult(self.step, self.loader.epochs_done, self.seconds, dict(self.last))
+
+    def _finished(self) -> bool:
+        cfg = self.config
+        return self.loader.epochs_done >= cfg.epochs or bool(cfg.max_steps and self.step >= cfg.max_steps)
+
+    def _train_step(self) -> None:
+        cfg = self.config
+        epoch = self.loader.epochs_done  # the epoch this step's batches come from
+        factor = lr_factor(cfg, self.step, self.total_steps)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+        batch = self.loader.next()
+        prefix_phase = len(self.phases) > 1
+        for phase, opt, base_lr in zip(self.phases, self.optimizers, self.base_lrs):
+            if not phase.active(epoch):
+                continue
+            for group in opt.param_groups:
+                group["lr"] = base_lr * factor
+            for r in range(phase.repeats):
+                if r > 0 and phase.new_batch:
+                    batch = self.loader.next()
+                with autocast:
+                    out = self.model.loss(batch, phase.name)
+                self.model.zero_grad(set_to_none=True)
+                out.loss.backward()
+                logs = {"loss": out.loss, **out.logs}
+                if cfg.grad_clip > 0:
+                    logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(phase.parameters, cfg.grad_clip, foreach=True)
+                opt.step()
+                if phase.after_step is not None:
+                    phase.after_step()
+                for key, value in logs.items():
+                    name = f"{phase.name}/{key}" if prefix_phase else key
+                    self._accumulate(name, value)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _accumulate(self, name: str, value: torch.Tensor) -> None:
+        v = value.detach().float().reshape(())
+        if name in self._sums:
+            self._sums[name] += v
+            self._counts[name] += 1
+        else:
+            self._sums[name] = v.clone()
+            self._counts[name] = 1
+
+    def _flush_logs(self, bar: Any = None) -> None:
+        """Read the summed device tensors (one sync), log their means, guard against NaN."""
+        if not self._sums:
+            return
+        names = list(self._sums)
+        values = torch.stack([self._sums[n] for n in names]).tolist()
+        means = {n: v / self._counts[n] for n, v in zip(names, values)}
+        self._sums.clear()
+        self._counts.clear()
+        extra = {"epoch": self.loader.epochs_done, "seconds": round(self.seconds, 3)}
+        self.logger.log(self.step, means, **extra)
+        bad = [n for n, v in means.items() if not math.isfinite(v)]
+        if bad:
+            kept = f"the last good checkpoint in {self.run_dir} is kept" if self.run_dir else "no run folder was written"
+            raise TrainingDiverged(
+                f"training diverged: {', '.join(bad)} became NaN/Inf by step {self.step}; {kept}. "
+                "Lower the learning rate (--set lr=...), set grad_clip=1.0, or turn off bf16."
+            )
+        self.last = means
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:4]}, refresh=False)
+
+    def _progress_bar(self) -> Any:
+        if not self.config.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), desc=self.model_name, unit="step", dynamic_ncols=True)
+
+    # -- outputs --------------------------------------------------------------------------
+    @property
+    def eval_model(self) -> GenerativeModel:
+        """The model used for pictures and evaluation: the EMA copy when there is one."""
+        return self.ema.model if self.ema is not None else self.model  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def save_samples(self) -> Path | None:
+        """Write ``samples.png`` (and a per-step copy) from a fixed generator."""
+        if self.run_dir is None:
+            return None
+        spec = self.dataset.spec
+        n = self.config.num_samples * (20 if spec.shape == (2,) else 1)
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        gen = torch.Generator(self.device).manual_seed(self.config.seed + 12345)
+        cond = None
+        if getattr(model.config, "conditional", False) and spec.num_classes:
+            cond = torch.arange(n, device=self.device) % spec.num_classes
+        samples = model.sample(n, generator=gen, cond=cond, mean=spec.is_image)
+        model.train(was_training)
+        path = self.run_dir / "samples.png"
+        if save_samples(samples, spec, path, reference=self.dataset.meta.get("modes")):
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            step_path = self.run_dir / "samples" / f"step{self.step:07d}.png"
+            step_path.write_bytes(path.read_bytes())
+            return path
+        return None
+
+    def save_checkpoint(self) -> None:
+        """Weights, EMA, optimizers, step, RNG states and data position, written atomically."""
+        if self.run_dir is None:
+            return
+        self._flush_logs()  # the NaN guard sees every step before the checkpoint is written
+        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()
+        if not bool(finite):
+            raise TrainingDiverged(f"a weight became NaN/Inf by step {self.step}; the last good checkpoint in {self.run_dir} is kept.")
+        meta = {"step": str(self.step), "model": self.model_name}
+        ckpt.save_tensors(self.run_dir / ckpt.WEIGHTS, self.model.state_dict(), meta)
+        if self.ema is not None:
+            ckpt.save_tensors(self.run_dir / ckpt.EMA_WEIGHTS, self.ema.model.state_dict(), meta)
+        state: dict[str, Any] = {
+            "step": self.step,
+            "seconds": self.seconds,
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "loader": self.loader.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        ckpt.save_trainer_state(self.run_dir, state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.seconds = float(state["seconds"])
+        for opt, sd in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(sd)
+        self.loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+
+    # -- resuming -------------------------------------------------------------------------
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str | Path,
+        *,
+        callbacks: Sequence[Callable[[Trainer], None]] = (),
+        **train_overrides: Any,
+    ) -> Trainer:
+        """Continue a run folder exactly where its last checkpoint stopped.
+
+        ``train_overrides`` change trainer settings (``epochs=40`` to train longer); the
+        model and data configs are the saved ones. On the CPU, a resumed run's losses equal
+        an uninterrupted run's.
+        """
+        run_dir = Path(run_dir)
+        cfg = ckpt.read_run_config(run_dir)
+        state = ckpt.load_trainer_state(run_dir)
+        train_config = TrainConfig.from_dict(cfg["train"])
+        if train_overrides:
+            train_config = train_config.replace(**train_overrides)
+        data_config = DataConfig.from_dict(cfg["data"])
+        dataset = load_dataset(data_config)
+        model_config = model_class(cfg["model"]).config_class.from_dict(cfg["model_config"])
+        model = create_model(cfg["model"], dataset, model_config)
+        weights = run_dir / ckpt.WEIGHTS
+        if ckpt.step_of(weights) != int(state["step"]):
+            raise UserError(f"{run_dir}: {ckpt.WEIGHTS} and {ckpt.TRAINER_STATE}/ are from different steps; the checkpoint is incomplete.")
+        model.load_state_dict(ckpt.read_tensors(weights))
+        trainer = cls(model, dataset, train_config, run_dir, data_config=data_config, callbacks=callbacks, _resume_state=state)
+        if trainer.ema is not None and (run_dir / ckpt.EMA_WEIGHTS).is_file():
+            trainer.ema.model.load_state_dict(ckpt.read_tensors(run_dir / ckpt.EMA_WEIGHTS))
+        # Record the new trainer settings (e.g. more epochs) in the run's config.
+        cfg["train"] = train_config.to_dict()
+        ckpt.write_json(run_dir / ckpt.CONFIG, cfg)
+        return trainer

@@ -1,0 +1,109 @@
+"""Pictures of data: image grids (Pillow) and 2-D scatter plots (matplotlib, Agg).
+
+Every writer goes through :func:`atomic_path`, so a crash never leaves half a PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.dataset import DataSpec
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, upscale: int = 0) -> np.ndarray:
+    """(N, C, H, W) values in [0, 1] -> (rows*(H+pad)+pad, cols*(W+pad)+pad[, 3]) uint8 grid.
+
+    ``upscale`` > 0 repeats pixels so small images (8x8 digits) stay visible; 0 picks a
+    factor that makes each tile at least 28 pixels high.
+    """
+    x = images.detach().float().cpu().clamp(0, 1)
+    n, c, h, w = x.shape
+    if upscale <= 0:
+        upscale = max(1, math.ceil(28 / h))
+    if upscale > 1:
+        x = x.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
+        h, w = h * upscale, w * upscale
+    cols = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    grid = torch.ones(c, rows * (h + pad) + pad, cols * (w + pad) + pad) * 0.5
+    for i in range(n):
+        r, col = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = x[i]
+    arr = (grid.numpy() * 255).round().astype(np.uint8)
+    return arr[0] if c == 1 else arr.transpose(1, 2, 0)
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Write (N, C, H, W) images in [0, 1] as one PNG grid."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image_grid(images, nrow)).save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_scatter(
+    points: torch.Tensor,
+    path: str | Path,
+    labels: torch.Tensor | None = None,
+    reference: Sequence[Sequence[float]] | None = None,
+    title: str = "",
+) -> Path:
+    """Scatter (N, 2) points, coloured by ``labels`` (N,) if given; ``reference`` (M, 2)
+    points (the true modes of a toy) are drawn as red crosses on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = points.detach().float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    c = None if labels is None else labels.detach().cpu().numpy()
+    sc = ax.scatter(p[:, 0], p[:, 1], s=4, c=c, cmap="tab10" if c is not None else None, alpha=0.7)
+    if c is not None and len(np.unique(c)) <= 20:
+        fig.colorbar(sc, ax=ax, fraction=0.046)
+    if reference is not None and len(reference):
+        ref = np.asarray(reference, dtype=float)
+        ax.scatter(ref[:, 0], ref[:, 1], marker="x", c="red", s=40)
+    ax.set_title(title)
+    ax.set_aspect("equal", adjustable="datalim")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def save_samples(samples: torch.Tensor, spec: DataSpec, path: str | Path, reference: Sequence[Sequence[float]] | None = None) -> bool:
+    """Save samples (N, *spec.shape) as the picture that fits the data: a grid for images,
+    a scatter for 2-D points. Returns False (writes nothing) for other data."""
+    if spec.is_image:
+        x = samples.float()
+        if spec.kind == "discrete" and spec.num_levels:
+            x = x / (spec.num_levels - 1)
+        save_image_grid(x, path)
+        return True
+    if spec.shape == (2,):
+        save_scatter(samples, path, reference=reference, title=f"{len(samples)} samples")
+        return True
+    return False

@@ -1,0 +1,162 @@
+"""The trainer: schedules, clipping, EMA, bf16, the NaN guard, the run folder format, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+import deepgen
+from deepgen.data import DataConfig
+from deepgen.errors import TrainingDiverged, UserError
+from deepgen.training import TrainConfig, Trainer, load_run, read_metrics, seed_all
+from deepgen.training.trainer import lr_factor, resolve_device
+
+DATA = DataConfig(name="digits", max_train=256)
+SMALL = {"hidden": (32,), "latent_dim": 4}
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(epochs=2, batch_size=32, device="cpu", log_every=1, progress=False, tensorboard=False)
+    return dataclasses.replace(base, **changes)
+
+
+def _trainer(run_dir, model_name="vae", **train) -> Trainer:
+    ds = deepgen.load_dataset(DATA)
+    seed_all(0)
+    model = deepgen.create_model(model_name, ds, **SMALL)
+    return Trainer(model, ds, _config(**train), run_dir, data_config=DATA)
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(schedule="cosine", warmup_steps=10)
+    assert lr_factor(cfg, 0, 110) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9, 110) == pytest.approx(1.0)
+    assert lr_factor(cfg, 60, 110) == pytest.approx(0.5)
+    assert lr_factor(cfg, 110, 110) == pytest.approx(0.0, abs=1e-12)
+    lin = TrainConfig(schedule="linear")
+    assert lr_factor(lin, 25, 100) == pytest.approx(0.75)
+    assert lr_factor(TrainConfig(), 50, 100) == 1.0
+
+
+def test_lr_follows_schedule_in_the_optimizer(tmp_path):
+    trainer = _trainer(None, schedule="linear", epochs=1)
+    trainer.fit()
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    total = trainer.total_steps
+    assert lr == pytest.approx(trainer.base_lrs[0] * (1 - (total - 1) / total))
+
+
+def test_run_folder_layout_has_no_pickles_and_no_temp_files(tmp_path):
+    run = tmp_path / "run"
+    _trainer(run, tensorboard=True).fit()
+    names = {p.name for p in run.iterdir()}
+    assert {"config.json", "model.safetensors", "trainer_state", "metrics.jsonl", "samples.png", "tb"} <= names
+    assert not [n for n in names if n.startswith(".")], f"temporary files left: {names}"
+    assert sorted(p.name for p in (run / "trainer_state").iterdir()) == ["state.json", "tensors.safetensors"]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == "vae" and cfg["model_config"]["latent_dim"] == 4 and cfg["data"]["name"] == "digits"
+    assert list((run / "tb").iterdir()), "TensorBoard event file missing"
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    trainer = _trainer(None, epochs=6)
+    trainer.fit()
+    # fresh loss vs final: the ELBO improves a lot in a few epochs on digits
+    assert trainer.last["loss"] < 0.8 * read_first_loss(trainer)
+
+
+def read_first_loss(trainer: Trainer) -> float:
+    ds = trainer.dataset
+    seed_all(0)
+    fresh = deepgen.create_model("vae", ds, **SMALL)
+    batch = deepgen.data.ResidentLoader(ds, 256, "cpu", seed=0).next()
+    with torch.no_grad():
+        return float(fresh.loss(batch, "main").loss)
+
+
+def test_grad_clip_logs_the_norm_and_bf16_trains(tmp_path):
+    trainer = _trainer(None, grad_clip=0.5, bf16=True, epochs=1)
+    trainer.fit()
+    assert "grad_norm" in trainer.last and math.isfinite(trainer.last["grad_norm"])
+    assert math.isfinite(trainer.last["loss"])
+
+
+def test_ema_weights_are_saved_and_used_for_loading(tmp_path):
+    run = tmp_path / "ema"
+    trainer = _trainer(run, ema=0.9)
+    trainer.fit()
+    assert (run / "ema.safetensors").is_file()
+    loaded = load_run(run)
+    ema_state = trainer.ema.model.state_dict()
+    assert all(torch.equal(v, ema_state[k]) for k, v in loaded.model.state_dict().items())
+    raw = load_run(run, use_ema=False)
+    assert any(not torch.equal(v, ema_state[k]) for k, v in raw.model.state_dict().items())
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "nan"
+    trainer = _trainer(run, checkpoint_every=3, epochs=3)
+    original = trainer.model.loss
+
+    def poisoned(batch, phase):
+        out = original(batch, phase)
+        if trainer.step >= 7:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.model, "loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="NaN/Inf by step 8.*last good checkpoint"):
+        trainer.fit()
+    good = load_run(run)
+    assert good.step == 6
+    assert all(torch.isfinite(p).all() for p in good.model.parameters())
+    resumed = Trainer.resume(run)
+    assert resumed.step == 6
+
+
+def test_resume_with_more_epochs_equals_a_longer_run(tmp_path):
+    long = _trainer(tmp_path / "long", epochs=3)
+    long.fit()
+    short = _trainer(tmp_path / "short", epochs=2)
+    short.fit()
+    more = Trainer.resume(tmp_path / "short", epochs=3)
+    assert more.step == short.step
+    more.fit()
+    assert more.step == long.step
+    a, b = read_metrics(tmp_path / "long"), read_metrics(tmp_path / "short")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert json.loads((tmp_path / "short" / "config.json").read_text())["train"]["epochs"] == 3
+
+
+def test_resume_errors_are_clear(tmp_path):
+    with pytest.raises(UserError, match="not a run folder"):
+        Trainer.resume(tmp_path)
+    run = tmp_path / "r"
+    _trainer(run, epochs=1).fit()
+    (run / "trainer_state" / "state.json").unlink()
+    with pytest.raises(UserError, match="trainer_state/ is missing"):
+        Trainer.resume(run)
+
+
+def test_corrupt_weights_are_a_user_error(tmp_path):
+    run = tmp_path / "c"
+    _trainer(run, epochs=1).fit()
+    (run / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="missing or corrupt"):
+        load_run(run)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(UserError, match="Accepted: auto, cpu"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            resolve_device("cuda")
