@@ -123,7 +123,7 @@ def test_toys_are_deterministic_and_noise_overrides() -> None:
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.x, b.test.x)
     assert not torch.equal(a.train.x[:25], a.test.x)  # test is a different stream
     assert not torch.equal(a.train.x, load_dataset("ring8", num_samples=100, seed=6).train.x)
-    wide = load_dataset("grid25", num_samples=2000, noise=0.3)
+    wide = load_dataset("grid25", num_samples=2000, toy_noise=0.3)
     assert wide.meta["mode_std"] == 0.3
     residual = wide.train.x.numpy() - grid_modes()[wide.train.y.numpy()]
     assert residual.std() == pytest.approx(0.3, rel=0.08)
@@ -261,7 +261,7 @@ def test_image_folder_rgb_channels_and_size(tmp_path: Path) -> None:
     assert x.shape == (3, 3, 4, 6)
     reds = [im for im in x if int(im[0].float().mean()) > 200 and int(im[1].float().mean()) < 30]
     assert len(reds) == 1
-    grey = load_dataset(str(root), channels=1, test_fraction=0.34)
+    grey = load_dataset(str(root), image_channels=1, test_fraction=0.34)
     assert grey.spec.shape == (1, 8, 8)
     only_grey = tmp_path / "g"
     _png(only_grey / "a.png", 7, (3, 3))

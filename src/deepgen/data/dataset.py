@@ -142,10 +142,10 @@ class DataConfig(Config):
     binarization: Literal["dynamic", "static"] = "dynamic"  # mnist-binarized
     seed: int = 0  # static binarization, toy sampling, user-data test split
     image_size: tuple[int, ...] = ()  # image folders: (H, W) to resize to; () = first image's size
-    channels: int | None = None  # image folders: 1 or 3; None = from the first image
+    image_channels: int | None = None  # image folders: 1 or 3; None = 1 if every image is grayscale
     test_fraction: float = 0.1  # sources without a test split hold this fraction out
     num_samples: int = 20000  # 2-D toys: training points (the test set is a quarter of it)
-    noise: float | None = None  # 2-D toys: None = the dataset's published default
+    toy_noise: float | None = None  # 2-D toys: std / noise level; None = the dataset's published default
     label_column: str | None = None  # CSV tables: a column to use as labels, not as data
     max_train: int = 0  # 0 = all; otherwise keep the first N training examples (quick runs)
     download: bool = False  # allow fetching a missing dataset that has a public source
@@ -154,12 +154,12 @@ class DataConfig(Config):
         self.check(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         self.check(self.num_samples >= 10, f"num_samples must be >= 10, got {self.num_samples}")
         self.check(self.max_train >= 0, f"max_train must be >= 0, got {self.max_train}")
-        self.check(self.channels in (None, 1, 3), f"channels must be 1, 3 or none, got {self.channels}")
+        self.check(self.image_channels in (None, 1, 3), f"image_channels must be 1, 3 or none, got {self.image_channels}")
         self.check(
             self.image_size == () or (len(self.image_size) == 2 and min(self.image_size) > 0),
             f"image_size must be (H, W) with positive sizes or empty, got {self.image_size}",
         )
-        self.check(self.noise is None or self.noise >= 0, f"noise must be >= 0, got {self.noise}")
+        self.check(self.toy_noise is None or self.toy_noise >= 0, f"toy_noise must be >= 0, got {self.toy_noise}")
 
 
 def replace_splits(ds: Dataset, **changes: Any) -> Dataset:

@@ -2,7 +2,7 @@
 
 Images are found recursively, resized to ``config.image_size`` (H, W) or to the first
 image's size, and stored as uint8 (N, C, H, W) with ``scale = 1/255``. Channels are
-``config.channels`` or, when unset, 1 if every image is grayscale and 3 otherwise. When
+``config.image_channels`` or, when unset, 1 if every image is grayscale and 3 otherwise. When
 the images sit in two or more subfolders, each top-level subfolder is a class (labels
 are the index of its name in sorted order, kept in ``meta["classes"]``).
 """
@@ -99,8 +99,8 @@ def read_image_folder(path: Path, config: DataConfig) -> Dataset:
     workers = min(8, os.cpu_count() or 1, max(1, len(files) // 64))
     with ThreadPoolExecutor(workers) as pool:
         # Headers first (cheap): the size and channel count must be known before decoding.
-        probes = list(pool.map(_probe, files)) if config.channels is None or not config.image_size else []
-        channels = config.channels or (1 if all(gray for _, gray in probes) else 3)
+        probes = list(pool.map(_probe, files)) if config.image_channels is None or not config.image_size else []
+        channels = config.image_channels or (1 if all(gray for _, gray in probes) else 3)
         h, w = config.image_size if config.image_size else probes[0][0][::-1]
         x = torch.from_numpy(np.stack(list(pool.map(lambda f: _read(f, channels, (w, h)), files))))
 

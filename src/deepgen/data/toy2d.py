@@ -59,19 +59,19 @@ def _mixture(name: str, modes: np.ndarray, std: float, config: DataConfig) -> Da
 
 @register_dataset("ring8", "8 Gaussians on the unit circle, std 0.01 (VEEGAN/PacGAN), 2-D points, mode labels")
 def load_ring8(config: DataConfig) -> Dataset:
-    return _mixture("ring8", ring_modes(), RING_STD if config.noise is None else config.noise, config)
+    return _mixture("ring8", ring_modes(), RING_STD if config.toy_noise is None else config.toy_noise, config)
 
 
 @register_dataset("grid25", "5x5 Gaussians at {-4,-2,0,2,4}^2, std 0.05 (VEEGAN/PacGAN), 2-D points, mode labels")
 def load_grid25(config: DataConfig) -> Dataset:
-    return _mixture("grid25", grid_modes(), GRID_STD if config.noise is None else config.noise, config)
+    return _mixture("grid25", grid_modes(), GRID_STD if config.toy_noise is None else config.toy_noise, config)
 
 
 @register_dataset("moons", "two interleaved half circles (scikit-learn make_moons, noise 0.05), 2-D points, 2 classes")
 def load_moons(config: DataConfig) -> Dataset:
     from sklearn.datasets import make_moons  # imported here: sklearn.datasets is slow to import
 
-    noise = MOONS_NOISE if config.noise is None else config.noise
+    noise = MOONS_NOISE if config.toy_noise is None else config.toy_noise
     splits = []
     for seed, n in zip(_seeds(config.seed), (config.num_samples, max(1, config.num_samples // 4))):
         x, y = make_moons(n_samples=n, noise=noise, random_state=seed)
@@ -85,7 +85,7 @@ def load_swissroll(config: DataConfig) -> Dataset:
     from sklearn.datasets import make_swiss_roll
 
     # The noise is in make_swiss_roll's units, before the division by SWISSROLL_SCALE.
-    noise = SWISSROLL_NOISE if config.noise is None else config.noise
+    noise = SWISSROLL_NOISE if config.toy_noise is None else config.toy_noise
     splits = []
     for seed, n in zip(_seeds(config.seed), (config.num_samples, max(1, config.num_samples // 4))):
         x, _ = make_swiss_roll(n_samples=n, noise=noise, random_state=seed)
