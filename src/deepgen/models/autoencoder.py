@@ -347,6 +347,10 @@ class Autoencoder(GenerativeModel):
         """The head's mean of p(x | f(x)): (N, *shape) -> (N, *shape), without corruption."""
         return self.decode(self.encode(x))
 
+    def reconstruction_nll(self, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x | g(f(x))) per example under the head: (N, *shape) -> (N,) nats."""
+        return self.head.nll(self.decoder(self.encode(x)), x)
+
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
         """Decoded means along the straight line between the codes of x1 and x2.

@@ -16,7 +16,7 @@ Optional capabilities are small Protocols checked with ``isinstance`` (never by 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -150,9 +150,15 @@ class GenerativeModel(nn.Module):
 
 @runtime_checkable
 class LogProb(Protocol):
-    """``log_prob(x)`` -> (N,) log-likelihood in nats; ``log_prob_note`` says exact or which bound."""
+    """``log_prob(x)`` -> (N,) log-likelihood in nats; ``log_prob_note`` says exact or which bound.
+
+    ``log_prob_discrete``: True when log_prob is a probability of the data's discrete values
+    (binary pixels, or the levels of quantised data); False when it is a density, in which
+    case bits/dim on quantised data adds the uniform-dequantization term.
+    """
 
     log_prob_note: str
+    log_prob_discrete: bool
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -186,6 +192,13 @@ class Reconstructor(Protocol):
 
 
 @runtime_checkable
+class ReconstructionNLL(Protocol):
+    """``reconstruction_nll(x)`` -> (N,) nats: -log p(x | code of x) under the output distribution."""
+
+    def reconstruction_nll(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Interpolator(Protocol):
     """``interpolate(x1, x2, steps)`` -> (steps, *shape) decoded along the latent path."""
 
@@ -198,6 +211,7 @@ CAPABILITIES: dict[str, type] = {
     "encode": Encoder,
     "decode": Decoder,
     "reconstruct": Reconstructor,
+    "reconstruction_nll": ReconstructionNLL,
     "interpolate": Interpolator,
 }
 
@@ -223,7 +237,3 @@ def one_hot(y: torch.Tensor | None, num_classes: int | None, n: int, device: Any
     if y is None:
         raise ValueError("this model is conditional: pass labels (cond=...) of shape (n,)")
     return nn.functional.one_hot(y.long().to(device), num_classes).float().reshape(n, num_classes)
-
-
-def flatten(xs: Iterable[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([x.reshape(len(x), -1) for x in xs], dim=1)

@@ -35,6 +35,9 @@ class LikelihoodHead(nn.Module):
     kinds: tuple[str, ...] = ()
     #: True when ``nll`` is a normalised (negative log) probability or density of x.
     exact: bool = True
+    #: True when ``nll`` is a probability mass over the data's discrete values (binary
+    #: pixels, quantised levels); False for a density.
+    discrete: bool = False
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()
@@ -70,7 +73,7 @@ class Bernoulli(LikelihoodHead):
         super().__init__(spec)
         # On [0, 1]-valued data the Bernoulli "likelihood" is the usual BCE loss but not a
         # normalised density (Loaiza-Ganem & Cunningham 2019), so it is not an exact NLL.
-        self.exact = spec.kind == "binary"
+        self.exact = self.discrete = spec.kind == "binary"
 
     def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         logits = params[:, 0]
@@ -151,6 +154,7 @@ class Categorical(LikelihoodHead):
     """Softmax over the data's L levels per element (PixelRNN's 256-way softmax)."""
 
     kinds = ("continuous", "discrete")
+    discrete = True
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__(spec)
@@ -177,7 +181,7 @@ class Categorical(LikelihoodHead):
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         # Gumbel-max with an explicit generator: argmax(logits - log(-log u)).
         u = torch.rand(params.shape, generator=generator, device=params.device, dtype=params.dtype)
-        gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+        gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
         return self._from_index((params + gumbel).argmax(dim=1))
 
 
@@ -191,6 +195,7 @@ class LogisticMixture(LikelihoodHead):
     """
 
     kinds = ("continuous", "discrete")
+    discrete = True
 
     def __init__(self, spec: DataSpec, components: int = 5) -> None:
         super().__init__(spec)
@@ -244,7 +249,7 @@ class LogisticMixture(LikelihoodHead):
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         logit_pi, mu, log_s = self._split(params)
         g = torch.rand(logit_pi.shape, generator=generator, device=params.device, dtype=params.dtype)
-        pick = (logit_pi - torch.log(-torch.log(g.clamp_min(1e-20)).clamp_min(1e-20))).argmax(dim=1, keepdim=True)
+        pick = (logit_pi - torch.log((-torch.log(g.clamp_min(1e-20))).clamp_min(1e-20))).argmax(dim=1, keepdim=True)
         mu_k = mu.gather(1, pick).squeeze(1)
         s_k = torch.exp(log_s.gather(1, pick).squeeze(1))
         u = torch.rand(mu_k.shape, generator=generator, device=params.device, dtype=params.dtype)

@@ -1,0 +1,235 @@
+"""VAE test NLL on dynamically binarized MNIST, by the protocol of the IWAE paper.
+
+Burda, Grosse & Salakhutdinov 2016, "Importance Weighted Autoencoders", Table 1: a VAE
+with one stochastic layer (encoder and decoder each two deterministic layers of 200 tanh
+units, 50 Gaussian latent units, Bernoulli decoder), trained with k=1 on dynamically
+binarized MNIST, reaches a test NLL of 86.76 nats, estimated by importance sampling with
+k=5000 samples per test image (the IWAE bound, their eq. 8) on all 10,000 test images.
+The paper trained for 3,280 epochs; this script trains for a few minutes.
+
+Public API only: ``deepgen.load_dataset``, ``deepgen.create_model``,
+``deepgen.training.Trainer`` and ``deepgen.metrics.evaluate``.
+
+GPU run (one H200; the data copied into ``.data/`` inside the repo, see README.md)::
+
+    python benchmarks/vae_mnist_nll.py --data-dir .data --device cuda --time-budget 240 --out $OUT/vae_mnist_nll.json
+
+CPU smoke check (a minute)::
+
+    python benchmarks/vae_mnist_nll.py --data-dir ../shared/data --device cpu \\
+        --epochs 1 --k 10 --limit-test 200 --max-train 2000
+
+Prints a Markdown row for benchmarks/RESULTS.md and, with ``--out``, writes the figures,
+times, hardware, versions and the exact command as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import deepgen
+from deepgen.metrics import evaluate
+from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
+
+PAPER_NLL = 86.76  # Burda et al. 2016, Table 1, VAE with 1 stochastic layer, k=5000
+# IWAE paper architecture (section 5.1): 784-200-200-50 encoder, mirrored decoder, tanh.
+ARCHITECTURE = dict(hidden=(200, 200), activation="tanh", latent_dim=50, likelihood="bernoulli")
+CALIBRATION_STEPS = 300  # steps timed to turn --time-budget into a step budget
+WARMUP_STEPS = 50  # untimed steps before them
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: $DEEPGEN_DATA, then the user cache)")
+    # Defaults: large batches, since the step rate of this small MLP is launch-bound (on an
+    # H200 ~365 steps/s at batch 100 or 1000 alike); 1000 epochs take ~3 minutes there.
+    p.add_argument("--epochs", type=int, default=1000, help="training epochs (the paper: 3,280)")
+    p.add_argument("--batch-size", type=int, default=1000, help="training batch (the paper: 20)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (the paper: 1e-3, decayed by 10^(-1/7) per stage)")
+    p.add_argument("--schedule", choices=("constant", "cosine", "linear"), default="cosine", help="lr schedule over the run")
+    p.add_argument("--k", type=int, default=5000, help="importance samples per test image for the NLL (the paper: 5000)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--time-budget", type=float, default=0.0, help="seconds of training at most (0 = no limit); set as a step budget so the lr schedule completes")
+    p.add_argument("--limit-test", type=int, default=0, help="evaluate the first N test images only (0 = all 10,000)")
+    p.add_argument("--max-train", type=int, default=0, help="train on the first N training images only (0 = all 60,000)")
+    p.add_argument("--eval-batch", type=int, default=0, help="test images per log_prob call; 0 = 500,000 // k (100 for k=5000)")
+    p.add_argument("--iwae-chunk", type=int, default=-1, help="importance samples per decoder call; -1 = all k on a GPU, the model's automatic size on a CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=None, help="write the run folder (checkpoint, logs) here; default: write nothing")
+    p.add_argument("--out", default=None, help="write the figures and the setting as JSON here")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "k"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def build_model(ds: deepgen.Dataset, args: argparse.Namespace, device: torch.device) -> deepgen.GenerativeModel:
+    """The IWAE paper's 1-stochastic-layer VAE; ``iwae_k`` only changes evaluation."""
+    chunk = args.iwae_chunk
+    if chunk < 0:
+        # On a GPU decode all k samples of an eval batch in one call: eval_batch * k rows
+        # (100 x 5000 x 784 float32 logits = 1.6 GB). On a CPU keep the model's ~64 MiB calls.
+        chunk = args.k if device.type == "cuda" else 0
+    return deepgen.create_model("vae", ds, **ARCHITECTURE, lr=args.lr, iwae_k=args.k, iwae_chunk=chunk)
+
+
+def train_config(args: argparse.Namespace, max_steps: int = 0) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        schedule=args.schedule,
+        max_steps=max_steps,
+        progress=False,
+        tensorboard=False,
+        log_every=500,
+    )
+
+
+def step_budget(ds: deepgen.Dataset, args: argparse.Namespace, device: torch.device, planned: int) -> tuple[int, float]:
+    """Steps that fit in ``--time-budget`` seconds, timed on a throwaway copy of the model.
+
+    Returns (max_steps, seconds spent calibrating). Converting time to steps up front lets
+    the cosine schedule reach its end instead of being cut off mid-way. A first short run
+    warms up (CUDA context, cuBLAS handles, allocator); only the second is timed.
+    """
+    model = build_model(ds, args, device)
+    t0 = time.perf_counter()
+    Trainer(model, ds, train_config(args, max_steps=min(WARMUP_STEPS, planned)), run_dir=None).fit()
+    result = Trainer(model, ds, train_config(args, max_steps=min(CALIBRATION_STEPS, planned)), run_dir=None).fit()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rate = result.steps / max(result.seconds, 1e-6)
+    return max(1, int(0.95 * args.time_budget * rate)), time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    command = "python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv])
+    device = resolve_device(args.device)
+    ds = deepgen.load_dataset("mnist-binarized", data_dir=args.data_dir, binarization="dynamic", max_train=args.max_train)
+    steps_per_epoch = len(ds.train) // min(args.batch_size, len(ds.train))
+    planned = args.epochs * steps_per_epoch
+    print(f"data: {len(ds.train)} train / {len(ds.test)} test images, {ds.spec.dim} binary pixels; device: {hardware(device)}", flush=True)
+
+    # -- train --------------------------------------------------------------------------
+    max_steps, calib_seconds = 0, 0.0
+    if args.time_budget > 0:
+        budget_steps, calib_seconds = step_budget(ds, args, device, planned)
+        if budget_steps < planned:
+            max_steps = budget_steps
+        print(f"time budget {args.time_budget:.0f} s -> {budget_steps} steps (planned {planned}; timed in {calib_seconds:.1f} s)", flush=True)
+
+    seed_all(args.seed)  # the weights (the trainer seeds data order and noise itself)
+    model = build_model(ds, args, device)
+    trainer = Trainer(model, ds, train_config(args, max_steps), run_dir=args.run_dir)
+    if args.time_budget > 0:
+        # Safety net if the timed rate was optimistic: stop at the next epoch end past 110% of the budget.
+        start = time.perf_counter()
+
+        def stop_when_over(t: Trainer) -> None:
+            if time.perf_counter() - start > 1.1 * args.time_budget:
+                t.config = t.config.replace(max_steps=t.step)
+
+        trainer.callbacks.append(stop_when_over)
+    result = trainer.fit()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_seconds = result.seconds
+    print(
+        f"trained {result.steps} steps ({result.epochs} epochs) in {train_seconds:.1f} s, "
+        f"{result.steps * args.batch_size / max(train_seconds, 1e-9):,.0f} images/s; last: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result.last.items()),
+        flush=True,
+    )
+
+    # -- evaluate: ELBO and the k-sample IWAE bound on the test images ------------------
+    # Full fp32 matmuls for the estimate (no TF32), so the figure does not depend on the GPU's math mode.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    eval_batch = args.eval_batch or max(1, 500_000 // args.k)
+    t0 = time.perf_counter()
+    figures = evaluate(trainer.eval_model, ds, ["elbo", "nll"], split="test", batch_size=eval_batch, limit=args.limit_test, seed=args.seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    eval_seconds = time.perf_counter() - t0
+    print(f"evaluated {figures['n']} test images with k={args.k} in {eval_seconds:.1f} s", flush=True)
+
+    record: dict[str, Any] = {
+        "benchmark": "vae_mnist_nll",
+        "protocol": "IWAE paper (Burda et al. 2016) Table 1: VAE, 1 stochastic layer, dynamic binarization, trained k=1, test NLL by importance sampling",
+        "paper_nll": PAPER_NLL,
+        "nll": figures["nll"],
+        "nll_sem": figures["nll_sem"],
+        "nll_bpd": figures["nll_bpd"],
+        "nll_note": figures["nll_note"],
+        "neg_elbo": -figures["elbo"],
+        "elbo_sem": figures["elbo_sem"],
+        "test_images": figures["n"],
+        "k": args.k,
+        "train_images": len(ds.train),
+        "steps": result.steps,
+        "epochs_completed": result.epochs,
+        "train_seconds": round(train_seconds, 2),
+        "calibration_seconds": round(calib_seconds, 2),
+        "eval_seconds": round(eval_seconds, 2),
+        "eval_batch": eval_batch,
+        "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in ARCHITECTURE.items()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "hardware": hardware(device),
+        "torch": torch.__version__,
+        "deepgen": deepgen.__version__,
+        "python": platform.python_version(),
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+    }
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2, allow_nan=True) + "\n")
+        print(f"wrote {out}", flush=True)
+
+    print(f"\ntest NLL {record['nll']:.2f} +- {record['nll_sem']:.2f} nats (paper {PAPER_NLL}); -ELBO {record['neg_elbo']:.2f}\n")
+    print(markdown_row(record))
+    return record
+
+
+def markdown_row(r: dict[str, Any]) -> str:
+    """A header and one row for benchmarks/RESULTS.md."""
+    partial = r["test_images"] < 10000 or r["k"] != 5000
+    setting = (
+        f"dynamic binarization; {r['epochs_completed']} epoch(s) / {r['steps']} steps, batch {r['settings']['batch_size']}, "
+        f"Adam lr {r['settings']['lr']:g} {r['settings']['schedule']}; NLL k={r['k']} on {r['test_images']:,} test images"
+        + (" (NOT the paper's protocol: smoke settings)" if partial else "")
+    )
+    sem = r["nll_sem"] if math.isfinite(r["nll_sem"]) else float("nan")
+    header = "| model | test NLL (nats) | paper | -ELBO | setting | train time | hardware | command |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    row = (
+        f"| VAE, 1 stochastic layer (200-200 tanh, 50 latent, Bernoulli) | {r['nll']:.2f} ± {sem:.2f} | {PAPER_NLL} | "
+        f"{r['neg_elbo']:.2f} | {setting} | {r['train_seconds']:.0f} s (+{r['eval_seconds']:.0f} s eval) | "
+        f"{r['hardware']}, torch {r['torch']} | `{r['command']}` |"
+    )
+    return header + "\n" + row
+
+
+if __name__ == "__main__":
+    main()

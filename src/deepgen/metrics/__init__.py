@@ -1,0 +1,25 @@
+"""Metrics: pure functions (likelihood, reconstruction) and the one evaluator.
+
+>>> from deepgen.metrics import evaluate, format_table
+>>> print(format_table(evaluate(model, ds, ["elbo", "nll"])))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .evaluate import METRICS, EvalContext, evaluate, format_table, metric, metric_descriptions
+from .likelihood import bits_per_dim, mean_and_sem
+from .reconstruction import bce, mse, psnr
+
+__all__ = [
+    "METRICS",
+    "EvalContext",
+    "bce",
+    "bits_per_dim",
+    "evaluate",
+    "format_table",
+    "mean_and_sem",
+    "metric",
+    "metric_descriptions",
+    "mse",
+    "psnr",
+]

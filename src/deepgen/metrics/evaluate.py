@@ -1,0 +1,345 @@
+"""The one evaluator: named metrics over a split of a dataset, for any model.
+
+A metric is a function ``(model, dataset, ctx) -> dict[str, float | str]`` registered in
+:data:`METRICS` by name with the capability it needs (a key of
+``deepgen.models.base.CAPABILITIES``: ``"log_prob"``, ``"elbo"``, ``"reconstruct"``, ...).
+:func:`evaluate` checks every requested name and capability before running anything,
+then runs each metric with the model in eval mode, under ``torch.no_grad()``, with all
+randomness (dynamic binarization of the data, the model's own sampling such as the
+importance samples of an IWAE bound) seeded from ``seed``. Each metric starts from the
+same seed, so ``evaluate(m, ds, ["elbo", "nll"])`` reports the same ``nll`` as
+``evaluate(m, ds, "nll")``, and both metrics see the same binarized test images.
+
+Figures: likelihoods in nats per example (summed over dimensions) with the standard
+error of the mean over examples, and bits per dimension
+(:func:`deepgen.metrics.likelihood.bits_per_dim`).
+
+Adding a metric::
+
+    @metric("my-metric", needs="encode", description="...")
+    def my_metric(model, dataset, ctx):
+        ...
+        return {"my_metric": value}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..data.dataset import Batch, Dataset, DataSpec
+from ..data.resident import iterate
+from ..errors import UserError
+from ..models.base import CAPABILITIES, GenerativeModel, ReconstructionNLL
+from ..registry import Registry
+from .likelihood import bits_per_dim, mean_and_sem
+from .reconstruction import bce, mse, psnr
+
+Result = dict[str, Any]  # values are float | int | str
+MetricFn = Callable[[GenerativeModel, Dataset, "EvalContext"], Result]
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """Where and how a metric reads its data.
+
+    ``split``: "train" or "test". ``batch_size``: examples per model call (bound memory
+    with it: an IWAE bound with k samples evaluates ``batch_size * k`` decoder passes at
+    once). ``limit``: use the first ``limit`` examples (0 = the whole split). ``device``:
+    where batches are placed (the model's device). ``seed``: seeds :meth:`generator`
+    (dynamic binarization) and the global RNG the model samples from.
+    """
+
+    split: str = "test"
+    batch_size: int = 256
+    limit: int = 0
+    device: torch.device | str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "test"):
+            raise UserError(f"unknown split {self.split!r}. Accepted: train, test.")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.limit < 0:
+            raise UserError(f"limit must be >= 0 (0 = the whole split), got {self.limit}")
+
+    def generator(self) -> torch.Generator:
+        """A fresh generator on ``device`` seeded with ``seed`` (same draws every call)."""
+        return torch.Generator(torch.device(self.device)).manual_seed(self.seed)
+
+    def num_examples(self, dataset: Dataset) -> int:
+        """How many examples of the split the metrics use."""
+        n = len(dataset.split(self.split))
+        return n if self.limit <= 0 else min(self.limit, n)
+
+    def batches(self, dataset: Dataset) -> Iterator[Batch]:
+        """The split's first :meth:`num_examples` examples, in order, in model space on ``device``.
+
+        Each call starts a fresh :meth:`generator`, so every metric sees the same
+        binarization of the data.
+        """
+        return iterate(dataset, self.split, self.batch_size, self.device, self.generator(), self.limit)
+
+
+METRICS: Registry[MetricFn] = Registry("metric")
+
+
+def metric(name: str, *, needs: str | None, description: str, grad: bool = False) -> Callable[[MetricFn], MetricFn]:
+    """Decorator: register ``fn`` as metric ``name``.
+
+    ``needs``: the capability (a key of ``CAPABILITIES``) the model must have, or None.
+    ``grad``: run with gradients enabled (for metrics that differentiate the model).
+    """
+    if needs is not None and needs not in CAPABILITIES:
+        raise ValueError(f"metric {name!r} needs unknown capability {needs!r}; known: {sorted(CAPABILITIES)}")
+
+    def add(fn: MetricFn) -> MetricFn:
+        fn.needs = needs  # type: ignore[attr-defined]
+        fn.description = description  # type: ignore[attr-defined]
+        fn.grad = grad  # type: ignore[attr-defined]
+        return METRICS.register(name)(fn)
+
+    return add
+
+
+def metric_descriptions() -> list[tuple[str, str, str]]:
+    """(name, capability needed, one-line description) for every metric; for ``deepgen eval --help``."""
+    return [(n, METRICS.get(n).needs or "-", METRICS.get(n).description) for n in METRICS.names()]  # type: ignore[attr-defined]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _per_example(model: GenerativeModel, dataset: Dataset, ctx: EvalContext, fn: Callable[[Batch], torch.Tensor]) -> torch.Tensor:
+    """Concatenate ``fn(batch)`` (B,) over the context's batches -> (N,) float64 on the device.
+
+    Values stay on the device until the caller reduces them (one host sync per metric).
+    """
+    parts = []
+    for batch in ctx.batches(dataset):
+        v = fn(batch)
+        if v.shape != (len(batch),):
+            raise ValueError(
+                f"{type(model).__name__} returned shape {tuple(v.shape)} for a batch of {len(batch)}; expected ({len(batch)},)"
+            )
+        parts.append(v.detach().double())
+    return torch.cat(parts)
+
+
+def _likelihood_is_density(model: GenerativeModel, spec: DataSpec) -> bool:
+    """True when ``log_prob`` is a density of [0, 1]-scaled quantised data (bpd needs dequantization):
+    ``continuous`` data with known levels and a model that does not declare
+    ``log_prob_discrete`` (see the LogProb protocol)."""
+    if spec.kind != "continuous" or spec.num_levels is None:
+        return False
+    return not bool(getattr(model, "log_prob_discrete", False))
+
+
+def _bpd(model: GenerativeModel, spec: DataSpec, nll_nats: float) -> float:
+    return bits_per_dim(nll_nats, spec.dim, spec.num_levels, dequantized=_likelihood_is_density(model, spec))
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+@metric("nll", needs="log_prob", description="negative log-likelihood (nats, SEM, bits/dim); exact or the bound the model states")
+def nll_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Result:
+    """-log p(x) per example from ``model.log_prob`` (exact for flows and autoregressive
+    models, the k-sample IWAE bound for VAEs, Burda et al. 2016 eq. 8), averaged.
+
+    Keys: ``nll`` (nats), ``nll_sem``, ``nll_bpd``, ``nll_note`` (the model's
+    ``log_prob_note``: "exact" or which bound).
+    """
+    values = _per_example(model, dataset, ctx, lambda b: -model.log_prob(b.x))  # (N,)
+    mean, sem = mean_and_sem(values)
+    return {
+        "nll": mean,
+        "nll_sem": sem,
+        "nll_bpd": _bpd(model, dataset.spec, mean),
+        "nll_note": str(model.log_prob_note),  # type: ignore[attr-defined]
+    }
+
+
+@metric("elbo", needs="elbo", description="evidence lower bound (nats, SEM) and -ELBO in bits/dim")
+def elbo_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Result:
+    """Mean ELBO, E_q[log p(x, z) - log q(z | x)] (Kingma & Welling 2014, eq. 3), per example.
+
+    Keys: ``elbo`` (nats; a lower bound on log p(x), so usually negative), ``elbo_sem``,
+    ``elbo_bpd`` (-ELBO in bits per dimension: an upper bound on the NLL's bpd).
+    """
+    values = _per_example(model, dataset, ctx, lambda b: model.elbo(b.x))  # (N,)
+    mean, sem = mean_and_sem(values)
+    return {"elbo": mean, "elbo_sem": sem, "elbo_bpd": _bpd(model, dataset.spec, -mean)}
+
+
+@metric("recon", needs="reconstruct", description="reconstruction error of the output mean (MSE, PSNR, BCE on binary data, head NLL)")
+def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Result:
+    """Error of ``model.reconstruct(x)`` (the output mean) against ``x``.
+
+    Keys: ``recon_mse`` (squared error averaged over elements, then over examples) and
+    ``recon_mse_sem``; ``recon_sse`` (summed over elements); ``recon_psnr`` (dB) for
+    bounded data; ``recon_bce`` (nats, summed over elements) for binary data;
+    ``recon_nll`` (nats): -log p(x | code) under the model's likelihood head at the
+    reconstruction (the autoencoder's training loss without regulariser or corruption),
+    where the model has the ``reconstruction_nll`` capability.
+    """
+    spec = dataset.spec
+    if spec.kind == "tokens":
+        raise UserError("metric 'recon' compares values element by element; it does not apply to token data.")
+    data_range = {"binary": 1.0, "continuous": 1.0}.get(spec.kind)
+    if spec.kind == "discrete" and spec.num_levels:
+        data_range = float(spec.num_levels - 1)
+    head_nll = model.reconstruction_nll if isinstance(model, ReconstructionNLL) else None
+
+    cols: dict[str, list[torch.Tensor]] = {"mse": [], "sse": [], "psnr": [], "bce": [], "nll": []}
+    for batch in ctx.batches(dataset):
+        x = batch.x
+        x_hat = model.reconstruct(x)  # (B, *shape)
+        cols["mse"].append(mse(x, x_hat, "mean").double())
+        cols["sse"].append(mse(x, x_hat, "sum").double())
+        if data_range is not None:
+            cols["psnr"].append(psnr(x, x_hat, data_range).double())
+        if spec.kind == "binary":
+            cols["bce"].append(bce(x, x_hat).double())
+        if head_nll is not None:
+            cols["nll"].append(head_nll(x).detach().double())
+    out: Result = {}
+    mean, sem = mean_and_sem(torch.cat(cols["mse"]))
+    out["recon_mse"] = mean
+    out["recon_mse_sem"] = sem
+    out["recon_sse"] = mean_and_sem(torch.cat(cols["sse"]))[0]
+    for key in ("psnr", "bce", "nll"):
+        if cols[key]:
+            out[f"recon_{key}"] = mean_and_sem(torch.cat(cols[key]))[0]
+    return out
+
+
+# -- the evaluator --------------------------------------------------------------------------
+
+
+def _parse_names(names: list[str] | tuple[str, ...] | str) -> list[str]:
+    if isinstance(names, str):
+        names = names.split(",")
+    out = [n.strip() for n in names if n.strip()]
+    if not out:
+        raise UserError(f"no metric named. Accepted: {', '.join(METRICS.names())}.")
+    for n in out:
+        METRICS.get(n)  # unknown -> UserError listing the accepted names
+    return list(dict.fromkeys(out))  # keep order, drop repeats
+
+
+def _supports(model: GenerativeModel, name: str) -> bool:
+    needs = METRICS.get(name).needs  # type: ignore[attr-defined]
+    return needs is None or isinstance(model, CAPABILITIES[needs])
+
+
+def _check_capabilities(model: GenerativeModel, names: list[str]) -> None:
+    missing = [n for n in names if not _supports(model, n)]
+    if not missing:
+        return
+    label = getattr(model, "registered_name", "") or type(model).__name__
+    caps = model.capabilities() if isinstance(model, GenerativeModel) else []
+    supported = [n for n in names if _supports(model, n)]
+    lines = []
+    for n in missing:
+        needs = METRICS.get(n).needs  # type: ignore[attr-defined]
+        proto = CAPABILITIES[needs].__name__
+        lines.append(f"metric {n!r} needs a model with {needs}() (the {proto} capability)")
+    raise UserError(
+        f"{'; '.join(lines)}; model {label!r} has: {', '.join(caps) or 'none of the optional capabilities'}. "
+        f"Of the requested metrics ({', '.join(names)}) this model supports: {', '.join(supported) or 'none'}."
+    )
+
+
+def _seed_global_rng(seed: int, device: torch.device) -> None:
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
+def evaluate(
+    model: GenerativeModel,
+    dataset: Dataset,
+    names: list[str] | tuple[str, ...] | str,
+    *,
+    split: str = "test",
+    batch_size: int = 256,
+    limit: int = 0,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Run metrics ``names`` (a list, or one comma-separated string) on ``model``.
+
+    ``device=None`` evaluates where the model is; otherwise the model is moved there.
+    The model runs in eval mode (its previous mode is restored afterwards) under
+    ``torch.no_grad()``. The caller's global RNG state is left unchanged.
+
+    Returns ``{"split": ..., "n": examples used, <each metric's keys>...}``; likelihoods
+    are in nats per example. Unknown names, or metrics whose capability the model lacks,
+    raise :class:`UserError` before anything runs.
+
+    >>> evaluate(model, ds, ["elbo", "nll"], limit=1000)  # doctest: +SKIP
+    {'split': 'test', 'n': 1000, 'elbo': -89.1, 'elbo_sem': 0.3, ..., 'nll_note': '...'}
+    """
+    metric_names = _parse_names(names)
+    _check_capabilities(model, metric_names)
+    if device is not None:
+        model.to(device)
+    dev = torch.device(device) if device is not None else model.device
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    ctx = EvalContext(split=split, batch_size=batch_size, limit=limit, device=dev, seed=seed)
+    n = ctx.num_examples(dataset)
+    if n == 0:
+        raise UserError(f"the {split} split of dataset {dataset.name!r} has no examples to evaluate.")
+
+    results: dict[str, Any] = {"split": split, "n": n}
+    was_training = model.training
+    model.eval()
+    try:
+        for name in metric_names:
+            fn = METRICS.get(name)
+            rng_devices = [dev] if dev.type == "cuda" else []
+            # Fork so that seeding for reproducible model sampling leaves the caller's RNG alone.
+            with torch.random.fork_rng(devices=rng_devices), torch.set_grad_enabled(fn.grad):  # type: ignore[attr-defined]
+                _seed_global_rng(seed, dev)
+                results.update(fn(model, dataset, ctx))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _format_value(v: Any) -> str:
+    if isinstance(v, bool) or isinstance(v, int) or isinstance(v, str):
+        return str(v)
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return str(v)
+        if v == 0 or 1e-3 <= abs(v) < 1e6:
+            return f"{v:.4f}"
+        return f"{v:.4e}"
+    return str(v)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Aligned two-column text (name, value), one line per entry, in the dict's order.
+
+    Floats get 4 decimals (scientific notation outside [1e-3, 1e6)); numbers are
+    right-aligned on their decimal columns' right edge, strings left as they are.
+    """
+    if not results:
+        return ""
+    keys = [str(k) for k in results]
+    values = [_format_value(v) for v in results.values()]
+    kw = max(len(k) for k in keys)
+    num_w = max((len(s) for s, v in zip(values, results.values()) if not isinstance(v, str)), default=0)
+    lines = []
+    for k, s, v in zip(keys, values, results.values()):
+        cell = s if isinstance(v, str) else s.rjust(num_w)
+        lines.append(f"{k.ljust(kw)}  {cell}".rstrip())
+    return "\n".join(lines)
