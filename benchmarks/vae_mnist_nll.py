@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=0, help="test images per log_prob call; 0 = 500,000 // k (100 for k=5000)")
     p.add_argument("--iwae-chunk", type=int, default=-1, help="importance samples per decoder call; -1 = all k on a GPU, the model's automatic size on a CPU")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the loss (TrainConfig.compile)")
     p.add_argument("--run-dir", default=None, help="write the run folder (checkpoint, logs) here; default: write nothing")
     p.add_argument("--out", default=None, help="write the figures and the setting as JSON here")
     args = p.parse_args(argv)
@@ -102,6 +103,7 @@ def train_config(args: argparse.Namespace, max_steps: int = 0) -> TrainConfig:
         progress=False,
         tensorboard=False,
         log_every=500,
+        compile=args.compile,
     )
 
 

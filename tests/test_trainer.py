@@ -102,16 +102,21 @@ def test_ema_weights_are_saved_and_used_for_loading(tmp_path):
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "nan"
-    trainer = _trainer(run, checkpoint_every=3, epochs=3)
-    original = trainer.model.loss
+    ds = deepgen.load_dataset(DATA)
+    seed_all(0)
+    model = deepgen.create_model("vae", ds, **SMALL)
+    original = model.loss
+    calls = []
 
     def poisoned(batch, phase):
         out = original(batch, phase)
-        if trainer.step >= 7:
+        calls.append(1)
+        if len(calls) >= 8:  # the 8th step's loss is NaN
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(trainer.model, "loss", poisoned)
+    monkeypatch.setattr(model, "loss", poisoned)
+    trainer = Trainer(model, ds, _config(checkpoint_every=3, epochs=3), run, data_config=DATA)
     with pytest.raises(TrainingDiverged, match="NaN/Inf by step 8.*last good checkpoint"):
         trainer.fit()
     good = load_run(run)

@@ -38,7 +38,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, upsc
     ``upscale`` > 0 repeats pixels so small images (8x8 digits) stay visible; 0 picks a
     factor that makes each tile at least 28 pixels high.
     """
-    x = images.detach().float().cpu().clamp(0, 1)
+    x = torch.nan_to_num(images.detach().float().cpu(), nan=0.0).clamp(0, 1)
     n, c, h, w = x.shape
     if upscale <= 0:
         upscale = max(1, math.ceil(28 / h))
@@ -79,10 +79,16 @@ def save_scatter(
 
     p = points.detach().float().cpu().numpy()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    c = None if labels is None else labels.detach().cpu().numpy()
-    sc = ax.scatter(p[:, 0], p[:, 1], s=4, c=c, cmap="tab10" if c is not None else None, alpha=0.7)
-    if c is not None and len(np.unique(c)) <= 20:
-        fig.colorbar(sc, ax=ax, fraction=0.046)
+    if labels is None:
+        ax.scatter(p[:, 0], p[:, 1], s=4, alpha=0.7)
+    else:
+        c = labels.detach().cpu().numpy()
+        cmap = plt.get_cmap("tab10" if c.max() < 10 else "tab20")
+        # One colour per class and a legend, not a continuous colour bar.
+        for k in np.unique(c):
+            ax.scatter(p[c == k, 0], p[c == k, 1], s=4, alpha=0.7, color=cmap(int(k) % cmap.N), label=str(int(k)))
+        if len(np.unique(c)) <= 20:
+            ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
     if reference is not None and len(reference):
         ref = np.asarray(reference, dtype=float)
         ax.scatter(ref[:, 0], ref[:, 1], marker="x", c="red", s=40)

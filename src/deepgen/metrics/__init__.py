@@ -6,7 +6,15 @@
 
 from __future__ import annotations
 
-from .evaluate import METRICS, EvalContext, evaluate, format_table, metric, metric_descriptions
+from .evaluate import (
+    METRICS,
+    EvalContext,
+    check_metrics,
+    evaluate,
+    format_table,
+    metric,
+    metric_descriptions,
+)
 from .likelihood import bits_per_dim, mean_and_sem
 from .reconstruction import bce, mse, psnr
 
@@ -15,6 +23,7 @@ __all__ = [
     "EvalContext",
     "bce",
     "bits_per_dim",
+    "check_metrics",
     "evaluate",
     "format_table",
     "mean_and_sem",

@@ -237,10 +237,15 @@ def _supports(model: GenerativeModel, name: str) -> bool:
     return needs is None or isinstance(model, CAPABILITIES[needs])
 
 
-def _check_capabilities(model: GenerativeModel, names: list[str]) -> None:
+def check_metrics(model: GenerativeModel, names: list[str] | tuple[str, ...] | str) -> list[str]:
+    """Parse metric names and check the model can provide each; return the names.
+
+    Unknown names and missing capabilities raise one :class:`UserError` before anything runs.
+    """
+    names = _parse_names(names)
     missing = [n for n in names if not _supports(model, n)]
     if not missing:
-        return
+        return names
     label = getattr(model, "registered_name", "") or type(model).__name__
     caps = model.capabilities() if isinstance(model, GenerativeModel) else []
     supported = [n for n in names if _supports(model, n)]
@@ -286,8 +291,7 @@ def evaluate(
     >>> evaluate(model, ds, ["elbo", "nll"], limit=1000)  # doctest: +SKIP
     {'split': 'test', 'n': 1000, 'elbo': -89.1, 'elbo_sem': 0.3, ..., 'nll_note': '...'}
     """
-    metric_names = _parse_names(names)
-    _check_capabilities(model, metric_names)
+    metric_names = check_metrics(model, names)
     if device is not None:
         model.to(device)
     dev = torch.device(device) if device is not None else model.device

@@ -179,7 +179,9 @@ def load_run(
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"the weights in {weights} do not fit the model config: {str(e).splitlines()[0]}") from None
+        # The first line of PyTorch's message is a heading; the next ones name the tensors.
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        raise UserError(f"the weights in {weights} do not fit the model config: {lines[0]}") from None
     model.to(device).eval()
     return Run(
         path=run_dir,

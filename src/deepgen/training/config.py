@@ -18,6 +18,7 @@ class TrainConfig(Config):
     warmup_steps: int = 0  # linear warm-up of the lr from 0 over this many steps
     grad_clip: float = 0.0  # max global gradient norm per phase; 0 = off
     bf16: bool = False  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
+    compile: bool = False  # torch.compile the loss (forward and backward); pays off on GPUs
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     log_every: int = 50  # steps between reads of the logged device tensors (one sync each)
     sample_every: int = 0  # steps between sample pictures; 0 = at the end of each epoch

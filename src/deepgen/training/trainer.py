@@ -137,18 +137,21 @@ class Trainer:
         self.base_lrs = [p.optimizer.lr for p in self.phases]
         self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed)
         self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
+        # torch.compile of the loss (forward and, through AOTAutograd, backward): fewer,
+        # fused kernels for launch-bound small models.
+        self._loss = torch.compile(model.loss) if self.config.compile else model.loss
         self.step = 0
         self.seconds = 0.0
+        # Per phase: the names of its logged values and their running sums, one device
+        # tensor (K,) per phase so that accumulating costs two kernels, not two per value.
+        self._log_names: dict[str, list[str]] = {}
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self.last: dict[str, float] = {}
-        resume_step = None
+        self._resumed = _resume_state is not None
         if _resume_state is not None:
             self._restore(_resume_state)
-            resume_step = self.step
-        elif self.run_dir is not None:
-            ckpt.write_run_config(self.run_dir, self.model_name, model.config, self.data_config, self.config, dataset)
-        self.logger = RunLogger(self.run_dir, self.config.tensorboard, resume_step=resume_step)
+        self._logger: RunLogger | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _check_phases(self) -> None:
@@ -172,8 +175,15 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train until ``epochs`` are done or ``max_steps`` are taken; return a summary."""
+        """Train until ``epochs`` are done or ``max_steps`` are taken; return a summary.
+
+        The run folder is written from here on (not at construction), so a trainer that is
+        built and then discarded leaves the folder as it was.
+        """
         cfg = self.config
+        if self.run_dir is not None:
+            self._write_config()
+        self._logger = RunLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if self._resumed else None)
         if self.step == 0:
             seed_all(cfg.seed + 1)  # the model's own noise; weights were seeded by the caller
         bar = self._progress_bar()
@@ -181,7 +191,7 @@ class Trainer:
         start = time.perf_counter() - self.seconds
         self.model.train()
         try:
-            while not self._finished():
+            while not self.finished:
                 self._train_step()
                 self.step += 1
                 if bar is not None:
@@ -189,7 +199,7 @@ class Trainer:
                 epochs_done = self.loader.epochs_done
                 epoch_ended = epochs_done > last_epochs_done
                 last_epochs_done = epochs_done
-                finished = self._finished()
+                finished = self.finished
                 if self.step % cfg.log_every == 0 or epoch_ended or finished:
                     self.seconds = time.perf_counter() - start
                     self._flush_logs(bar)
@@ -204,13 +214,25 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            self.logger.close()
+            self._logger.close()
         self.seconds = time.perf_counter() - start
         return TrainResult(self.step, self.loader.epochs_done, self.seconds, dict(self.last))
 
-    def _finished(self) -> bool:
+    @property
+    def finished(self) -> bool:
+        """True once ``epochs`` are complete or ``max_steps`` steps are taken."""
         cfg = self.config
         return self.loader.epochs_done >= cfg.epochs or bool(cfg.max_steps and self.step >= cfg.max_steps)
+
+    def _write_config(self) -> None:
+        """config.json: written fresh for a new run; on resume, only the trainer settings change."""
+        assert self.run_dir is not None
+        if not self._resumed:
+            ckpt.write_run_config(self.run_dir, self.model_name, self.model.config, self.data_config, self.config, self.dataset)
+            return
+        cfg = ckpt.read_run_config(self.run_dir)
+        cfg["train"] = self.config.to_dict()
+        ckpt.write_json(self.run_dir / ckpt.CONFIG, cfg)
 
     def _train_step(self) -> None:
         cfg = self.config
@@ -218,7 +240,6 @@ class Trainer:
         factor = lr_factor(cfg, self.step, self.total_steps)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
         batch = self.loader.next()
-        prefix_phase = len(self.phases) > 1
         for phase, opt, base_lr in zip(self.phases, self.optimizers, self.base_lrs):
             if not phase.active(epoch):
                 continue
@@ -228,7 +249,7 @@ class Trainer:
                 if r > 0 and phase.new_batch:
                     batch = self.loader.next()
                 with autocast:
-                    out = self.model.loss(batch, phase.name)
+                    out = self._loss(batch, phase.name)
                 self.model.zero_grad(set_to_none=True)
                 out.loss.backward()
                 logs = {"loss": out.loss, **out.logs}
@@ -237,35 +258,41 @@ class Trainer:
                 opt.step()
                 if phase.after_step is not None:
                     phase.after_step()
-                for key, value in logs.items():
-                    name = f"{phase.name}/{key}" if prefix_phase else key
-                    self._accumulate(name, value)
+                self._accumulate(phase.name, logs)
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def _accumulate(self, name: str, value: torch.Tensor) -> None:
-        v = value.detach().float().reshape(())
-        if name in self._sums:
-            self._sums[name] += v
-            self._counts[name] += 1
-        else:
-            self._sums[name] = v.clone()
-            self._counts[name] = 1
+    def _accumulate(self, phase: str, logs: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float().reshape(()) for v in logs.values()])  # (K,)
+        if phase in self._sums and self._log_names[phase] == list(logs):
+            self._sums[phase] += values
+            self._counts[phase] += 1
+            return
+        if phase in self._sums:  # the logged names changed: read out what was summed so far
+            self._flush_logs()
+        self._log_names[phase] = list(logs)
+        self._sums[phase] = values
+        self._counts[phase] = 1
 
     def _flush_logs(self, bar: Any = None) -> None:
         """Read the summed device tensors (one sync), log their means, guard against NaN."""
         if not self._sums:
             return
-        names = list(self._sums)
-        values = torch.stack([self._sums[n] for n in names]).tolist()
-        means = {n: v / self._counts[n] for n, v in zip(names, values)}
+        prefix = len(self.phases) > 1
+        phases = list(self._sums)
+        values = torch.cat([self._sums[p] for p in phases]).tolist()
+        means: dict[str, float] = {}
+        for phase in phases:
+            for name in self._log_names[phase]:
+                means[f"{phase}/{name}" if prefix else name] = values.pop(0) / self._counts[phase]
         self._sums.clear()
         self._counts.clear()
         extra = {"epoch": self.loader.epochs_done, "seconds": round(self.seconds, 3)}
-        self.logger.log(self.step, means, **extra)
+        if self._logger is not None:
+            self._logger.log(self.step, means, **extra)
         bad = [n for n, v in means.items() if not math.isfinite(v)]
         if bad:
-            kept = f"the last good checkpoint in {self.run_dir} is kept" if self.run_dir else "no run folder was written"
+            kept = self._kept_checkpoint()
             raise TrainingDiverged(
                 f"training diverged: {', '.join(bad)} became NaN/Inf by step {self.step}; {kept}. "
                 "Lower the learning rate (--set lr=...), set grad_clip=1.0, or turn off bf16."
@@ -273,6 +300,13 @@ class Trainer:
         self.last = means
         if bar is not None:
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:4]}, refresh=False)
+
+    def _kept_checkpoint(self) -> str:
+        if self.run_dir is None:
+            return "no run folder was written"
+        if (self.run_dir / ckpt.WEIGHTS).is_file():
+            return f"the last good checkpoint in {self.run_dir} is kept"
+        return "no checkpoint had been written yet"
 
     def _progress_bar(self) -> Any:
         if not self.config.progress:
@@ -315,10 +349,12 @@ class Trainer:
         """Weights, EMA, optimizers, step, RNG states and data position, written atomically."""
         if self.run_dir is None:
             return
+        if not (self.run_dir / ckpt.CONFIG).is_file():
+            self._write_config()
         self._flush_logs()  # the NaN guard sees every step before the checkpoint is written
         finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()
         if not bool(finite):
-            raise TrainingDiverged(f"a weight became NaN/Inf by step {self.step}; the last good checkpoint in {self.run_dir} is kept.")
+            raise TrainingDiverged(f"a weight became NaN/Inf by step {self.step}; {self._kept_checkpoint()}.")
         meta = {"step": str(self.step), "model": self.model_name}
         ckpt.save_tensors(self.run_dir / ckpt.WEIGHTS, self.model.state_dict(), meta)
         if self.ema is not None:
@@ -376,7 +412,4 @@ class Trainer:
         trainer = cls(model, dataset, train_config, run_dir, data_config=data_config, callbacks=callbacks, _resume_state=state)
         if trainer.ema is not None and (run_dir / ckpt.EMA_WEIGHTS).is_file():
             trainer.ema.model.load_state_dict(ckpt.read_tensors(run_dir / ckpt.EMA_WEIGHTS))
-        # Record the new trainer settings (e.g. more epochs) in the run's config.
-        cfg["train"] = train_config.to_dict()
-        ckpt.write_json(run_dir / ckpt.CONFIG, cfg)
         return trainer

@@ -1,0 +1,134 @@
+"""Training throughput of deepgen's trainer against a hand-written PyTorch loop, same network.
+
+The network is pythae's default MLP VAE for MNIST (BENCHMARKS.md, "Speed"): encoder
+784-512-(16, 16), decoder 16-512-784, Bernoulli decoder, Adam, dynamically binarized
+MNIST resident on the device. The peer is the plainest fast PyTorch loop: data on the
+GPU, a random permutation sliced per batch, one fused Adam step, no logging. deepgen runs
+its full trainer (phases, logging sums, lr schedule, NaN guard every ``log_every`` steps).
+
+    python benchmarks/train_speed.py --data-dir .data --device cuda --steps 2000 --out $OUT/speed.json
+
+Prints samples/s for each system and batch size, and the ratio deepgen / plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import deepgen
+from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
+
+ARCH = dict(hidden=(512,), latent_dim=16, activation="relu", likelihood="bernoulli", lr=1e-3)
+
+
+class PlainVAE(nn.Module):
+    """The same VAE written out by hand (the peer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 32))
+        self.dec = nn.Sequential(nn.Linear(16, 512), nn.ReLU(), nn.Linear(512, 784))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.enc(x).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        rec = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        return (rec + kl).mean()
+
+
+def time_plain(x_u8: torch.Tensor, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+    seed_all(0)
+    model = PlainVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    n = len(x_u8)
+    perm = torch.randperm(n, device=device)
+    pos = 0
+
+    def step() -> None:
+        nonlocal perm, pos
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, device=device), 0
+        x = torch.bernoulli(x_u8[perm[pos : pos + batch]].float() / 255)
+        pos += batch
+        loss = model.loss(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def time_deepgen(ds: deepgen.Dataset, batch: int, steps: int, warmup: int, device: torch.device, compile: bool) -> float:
+    cfg = TrainConfig(epochs=10_000, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, compile=compile)
+    seed_all(0)
+    model = deepgen.create_model("vae", ds, **ARCH)
+    Trainer(model, ds, cfg.replace(max_steps=warmup), None).fit()  # warm-up (and compilation)
+    sync(device)
+    trainer = Trainer(model, ds, cfg.replace(max_steps=steps), None)  # dynamo reuses the warm-up's compiled code
+    t0 = time.perf_counter()
+    trainer.fit()
+    sync(device)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batches", default="100,1000")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    ds = deepgen.load_dataset("mnist-binarized", data_dir=args.data_dir)
+    x_u8 = ds.train.x.to(device).reshape(len(ds.train), -1)  # (N, 784) uint8
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        plain = time_plain(x_u8, batch, args.steps, args.warmup, device)
+        eager = time_deepgen(ds, batch, args.steps, args.warmup, device, compile=False)
+        row = {"batch": batch, "plain_pytorch": plain, "deepgen_eager": eager}
+        if not args.no_compile:
+            row["deepgen_compile"] = time_deepgen(ds, batch, args.steps, args.warmup, device, compile=True)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    print(f"\nsamples/s on {hw}, torch {torch.__version__}, {args.steps} timed steps")
+    print("| batch | plain PyTorch (peer) | deepgen eager | ratio | deepgen compile | ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        comp = r.get("deepgen_compile")
+        comp_cols = f"{comp:,.0f} | {comp / r['plain_pytorch']:.2f}" if comp else "- | -"
+        print(f"| {r['batch']} | {r['plain_pytorch']:,.0f} | {r['deepgen_eager']:,.0f} | {r['deepgen_eager'] / r['plain_pytorch']:.2f} | {comp_cols} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"rows": rows, "hardware": hw, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

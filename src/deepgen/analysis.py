@@ -1,0 +1,224 @@
+"""Pictures that show what a trained model learned, written into its run folder.
+
+:func:`write_analysis` writes each picture only when the model has the capability it
+needs, detected with ``isinstance`` on the Protocols of :mod:`deepgen.models.base`
+(never by the model's name):
+
+=====================  =================  ===============================================
+file                   needs              shows
+=====================  =================  ===============================================
+``reconstructions.png`` ``reconstruct``   test inputs (top row) above their reconstructions
+``samples.png``         (every model)     a grid of samples, or a 2-D scatter with the
+                                          dataset's true modes as red crosses
+``latent.png``          ``encode``        test codes coloured by label (PCA to 2-D when
+                                          the latent has more than 2 dimensions)
+``manifold.png``        ``decode``, 2-D   a 15x15 grid of decoded codes spanning the codes'
+                                          5%..95% quantiles (for a VAE, close to the
+                                          standard-normal prior's quantiles)
+``interpolation.png``   ``interpolate``   decoded paths between pairs of test examples
+=====================  =================  ===============================================
+
+Everything runs under ``torch.no_grad()`` with the model in eval mode (its mode is
+restored afterwards), on at most :data:`MAX_EXAMPLES` test examples, with explicit
+generators seeded from ``seed``, so the pictures of a run are the same every time.
+
+Conditional models (``config.conditional``) get labels: the test labels when encoding,
+labels ``0..K-1`` in turn when sampling, and label 0 for the manifold. Their capability
+methods take the labels as the second positional argument (``encode(x, y)``,
+``decode(z, y)``, ``reconstruct(x, y)``) and ``interpolate(x1, x2, steps, y=...)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.dataset import Dataset, DataSpec
+from .data.resident import iterate
+from .models.base import Decoder, Encoder, GenerativeModel, Interpolator, Reconstructor
+from .viz import save_image_grid, save_samples, save_scatter
+
+MAX_EXAMPLES = 2000  # test examples used for codes and quantiles
+RECON_COLUMNS = 10  # inputs shown in reconstructions.png
+MANIFOLD_SIDE = 15  # manifold.png is a MANIFOLD_SIDE x MANIFOLD_SIDE grid
+INTERP_ROWS = 4  # pairs shown in interpolation.png
+INTERP_STEPS = 10  # decoded points per pair (endpoints included)
+SAMPLES = 64  # images in samples.png (2-D data: 20x as many points)
+
+
+def to_unit(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    """Model-space images (N, C, H, W) -> [0, 1] for a picture (discrete levels are rescaled)."""
+    x = x.float()
+    if spec.kind == "discrete" and spec.num_levels:
+        x = x / (spec.num_levels - 1)
+    return x
+
+
+def is_conditional(model: GenerativeModel) -> bool:
+    """True when the model takes class labels (``config.conditional``) and the data has them."""
+    return bool(getattr(model.config, "conditional", False)) and bool(model.spec.num_classes)
+
+
+def _with_labels(fn: Any, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``fn(x)``, or ``fn(x, y)`` for a conditional model (``y`` not None)."""
+    return fn(x) if y is None else fn(x, y)
+
+
+def test_examples(dataset: Dataset, device: torch.device | str, seed: int = 0, limit: int = MAX_EXAMPLES) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``limit`` test examples in model space, (N, *shape), and labels (N,) or None."""
+    gen = torch.Generator(torch.device(device)).manual_seed(seed)
+    xs, ys = [], []
+    for batch in iterate(dataset, "test", batch_size=500, device=device, generator=gen, limit=limit):
+        xs.append(batch.x)
+        if batch.y is not None:
+            ys.append(batch.y)
+    if not xs:
+        return torch.empty(0, *dataset.spec.shape, device=device), None
+    return torch.cat(xs), (torch.cat(ys) if ys else None)
+
+
+def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """Codes (N, L) -> (N, 2) points and a note for the title.
+
+    L = 2: the codes themselves. L = 1: the code against zero. L > 2: the first two
+    principal components (PCA through an SVD of the centred codes).
+    """
+    codes = codes.float()
+    dim = codes.shape[1]
+    if dim == 2:
+        return codes, "2-D latent"
+    if dim == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], dim=1), "1-D latent"
+    centred = codes - codes.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (min(N, L), L)
+    return centred @ vh[:2].T, f"PCA of the {dim}-D latent to 2-D"
+
+
+def latent_grid(codes: torch.Tensor | None, side: int = MANIFOLD_SIDE, device: Any = "cpu") -> torch.Tensor:
+    """A (side*side, 2) grid of codes spanning the 5%..95% quantiles of ``codes`` (N, 2).
+
+    Without codes, the standard normal's quantiles (+-1.645). Rows go from high to low
+    second coordinate (top of the picture = large z2), columns from low to high z1.
+    """
+    if codes is not None and len(codes) >= 2:
+        q = torch.quantile(codes.float(), torch.tensor([0.05, 0.95], device=codes.device), dim=0)  # (2, 2)
+        lo, hi = q[0].to(device), q[1].to(device)
+    else:
+        lo = torch.full((2,), -1.6449, device=device)
+        hi = torch.full((2,), 1.6449, device=device)
+    z1 = torch.linspace(0.0, 1.0, side, device=device) * (hi[0] - lo[0]) + lo[0]
+    z2 = torch.linspace(1.0, 0.0, side, device=device) * (hi[1] - lo[1]) + lo[1]
+    g2, g1 = torch.meshgrid(z2, z1, indexing="ij")  # (side, side) each, row-major
+    return torch.stack([g1.reshape(-1), g2.reshape(-1)], dim=1)
+
+
+def _pairs(y: torch.Tensor | None, n: int, rows: int, same_label: bool) -> list[tuple[int, int]]:
+    """Index pairs into the test set: labels differ (or agree, for conditional models)."""
+    pairs: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for i in range(n):
+        if len(pairs) == rows:
+            break
+        if i in used:
+            continue
+        for j in range(i + 1, n):
+            if j in used:
+                continue
+            if y is None or (bool(y[i] == y[j]) == same_label):
+                pairs.append((i, j))
+                used.update((i, j))
+                break
+    return pairs
+
+
+def write_analysis(
+    run_dir: str | Path,
+    model: GenerativeModel,
+    dataset: Dataset,
+    *,
+    device: torch.device | str,
+    seed: int = 0,
+) -> list[Path]:
+    """Write the analysis pictures the model supports into ``run_dir``; return their paths.
+
+    ``model`` must already be on ``device``. See the module docstring for the files.
+    """
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _write(run_dir, model, dataset, device, seed)
+    finally:
+        model.train(was_training)
+
+
+def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torch.device, seed: int) -> list[Path]:
+    spec = dataset.spec
+    written: list[Path] = []
+    cond = is_conditional(model)
+    x, y = test_examples(dataset, device, seed)
+    labels = y if cond else None  # what conditional capability methods receive
+    have_test = len(x) > 0
+
+    # reconstructions.png: inputs above reconstructions (images only).
+    if isinstance(model, Reconstructor) and spec.is_image and have_test:
+        k = min(RECON_COLUMNS, len(x))
+        lab = None if labels is None else labels[:k]
+        recon = _with_labels(model.reconstruct, x[:k], lab)  # (k, C, H, W)
+        path = run_dir / "reconstructions.png"
+        save_image_grid(to_unit(torch.cat([x[:k], recon.reshape(x[:k].shape)]), spec), path, nrow=k)
+        written.append(path)
+
+    # samples.png: every model samples.
+    n = SAMPLES * (20 if spec.shape == (2,) else 1)
+    gen = torch.Generator(device).manual_seed(seed + 12345)
+    sample_cond = torch.arange(n, device=device) % spec.num_classes if cond else None
+    samples = model.sample(n, generator=gen, cond=sample_cond, mean=spec.is_image)
+    path = run_dir / "samples.png"
+    if save_samples(samples, spec, path, reference=dataset.meta.get("modes")):
+        written.append(path)
+
+    # latent.png: test codes coloured by label.
+    codes = None
+    if isinstance(model, Encoder) and have_test:
+        parts = []
+        for start in range(0, len(x), 500):
+            lab = None if labels is None else labels[start : start + 500]
+            parts.append(_with_labels(model.encode, x[start : start + 500], lab).reshape(len(x[start : start + 500]), -1))
+        codes = torch.cat(parts)  # (N, L)
+        finite = torch.isfinite(codes).all(dim=1)  # a diverged model may give NaN codes
+        codes = codes[finite] if bool(finite.any()) else None
+        if codes is not None:
+            points, note = project_2d(codes)
+            path = run_dir / "latent.png"
+            save_scatter(points, path, labels=None if y is None else y[finite], title=f"{len(points)} test codes ({note})")
+            written.append(path)
+
+    # manifold.png: decoded grid over a 2-D latent (images only).
+    latent_dim = codes.shape[1] if codes is not None else getattr(model.config, "latent_dim", None)
+    if codes is not None and len(codes) < 2:
+        codes = None  # too few for quantiles: the grid spans the standard normal's instead
+    if isinstance(model, Decoder) and latent_dim == 2 and spec.is_image:
+        grid = latent_grid(codes, MANIFOLD_SIDE, device)  # (225, 2)
+        lab = torch.zeros(len(grid), dtype=torch.long, device=device) if cond else None
+        images = _with_labels(model.decode, grid, lab)  # (225, C, H, W)
+        path = run_dir / "manifold.png"
+        save_image_grid(to_unit(images, spec), path, nrow=MANIFOLD_SIDE)
+        written.append(path)
+
+    # interpolation.png: one row per pair, endpoints' inputs at both ends (images only).
+    if isinstance(model, Interpolator) and spec.is_image and len(x) >= 2:
+        rows = []
+        for i, j in _pairs(y, len(x), INTERP_ROWS, same_label=cond):
+            kwargs = {"y": y[i : i + 1]} if cond and y is not None else {}
+            path_images = model.interpolate(x[i], x[j], INTERP_STEPS, **kwargs)  # (steps, *shape)
+            rows.append(torch.cat([x[i : i + 1], path_images.reshape(-1, *spec.shape), x[j : j + 1]]))
+        if rows:
+            path = run_dir / "interpolation.png"
+            save_image_grid(to_unit(torch.cat(rows), spec), path, nrow=INTERP_STEPS + 2)
+            written.append(path)
+    return written

@@ -1,0 +1,759 @@
+"""The ``deepgen`` command line: train | sample | eval | models | datasets | demo.
+
+Every subcommand checks everything it was asked for (names, settings, types, values, the
+data's presence) before it writes anything, so a mistake leaves nothing behind. Mistakes
+are reported as one line, ``deepgen: error: <message>``, on stderr with exit status 2
+and no traceback; Ctrl-C exits with status 130 and keeps the last checkpoint.
+
+>>> main(["models"])  # doctest: +SKIP
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import inspect
+import io
+import json
+import re
+import shlex
+import shutil
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import Config, parse_assignments, split_overrides
+from .data import DataConfig, dataset_descriptions, load_dataset
+from .errors import TrainingDiverged, UserError
+
+PROG = "deepgen"
+CONFIG = "config.json"
+EVAL_FILE = "eval.json"
+
+# Files a run folder may hold; ``--overwrite`` removes exactly these (and nothing else
+# the user may keep in the folder).
+RUN_FILES = (
+    "config.json",
+    "model.safetensors",
+    "ema.safetensors",
+    "data_state.safetensors",
+    "trainer_state",
+    "metrics.jsonl",
+    "samples.png",
+    "samples",
+    "tb",
+    EVAL_FILE,
+    "reconstructions.png",
+    "latent.png",
+    "manifold.png",
+    "interpolation.png",
+)
+
+# The demo: a 2-D latent VAE on the built-in 8x8 digits: 3750 steps, about 10-20 s on 2 CPU
+# cores (samples are recognisable digits; longer training overfits the 1617 images).
+DEMO_EPOCHS = 150
+DEMO_BATCH = 64
+DEMO_MODEL = {"latent_dim": "2", "hidden": "256,128", "lr": "2e-3"}
+# 25 steps per epoch: pictures and checkpoints every epoch would cost more than the steps.
+DEMO_TRAIN = {"train.sample_every": "500", "train.checkpoint_every": "1000", "train.log_every": "100"}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _say(*lines: str) -> None:
+    print("\n".join(lines), flush=True)
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / CONFIG).is_file()
+
+
+def _train_shortcuts(args: argparse.Namespace) -> dict[str, str]:
+    """``--epochs/--batch-size/--seed/--device`` as prefixed overrides (they win over --set)."""
+    out: dict[str, str] = {}
+    for flag in ("epochs", "batch_size", "seed", "device"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[f"train.{flag}"] = str(value)
+    return out
+
+
+def _overrides(pairs: Sequence[str] | None) -> dict[str, str]:
+    return parse_assignments(pairs or [])
+
+
+def _device(name: str) -> torch.device:
+    from .training import resolve_device
+
+    return resolve_device(name)
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _fmt_losses(last: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in last.items()) or "(none logged)"
+
+
+def _remove_run_files(folder: Path) -> None:
+    """Delete the files of an earlier run in ``folder`` (only names a run writes)."""
+    for name in RUN_FILES:
+        p = folder / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+# -- train -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _TrainPlan:
+    """Everything ``train`` checked before writing: the configs, the data, the folder."""
+
+    model_name: str
+    model_config: Any
+    train_config: Any
+    data_config: DataConfig
+    dataset: Any
+    out: Path
+    replace: bool  # an earlier run in ``out`` is replaced
+
+
+def _plan_train(
+    model_name: str,
+    data: str | None,
+    data_dir: str | None,
+    sets: dict[str, str],
+    shortcuts: dict[str, str],
+    out: Path | None,
+    overwrite: bool,
+) -> _TrainPlan:
+    """Check every setting and load the data; write nothing."""
+    from .models import model_class
+    from .training import TrainConfig
+
+    cls = model_class(model_name)
+    if not data:
+        raise UserError(
+            f"train {model_name} needs --data NAME (a dataset or a path). "
+            f"Accepted names: {', '.join(n for n, _ in dataset_descriptions())}."
+        )
+    if data not in {n for n, _ in dataset_descriptions()} and Path(data).expanduser().exists():
+        data = str(Path(data).expanduser().resolve())  # the run works from any folder later
+    defaults = {"model": cls.config_class(), "train": TrainConfig(), "data": DataConfig(name=data)}
+    routed = split_overrides({**sets, **shortcuts}, defaults)
+    data_over = dict(routed["data"])
+    if data_dir is not None:
+        data_over["data_dir"] = str(Path(data_dir).expanduser().resolve())
+    if "name" in data_over:
+        raise UserError("choose the dataset with --data, not --set name=...")
+    model_config = defaults["model"].with_overrides(routed["model"])
+    train_config = defaults["train"].with_overrides(routed["train"])
+    data_config = defaults["data"].with_overrides(data_over)
+    _device(train_config.device)
+    out = out if out is not None else Path("runs") / model_name
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder.")
+    replace = out.is_dir() and _is_run(out)
+    if replace and not overwrite:
+        raise UserError(
+            f"{out} already holds a run. Pass --overwrite to replace it, "
+            f"--resume {out} to continue it, or --out to choose another folder."
+        )
+    dataset = load_dataset(data_config)
+    return _TrainPlan(model_name, model_config, train_config, data_config, dataset, out, replace)
+
+
+def _run_training(plan: _TrainPlan) -> int:
+    """Build the model (seeded), train, write the analysis, print a summary."""
+    from .analysis import write_analysis
+    from .models import create_model
+    from .training import Trainer, seed_all
+
+    seed_all(plan.train_config.seed)  # the same seed gives the same initial weights
+    model = create_model(plan.model_name, plan.dataset, plan.model_config)
+    created = not plan.out.exists()
+    if plan.replace:
+        _remove_run_files(plan.out)
+    try:
+        trainer = Trainer(model, plan.dataset, plan.train_config, plan.out, data_config=plan.data_config)
+        return _fit_and_report(trainer, write_analysis)
+    except BaseException as e:
+        if (plan.out / "model.safetensors").is_file():
+            raise
+        # A run that never reached its first checkpoint is only half written: remove it.
+        if created and plan.out.is_dir():
+            shutil.rmtree(plan.out, ignore_errors=True)
+        elif plan.out.is_dir():
+            _remove_run_files(plan.out)
+        if isinstance(e, TrainingDiverged):
+            raise TrainingDiverged(f"{e} ({plan.out} was removed.)") from None
+        raise
+
+
+def _fit_and_report(trainer: Any, write_analysis: Any, resumed_from: int | None = None) -> int:
+    out = trainer.run_dir
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        if (out / "model.safetensors").is_file():
+            print(
+                f"\n{PROG}: interrupted; the last checkpoint in {out} is kept. "
+                f"Continue with: {PROG} train --resume {out}",
+                file=sys.stderr,
+            )
+            return 130
+        print(f"\n{PROG}: interrupted before the first checkpoint; the run folder {out} is not kept.", file=sys.stderr)
+        raise
+    files = write_analysis(out, trainer.eval_model, trainer.dataset, device=trainer.device, seed=trainer.config.seed)
+    steps = f"{result.steps}" if resumed_from is None else f"{resumed_from} -> {result.steps}"
+    names = sorted({p.name for p in files} | {p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")})
+    _say(
+        f"run folder: {out}",
+        f"steps: {steps} ({result.epochs} epoch{'' if result.epochs == 1 else 's'}) in {_fmt_seconds(result.seconds)}",
+        f"last losses: {_fmt_losses(result.last)}",
+        f"files: {', '.join(names)}",
+    )
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from .analysis import write_analysis
+    from .models import model_class
+    from .training import TrainConfig, Trainer, read_run_config
+
+    run = Path(args.resume)
+    cfg = read_run_config(run)
+    if args.model is not None and args.model != cfg["model"]:
+        raise UserError(f"{run} is a {cfg['model']!r} run, not {args.model!r}; leave out MODEL or name {cfg['model']!r}.")
+    for flag, given in (("--data", args.data), ("--data-dir", args.data_dir), ("--out", args.out)):
+        if given is not None:
+            raise UserError(f"{flag} cannot change on --resume: the run keeps its data and folder.")
+    if args.overwrite:
+        raise UserError("--overwrite and --resume exclude each other.")
+    saved_train = TrainConfig.from_dict(cfg["train"])
+    configs = {
+        "model": model_class(cfg["model"]).config_class.from_dict(cfg["model_config"]),
+        "train": saved_train,
+        "data": DataConfig.from_dict(cfg["data"]),
+    }
+    routed = split_overrides({**_overrides(args.set), **_train_shortcuts(args)}, configs)
+    for part in ("model", "data"):
+        if routed[part]:
+            keys = ", ".join(repr(k) for k in routed[part])
+            raise UserError(
+                f"{part} setting {keys} cannot change on --resume; only trainer settings may "
+                f"({', '.join(TrainConfig.field_names())}). Train a new run to change it."
+            )
+    new_train = saved_train.with_overrides(routed["train"])
+    _device(new_train.device)
+    changes = {k: getattr(new_train, k) for k in routed["train"]}
+    trainer = Trainer.resume(run, **changes)
+    start = trainer.step
+    if trainer.finished:
+        raise UserError(
+            f"{run} has already finished: {trainer.loader.epochs_done} of {trainer.config.epochs} epochs, "
+            f"step {start}. Pass --epochs N with N > {trainer.loader.epochs_done} to train longer."
+        )
+    return _fit_and_report(trainer, write_analysis, resumed_from=start)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``deepgen train``: a new run, or ``--resume`` an existing one."""
+    if args.resume is not None:
+        return _resume(args)
+    if args.model is None:
+        raise UserError("train needs a MODEL (see `deepgen models`), or --resume RUN to continue a run.")
+    plan = _plan_train(
+        args.model, args.data, args.data_dir, _overrides(args.set), _train_shortcuts(args),
+        None if args.out is None else Path(args.out), args.overwrite,
+    )
+    return _run_training(plan)
+
+
+# -- sample ----------------------------------------------------------------------------------
+
+
+def _parse_cond(text: str | None, n: int, num_classes: int | None, conditional: bool, device: torch.device) -> torch.Tensor | None:
+    """``--cond 3`` / ``--cond 0,1,2`` -> labels (n,), repeated cyclically."""
+    if not conditional:
+        if text is not None:
+            raise UserError("--cond is for conditional models; this run's model is unconditional.")
+        return None
+    k = int(num_classes or 0)
+    if text is None:
+        return torch.arange(n, device=device) % k
+    try:
+        labels = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UserError(f"--cond expects a label or comma-separated labels in 0..{k - 1}, got {text!r}.") from None
+    if not labels or any(not 0 <= c < k for c in labels):
+        raise UserError(f"--cond labels must be in 0..{k - 1}, got {text!r}.")
+    base = torch.tensor(labels, device=device)
+    return base.repeat((n + len(base) - 1) // len(base))[:n]
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``deepgen sample``: draw from a trained run and write a picture, array or table."""
+    from .training import load_run
+    from .viz import atomic_path, save_samples
+
+    out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".npy", ".csv"):
+        raise UserError(f"--out must end in .png, .npy or .csv, got {str(out)!r}.")
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}.")
+    device = _device(args.device)
+    run = load_run(args.run, device=device)
+    spec = run.spec
+    if suffix == ".png" and not (spec.is_image or spec.shape == (2,)):
+        raise UserError(f"samples of shape {spec.shape} cannot be drawn as a picture; write .npy or .csv instead.")
+    conditional = bool(getattr(run.model_config, "conditional", False))
+    cond = _parse_cond(args.cond, args.n, spec.num_classes, conditional, device)
+    dataset = run.load_dataset() if suffix == ".csv" else None
+    gen = torch.Generator(device).manual_seed(args.seed)
+    mean = spec.is_image and not args.draw
+    with torch.no_grad():
+        samples = run.model.sample(args.n, generator=gen, cond=cond, mean=mean)
+    if suffix == ".png":
+        save_samples(samples, spec, out, reference=run.data_meta.get("modes"))
+    elif suffix == ".npy":
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, samples.detach().cpu().numpy())
+    else:
+        assert dataset is not None
+        values = dataset.to_original(samples.detach().float().cpu()).reshape(args.n, -1).numpy()
+        columns = run.data_meta.get("columns")
+        if not (isinstance(columns, list) and len(columns) == values.shape[1]):
+            columns = [f"x{i}" for i in range(values.shape[1])]
+        label_name = str(run.data_meta.get("label_column") or "label")
+        header = [str(c) for c in columns] + ([label_name] if cond is not None else [])
+        names = run.data_meta.get("label_values")
+        labels = None if cond is None else [
+            str(names[c]) if isinstance(names, list) and c < len(names) else str(c) for c in cond.cpu().tolist()
+        ]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        for i, row in enumerate(values):
+            writer.writerow([repr(float(v)) for v in row] + ([labels[i]] if labels is not None else []))
+        with atomic_path(out) as tmp:
+            tmp.write_text(buf.getvalue())
+    kind = "means of the output distribution" if mean else "draws"
+    _say(f"wrote {args.n} samples ({kind}) from {run.path} (step {run.step}) to {out}")
+    return 0
+
+
+# -- eval ------------------------------------------------------------------------------------
+
+
+def _metric_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("--metrics needs one or more metric names, e.g. --metrics recon,elbo,nll.")
+    return list(dict.fromkeys(names))
+
+
+def _read_eval(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        print(f"{PROG}: warning: {path} was unreadable; starting a new one.", file=sys.stderr)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``deepgen eval``: metrics of a run; print a table and merge them into ``eval.json``."""
+    from .metrics import check_metrics, evaluate, format_table
+    from .training import load_run
+    from .training.checkpoint import write_json
+
+    names = _metric_names(args.metrics)
+    device = _device(args.device)
+    if args.limit < 0:
+        raise UserError(f"--limit must be >= 0 (0 = the whole split), got {args.limit}.")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    settings = {k.removeprefix("model."): v for k, v in _overrides(args.set).items()}
+    run = load_run(args.run, device=device, model_overrides=settings or None)
+    check_metrics(run.model, names)
+    dataset = run.load_dataset()
+    table: dict[str, Any] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    command = shlex.join([PROG, *argv])
+    for name in names:
+        start = time.perf_counter()
+        result = evaluate(
+            run.model, dataset, [name], split=args.split, batch_size=args.batch_size,
+            limit=args.limit, seed=args.seed, device=device,
+        )
+        seconds = time.perf_counter() - start
+        if not table:
+            table.update({"split": result["split"], "n": result["n"]})
+        values = {k: v for k, v in result.items() if k not in ("split", "n")}
+        table.update(values)
+        table[f"{name}_seconds"] = round(seconds, 3)
+        entries[name] = {
+            "values": values,
+            "split": result["split"],
+            "n": result["n"],
+            "seconds": round(seconds, 3),
+            "step": run.step,
+            "command": command,
+            "settings": settings,
+            "seed": args.seed,
+            "date": when,
+        }
+    print(format_table(table))
+    path = run.path / EVAL_FILE
+    merged = _read_eval(path)
+    for name, entry in entries.items():
+        by_split = merged.get(name) if isinstance(merged.get(name), dict) else {}
+        merged[name] = {**by_split, entry["split"]: entry}
+    write_json(path, merged)
+    _say(f"wrote {path}")
+    return 0
+
+
+# -- models / datasets -----------------------------------------------------------------------
+
+
+def _capabilities_of(cls: type) -> list[str]:
+    """Capability names of a model class, by ``isinstance`` on the Protocols (members are
+    looked up on the class, so methods and properties count)."""
+    from .models.base import CAPABILITIES
+
+    return [name for name, proto in CAPABILITIES.items() if isinstance(cls, proto)]
+
+
+_FIELD_COMMENT = re.compile(r"^\s*(\w+)\s*:[^#]*#\s*(.+)$")
+
+
+def _field_comments(config_class: type) -> dict[str, str]:
+    """The ``# comment`` written beside each field in the config classes' source."""
+    comments: dict[str, str] = {}
+    for klass in reversed(config_class.__mro__):
+        if not (isinstance(klass, type) and issubclass(klass, Config)):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in source.splitlines():
+            m = _FIELD_COMMENT.match(line)
+            if m:
+                comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def _describe_config(config: Config, title: str) -> list[str]:
+    rows = config.describe_fields()
+    comments = _field_comments(type(config))
+    values = [",".join(str(v) for v in d) if isinstance(d, tuple) else str(d) for _, _, d in rows]
+    width_n = max(len(n) for n, _, _ in rows)
+    width_t = max(len(t) for _, t, _ in rows)
+    width_v = max(len(v) for v in values)
+    lines = [title]
+    for (name, tp, _), value in zip(rows, values):
+        note = f"  # {comments[name]}" if name in comments else ""
+        lines.append(f"  {name.ljust(width_n)}  {tp.ljust(width_t)}  = {value.ljust(width_v)}{note}".rstrip())
+    return lines
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``deepgen models [NAME]``: the registered models, or one model's settings."""
+    from .models import model_class, model_names
+
+    if args.name is None:
+        names = model_names()
+        width = max(len(n) for n in names)
+        for name in names:
+            cls = model_class(name)
+            caps = ", ".join(_capabilities_of(cls)) or "-"
+            _say(f"{name.ljust(width)}  {cls.describe()}  [{caps}]")
+        return 0
+    cls = model_class(args.name)
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    lines = [f"{args.name}: {doc}" if doc else args.name, ""]
+    lines.append(f"capabilities: {', '.join(_capabilities_of(cls)) or 'none beyond sampling'}")
+    lines.append("")
+    lines += _describe_config(cls.config_class(), "model settings (--set key=value, or model.key=value):")
+    lines.append("")
+    lines.append(f"Trainer and data settings: {PROG} train --help. Example:")
+    lines.append(f"  {PROG} train {args.name} --data digits --epochs 20 --set latent_dim=8")
+    _say(*lines)
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """``deepgen datasets``: one line per registered dataset."""
+    rows = dataset_descriptions()
+    width = max(len(n) for n, _ in rows)
+    for name, description in rows:
+        _say(f"{name.ljust(width)}  {description}")
+    _say("", "Also accepted as --data: a folder of PNG/JPEG images, a .npy/.npz array or a .csv table.")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``deepgen demo``: a 2-D latent VAE on the built-in digits, then what to try next."""
+    out = Path(args.out)
+    if out.is_dir() and _is_run(out):
+        try:
+            old = json.loads((out / CONFIG).read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        is_demo = old.get("model") == "vae" and old.get("data", {}).get("name") == "digits"
+        if not (is_demo or args.overwrite):
+            raise UserError(f"{out} already holds a {old.get('model', 'other')!r} run; pass --overwrite or choose another --out.")
+    plan = _plan_train(
+        "vae", "digits", None, dict(DEMO_MODEL),
+        {
+            "train.epochs": str(args.epochs), "train.batch_size": str(DEMO_BATCH),
+            "train.device": args.device, "train.progress": "false" if args.quiet else "true",
+            "train.tensorboard": "false", **DEMO_TRAIN,
+        },
+        out, overwrite=True,
+    )
+    _say(f"Training a VAE with a 2-D latent on the 8x8 digits ({plan.train_config.epochs} epochs on {args.device}) ...")
+    threads = torch.get_num_threads()
+    if plan.train_config.device == "cpu":
+        # A network this small runs fastest on one thread: more only add synchronisation
+        # (and stall badly when the cores are shared with other work).
+        torch.set_num_threads(1)
+    try:
+        code = _run_training(plan)
+    finally:
+        torch.set_num_threads(threads)
+    if code != 0:
+        return code
+    _say(
+        "",
+        "Look at:",
+        f"  {out / 'samples.png'}          new digits drawn from the prior",
+        f"  {out / 'manifold.png'}         the 2-D latent space decoded on a 15x15 grid",
+        f"  {out / 'latent.png'}           test digits' codes coloured by class",
+        f"  {out / 'reconstructions.png'}  test digits (top) and their reconstructions",
+        f"  {out / 'interpolation.png'}    paths between pairs of digits",
+        "",
+        "Next:",
+        f"  {PROG} sample {out} --n 100 --out digits.png",
+        f"  {PROG} eval {out} --metrics recon,elbo,nll",
+        f"  {PROG} train vae --data digits --set latent_dim=16 --epochs 100 --out runs/vae16",
+        f"  {PROG} models vae",
+    )
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .training import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Deep generative models with one trainer, one data layer and one evaluator.",
+        epilog=(
+            "examples:\n"
+            f"  {PROG} demo                      # a 2-D latent VAE on digits in under a minute\n"
+            f"  {PROG} models                    # what can be trained\n"
+            f"  {PROG} train vae --data digits --epochs 50\n"
+            f"  {PROG} sample runs/vae --out samples.png\n"
+            f"  {PROG} eval runs/vae --metrics elbo,nll\n"
+            f"\nRun `{PROG} COMMAND --help` for a command's options."
+        ),
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # train
+    wrap = {"width": 78, "subsequent_indent": " " * 11, "break_on_hyphens": False}
+    train_fields = textwrap.fill(", ".join(TrainConfig.field_names()), initial_indent="  trainer: ", **wrap)
+    data_fields = textwrap.fill(", ".join(n for n in DataConfig.field_names() if n != "name"), initial_indent="  data:    ", **wrap)
+    p = sub.add_parser(
+        "train",
+        help="train a model (or --resume a run)",
+        description="Train MODEL on dataset --data and write a run folder (default runs/MODEL).",
+        epilog=(
+            "examples:\n"
+            f"  {PROG} train vae --data digits --epochs 50 --set latent_dim=2\n"
+            f"  {PROG} train vae --data mnist --data-dir ~/data --set hidden=512,256 --set beta=4\n"
+            f"  {PROG} train ae --data moons --set latent_dim=1 --out runs/moons-ae\n"
+            f"  {PROG} train --resume runs/vae --epochs 100      # continue to epoch 100\n"
+            "\n"
+            "--set key=value sets one of the model's settings (list them with\n"
+            f"`{PROG} models MODEL`), the trainer's or the data's; write model.key,\n"
+            "train.key or data.key when a name belongs to more than one (data.seed).\n"
+            f"{train_fields}\n"
+            f"{data_fields}\n"
+            "\n"
+            "Everything is checked before the run folder is created. A folder that\n"
+            "already holds a run needs --overwrite (or --resume to continue it).\n"
+            "On --resume only trainer settings may change."
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL", help="registered model name (see `deepgen models`)")
+    p.add_argument("--data", metavar="NAME", help="dataset name (see `deepgen datasets`) or a path to user data")
+    p.add_argument("--data-dir", metavar="DIR", help="folder searched first for the dataset's files")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a model, trainer or data setting (repeatable)")
+    p.add_argument("--epochs", type=int, metavar="N", help="epochs to train (train.epochs)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="examples per batch (train.batch_size)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the weights, data order and noise (train.seed)")
+    p.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N or mps (train.device)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    # sample
+    p = sub.add_parser(
+        "sample",
+        help="draw samples from a trained run",
+        description="Draw N samples from the model in run folder RUN and write them to --out.",
+        epilog=(
+            "The suffix of --out picks the format:\n"
+            "  .png  an image grid (images) or a scatter plot (2-D points)\n"
+            "  .npy  the raw array (N, *shape) in the model's space\n"
+            "  .csv  one row per sample, in the data's original units (tables)\n"
+            "Images are the means of the output distribution unless --draw is given.\n"
+            "\n"
+            "examples:\n"
+            f"  {PROG} sample runs/vae --n 100 --out samples.png\n"
+            f"  {PROG} sample runs/cvae --cond 3 --out threes.png\n"
+            f"  {PROG} sample runs/table-vae --n 1000 --out synthetic.csv"
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--out", default="samples.png", help="output file: .png, .npy or .csv (default samples.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
+    p.add_argument("--cond", metavar="LABELS", help="conditional models: a label, or labels 0,1,2,... repeated (default: 0..K-1 in turn)")
+    p.add_argument("--draw", action="store_true", help="draw images from the output distribution instead of its mean")
+    p.add_argument("--device", default="cpu", help="device to sample on (default cpu)")
+    p.set_defaults(func=cmd_sample)
+
+    # eval
+    from .metrics import metric_descriptions
+
+    metric_lines = "\n".join(f"  {n:<12} needs {needs:<12} {desc}" for n, needs, desc in metric_descriptions())
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained run",
+        description="Evaluate the model in run folder RUN; print a table and merge the figures into RUN/eval.json.",
+        epilog=(
+            f"metrics:\n{metric_lines}\n"
+            "\n"
+            "--set changes an evaluation knob of the model config (e.g. iwae_k=5000); a\n"
+            "setting that changes the parameters cannot load the weights.\n"
+            "\n"
+            "examples:\n"
+            f"  {PROG} eval runs/vae --metrics elbo,nll --set iwae_k=5000 --batch-size 16\n"
+            f"  {PROG} eval runs/ae --metrics recon --split train --limit 1000"
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--metrics", default="recon,elbo,nll", help="comma-separated metric names (default recon,elbo,nll)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="split to evaluate (default test)")
+    p.add_argument("--limit", type=int, default=0, help="use the first N examples (default 0 = all)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per model call (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's randomness (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting for evaluation, e.g. iwae_k=5000 (repeatable)")
+    p.set_defaults(func=cmd_eval)
+
+    # models
+    p = sub.add_parser(
+        "models",
+        help="list the models, or one model's settings",
+        description="List the registered models with their capabilities, or show NAME's settings.",
+        epilog=f"examples:\n  {PROG} models\n  {PROG} models vae",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="show this model's settings")
+    p.set_defaults(func=cmd_models)
+
+    # datasets
+    p = sub.add_parser(
+        "datasets",
+        help="list the datasets",
+        description="List the registered datasets (and the user data formats accepted by --data).",
+        epilog=f"example:\n  {PROG} datasets",
+        formatter_class=_Formatter,
+    )
+    p.set_defaults(func=cmd_datasets)
+
+    # demo
+    p = sub.add_parser(
+        "demo",
+        help="train a small VAE on the built-in digits (under a minute on a CPU)",
+        description=(
+            "Train a VAE with a 2-D latent on the built-in 8x8 digits, write samples, the\n"
+            "latent space, a decoded manifold, reconstructions and interpolations, and print\n"
+            "what to try next. Runs offline on the CPU in well under a minute."
+        ),
+        epilog=f"examples:\n  {PROG} demo\n  {PROG} demo --epochs 30 --out runs/quick-demo",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; an earlier demo there is replaced)")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"epochs (default {DEMO_EPOCHS})")
+    p.add_argument("--device", default="cpu", help="device (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace another kind of run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = _parser()
+        args = parser.parse_args(args_list)
+        if args.func is cmd_eval:
+            return cmd_eval(args, args_list)
+        return int(args.func(args))
+    except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except (UserError, TrainingDiverged) as e:
+        message = " ".join(str(e).split())  # one line
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted.", file=sys.stderr)
+        return 130
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{PROG}: error: {e.strerror or e}{':' if where else ''}{where}", file=sys.stderr)
+        return 2
+
