@@ -138,8 +138,9 @@ class Trainer:
         self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed)
         self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
         # torch.compile of the loss (forward and, through AOTAutograd, backward): fewer,
-        # fused kernels for launch-bound small models.
-        self._loss = torch.compile(model.loss) if self.config.compile else model.loss
+        # fused kernels for launch-bound small models. Batches have one size (the loader
+        # drops the tail), so static shapes: no dynamic-shape recompiles.
+        self._loss = torch.compile(model.loss, dynamic=False) if self.config.compile else model.loss
         self.step = 0
         self.seconds = 0.0
         # Per phase: the names of its logged values and their running sums, one device
