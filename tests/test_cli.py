@@ -71,7 +71,7 @@ def test_train_sample_eval_round_trip(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_toy_2d_run_writes_scatters_and_csv(tmp_path: Path) -> None:
-    run = train(tmp_path, "vae", "moons", "--set", "data.num_samples=400")
+    run = train(tmp_path, "vae", "moons", "--set", "num_samples=400")
     assert (run / "samples.png").is_file() and (run / "latent.png").is_file()
     assert not (run / "reconstructions.png").exists()  # images only
     out = tmp_path / "points.csv"
@@ -209,8 +209,8 @@ TRAIN_MISTAKES = [
     (["train", "vae", "--data", "digits", "--set", "lr=-1"], "lr"),
     (["train", "vae", "--data", "digits", "--set", "latent_dim"], "key=value"),
     (["train", "vae", "--data", "digits", "--device", "tpu"], "'tpu'"),
-    (["train", "vae", "--data", "moons", "--set", "num_samples=100"], "ambiguous"),
-    (["train", "vae", "--data", "swissroll", "--set", "conditional=true", "--set", "data.num_samples=100"], "conditional"),
+    (["train", "vae", "--data", "moons", "--set", "seed=1"], "ambiguous"),
+    (["train", "vae", "--data", "swissroll", "--set", "conditional=true", "--set", "num_samples=100"], "conditional"),
     (["train", "vae"], "--data"),
     (["train", "--data", "digits"], "MODEL"),
     (["train", "vae", "--data", "mnist", "--data-dir", "{empty}"], "mnist"),
@@ -300,3 +300,46 @@ def test_interrupt_after_a_checkpoint_keeps_the_run(tmp_path: Path, monkeypatch:
     assert "is kept" in err and "--resume" in err and "Traceback" not in err
     monkeypatch.undo()
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+
+
+def _write_bad_data(root: Path) -> dict[str, Path]:
+    """One broken input of each kind the issue lists, each in its own folder."""
+    import gzip
+
+    bad: dict[str, Path] = {}
+    # MNIST with a corrupt header (wrong magic) and with a truncated image file.
+    for name, payload in {
+        "corrupt": (1234).to_bytes(4, "big") + bytes(12),
+        "truncated": (2051).to_bytes(4, "big") + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(100),
+    }.items():
+        folder = root / name / "mnist"
+        folder.mkdir(parents=True)
+        for f in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+            (folder / f).write_bytes(gzip.compress(payload))
+        for f in ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+            (folder / f).write_bytes(gzip.compress((2049).to_bytes(4, "big") + (0).to_bytes(4, "big")))
+        bad[name] = root / name
+    (root / "no-images").mkdir()
+    (root / "no-images" / "notes.txt").write_text("not an image")
+    bad["no-images"] = root / "no-images"
+    (root / "text.csv").write_text("a,b\n1,2\n3,hello\n")
+    bad["text-csv"] = root / "text.csv"
+    (root / "nan.csv").write_text("a,b\n1,2\n3,nan\n")
+    bad["nan-csv"] = root / "nan.csv"
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("case", "word"),
+    [("corrupt", "magic"), ("truncated", "truncated"), ("no-images", "no images"), ("text-csv", "hello"), ("nan-csv", "NaN")],
+)
+def test_bad_data_files_exit_2_with_one_line(tmp_path: Path, no_data_env: Path, capsys: pytest.CaptureFixture[str], case: str, word: str) -> None:
+    bad = _write_bad_data(tmp_path / "bad")
+    target = bad[case]
+    argv = ["train", "vae", "--data", "mnist", "--data-dir", str(target)] if case in ("corrupt", "truncated") else ["train", "vae", "--data", str(target)]
+    run = tmp_path / "out"
+    assert main([*argv, "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("deepgen: error: ")
+    assert word.lower() in err[0].lower(), err[0]
+    assert not run.exists()

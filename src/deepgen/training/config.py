@@ -24,7 +24,7 @@ class TrainConfig(Config):
     sample_every: int = 0  # steps between sample pictures; 0 = at the end of each epoch
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
     max_steps: int = 0  # stop after this many steps in all (0 = no limit)
-    num_samples: int = 64  # examples in each sample picture (2-D data: 20x as many points)
+    picture_samples: int = 64  # examples in each sample picture (2-D data: 20x as many points)
     progress: bool = True  # tqdm progress bar
     tensorboard: bool = True  # TensorBoard event files in run/tb (needs the tensorboard package)
 
@@ -37,4 +37,4 @@ class TrainConfig(Config):
         self.check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         for name in ("sample_every", "checkpoint_every", "max_steps"):
             self.check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        self.check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        self.check(self.picture_samples >= 1, f"picture_samples must be >= 1, got {self.picture_samples}")

@@ -328,7 +328,7 @@ class Trainer:
         if self.run_dir is None:
             return None
         spec = self.dataset.spec
-        n = self.config.num_samples * (20 if spec.shape == (2,) else 1)
+        n = self.config.picture_samples * (20 if spec.shape == (2,) else 1)
         model = self.eval_model
         was_training = model.training
         model.eval()
