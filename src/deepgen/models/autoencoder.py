@@ -39,8 +39,9 @@ from torch import nn
 
 from ..data.dataset import Batch, DataSpec
 from ..errors import UserError
-from ..nn.layers import ACTIVATIONS, activation, make_decoder, make_encoder
-from ..nn.likelihoods import HEADS, make_head
+from ..nn.config import EncoderDecoderConfig
+from ..nn.layers import activation, make_decoder, make_encoder
+from ..nn.likelihoods import make_head
 from ..registry import register
 from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
 
@@ -48,37 +49,13 @@ from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
 
 
 @dataclass(frozen=True)
-class AEConfig(ModelConfig):
-    """Settings shared by every autoencoder."""
+class AEConfig(EncoderDecoderConfig):
+    """Settings shared by every autoencoder (network and head knobs: EncoderDecoderConfig)."""
 
-    network: Literal["mlp", "conv"] = "mlp"  # conv: images (C, H, W) only
-    hidden: tuple[int, ...] = (256, 128)  # mlp encoder widths; the decoder mirrors them
-    channels: tuple[int, ...] = (32, 64)  # conv encoder stages (stride 2 each); mirrored
-    latent_dim: int = 16
-    activation: str = "relu"
-    likelihood: str = "auto"  # decoder head p(x | h); auto: bernoulli / gaussian / ...
-    sigma: float = 0.1  # std of the fixed-variance "gaussian" head (MSE / (2 sigma^2))
-    components: int = 5  # mixture components of the "logistic-mixture" head
     code_momentum: float = 0.01  # EMA rate of the code mean / covariance used by sample()
 
     def validate(self) -> None:
-        self.check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        self.check(self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}")
-        self.check(all(h >= 1 for h in self.hidden), f"hidden sizes must be >= 1, got {self.hidden}")
-        self.check(
-            len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
-            f"channels must be one or more sizes >= 1, got {self.channels}",
-        )
-        self.check(
-            self.activation in ACTIVATIONS,
-            f"unknown activation {self.activation!r}. Accepted: {', '.join(sorted(ACTIVATIONS))}.",
-        )
-        self.check(
-            self.likelihood == "auto" or self.likelihood in HEADS,
-            f"unknown likelihood {self.likelihood!r}. Accepted: auto, {', '.join(sorted(HEADS))}.",
-        )
-        self.check(self.sigma > 0, f"sigma must be > 0, got {self.sigma}")
-        self.check(self.components >= 1, f"components must be >= 1, got {self.components}")
+        super().validate()
         self.check(
             0 < self.code_momentum <= 1, f"code_momentum must be in (0, 1], got {self.code_momentum}"
         )

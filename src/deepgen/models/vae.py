@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from ..data.dataset import Batch, DataSpec
 from ..errors import UserError
-from ..nn.layers import ACTIVATIONS, make_decoder, make_encoder
-from ..nn.likelihoods import HEADS, make_head
+from ..nn.config import EncoderDecoderConfig
+from ..nn.layers import make_decoder, make_encoder
+from ..nn.likelihoods import make_head
 from ..registry import register
-from .base import GenerativeModel, LossOutput, ModelConfig, one_hot
+from .base import GenerativeModel, LossOutput, one_hot
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -41,40 +41,17 @@ _IWAE_ELEMENTS_PER_CALL = 2**24
 
 
 @dataclass(frozen=True)
-class VAEConfig(ModelConfig):
-    """Settings of the ``vae`` family."""
+class VAEConfig(EncoderDecoderConfig):
+    """Settings of the ``vae`` family (network and head knobs: EncoderDecoderConfig)."""
 
-    network: Literal["mlp", "conv"] = "mlp"
     hidden: tuple[int, ...] = (512, 256)  # mlp widths, encoder order (the decoder mirrors it)
-    channels: tuple[int, ...] = (32, 64)  # conv channels, one stride-2 layer each
-    latent_dim: int = 16
-    activation: str = "relu"
-    likelihood: str = "auto"  # a head name; auto: bernoulli/gaussian/gaussian-learned/categorical by data kind
-    sigma: float = 0.1  # std of the fixed-variance gaussian head
-    components: int = 5  # logistic-mixture components
     beta: float = 1.0  # KL weight in the training loss (beta-VAE); 1 is the plain ELBO
     conditional: bool = False  # CVAE: one-hot labels into encoder and decoder
     iwae_k: int = 100  # importance samples for log_prob (evaluation uses e.g. 5000)
     iwae_chunk: int = 0  # importance samples per decoder call in log_prob; 0: about 2^24 outputs per call
 
     def validate(self) -> None:
-        self.check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        self.check(all(h > 0 for h in self.hidden), f"hidden widths must be > 0, got {self.hidden}")
-        self.check(
-            len(self.channels) >= 1 and all(c > 0 for c in self.channels),
-            f"channels must be one or more positive numbers, got {self.channels}",
-        )
-        self.check(self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}")
-        self.check(
-            self.activation in ACTIVATIONS,
-            f"unknown activation {self.activation!r}; accepted: {', '.join(sorted(ACTIVATIONS))}",
-        )
-        self.check(
-            self.likelihood == "auto" or self.likelihood in HEADS,
-            f"unknown likelihood {self.likelihood!r}; accepted: auto, {', '.join(sorted(HEADS))}",
-        )
-        self.check(self.sigma > 0, f"sigma must be > 0, got {self.sigma}")
-        self.check(self.components >= 1, f"components must be >= 1, got {self.components}")
+        super().validate()
         self.check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         self.check(self.iwae_k >= 1, f"iwae_k must be >= 1, got {self.iwae_k}")
         self.check(self.iwae_chunk >= 0, f"iwae_chunk must be >= 0 (0 = automatic), got {self.iwae_chunk}")
