@@ -165,3 +165,19 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_oscillation_measure_and_histograms(tmp_path):
+    ds = deepgen.load_dataset(DATA)
+    seed_all(0)
+    model = deepgen.create_model("vae", ds, **SMALL)
+    model.oscillation_keys = ("loss",)  # as a GAN declares its D and G losses
+    model.histograms = lambda: {"w": model.decoder.net[0].weight}  # the HasHistograms capability
+    run = tmp_path / "osc"
+    Trainer(model, ds, _config(osc_window=3, tensorboard=True), run, data_config=DATA).fit()
+    records = read_metrics(run)
+    losses = [r["loss"] for r in records]
+    for i, r in enumerate(records):
+        window = losses[max(0, i - 2) : i + 1]
+        assert r["loss_osc"] == pytest.approx((max(window) - min(window)) / 2)
+    assert (run / "histograms.png").is_file()

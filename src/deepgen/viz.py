@@ -113,3 +113,25 @@ def save_samples(samples: torch.Tensor, spec: DataSpec, path: str | Path, refere
         save_scatter(samples, path, reference=reference, title=f"{len(samples)} samples")
         return True
     return False
+
+
+def save_histograms(values: dict[str, torch.Tensor], path: str | Path, bins: int = 60, title: str = "") -> Path:
+    """One histogram panel per entry (e.g. each critic layer's weights)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(values))
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.6), dpi=100, squeeze=False)
+    for ax, (name, v) in zip(axes[0], values.items()):
+        ax.hist(v.detach().float().cpu().reshape(-1).numpy(), bins=bins, color="tab:blue")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

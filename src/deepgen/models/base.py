@@ -94,6 +94,10 @@ class GenerativeModel(nn.Module):
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     registered_name: ClassVar[str] = ""
+    #: Logged keys (as the trainer names them, e.g. "discriminator/loss") whose
+    #: oscillation the trainer reports as ``<key>_osc``: half the range of the key's
+    #: logged means over the last ``TrainConfig.osc_window`` log points.
+    oscillation_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig, spec: DataSpec) -> None:
         super().__init__()
@@ -192,6 +196,17 @@ class Reconstructor(Protocol):
 
 
 @runtime_checkable
+class HasHistograms(Protocol):
+    """``histograms()`` -> {name: values (any shape)} to plot (e.g. WGAN critic weights).
+
+    The trainer writes them to TensorBoard at each log point and to ``histograms.png``
+    with the sample pictures.
+    """
+
+    def histograms(self) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
 class ReconstructionNLL(Protocol):
     """``reconstruction_nll(x)`` -> (N,) nats: -log p(x | code of x) under the output distribution."""
 
@@ -213,6 +228,7 @@ CAPABILITIES: dict[str, type] = {
     "reconstruct": Reconstructor,
     "reconstruction_nll": ReconstructionNLL,
     "interpolate": Interpolator,
+    "histograms": HasHistograms,
 }
 
 

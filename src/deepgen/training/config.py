@@ -21,6 +21,7 @@ class TrainConfig(Config):
     compile: bool = False  # torch.compile the loss (forward and backward); pays off on GPUs
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     log_every: int = 50  # steps between reads of the logged device tensors (one sync each)
+    osc_window: int = 20  # log points in the moving window of the oscillation measure (<key>_osc)
     sample_every: int = 0  # steps between sample pictures; 0 = at the end of each epoch
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
     max_steps: int = 0  # stop after this many steps in all (0 = no limit)
@@ -35,6 +36,7 @@ class TrainConfig(Config):
         self.check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         self.check(0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (0 = off), got {self.ema}")
         self.check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        self.check(self.osc_window >= 2, f"osc_window must be >= 2, got {self.osc_window}")
         for name in ("sample_every", "checkpoint_every", "max_steps"):
             self.check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         self.check(self.picture_samples >= 1, f"picture_samples must be >= 1, got {self.picture_samples}")

@@ -6,7 +6,10 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RunLogger:
@@ -44,6 +47,12 @@ class RunLogger:
             for key, value in values.items():
                 if math.isfinite(value):
                     self.tb.add_scalar(key, value, step)
+
+    def histograms(self, step: int, values: dict[str, torch.Tensor]) -> None:
+        """Value histograms to TensorBoard (nothing in metrics.jsonl: they are not scalars)."""
+        if self.tb is not None:
+            for key, v in values.items():
+                self.tb.add_histogram(key, v.detach().float().cpu(), step)
 
     def close(self) -> None:
         if self.tb is not None:

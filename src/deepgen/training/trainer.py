@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from torch import nn
 from ..data import DataConfig, Dataset, ResidentLoader, load_dataset
 from ..errors import TrainingDiverged, UserError
 from ..models import create_model, model_class
-from ..models.base import GenerativeModel, OptimizerSpec, Phase
-from ..viz import save_samples
+from ..models.base import GenerativeModel, HasHistograms, OptimizerSpec, Phase
+from ..viz import save_histograms, save_samples
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .logging import RunLogger
@@ -149,6 +150,8 @@ class Trainer:
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self.last: dict[str, float] = {}
+        # Host-side history of the logged means of model.oscillation_keys (no extra sync).
+        self._history: dict[str, deque[float]] = {k: deque(maxlen=self.config.osc_window) for k in model.oscillation_keys}
         self._resumed = _resume_state is not None
         if _resume_state is not None:
             self._restore(_resume_state)
@@ -288,9 +291,16 @@ class Trainer:
                 means[f"{phase}/{name}" if prefix else name] = values.pop(0) / self._counts[phase]
         self._sums.clear()
         self._counts.clear()
+        for key, history in self._history.items():
+            if key in means:
+                history.append(means[key])
+                # "The loss oscillates" as a number: half the range over a moving window.
+                means[f"{key}_osc"] = (max(history) - min(history)) / 2
         extra = {"epoch": self.loader.epochs_done, "seconds": round(self.seconds, 3)}
         if self._logger is not None:
             self._logger.log(self.step, means, **extra)
+            if isinstance(self.model, HasHistograms):
+                self._logger.histograms(self.step, self.model.histograms())
         bad = [n for n, v in means.items() if not math.isfinite(v)]
         if bad:
             kept = self._kept_checkpoint()
@@ -338,6 +348,8 @@ class Trainer:
             cond = torch.arange(n, device=self.device) % spec.num_classes
         samples = model.sample(n, generator=gen, cond=cond, mean=spec.is_image)
         model.train(was_training)
+        if isinstance(model, HasHistograms):
+            save_histograms(model.histograms(), self.run_dir / "histograms.png", title=f"step {self.step}")
         path = self.run_dir / "samples.png"
         if save_samples(samples, spec, path, reference=self.dataset.meta.get("modes")):
             (self.run_dir / "samples").mkdir(exist_ok=True)
