@@ -93,7 +93,9 @@ def build_model(ds: deepgen.Dataset, args: argparse.Namespace, device: torch.dev
 
 
 def train_config(args: argparse.Namespace, max_steps: int = 0) -> TrainConfig:
+    # max_seconds is a backstop in case the timed step rate was optimistic.
     return TrainConfig(
+        max_seconds=1.1 * args.time_budget,
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -144,15 +146,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seed_all(args.seed)  # the weights (the trainer seeds data order and noise itself)
     model = build_model(ds, args, device)
     trainer = Trainer(model, ds, train_config(args, max_steps), run_dir=args.run_dir)
-    if args.time_budget > 0:
-        # Safety net if the timed rate was optimistic: stop at the next epoch end past 110% of the budget.
-        start = time.perf_counter()
-
-        def stop_when_over(t: Trainer) -> None:
-            if time.perf_counter() - start > 1.1 * args.time_budget:
-                t.config = t.config.replace(max_steps=t.step)
-
-        trainer.callbacks.append(stop_when_over)
     result = trainer.fit()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -181,3 +181,11 @@ def test_oscillation_measure_and_histograms(tmp_path):
         window = losses[max(0, i - 2) : i + 1]
         assert r["loss_osc"] == pytest.approx((max(window) - min(window)) / 2)
     assert (run / "histograms.png").is_file()
+
+
+def test_max_seconds_stops_at_a_step_boundary_and_checkpoints(tmp_path):
+    run = tmp_path / "timed"
+    trainer = _trainer(run, epochs=1000, max_seconds=0.3)
+    result = trainer.fit()
+    assert 0 < result.steps < 1000 * 8 and result.seconds >= 0.3
+    assert load_run(run).step == result.steps  # the stop wrote a checkpoint

@@ -25,6 +25,7 @@ class TrainConfig(Config):
     sample_every: int = 0  # steps between sample pictures; 0 = at the end of each epoch
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
     max_steps: int = 0  # stop after this many steps in all (0 = no limit)
+    max_seconds: float = 0.0  # stop at the first step boundary past this much training time (0 = no limit)
     picture_samples: int = 64  # examples in each sample picture (2-D data: 20x as many points)
     progress: bool = True  # tqdm progress bar
     tensorboard: bool = True  # TensorBoard event files in run/tb (needs the tensorboard package)
@@ -37,6 +38,7 @@ class TrainConfig(Config):
         self.check(0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (0 = off), got {self.ema}")
         self.check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         self.check(self.osc_window >= 2, f"osc_window must be >= 2, got {self.osc_window}")
+        self.check(self.max_seconds >= 0, f"max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}")
         for name in ("sample_every", "checkpoint_every", "max_steps"):
             self.check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         self.check(self.picture_samples >= 1, f"picture_samples must be >= 1, got {self.picture_samples}")

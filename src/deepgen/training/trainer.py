@@ -153,6 +153,7 @@ class Trainer:
         # Host-side history of the logged means of model.oscillation_keys (no extra sync).
         self._history: dict[str, deque[float]] = {k: deque(maxlen=self.config.osc_window) for k in model.oscillation_keys}
         self._resumed = _resume_state is not None
+        self._fit_start: float | None = None  # perf_counter at the (virtual) start of training
         if _resume_state is not None:
             self._restore(_resume_state)
         self._logger: RunLogger | None = None
@@ -193,6 +194,7 @@ class Trainer:
         bar = self._progress_bar()
         last_epochs_done = self.loader.epochs_done
         start = time.perf_counter() - self.seconds
+        self._fit_start = start
         self.model.train()
         try:
             while not self.finished:
@@ -224,9 +226,14 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        """True once ``epochs`` are complete or ``max_steps`` steps are taken."""
+        """True once ``epochs`` are complete, ``max_steps`` steps are taken, or (during
+        ``fit``) ``max_seconds`` of training time have passed."""
         cfg = self.config
-        return self.loader.epochs_done >= cfg.epochs or bool(cfg.max_steps and self.step >= cfg.max_steps)
+        if self.loader.epochs_done >= cfg.epochs or (cfg.max_steps and self.step >= cfg.max_steps):
+            return True
+        # A time budget: host clock only, read at step boundaries (no device sync), so the
+        # last step may still be running on the GPU when it triggers.
+        return bool(cfg.max_seconds and self._fit_start is not None and time.perf_counter() - self._fit_start >= cfg.max_seconds)
 
     def _write_config(self) -> None:
         """config.json: written fresh for a new run; on resume, only the trainer settings change."""
