@@ -91,10 +91,20 @@ def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, sigma
 
 
+def _psd_eigenvalues(evals: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues (F,) of a PSD matrix with those below rounding level set to 0.
+
+    ``eigh`` returns the zero eigenvalues of a singular covariance (N <= F) as +-1e-16
+    times the largest; their square roots (~1e-8 each) would add up to a visible error.
+    """
+    cutoff = evals.abs().max() * evals.shape[0] * torch.finfo(evals.dtype).eps
+    return torch.where(evals > cutoff, evals, torch.zeros_like(evals))
+
+
 def _sqrt_psd(a: torch.Tensor) -> torch.Tensor:
     """Symmetric square root of a symmetric PSD matrix (F, F) by eigendecomposition."""
     evals, evecs = torch.linalg.eigh((a + a.T) / 2)
-    return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+    return (evecs * _psd_eigenvalues(evals).sqrt()) @ evecs.T
 
 
 def frechet_distance(
@@ -110,8 +120,8 @@ def frechet_distance(
     PSD), so ``Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(S1^{1/2} S2 S1^{1/2}))``. Both
     steps use a symmetric eigendecomposition (``eigh``), which is stable where
     ``scipy.linalg.sqrtm`` of the non-symmetric product can return complex parts or
-    diverge for singular covariances (N < F); eigenvalues that rounding pushes below 0
-    are clamped to 0.
+    diverge for singular covariances (N <= F); eigenvalues at rounding level (below
+    ``F * eps`` times the largest, negative ones included) are set to 0.
     """
     mu1, mu2 = mu1.detach().double(), mu2.detach().double().to(mu1.device)
     s1, s2 = sigma1.detach().double().to(mu1.device), sigma2.detach().double().to(mu1.device)
@@ -123,8 +133,7 @@ def frechet_distance(
         )
     root1 = _sqrt_psd(s1)  # (F, F)
     middle = root1 @ s2 @ root1  # (F, F), symmetric PSD up to rounding
-    evals = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0)
-    tr_covmean = evals.sqrt().sum()
+    tr_covmean = _psd_eigenvalues(torch.linalg.eigvalsh((middle + middle.T) / 2)).sqrt().sum()
     diff = mu1 - mu2
     return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
 
