@@ -404,7 +404,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         start = time.perf_counter()
         result = evaluate(
             run.model, dataset, [name], split=args.split, batch_size=args.batch_size,
-            limit=args.limit, seed=args.seed, device=device,
+            limit=args.limit, seed=args.seed, device=device, data_dir=run.data_config.data_dir,
         )
         seconds = time.perf_counter() - start
         if not table:
@@ -511,6 +511,27 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for name, description in rows:
         _say(f"{name.ljust(width)}  {description}")
     _say("", "Also accepted as --data: a folder of PNG/JPEG images, a .npy/.npz array or a .csv table.")
+    return 0
+
+
+# -- bench -----------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``deepgen bench``: the cross-family leaderboard."""
+    from .bench import run_bench
+
+    if args.budget <= 0:
+        raise UserError(f"--budget must be > 0 seconds, got {args.budget}.")
+    if args.samples < 10:
+        raise UserError(f"--samples must be >= 10, got {args.samples}.")
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    out = Path(args.out or f"bench/{args.dataset}")
+    record = run_bench(
+        args.dataset, budget=args.budget, models=models, device=args.device, data_dir=args.data_dir,
+        out=out, seed=args.seed, eval_samples=args.samples, batch_size=args.batch_size,
+    )
+    _say(f"leaderboard: {out / 'leaderboard.md'} ({len(record['rows'])} models)")
     return 0
 
 
@@ -731,6 +752,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace another kind of run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+
+    # bench
+    p = sub.add_parser(
+        "bench",
+        help="a cross-family leaderboard: train presets under one time budget each, evaluate alike",
+        description=(
+            "Train each preset model for the same wall-clock budget on one dataset, evaluate every\n"
+            "one with the same metrics (FID, KID, precision/recall, density/coverage on deepgen's\n"
+            "own feature network; bits/dim where the family has a likelihood; reconstruction\n"
+            "error where it reconstructs), and write leaderboard.md and leaderboard.json with the\n"
+            "real train-vs-test figures as the floor, the training time and the hardware."
+        ),
+        epilog=f"examples:\n  {PROG} bench mnist --budget 120 --device cuda --out bench/mnist\n  {PROG} bench fashion-mnist --models vae,gan",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("dataset", metavar="DATASET", help="mnist or fashion-mnist")
+    p.add_argument("--budget", type=float, default=120.0, help="training seconds per model (default 120)")
+    p.add_argument("--models", default=None, help="comma-separated preset labels or model names (default: all)")
+    p.add_argument("--device", default="auto", help="device (default auto)")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset")
+    p.add_argument("--out", default=None, help="output folder (default bench/DATASET)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--samples", type=int, default=10000, help="samples per sample-quality metric (default 10000)")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch (default 128)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

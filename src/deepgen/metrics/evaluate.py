@@ -58,6 +58,7 @@ class EvalContext:
     limit: int = 0
     device: torch.device | str = "cpu"
     seed: int = 0
+    data_dir: str | None = None  # where metrics that need other data files (feature networks) look
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -277,6 +278,7 @@ def evaluate(
     limit: int = 0,
     seed: int = 0,
     device: torch.device | str | None = None,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run metrics ``names`` (a list, or one comma-separated string) on ``model``.
 
@@ -297,7 +299,7 @@ def evaluate(
     dev = torch.device(device) if device is not None else model.device
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
-    ctx = EvalContext(split=split, batch_size=batch_size, limit=limit, device=dev, seed=seed)
+    ctx = EvalContext(split=split, batch_size=batch_size, limit=limit, device=dev, seed=seed, data_dir=data_dir)
     n = ctx.num_examples(dataset)
     if n == 0:
         raise UserError(f"the {split} split of dataset {dataset.name!r} has no examples to evaluate.")

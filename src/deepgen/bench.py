@@ -1,0 +1,206 @@
+"""``deepgen bench``: one leaderboard across families, under one time budget per model.
+
+Each preset names a registered model and its settings; every preset trains for the same
+wall-clock budget on the same data with the same trainer, then the one evaluator scores
+it with the same metrics: sample quality (FID, KID, precision/recall, density/coverage on
+deepgen's own feature network) for every model, likelihood in bits/dim where the family
+has one, reconstruction error where it has one. The FID between the real training and
+test sets on the same features is the floor every figure stands beside.
+
+Presets are data (model name + settings), not code paths: a new family joins the
+leaderboard by adding a line here.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .data import DataConfig, load_dataset
+from .errors import UserError, did_you_mean
+from .metrics import evaluate
+from .models import create_model
+from .models.base import LogProb, Reconstructor
+from .training import TrainConfig, Trainer, resolve_device, seed_all
+from .training.checkpoint import write_json
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A leaderboard entry: a label, a registered model, its settings and trainer settings."""
+
+    label: str
+    model: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+# The same presets serve every 28x28 grayscale dataset (MNIST, Fashion-MNIST). Likelihood
+# models use the discretized logistic mixture head so that their bits/dim are a
+# probability of the 8-bit pixels, comparable with flows and autoregressive models.
+IMAGE_PRESETS: tuple[Preset, ...] = (
+    Preset("vae-mlp", "vae", {"hidden": (512, 256), "latent_dim": 32, "likelihood": "logistic-mixture"}),
+    Preset("vae-conv", "vae", {"network": "conv", "channels": (32, 64), "latent_dim": 32, "likelihood": "logistic-mixture"}),
+    Preset("ae-conv", "ae", {"network": "conv", "latent_dim": 32}),
+    Preset("denoising-ae-conv", "denoising-ae", {"network": "conv", "latent_dim": 32}),
+)
+
+PRESETS: dict[str, tuple[Preset, ...]] = {"mnist": IMAGE_PRESETS, "fashion-mnist": IMAGE_PRESETS}
+
+QUALITY_METRICS = ["fid", "kid", "pr", "dc"]
+
+
+def metrics_for(model: torch.nn.Module) -> list[str]:
+    """The evaluator metrics a model supports on the leaderboard."""
+    names = list(QUALITY_METRICS)
+    if isinstance(model, LogProb):
+        names.append("nll")
+    if isinstance(model, Reconstructor):
+        names.append("recon")
+    return names
+
+
+def select_presets(dataset: str, models: Sequence[str] | None) -> list[Preset]:
+    if dataset not in PRESETS:
+        raise UserError(f"no leaderboard presets for dataset {dataset!r}. {did_you_mean(dataset, list(PRESETS))}")
+    presets = list(PRESETS[dataset])
+    if models:
+        known = [p.label for p in presets] + sorted({p.model for p in presets})
+        for m in models:
+            if m not in known:
+                raise UserError(f"no preset {m!r} for {dataset}. {did_you_mean(m, known)}")
+        presets = [p for p in presets if p.label in models or p.model in models]
+    return presets
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_bench(
+    dataset: str,
+    *,
+    budget: float = 120.0,
+    models: Sequence[str] | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    out: str | Path = "bench",
+    seed: int = 0,
+    eval_samples: int = 10000,
+    batch_size: int = 128,
+) -> dict[str, Any]:
+    """Train each preset for ``budget`` seconds, evaluate, and write the leaderboard.
+
+    Writes ``out/leaderboard.md``, ``out/leaderboard.json`` and one run folder per preset
+    under ``out/runs/``. Returns the JSON record.
+    """
+    presets = select_presets(dataset, models)
+    dev = resolve_device(device)
+    data_config = DataConfig(name=dataset, data_dir=data_dir)
+    ds = load_dataset(data_config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    floor = evaluate_floor(ds, device=dev, seed=seed, limit=eval_samples, data_dir=data_dir)
+    rows = []
+    for preset in presets:
+        seed_all(seed)
+        model = create_model(preset.model, ds, **preset.settings)
+        config = TrainConfig(
+            epochs=1_000_000, max_seconds=budget, batch_size=batch_size, seed=seed, device=str(dev),
+            progress=False, tensorboard=False, log_every=200, **preset.train,
+        )
+        trainer = Trainer(model, ds, config, out / "runs" / preset.label, data_config=data_config)
+        result = trainer.fit()
+        names = metrics_for(trainer.eval_model)
+        t0 = time.perf_counter()
+        figures = evaluate(trainer.eval_model, ds, names, limit=eval_samples, seed=seed, device=dev, data_dir=data_dir)
+        rows.append(
+            {
+                "label": preset.label,
+                "model": preset.model,
+                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in preset.settings.items()},
+                "steps": result.steps,
+                "epochs": result.epochs,
+                "train_seconds": round(result.seconds, 1),
+                "eval_seconds": round(time.perf_counter() - t0, 1),
+                **figures,
+            }
+        )
+        print(f"{preset.label}: {_row_text(rows[-1])}", flush=True)
+    record = {
+        "dataset": dataset,
+        "budget_seconds": budget,
+        "batch_size": batch_size,
+        "seed": seed,
+        "eval_samples": eval_samples,
+        "floor": floor,
+        "rows": rows,
+        "hardware": hardware(dev),
+        "torch": torch.__version__,
+        "deepgen": __version__,
+        "date": date.today().isoformat(),
+    }
+    write_json(out / "leaderboard.json", record)
+    (out / "leaderboard.md").write_text(leaderboard_markdown(record))
+    return record
+
+
+def evaluate_floor(ds: Any, *, device: torch.device, seed: int, limit: int, data_dir: str | None) -> dict[str, Any]:
+    """FID/KID/PR/DC of the real training set against the real test set: the floor."""
+    from .metrics.quality import real_vs_real
+
+    return real_vs_real(ds, device=device, seed=seed, limit=limit, data_dir=data_dir)
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def _row_text(r: dict[str, Any]) -> str:
+    keys = ("fid", "kid", "precision", "recall", "density", "coverage", "nll_bpd", "recon_mse")
+    return ", ".join(f"{k} {_fmt(r[k], 4)}" for k in keys if k in r)
+
+
+def leaderboard_markdown(record: dict[str, Any]) -> str:
+    """The leaderboard as a Markdown table, FID ascending, with the floor on top."""
+    floor = record["floor"]
+    head = (
+        f"# deepgen leaderboard: {record['dataset']}\n\n"
+        f"Each model trained for {record['budget_seconds']:.0f} s (batch {record['batch_size']}, seed {record['seed']}) on "
+        f"{record['hardware']}, torch {record['torch']}, deepgen {record['deepgen']}, {record['date']}. "
+        f"Sample metrics on {record['eval_samples']:,} samples against the test set, features: {floor.get('features', '?')}. "
+        "Lower FID/KID/bits-per-dim is better; higher precision/recall/density/coverage is better.\n\n"
+        "| model | FID | KID x1e3 | precision | recall | density | coverage | NLL bits/dim | recon MSE | steps | train s |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    line = "| {label} | {fid} | {kid} | {precision} | {recall} | {density} | {coverage} | {bpd} | {mse} | {steps} | {secs} |\n"
+    body = line.format(
+        label="**real train vs test (floor)**", fid=_fmt(floor.get("fid")), kid=_fmt(_kid(floor)), precision=_fmt(floor.get("precision")),
+        recall=_fmt(floor.get("recall")), density=_fmt(floor.get("density")), coverage=_fmt(floor.get("coverage")),
+        bpd="-", mse="-", steps="-", secs="-",
+    )
+    for r in sorted(record["rows"], key=lambda r: r.get("fid", float("inf"))):
+        body += line.format(
+            label=f"{r['label']} (`{r['model']}`)", fid=_fmt(r.get("fid")), kid=_fmt(_kid(r)), precision=_fmt(r.get("precision")),
+            recall=_fmt(r.get("recall")), density=_fmt(r.get("density")), coverage=_fmt(r.get("coverage")),
+            bpd=_fmt(r.get("nll_bpd"), 3), mse=_fmt(r.get("recon_mse"), 4), steps=r["steps"], secs=_fmt(r["train_seconds"], 0),
+        )
+    notes = {r["label"]: r["nll_note"] for r in record["rows"] if "nll_note" in r}
+    tail = "".join(f"\n- {label}: likelihood is the {note}." for label, note in notes.items())
+    return head + body + tail + "\n"
+
+
+def _kid(r: dict[str, Any]) -> float | None:
+    k = r.get("kid")
+    return None if k is None else 1e3 * k
+
