@@ -129,7 +129,7 @@ def test_seed_save_load_and_resume(name, data, network, data_dir, tmp_path):
 
     full = run("full")
     steps = full.step
-    assert steps >= 8
+    assert steps >= 8 // full.batches_per_step  # a WGAN step uses n_critic batches
     # Interrupted mid-epoch, then resumed: the same losses at every step, the same weights.
     run("part", max_steps=steps // 2 + 1)
     resumed = Trainer.resume(tmp_path / "part", max_steps=0)

@@ -97,7 +97,7 @@ def dataset_descriptions() -> list[tuple[str, str]]:
 
 def _load_sources() -> None:
     # Importing a source module registers its datasets.
-    from . import arrays, digits, idx, images, mat, tables, toy2d  # noqa: F401
+    from . import arrays, digits, idx, images, mat, stacked, tables, toy2d  # noqa: F401
 
 
 __all__ = [

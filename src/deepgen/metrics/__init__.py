@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from . import modes, quality  # noqa: F401  (register the modes and sample-quality metrics)
 from .evaluate import (
     METRICS,
     EvalContext,

@@ -27,7 +27,14 @@ from ..errors import UserError
 from ..models.base import GenerativeModel
 from .evaluate import EvalContext, Result, metric
 from .features import RECIPES, FeatureNet, data_sha256, default_cache_dir, feature_extractor
-from .sample_quality import density_coverage, fid, kid, load_reference, precision_recall, save_reference
+from .sample_quality import (
+    density_coverage,
+    fid,
+    kid,
+    load_reference,
+    precision_recall,
+    save_reference,
+)
 
 DEFAULT_SAMPLES = 10_000
 
@@ -44,9 +51,7 @@ def feature_net(dataset: Dataset, ctx: EvalContext) -> FeatureNet:
     key = (dataset.name, str(ctx.device), ctx.data_dir)
     if key not in _NETS:
         source: str | Dataset = dataset.name if dataset.name in RECIPES else dataset
-        # The evaluator runs metrics without gradients; a first use trains the network.
-        with torch.enable_grad():
-            _NETS[key] = feature_extractor(source, data_dir=ctx.data_dir, device=ctx.device)
+        _NETS[key] = feature_extractor(source, data_dir=ctx.data_dir, device=ctx.device)
     return _NETS[key]
 
 

@@ -385,6 +385,8 @@ class Trainer:
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "loader": self.loader.state_dict(),
             "rng_cpu": torch.get_rng_state(),
+            # The oscillation window, so that a resumed run's <key>_osc equals an uninterrupted run's.
+            "osc_history": {key: list(history) for key, history in self._history.items()},
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -397,6 +399,9 @@ class Trainer:
             opt.load_state_dict(sd)
         self.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng_cpu"])
+        for key, values in state.get("osc_history", {}).items():
+            if key in self._history:
+                self._history[key].extend(float(v) for v in values)
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 

@@ -1,0 +1,738 @@
+"""Generative adversarial networks: GAN, DCGAN, WGAN, WGAN-GP and the remedies for mode collapse.
+
+A GAN trains a generator ``G(z)`` against a discriminator ``D(x)`` (Goodfellow et al.
+2014). In deepgen both are phases of the one trainer: a ``discriminator`` phase (a
+``critic`` phase for the Wasserstein GANs) that updates D on real data and detached
+fakes, then a ``generator`` phase that updates G through a frozen D. There is no GAN
+loop of its own: a WGAN's five critic steps are ``Phase(repeats=5, new_batch=True)`` and
+its weight clipping is the phase's ``after_step`` hook.
+
+The chapter, top to bottom:
+
+1. configs: :class:`GANConfig` (``gan``), :class:`DCGANConfig` (``dcgan``),
+   :class:`WGANConfig` (``wgan``), :class:`WGANGPConfig` (``wgan-gp``), all sharing
+   :class:`AdversarialConfig` (networks, optimiser, conditioning, the remedies);
+2. the losses as plain functions, each next to its formula, so that tests can check them
+   and the adversarial autoencoder can share them: :func:`discriminator_loss`,
+   :func:`generator_loss`, :func:`critic_loss`, :func:`critic_generator_loss`,
+   :func:`gradient_penalty`, :func:`feature_matching_loss`;
+3. the remedies for mode collapse that change what D sees: :func:`minibatch_stddev`
+   (Karras et al. 2018) and :func:`pack` (PacGAN, Lin et al. 2018);
+4. the networks: MLPs, and the DCGAN architecture (Radford et al. 2016) for images;
+5. :class:`GAN` (``gan``): data spaces, the two phases, unrolling (Metz et al. 2017),
+   sampling; :class:`DCGAN`, :class:`WGAN` and :class:`WGANGP` override a few hooks.
+
+Data spaces. D and G work in a centred space: images (continuous, binary or discrete
+levels) are mapped to [-1, 1] and G ends in ``tanh`` (the DCGAN convention); real data
+(2-D points, tables) is used as it is and G's output is linear. ``sample`` maps back:
+continuous data gets ``(tanh + 1) / 2 = sigmoid(2 a)`` in [0, 1]; binary data gets a
+Bernoulli draw from that probability (or the 0.5 threshold with ``mean=True``); discrete
+data gets the nearest level. During training D sees G's probabilities for binary data
+(the usual continuous relaxation).
+
+Shapes: ``N`` batch, ``Z = noise_dim``, ``K`` classes, ``m`` the PacGAN packing degree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..data.dataset import Batch, DataSpec
+from ..errors import UserError
+from ..registry import register
+from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase, one_hot
+
+# The DCGAN discriminator's LeakyReLU slope (Radford et al. 2016, sec. 3).
+LEAKY_SLOPE = 0.2
+
+# -- 1. configs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdversarialConfig(ModelConfig):
+    """Settings shared by every GAN (each model's config changes some defaults)."""
+
+    lr: float = 2e-4  # the generator's learning rate (and D's unless d_lr is set)
+    d_lr: float | None = None  # the discriminator's / critic's learning rate; None: lr
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    betas: tuple[float, ...] = (0.5, 0.999)  # Adam's; beta1 = 0.5 as in DCGAN
+    network: Literal["auto", "mlp", "conv"] = "mlp"  # auto: conv for images >= 8x8, else mlp
+    noise_dim: int = 32  # Z, the size of z ~ N(0, I)
+    g_hidden: tuple[int, ...] = (128, 128)  # mlp generator widths
+    d_hidden: tuple[int, ...] = (128, 128)  # mlp discriminator widths (>= 1 layer: its features)
+    conv_width: int = 64  # conv: channels of D's first stage (G's last); doubles per stage
+    g_norm: Literal["batch", "none"] = "none"  # normalisation in G's hidden layers
+    d_norm: Literal["batch", "layer", "none"] = "none"  # in D's hidden layers (never the first)
+    d_steps: int = 1  # D steps per G step (n_critic), each on a new batch
+    conditional: bool = False  # one-hot labels into G and D (Mirza & Osindero 2014)
+    # Remedies for mode collapse.
+    minibatch_std: bool = False  # Karras et al. 2018: D sees the batch's feature std
+    pack: int = 1  # PacGAN (Lin et al. 2018): D judges m samples at once
+    unrolled_steps: int = 0  # Metz et al. 2017: G's loss against D unrolled k SGD steps
+    unrolled_lr: float | None = None  # step size of the unrolled SGD; None: D's lr
+    feature_matching: bool = False  # Salimans et al. 2016: G matches D's mean features
+
+    def validate(self) -> None:
+        self.check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        for name in ("d_lr", "unrolled_lr"):
+            value = getattr(self, name)
+            self.check(value is None or value > 0, f"{name} must be > 0 (or none), got {value}")
+        self.check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas}",
+        )
+        self.check(self.noise_dim >= 1, f"noise_dim must be >= 1, got {self.noise_dim}")
+        self.check(all(h >= 1 for h in self.g_hidden), f"g_hidden sizes must be >= 1, got {self.g_hidden}")
+        self.check(
+            len(self.d_hidden) >= 1 and all(h >= 1 for h in self.d_hidden),
+            f"d_hidden must be one or more sizes >= 1 (its last layer gives the features), got {self.d_hidden}",
+        )
+        self.check(self.conv_width >= 1, f"conv_width must be >= 1, got {self.conv_width}")
+        self.check(self.d_steps >= 1, f"d_steps must be >= 1, got {self.d_steps}")
+        self.check(self.pack >= 1, f"pack must be >= 1 (1 = no packing), got {self.pack}")
+        self.check(self.unrolled_steps >= 0, f"unrolled_steps must be >= 0, got {self.unrolled_steps}")
+
+
+@dataclass(frozen=True)
+class GANConfig(AdversarialConfig):
+    """Settings of ``gan``: the original GAN, with MLP networks by default."""
+
+    g_loss: Literal["minimax", "non-saturating"] = "non-saturating"  # minimax: G minimises E log(1 - D(G(z))) (eq. 1); non-saturating: maximises E log D(G(z))
+
+
+@dataclass(frozen=True)
+class DCGANConfig(GANConfig):
+    """Settings of ``dcgan``: Radford et al. 2016 (Adam 2e-4, beta1 0.5, batch norm)."""
+
+    network: Literal["auto", "mlp", "conv"] = "auto"  # conv for images, mlp for other data
+    g_norm: Literal["batch", "none"] = "batch"
+    d_norm: Literal["batch", "layer", "none"] = "batch"
+
+
+@dataclass(frozen=True)
+class WGANConfig(AdversarialConfig):
+    """Settings of ``wgan``: Arjovsky et al. 2017, Algorithm 1 (RMSProp 5e-5, c = 0.01, n_critic = 5)."""
+
+    lr: float = 5e-5
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "rmsprop"
+    d_steps: int = 5
+    g_norm: Literal["batch", "none"] = "batch"
+    clip: float = 0.01  # c: every critic parameter is clipped to [-c, c] after each critic step
+
+    def validate(self) -> None:
+        super().validate()
+        self.check(self.clip > 0, f"clip must be > 0, got {self.clip}")
+
+
+@dataclass(frozen=True)
+class WGANGPConfig(AdversarialConfig):
+    """Settings of ``wgan-gp``: Gulrajani et al. 2017, Algorithm 1 (lambda 10, Adam 1e-4, betas (0, 0.9))."""
+
+    lr: float = 1e-4
+    betas: tuple[float, ...] = (0.0, 0.9)
+    d_steps: int = 5
+    g_norm: Literal["batch", "none"] = "batch"
+    d_norm: Literal["batch", "layer", "none"] = "layer"  # the penalty is per example: no batch norm
+    gp_weight: float = 10.0  # lambda of eq. 3
+
+    def validate(self) -> None:
+        super().validate()
+        self.check(self.gp_weight >= 0, f"gp_weight must be >= 0, got {self.gp_weight}")
+        self.check(
+            self.d_norm != "batch",
+            "d_norm=batch is not allowed with the gradient penalty: it penalises each example's "
+            "gradient, and batch norm mixes examples (Gulrajani et al. 2017, sec. 4). Use layer or none.",
+        )
+
+
+# -- 2. the losses ---------------------------------------------------------------------------
+# ``D`` outputs logits l; D(x) = sigmoid(l). With log sigmoid(l) = -softplus(-l) and
+# log(1 - sigmoid(l)) = -softplus(l), every log below is computed stably from logits.
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-E[log D(x)] - E[log(1 - D(G(z)))] (Goodfellow et al. 2014, eq. 1): logits (N,), (M,) -> 0-d."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
+    """G's loss on D's logits (M,) for its samples -> 0-d.
+
+    ``minimax``: E[log(1 - D(G(z)))], eq. 1 itself; it saturates (vanishing gradient) when
+    D rejects the samples confidently, early in training. ``non-saturating``:
+    -E[log D(G(z))], the fix Goodfellow et al. recommend (sec. 3), same fixed point.
+    """
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()
+    if kind == "non-saturating":
+        return F.softplus(-fake_logits).mean()
+    raise UserError(f"unknown generator loss {kind!r}. Accepted: minimax, non-saturating.")
+
+
+def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """E[f(G(z))] - E[f(x)], the negated Wasserstein estimate (Arjovsky et al. 2017, eq. 3): -> 0-d."""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def critic_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-E[f(G(z))], the WGAN generator's loss (Arjovsky et al. 2017, Algorithm 1): -> 0-d."""
+    return -fake_scores.mean()
+
+
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    weight: float = 10.0,
+    *,
+    group: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """lambda E[(||grad_x f(x_hat)||_2 - 1)^2] (Gulrajani et al. 2017, eq. 3) -> 0-d.
+
+    ``x_hat = eps x + (1 - eps) x_fake`` with one ``eps ~ U[0, 1]`` per example: random
+    points on the lines between real (N, *shape) and fake (N, *shape) examples. ``critic``
+    maps (N, *shape) to (N // group,) scores; with PacGAN packing (``group = m``) one score
+    judges m examples, and the norm is that of the gradient w.r.t. all m of them. The
+    graph is kept (``create_graph``), so the penalty trains the critic.
+    """
+    n = len(real)
+    eps = torch.rand((n,) + (1,) * (real.dim() - 1), generator=generator, device=real.device, dtype=real.dtype)
+    with torch.enable_grad():
+        x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
+        scores = critic(x_hat)
+        (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    k = n // group
+    # sqrt(. + tiny): the norm's gradient stays finite where the gradient is exactly 0.
+    norms = torch.sqrt(grad[: k * group].reshape(k, -1).pow(2).sum(dim=1) + 1e-12)  # (k,)
+    return weight * (norms - 1).pow(2).mean()
+
+
+def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """||E f(x) - E f(G(z))||_2^2 on D's features (N, F), (M, F) (Salimans et al. 2016, sec. 3.1) -> 0-d."""
+    return (real_features.mean(dim=0) - fake_features.mean(dim=0)).pow(2).sum()
+
+
+# -- 3. what D sees: minibatch statistics and packing ------------------------------------------
+
+
+def minibatch_stddev(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Append the batch's mean feature standard deviation (Karras et al. 2018, sec. 3).
+
+    The std of every feature (and spatial location) over the batch, sqrt(Var + eps) with
+    the biased variance, averaged into one number s, appended as one more constant
+    feature: (N, F) -> (N, F + 1), or one more channel: (N, C, H, W) -> (N, C + 1, H, W).
+    A collapsed generator gives a batch with small s, which D can then see.
+    """
+    std = torch.sqrt(h.var(dim=0, unbiased=False) + eps)  # (F,) or (C, H, W)
+    s = std.mean()
+    return torch.cat([h, s.expand(len(h), 1, *h.shape[2:])], dim=1)
+
+
+def pack(x: torch.Tensor, m: int) -> torch.Tensor:
+    """PacGAN packing (Lin et al. 2018): m distinct examples become one input of D.
+
+    x (N, *shape) -> (N // m, m * shape[0], *shape[1:]): packed row i concatenates examples
+    i m, ..., i m + m - 1 along the first feature axis (the channels of an image). A batch
+    whose size is not a multiple of m is truncated to the largest multiple.
+    """
+    if m == 1:
+        return x
+    k = len(x) // m
+    if k == 0:
+        raise UserError(f"pack={m} needs batches of at least {m} examples, got {len(x)}. Raise batch_size or lower pack.")
+    return x[: k * m].reshape(k, m * x.shape[1], *x.shape[2:])
+
+
+# -- 4. networks ---------------------------------------------------------------------------------
+
+
+def _norm1d(kind: str, width: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm1d(width)
+    if kind == "layer":
+        return nn.LayerNorm(width)
+    return nn.Identity()
+
+
+def _norm2d(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":  # layer norm over (C, H, W) of each example, per-channel affine
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+def conv_stages(height: int, width: int) -> int:
+    """Stride-2 stages of the DCGAN networks for an image: the smallest map is 4-7 pixels.
+
+    8x8 -> 1 stage (4x4), 28x28 -> 2 (7x7), 32x32 -> 3 (4x4), 64x64 -> 4 (4x4).
+    """
+    return max(1, int(math.log2(min(height, width) / 4)))
+
+
+def _halved(n: int, stages: int) -> int:
+    for _ in range(stages):
+        n //= 2  # Conv2d(kernel 4, stride 2, padding 1) halves and floors
+    return n
+
+
+def _with_cond(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    return h if c is None else torch.cat([h, c], dim=1)
+
+
+class MLPGenerator(nn.Module):
+    """z (N, Z) [+ one-hot (N, K)] -> pre-activation outputs (N, *shape): Linear [-> norm] -> ReLU ... -> Linear."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], shape: Sequence[int], norm: str = "none") -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for h in hidden:
+            layers += [nn.Linear(prev, h), _norm1d(norm, h), nn.ReLU()]
+            prev = h
+        layers.append(nn.Linear(prev, math.prod(shape)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(_with_cond(z, c)).reshape(len(z), *self.shape)
+
+
+class ConvGenerator(nn.Module):
+    """The DCGAN generator (Radford et al. 2016, fig. 1): z (N, Z) [+ (N, K)] -> (N, C, H, W).
+
+    A linear projection to a (w 2^(s-1), h0, w0) map, then s stride-2 4x4 transposed convs
+    that halve the channels and double the size, batch norm and ReLU between them, none
+    after the last; the output is cropped to (H, W), so any image size >= 8 works.
+    """
+
+    def __init__(self, in_dim: int, shape: Sequence[int], width: int, norm: str = "batch") -> None:
+        super().__init__()
+        c, h, w = shape
+        stages = conv_stages(h, w)
+        self.shape = (c, h, w)
+        self.h0, self.w0 = math.ceil(h / 2**stages), math.ceil(w / 2**stages)
+        chans = [width * 2**i for i in reversed(range(stages))]  # widest first
+        self.c0 = chans[0]
+        self.project = nn.Linear(in_dim, self.c0 * self.h0 * self.w0)
+        self.project_norm = _norm2d(norm, self.c0)
+        layers: list[nn.Module] = []
+        for i in range(stages):
+            out = chans[i + 1] if i + 1 < stages else c
+            layers.append(nn.ConvTranspose2d(chans[i], out, 4, stride=2, padding=1))
+            if i + 1 < stages:
+                layers += [_norm2d(norm, out), nn.ReLU()]
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        _, h, w = self.shape
+        x = self.project(_with_cond(z, c)).reshape(len(z), self.c0, self.h0, self.w0)
+        return self.deconvs(torch.relu(self.project_norm(x)))[:, :, :h, :w]
+
+
+class MLPDiscriminator(nn.Module):
+    """x (N, *any) [+ (N, K')] -> (logits (N,), features (N, F)): Linear -> LeakyReLU(0.2) ... -> Linear.
+
+    ``features`` are the last hidden layer's activations (for feature matching); the
+    minibatch-std feature, when on, is appended to them before the output layer.
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], norm: str = "none", minibatch_std: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for i, h in enumerate(hidden):
+            layers += [nn.Linear(prev, h), _norm1d(norm if i > 0 else "none", h), nn.LeakyReLU(LEAKY_SLOPE)]
+            prev = h
+        self.body = nn.Sequential(*layers)
+        self.minibatch_std = minibatch_std
+        self.out = nn.Linear(prev + int(minibatch_std), 1)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(_with_cond(x.flatten(1), c))  # (N, F)
+        h = minibatch_stddev(features) if self.minibatch_std else features
+        return self.out(h).squeeze(1), features
+
+
+class ConvDiscriminator(nn.Module):
+    """The DCGAN discriminator: (N, C', H, W) [+ (N, K')] -> (logits (N,), features (N, F)).
+
+    s stride-2 4x4 convs doubling the channels from ``width``, LeakyReLU(0.2), the chosen
+    normalisation on every stage but the first (Radford et al. 2016, sec. 3), then one
+    linear layer on the flattened last map. A condition is broadcast as K' constant input
+    channels; the minibatch-std channel is appended to the last map.
+    """
+
+    def __init__(self, in_shape: Sequence[int], cond_dim: int, width: int, stages: int, norm: str = "none", minibatch_std: bool = False) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        layers: list[nn.Module] = []
+        prev = c + cond_dim
+        for i in range(stages):
+            ch = width * 2**i
+            layers += [nn.Conv2d(prev, ch, 4, stride=2, padding=1), _norm2d(norm if i > 0 else "none", ch), nn.LeakyReLU(LEAKY_SLOPE)]
+            prev = ch
+        self.convs = nn.Sequential(*layers)
+        self.minibatch_std = minibatch_std
+        self.out = nn.Linear((prev + int(minibatch_std)) * _halved(h, stages) * _halved(w, stages), 1)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if c is not None:
+            x = torch.cat([x, c[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+        maps = self.convs(x)  # (N, C_s, h_s, w_s)
+        h = minibatch_stddev(maps) if self.minibatch_std else maps
+        return self.out(h.flatten(1)).squeeze(1), maps.flatten(1)
+
+
+# -- 5. the models -------------------------------------------------------------------------------
+
+Params = dict[str, torch.Tensor]
+
+
+@register("gan")
+class GAN(GenerativeModel):
+    """GAN (Goodfellow et al. 2014): minimax or non-saturating loss, MLP or conv networks, conditional.
+
+    Phases: ``discriminator`` (D on real data and detached fakes, ``d_steps`` times, each
+    on a new batch) then ``generator`` (G through a frozen D). Logs D's loss, G's loss and
+    the mean probabilities D(x) (``d_real``) and D(G(z)) (``d_fake``). The remedies for
+    mode collapse (``minibatch_std``, ``pack``, ``unrolled_steps``, ``feature_matching``)
+    work with every GAN of this file.
+    """
+
+    config_class = GANConfig
+    config: AdversarialConfig
+    #: The name of D's phase ("critic" for the Wasserstein GANs).
+    d_phase: ClassVar[str] = "discriminator"
+    oscillation_keys = ("discriminator/loss", "generator/loss")
+
+    def __init__(self, config: AdversarialConfig, spec: DataSpec) -> None:
+        super().__init__(config, spec)
+        name = spec.name or "this dataset"
+        if spec.kind == "tokens":
+            raise UserError(f"{self.registered_name or 'a gan'} models images, 2-D points or tables; {name!r} holds tokens. Use an autoregressive model for text.")
+        if config.conditional and not spec.num_classes:
+            raise UserError(f"conditional=true needs labelled data, but {name!r} has no classes. Use conditional=false.")
+        self.num_classes = spec.num_classes if config.conditional else None
+        k, m = self.num_classes or 0, config.pack
+        self.network = self.choose_network()
+        if self.network == "conv":
+            c, h, w = spec.shape
+            self.G = ConvGenerator(config.noise_dim + k, spec.shape, config.conv_width, config.g_norm)
+            self.D = ConvDiscriminator((m * c, h, w), m * k, config.conv_width, conv_stages(h, w), config.d_norm, config.minibatch_std)
+        else:
+            self.G = MLPGenerator(config.noise_dim + k, config.g_hidden, spec.shape, config.g_norm)
+            self.D = MLPDiscriminator(m * (spec.dim + k), config.d_hidden, config.d_norm, config.minibatch_std)
+
+    def choose_network(self) -> str:
+        """``mlp`` or ``conv`` from the config's ``network`` and the data's shape."""
+        net, shape = self.config.network, self.spec.shape
+        convolvable = len(shape) == 3 and min(shape[1:]) >= 8
+        if net == "auto":
+            return "conv" if convolvable else "mlp"
+        if net == "conv" and not convolvable:
+            what = f"images of {shape[1]}x{shape[2]}" if len(shape) == 3 else f"data of shape {tuple(shape)}"
+            raise UserError(f"network='conv' needs images (C, H, W) of at least 8x8; this is {what}. Use network=mlp (or auto).")
+        return net
+
+    # -- data spaces -------------------------------------------------------------------------
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Data (N, *shape) -> the space D and G work in: [-1, 1] for images, as is for real data."""
+        if self.spec.kind == "real":
+            return x
+        if self.spec.kind == "discrete":
+            x = x / (self.spec.num_levels - 1)
+        return 2 * x - 1
+
+    def to_data_space(self, x: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+        """G's outputs (N, *shape) -> data of the spec's kind (see the module docstring)."""
+        kind = self.spec.kind
+        if kind == "real":
+            return x
+        u = (x + 1) / 2  # tanh -> [0, 1], i.e. sigmoid(2 a)
+        if kind == "binary":
+            return (u > 0.5).to(u.dtype) if mean else torch.bernoulli(u, generator=generator)
+        if kind == "discrete":
+            return torch.round(u * (self.spec.num_levels - 1))
+        return u
+
+    def _cond(self, y: torch.Tensor | int | None, n: int) -> torch.Tensor | None:
+        """Labels (n,) (or one label for all) -> one-hot (n, K); None when unconditional."""
+        if not self.num_classes:
+            return None
+        if y is None:
+            raise UserError(f"this model is conditional (conditional=true): pass labels 0..{self.num_classes - 1} of shape ({n},) as cond=.")
+        y = torch.as_tensor(y, device=self.device).reshape(-1)
+        if y.numel() == 1 and n != 1:
+            y = y.expand(n)
+        return one_hot(y, self.num_classes, n, self.device)
+
+    # -- G and D -------------------------------------------------------------------------------
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I): (n, Z), from ``generator`` or torch's global RNG."""
+        p = next(self.G.parameters())
+        return torch.randn((n, self.config.noise_dim), generator=generator, device=p.device, dtype=p.dtype)
+
+    def generate(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z): (N, Z) [+ one-hot (N, K)] -> (N, *shape) in model space."""
+        a = self.G(z, c)
+        return a if self.spec.kind == "real" else torch.tanh(a)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`pack` with this model's ``pack``: (N, ...) -> (N // m, m * ...)."""
+        return pack(x, self.config.pack)
+
+    def discriminate(self, x: torch.Tensor, c: torch.Tensor | None = None, params: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """D on model-space examples (N, *shape): -> (logits or scores (N // m,), features (N // m, F)).
+
+        ``params`` replaces D's parameters (and buffers) by name: :meth:`frozen` or the
+        unrolled ones. Examples (and their labels) are packed m at a time.
+        """
+        x = self.pack(x)
+        c = None if c is None else self.pack(c)
+        if params is None:
+            return self.D(x, c)
+        return functional_call(self.D, params, (x, c))
+
+    def frozen(self) -> Params:
+        """D's parameters detached: G's loss through them puts no gradient on D."""
+        return {name: p.detach() for name, p in self.D.named_parameters()}
+
+    # -- the objectives (the WGANs override these hooks) ------------------------------------------
+    def d_objective(self, real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
+        """D's adversarial loss from its outputs on real and fake examples."""
+        return discriminator_loss(real_out, fake_out)
+
+    def g_objective(self, fake_out: torch.Tensor) -> torch.Tensor:
+        """G's adversarial loss from D's outputs on its samples."""
+        return generator_loss(fake_out, self.config.g_loss)  # type: ignore[attr-defined]
+
+    def d_logs(self, real_out: torch.Tensor, fake_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Diagnostics of D's phase: the mean probabilities D(x) and D(G(z))."""
+        return {"d_real": torch.sigmoid(real_out).mean().detach(), "d_fake": torch.sigmoid(fake_out).mean().detach()}
+
+    def g_logs(self, fake_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"d_fake": torch.sigmoid(fake_out).mean().detach()}
+
+    def penalty(self, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """An extra term of D's loss (WGAN-GP's gradient penalty), with its logs; None for none."""
+        return None
+
+    def constrain(self, params: Params) -> Params:
+        """The projection after each D step (WGAN's clipping), for the unrolled D: identity here."""
+        return params
+
+    def after_d_step(self) -> Callable[[], None] | None:
+        """The hook the trainer calls after each D step (WGAN's clipping); None here."""
+        return None
+
+    # -- the contract ------------------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        c = self.config
+        d_opt = OptimizerSpec(name=c.optimizer, lr=c.d_lr or c.lr, betas=c.betas)
+        g_opt = OptimizerSpec(name=c.optimizer, lr=c.lr, betas=c.betas)
+        return [
+            Phase(self.d_phase, list(self.D.parameters()), d_opt, repeats=c.d_steps, new_batch=c.d_steps > 1, after_step=self.after_d_step()),
+            Phase("generator", list(self.G.parameters()), g_opt),
+        ]
+
+    def loss(self, batch: Batch, phase: str) -> LossOutput:
+        real = self.to_model_space(batch.x)
+        c = self._cond(batch.y, len(real))  # fakes carry the batch's labels
+        if phase == self.d_phase:
+            return self.discriminator_step_loss(real, c)
+        if phase == "generator":
+            return self.generator_step_loss(real, c)
+        raise ValueError(f"{type(self).__name__} has phases {self.d_phase!r} and 'generator', not {phase!r}")
+
+    def discriminator_step_loss(self, real: torch.Tensor, c: torch.Tensor | None) -> LossOutput:
+        """D's loss on real examples (N, *shape) and fakes made without a graph (detached)."""
+        with torch.no_grad():
+            fake = self.generate(self.noise(len(real)), c)
+        real_out, _ = self.discriminate(real, c)
+        fake_out, _ = self.discriminate(fake, c)
+        loss = self.d_objective(real_out, fake_out)
+        logs = self.d_logs(real_out, fake_out)
+        extra = self.penalty(real, fake, c)
+        if extra is not None:
+            loss = loss + extra[0]
+            logs.update(extra[1])
+        return LossOutput(loss, logs)
+
+    def generator_step_loss(self, real: torch.Tensor, c: torch.Tensor | None) -> LossOutput:
+        """G's loss through D (frozen, or unrolled ``unrolled_steps``): adversarial or feature matching."""
+        fake = self.generate(self.noise(len(real)), c)
+        if self.config.unrolled_steps:
+            return self._unrolled_generator_objective(real, fake, c)
+        return self.generator_objective(real, fake, c, self.frozen())
+
+    def generator_objective(self, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None, params: Params) -> LossOutput:
+        """G's loss on its samples ``fake`` (N, *shape) through D with ``params``."""
+        fake_out, fake_features = self.discriminate(fake, c, params)
+        logs = self.g_logs(fake_out)
+        if not self.config.feature_matching:
+            return LossOutput(self.g_objective(fake_out), logs)
+        # Real features carry no gradient through a frozen D; through an unrolled D they
+        # depend on G via the unrolled parameters, which is part of Metz et al.'s objective.
+        _, real_features = self.discriminate(real, c, params)
+        logs["adversarial"] = self.g_objective(fake_out).detach()
+        return LossOutput(feature_matching_loss(real_features, fake_features), logs)
+
+    # Differentiating through D's gradient steps is a double backward, which torch.compile's
+    # AOTAutograd does not support: this part always runs eagerly (TrainConfig.compile).
+    @torch.compiler.disable
+    def _unrolled_generator_objective(self, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None) -> LossOutput:
+        return self.generator_objective(real, fake, c, self.unrolled(real, fake, c))
+
+    def unrolled(self, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None) -> Params:
+        """D's parameters after ``unrolled_steps`` differentiable SGD steps (Metz et al. 2017, sec. 2.2).
+
+        theta_D^{j+1} = theta_D^j - eta dL_D(theta_G, theta_D^j) / dtheta_D^j, starting from D's
+        current (detached) parameters, on this batch and these fakes, with ``create_graph``
+        so that G's loss f(theta_G, theta_D^K(theta_G)) is differentiated through the updates.
+        Plain SGD with step eta = ``unrolled_lr`` (default D's lr) stands in for D's real
+        optimizer; D's adversarial loss is unrolled without WGAN-GP's penalty. Batch-norm
+        statistics are updated on copies: unrolling leaves D's buffers as they were.
+        """
+        cfg = self.config
+        eta = cfg.unrolled_lr or cfg.d_lr or cfg.lr
+        params = {name: p.detach().requires_grad_(True) for name, p in self.D.named_parameters()}
+        buffers = {name: b.clone() for name, b in self.D.named_buffers()}
+        with torch.enable_grad():
+            for _ in range(cfg.unrolled_steps):
+                real_out, _ = self.discriminate(real, c, {**params, **buffers})
+                fake_out, _ = self.discriminate(fake, c, {**params, **buffers})
+                d_loss = self.d_objective(real_out, fake_out)
+                grads = torch.autograd.grad(d_loss, list(params.values()), create_graph=True)
+                params = self.constrain({name: p - eta * g for (name, p), g in zip(params.items(), grads)})
+        return {**params, **buffers}
+
+    # -- sampling ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        cond: torch.Tensor | None = None,
+        mean: bool = False,
+    ) -> torch.Tensor:
+        """``n`` examples (n, *shape) of the data's kind from z ~ N(0, I) drawn with ``generator``.
+
+        ``cond``: labels (n,) (or one label) for a conditional model. ``mean`` matters for
+        binary data only: threshold G's probabilities at 0.5 instead of drawing Bernoulli pixels.
+        """
+        c = self._cond(cond, n)
+        return self.to_data_space(self.generate(self.noise(n, generator), c), generator, mean)
+
+
+@register("dcgan")
+class DCGAN(GAN):
+    """DCGAN (Radford et al. 2016): strided (transposed) convs, batch norm, LeakyReLU(0.2) in D, Adam 2e-4.
+
+    The number of stride-2 stages follows the image size (:func:`conv_stages`), and G's
+    output is cropped, so 8x8 digits, 28x28 MNIST and 3x28x28 stacked MNIST all work. On
+    data that is not an image of at least 8x8 (2-D points, tables) ``network=auto`` builds
+    MLP networks with the same loss, normalisation and optimiser; ``network=conv`` there is
+    an error.
+    """
+
+    config_class = DCGANConfig
+
+
+@register("wgan")
+class WGAN(GAN):
+    """WGAN (Arjovsky et al. 2017): a critic without sigmoid, weight clipping to [-c, c], RMSProp, n_critic = 5.
+
+    The critic f minimises E[f(G(z))] - E[f(x)]; after each critic step every critic
+    parameter is clipped to [-clip, clip] (the ``after_step`` hook), a crude way to keep f
+    Lipschitz. Logs the raw critic means (``d_real``, ``d_fake``) and the Wasserstein
+    estimate E[f(x)] - E[f(G(z))] (``wasserstein``). ``histograms()`` returns the critic's
+    weights per layer: with clipping they pile up at +-c.
+    """
+
+    config_class = WGANConfig
+    config: WGANConfig
+    d_phase = "critic"
+    oscillation_keys = ("critic/loss", "generator/loss")
+
+    def d_objective(self, real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
+        return critic_loss(real_out, fake_out)
+
+    def g_objective(self, fake_out: torch.Tensor) -> torch.Tensor:
+        return critic_generator_loss(fake_out)
+
+    def d_logs(self, real_out: torch.Tensor, fake_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        r, f = real_out.mean().detach(), fake_out.mean().detach()
+        return {"d_real": r, "d_fake": f, "wasserstein": r - f}
+
+    def g_logs(self, fake_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"d_fake": fake_out.mean().detach()}
+
+    def constrain(self, params: Params) -> Params:
+        c = self.config.clip
+        return {name: p.clamp(-c, c) for name, p in params.items()}
+
+    def after_d_step(self) -> Callable[[], None] | None:
+        return self.clip_critic
+
+    @torch.no_grad()
+    def clip_critic(self) -> None:
+        """Clip every critic parameter to [-c, c] in place (Arjovsky et al. 2017, Algorithm 1, line 7)."""
+        c = self.config.clip
+        params = list(self.D.parameters())
+        torch._foreach_clamp_min_(params, -c)
+        torch._foreach_clamp_max_(params, c)
+
+    def histograms(self) -> dict[str, torch.Tensor]:
+        """The critic's weight tensors, one entry per layer (``critic/<layer>``), for the trainer's plots."""
+        return {f"critic/{name.removesuffix('.weight')}": p.detach() for name, p in self.D.named_parameters() if name.endswith("weight") and p.dim() >= 2}
+
+
+@register("wgan-gp")
+class WGANGP(WGAN):
+    """WGAN-GP (Gulrajani et al. 2017): a gradient penalty instead of clipping, layer norm in the critic, Adam (0, 0.9).
+
+    The critic's loss adds lambda E[(||grad f(x_hat)||_2 - 1)^2] on random interpolates
+    of real and fake examples (logged as ``gp``); there is no clipping.
+    """
+
+    config_class = WGANGPConfig
+    config: WGANGPConfig  # type: ignore[assignment]
+
+    def constrain(self, params: Params) -> Params:
+        return params
+
+    def after_d_step(self) -> Callable[[], None] | None:
+        return None
+
+    def penalty(self, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        gp = self.gradient_penalty(real, fake, c)
+        return gp, {"gp": gp.detach()}
+
+    @torch.compiler.disable  # a double backward: eager even under TrainConfig.compile
+    def gradient_penalty(
+        self,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """lambda E[(||grad f(x_hat)||_2 - 1)^2] of this critic (0-d); real, fake (N, *shape) in model space.
+
+        ``cond``: one-hot labels (N, K) for a conditional critic (the fakes share the reals' labels).
+        """
+        return gradient_penalty(
+            lambda x: self.discriminate(x, cond)[0], real, fake, self.config.gp_weight,
+            group=self.config.pack, generator=generator,
+        )
