@@ -183,27 +183,22 @@ def leaderboard_markdown(record: dict[str, Any]) -> str:
         f"{record['hardware']}, torch {record['torch']}, deepgen {record['deepgen']}, {record['date']}. "
         f"Sample metrics on {record['eval_samples']:,} samples against the test set, features: {floor.get('features', '?')}. "
         "Lower FID/KID/bits-per-dim is better; higher precision/recall/density/coverage is better.\n\n"
-        "| model | FID | KID x1e3 | precision | recall | density | coverage | NLL bits/dim | recon MSE | steps | train s |\n"
+        "| model | FID | KID | precision | recall | density | coverage | NLL bits/dim | recon MSE | steps | train s |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
     line = "| {label} | {fid} | {kid} | {precision} | {recall} | {density} | {coverage} | {bpd} | {mse} | {steps} | {secs} |\n"
     body = line.format(
-        label="**real train vs test (floor)**", fid=_fmt(floor.get("fid")), kid=_fmt(_kid(floor)), precision=_fmt(floor.get("precision")),
+        label="**real train vs test (floor)**", fid=_fmt(floor.get("fid")), kid=_fmt(floor.get("kid"), 4), precision=_fmt(floor.get("precision")),
         recall=_fmt(floor.get("recall")), density=_fmt(floor.get("density")), coverage=_fmt(floor.get("coverage")),
         bpd="-", mse="-", steps="-", secs="-",
     )
     for r in sorted(record["rows"], key=lambda r: r.get("fid", float("inf"))):
         body += line.format(
-            label=f"{r['label']} (`{r['model']}`)", fid=_fmt(r.get("fid")), kid=_fmt(_kid(r)), precision=_fmt(r.get("precision")),
+            label=f"{r['label']} (`{r['model']}`)", fid=_fmt(r.get("fid")), kid=_fmt(r.get("kid"), 4), precision=_fmt(r.get("precision")),
             recall=_fmt(r.get("recall")), density=_fmt(r.get("density")), coverage=_fmt(r.get("coverage")),
             bpd=_fmt(r.get("nll_bpd"), 3), mse=_fmt(r.get("recon_mse"), 4), steps=r["steps"], secs=_fmt(r["train_seconds"], 0),
         )
     notes = {r["label"]: r["nll_note"] for r in record["rows"] if "nll_note" in r}
     tail = "".join(f"\n- {label}: likelihood is the {note}." for label, note in notes.items())
     return head + body + tail + "\n"
-
-
-def _kid(r: dict[str, Any]) -> float | None:
-    k = r.get("kid")
-    return None if k is None else 1e3 * k
 
