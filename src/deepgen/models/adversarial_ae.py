@@ -35,7 +35,7 @@ import torch
 
 from ..data.dataset import Batch, DataSpec
 from ..errors import UserError
-from ..nn.config import EncoderDecoderConfig
+from ..nn.encoder_decoder import EncoderDecoderConfig, LatentCodeMixin
 from ..nn.layers import make_decoder, make_encoder
 from ..nn.likelihoods import make_head
 from ..registry import register
@@ -104,7 +104,7 @@ def sample_prior(
 
 
 @register("aae")
-class AdversarialAutoencoder(GenerativeModel):
+class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
     """Adversarial autoencoder (Makhzani et al. 2016): a GAN on the codes matches them to a prior."""
 
     config_class = AAEConfig
@@ -182,23 +182,3 @@ class AdversarialAutoencoder(GenerativeModel):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes z = E(x): (N, *shape) -> (N, L). Differentiable."""
         return self.encoder(self._encoder_input(x))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The head's mean of p(x | z): (N, L) -> (N, *shape). Differentiable."""
-        return self.head.mean(self.decoder(z))
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """decode(encode(x)): (N, *shape) -> (N, *shape)."""
-        return self.decode(self.encode(x))
-
-    def reconstruction_nll(self, x: torch.Tensor) -> torch.Tensor:
-        """-log p(x | E(x)) per example under the head: (N, *shape) -> (N,) nats."""
-        return self.head.nll(self.decoder(self.encode(x)), x)
-
-    @torch.no_grad()
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
-        """Decoded means along the straight line between the codes of x1 and x2: (steps, *shape)."""
-        shape = self.spec.shape
-        z = self.encode(torch.cat([x1.reshape(1, *shape), x2.reshape(1, *shape)]))  # (2, L)
-        t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype).unsqueeze(1)  # (steps, 1)
-        return self.decode(torch.lerp(z[:1], z[1:], t))

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..data.dataset import Batch, DataSpec
 from ..errors import UserError
-from ..nn.config import EncoderDecoderConfig
+from ..nn.encoder_decoder import EncoderDecoderConfig, LatentCodeMixin
 from ..nn.layers import activation, make_decoder, make_encoder
 from ..nn.likelihoods import make_head
 from ..registry import register
@@ -194,7 +194,7 @@ CORRUPTIONS: dict[str, CorruptionFn] = {
 
 
 @register("ae")
-class Autoencoder(GenerativeModel):
+class Autoencoder(LatentCodeMixin, GenerativeModel):
     """Undercomplete autoencoder: minimise -log p(x | g(f(x))) through a latent_dim bottleneck."""
 
     config_class: ClassVar[type[ModelConfig]] = AEConfig
@@ -315,29 +315,6 @@ class Autoencoder(GenerativeModel):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes h = f(x): (N, *shape) -> (N, latent_dim). Differentiable."""
         return self.squash(self.encoder(x))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The head's mean of p(x | z): (N, latent_dim) -> (N, *shape). Differentiable."""
-        return self.head.mean(self.decoder(z))
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's mean of p(x | f(x)): (N, *shape) -> (N, *shape), without corruption."""
-        return self.decode(self.encode(x))
-
-    def reconstruction_nll(self, x: torch.Tensor) -> torch.Tensor:
-        """-log p(x | g(f(x))) per example under the head: (N, *shape) -> (N,) nats."""
-        return self.head.nll(self.decoder(self.encode(x)), x)
-
-    @torch.no_grad()
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
-        """Decoded means along the straight line between the codes of x1 and x2.
-
-        x1, x2: one example each, (*shape) or (1, *shape). Returns (steps, *shape).
-        """
-        shape = self.spec.shape
-        z1, z2 = self.encode(x1.reshape(1, *shape)), self.encode(x2.reshape(1, *shape))  # (1, K)
-        t = torch.linspace(0, 1, steps, device=z1.device, dtype=z1.dtype).unsqueeze(1)  # (steps, 1)
-        return self.decode(torch.lerp(z1, z2, t))
 
 
 @register("sparse-ae")

@@ -24,7 +24,7 @@ import torch
 
 from ..data.dataset import Batch, DataSpec
 from ..errors import UserError
-from ..nn.config import EncoderDecoderConfig
+from ..nn.encoder_decoder import EncoderDecoderConfig
 from ..nn.layers import make_decoder, make_encoder
 from ..nn.likelihoods import make_head
 from ..registry import register

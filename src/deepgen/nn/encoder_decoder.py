@@ -1,9 +1,13 @@
-"""Settings shared by every family built from an encoder, a decoder and a likelihood head."""
+"""What every family built from an encoder, a decoder and a likelihood head shares:
+its settings (:class:`EncoderDecoderConfig`) and the code-space capabilities
+(:class:`LatentCodeMixin`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 from ..models.base import ModelConfig
 from .layers import ACTIVATIONS
@@ -44,3 +48,39 @@ class EncoderDecoderConfig(ModelConfig):
         )
         self.check(self.sigma > 0, f"sigma must be > 0, got {self.sigma}")
         self.check(self.components >= 1, f"components must be >= 1, got {self.components}")
+
+
+class LatentCodeMixin:
+    """``decode``, ``reconstruct``, ``reconstruction_nll`` and ``interpolate`` for a model
+    with ``encode(x) -> (N, L)`` codes, a ``decoder`` giving head parameters (N, P, *shape)
+    and a likelihood ``head`` (the autoencoders and the adversarial autoencoder)."""
+
+    head: Any
+    decoder: Any
+    spec: Any
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The head's mean of p(x | z): (N, L) -> (N, *shape). Differentiable."""
+        return self.head.mean(self.decoder(z))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's mean of p(x | encode(x)): (N, *shape) -> (N, *shape)."""
+        return self.decode(self.encode(x))
+
+    def reconstruction_nll(self, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x | decoder(encode(x))) per example under the head: (N, *shape) -> (N,) nats."""
+        return self.head.nll(self.decoder(self.encode(x)), x)
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Decoded means along the straight line between the codes of x1 and x2.
+
+        x1, x2: one example each, (*shape) or (1, *shape). Returns (steps, *shape).
+        """
+        shape = self.spec.shape
+        z = self.encode(torch.cat([x1.reshape(1, *shape), x2.reshape(1, *shape)]))  # (2, L)
+        t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype).unsqueeze(1)  # (steps, 1)
+        return self.decode(torch.lerp(z[:1], z[1:], t))
