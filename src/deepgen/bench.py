@@ -51,6 +51,7 @@ IMAGE_PRESETS: tuple[Preset, ...] = (
     Preset("vae-conv", "vae", {"network": "conv", "channels": (32, 64), "latent_dim": 32, "likelihood": "logistic-mixture"}),
     Preset("ae-conv", "ae", {"network": "conv", "latent_dim": 32}),
     Preset("denoising-ae-conv", "denoising-ae", {"network": "conv", "latent_dim": 32}),
+    Preset("aae-conv", "aae", {"network": "conv", "latent_dim": 16}),
     Preset("gan-mlp", "gan", {"network": "mlp", "noise_dim": 64, "g_hidden": (256, 512), "d_hidden": (512, 256)}),
     Preset("dcgan", "dcgan", {"noise_dim": 100}),
     Preset("wgan-gp-conv", "wgan-gp", {"network": "conv", "noise_dim": 100}),
