@@ -57,6 +57,7 @@ RUN_FILES = (
     "latent.png",
     "manifold.png",
     "interpolation.png",
+    "histograms.png",
 )
 
 # The demo: a 2-D latent VAE on the built-in 8x8 digits: 3750 steps, about 10-20 s on 2 CPU
