@@ -63,6 +63,7 @@ from typing import Any
 import torch
 
 import deepgen
+from deepgen.bench import hardware
 from deepgen.metrics import evaluate
 
 # PacGAN's 2-D networks and optimiser (its config.py / pacgan_task.py, see the docstring).
@@ -156,11 +157,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name} must be >= {1 if name == 'jobs' else 0}")
     return args
 
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def remedy_label(settings: dict[str, str]) -> str:

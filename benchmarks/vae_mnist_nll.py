@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 import deepgen
+from deepgen.bench import hardware
 from deepgen.metrics import evaluate
 from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
 
@@ -75,11 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def build_model(ds: deepgen.Dataset, args: argparse.Namespace, device: torch.device) -> deepgen.GenerativeModel:

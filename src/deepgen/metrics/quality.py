@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from ..data.resident import iterate
 from ..errors import UserError
 from ..models.base import GenerativeModel
 from .evaluate import EvalContext, Result, metric
-from .features import RECIPES, FeatureNet, data_sha256, default_cache_dir, feature_extractor
+from .features import RECIPES, FeatureNet, _slug, data_sha256, default_cache_dir, feature_extractor
 from .sample_quality import (
     density_coverage,
     fid,
@@ -167,6 +166,3 @@ def real_vs_real(
         "density": density, "coverage": coverage, "quality_n": len(test), "features": net.describe(),
     }
 
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).name)[:40] or "data"
