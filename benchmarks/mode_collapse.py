@@ -128,7 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (with --jobs > 1 on several GPUs, runs go round-robin)")
     p.add_argument("--datasets", default="ring8,grid25,stacked-mnist", help="comma-separated: ring8, grid25, stacked-mnist")
     p.add_argument("--seeds", default="5", help="N (seeds 0..N-1) or a comma-separated list of seeds")
-    p.add_argument("--remedy", nargs="+", default=["pack=4"], metavar="KEY=VALUE", help="model settings of the remedy run (pack=2, minibatch_std=true, unrolled_steps=5, feature_matching=true)")
+    p.add_argument("--remedy", nargs="+", default=["pack=4"], metavar="KEY=VALUE", help="model (or trainer) settings of the remedy run only (pack=2, minibatch_std=true, unrolled_steps=5, feature_matching=true)")
+    p.add_argument("--settings", nargs="+", default=[], metavar="KEY=VALUE", help="model or trainer settings of both runs, as `deepgen train --set` (ema=0.999, schedule=cosine, lr=2e-4, g_hidden=256,256)")
+    p.add_argument("--arch", choices=("paper", "deepgen"), default="paper", help="2-D networks: the paper's (PacGAN's G 4x400 with batch norm, 2-d noise; D 3x200) or the registered gan's defaults (32-d noise, 128-128 MLPs, Adam 2e-4 (0.5, 0.999))")
     p.add_argument("--no-pack-batch", action="store_true", help="keep the batch at --batch examples when packing (default: batch packed D inputs, batch*m examples, as PacGAN)")
     p.add_argument("--steps", type=int, default=0, help="training steps per run; 0 = the paper's (400,000 on 2-D, 100,000 on stacked MNIST)")
     p.add_argument("--time-budget", type=float, default=0.0, help="seconds of training per run at most (0 = no limit)")
@@ -150,13 +152,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seed_list = list(range(int(args.seeds)))
     try:
         args.remedy_settings = deepgen.config.parse_assignments(args.remedy)
-    except deepgen.UserError as e:
+        args.common_settings = deepgen.config.parse_assignments(args.settings)
+        for name in args.dataset_list:  # unknown keys and bad values fail here, not in a worker
+            _configs(name, args.arch, {**args.common_settings, **args.remedy_settings})
+    except (deepgen.UserError, ValueError) as e:
         p.error(str(e))
     for name in ("steps", "batch", "jobs"):
         if getattr(args, name) < 0 or (name == "jobs" and args.jobs < 1):
             p.error(f"--{name} must be >= {1 if name == 'jobs' else 0}")
     return args
 
+
+
+def _configs(name: str, arch: str, overrides: dict[str, str]) -> tuple[deepgen.models.ModelConfig, dict[str, str]]:
+    """The model config of one run (the setting's networks, then ``overrides`` routed to the
+    model) and the trainer overrides (the keys TrainConfig owns, as text)."""
+    s = SETTINGS[name]
+    cfg = deepgen.models.model_class(s["model"]).config_class()
+    if arch == "paper" or name == "stacked-mnist":
+        cfg = cfg.replace(**s["arch"])
+    routed = deepgen.config.split_overrides(overrides, {"model": cfg, "train": deepgen.TrainConfig()})
+    return cfg.with_overrides(routed["model"]), routed["train"]
 
 
 def remedy_label(settings: dict[str, str]) -> str:
@@ -191,9 +207,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         model = TrainingData(ds).to(device)
         result = None
     else:
-        cfg = deepgen.models.model_class(s["model"]).config_class().replace(**s["arch"])
-        if kind == "remedy":
-            cfg = cfg.with_overrides(job["remedy"])  # "key=value" text parsed by each field's type
+        overrides = {**job["settings"], **(job["remedy"] if kind == "remedy" else {})}
+        cfg, train_overrides = _configs(name, job["arch"], overrides)  # "key=value" text parsed by each field's type
         pack = int(getattr(cfg, "pack", 1))
         batch = job["batch"] * (pack if job["pack_batch"] else 1)
         deepgen.seed_all(seed)  # the weights; the trainer seeds data order and noise itself
@@ -209,7 +224,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
             tensorboard=False,
             log_every=1000,
             compile=job["compile"],
-        )
+        ).with_overrides(train_overrides)
         trainer = deepgen.Trainer(model, ds, tcfg, run_dir=None)
         result = trainer.fit()
         model = trainer.eval_model
@@ -254,17 +269,20 @@ def _pm(values: list[float], digits: int) -> str:
     return f"{m:.{digits}f} ± {sd:.{digits}f}{note}"
 
 
-def _label(rec: dict[str, Any], remedy: str) -> str:
+def _label(rec: dict[str, Any], record: dict[str, Any]) -> str:
     if rec["kind"] == "data":
         return "training data (the metric's floor)"
     base = "gan, non-saturating" if rec["model"] == "gan" else rec["model"]
-    return f"deepgen {base}" + (f" + {remedy}" if rec["kind"] == "remedy" else "")
+    if rec["dataset"] != "stacked-mnist":
+        base += ", PacGAN's nets" if record["arch"] == "paper" else ", gan's default nets"
+    if record["settings_label"]:
+        base += f", {record['settings_label']}"
+    return f"deepgen {base}" + (f" + {record['remedy']}" if rec["kind"] == "remedy" else "")
 
 
 def markdown(record: dict[str, Any]) -> str:
     """One table per dataset: deepgen rows (mean ± std over seeds), then the paper rows."""
     out = []
-    remedy = record["remedy"]
     for name in record["datasets"]:
         runs = [r for r in record["runs"] if r["dataset"] == name]
         if not runs:
@@ -287,7 +305,7 @@ def markdown(record: dict[str, Any]) -> str:
             secs = _pm([r["train_seconds"] for r in group], 0) + " s" if kind != "data" else "-"
             batch = str(group[0]["batch_examples"]) if kind != "data" else "-"
             seeds = str(len(group))
-            label = _label(group[0], remedy)
+            label = _label(group[0], record)
             if stacked:
                 cells = [_pm([r["modes"] for r in group], 1), _pm([r["kl"] for r in group], 3)]
             else:
@@ -340,6 +358,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         seed=seed,
                         kind=kind,
                         remedy=args.remedy_settings,
+                        settings=args.common_settings,
+                        arch=args.arch,
                         pack_batch=not args.no_pack_batch,
                         batch=args.batch or s["batch"],
                         steps=args.steps or s["steps"],
@@ -381,6 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "datasets": args.dataset_list,
         "seeds": args.seed_list,
         "remedy": remedy_label(args.remedy_settings),
+        "settings_label": remedy_label(args.common_settings),
+        "arch": args.arch,
         "runs": runs,
         "jobs": args.jobs,
         "hardware": hardware(device),
