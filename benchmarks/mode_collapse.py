@@ -30,10 +30,20 @@ keeps the batch at ``batch`` examples instead).
 Public API only: ``deepgen.load_dataset``, ``deepgen.create_model``, ``deepgen.Trainer``,
 ``deepgen.TrainConfig``, ``deepgen.metrics.evaluate(..., ["modes"])``.
 
-GPU run (one H200; MNIST copied into ``.data/``, see README.md)::
+The baseline and the remedy both start from the setting's networks (``--arch paper``, the
+default: PacGAN's on the 2-D sets) or, on the 2-D sets, from the registered ``gan``'s own
+defaults (``--arch deepgen``: 32-d noise, 128-128 MLPs, Adam 2e-4 (0.5, 0.999)), which learn
+the modes' widths much faster per step; ``--settings`` changes both runs (model or trainer
+keys, as ``deepgen train --set``), ``--remedy`` only the second.
 
-    python benchmarks/mode_collapse.py --data-dir .data --device cuda --seeds 5 \\
-        --time-budget 100 --jobs 10 --out $OUT/mode_collapse.json
+GPU runs recorded in benchmarks/RESULTS.md (one H200; MNIST copied into ``.data/``)::
+
+    python benchmarks/mode_collapse.py --device cuda --datasets ring8 --seeds 5 --arch deepgen \\
+        --batch 128 --remedy minibatch_std=true --time-budget 420 --jobs 11
+    python benchmarks/mode_collapse.py --device cuda --datasets grid25 --seeds 5 --arch deepgen \\
+        --batch 128 --remedy pack=4 minibatch_std=true --time-budget 420 --jobs 11
+    python benchmarks/mode_collapse.py --data-dir .data --device cuda --datasets stacked-mnist \\
+        --seeds 5 --remedy pack=2 --time-budget 400 --jobs 11
 
 CPU smoke check (a minute; the figures mean nothing)::
 

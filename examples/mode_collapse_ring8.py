@@ -29,9 +29,11 @@ of its samples next to one mode, and that mode moves as training goes on (the D/
 of Metz et al. 2017). The collapsed point often sits a little off the mode (0.1 to 0.3
 away, more than 3 std), so the vanilla run can also score 0 modes and 0% HQ.
 
-These are CPU figures for a quick look; GAN results vary from seed to seed. The GPU
-figures over more seeds, beside the published PacGAN / VEEGAN rows, go to
-benchmarks/RESULTS.md via benchmarks/mode_collapse.py (``--remedy minibatch_std=true``).
+These are CPU figures for a quick look; GAN results vary from seed to seed. The same two
+configurations trained longer on the GPU (about 80,000 steps, seeds 0-4, benchmarks/RESULTS.md,
+``benchmarks/mode_collapse.py --arch deepgen --batch 128 --remedy minibatch_std=true``):
+vanilla 6.6 +- 1.1 modes of 8, reverse KL 0.68; minibatch std 8/8 on every seed, 96.4 +- 0.7%
+high quality, reverse KL 0.002.
 
 Public API only: ``deepgen.load_dataset``, ``deepgen.create_model``, ``deepgen.Trainer``,
 ``deepgen.TrainConfig``, ``deepgen.seed_all``, ``deepgen.metrics.evaluate``.

@@ -1,0 +1,72 @@
+"""The benchmark scripts' own logic (argument checks, settings routing, the table), on
+tiny settings. Their figures mean nothing here: timings and quality are measured on the
+GPU and recorded in benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def mc() -> ModuleType:
+    return _load("mode_collapse")
+
+
+def test_settings_route_to_model_and_trainer(mc: ModuleType) -> None:
+    cfg, train = mc._configs("ring8", "deepgen", {"minibatch_std": "true", "schedule": "cosine", "g_hidden": "64,32"})
+    assert cfg.minibatch_std is True and tuple(cfg.g_hidden) == (64, 32)
+    assert cfg.noise_dim == 32  # the registered gan's default, not PacGAN's 2
+    assert train == {"schedule": "cosine"}
+    paper, _ = mc._configs("grid25", "paper", {})
+    assert paper.noise_dim == 2 and tuple(paper.g_hidden) == (400, 400, 400, 400) and paper.g_norm == "batch"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--settings", "no_such_key=1"],
+        ["--remedy", "pack=zero"],
+        ["--datasets", "ring9"],
+        ["--seeds", "0"],
+    ],
+)
+def test_bad_arguments_exit_2(mc: ModuleType, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        mc.parse_args(["--datasets", "ring8", *argv] if argv[0] != "--datasets" else argv)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_tiny_run_prints_both_rows(mc: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "mc.json"
+    record = mc.main(
+        ["--device", "cpu", "--datasets", "ring8", "--seeds", "1", "--steps", "5", "--arch", "deepgen",
+         "--settings", "lr=1e-3", "--remedy", "minibatch_std=true", "--out", str(out)]
+    )
+    kinds = [r["kind"] for r in record["runs"]]
+    assert sorted(kinds) == ["baseline", "data", "remedy"]
+    for r in record["runs"]:
+        assert 0 <= r["modes"] <= 8 and 0 <= r["hq_percent"] <= 100
+        if r["kind"] != "data":
+            assert r["steps"] == 5 and r["settings"]["lr"] == 1e-3
+    remedy = next(r for r in record["runs"] if r["kind"] == "remedy")
+    assert remedy["settings"]["minibatch_std"] is True
+    assert "gan's default nets, lr=1e-3 + minibatch_std=true" in record["markdown"]
+    assert "smoke settings" in record["markdown"]
+    assert out.is_file()
