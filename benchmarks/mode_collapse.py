@@ -45,6 +45,19 @@ GPU runs recorded in benchmarks/RESULTS.md (one H200; MNIST copied into ``.data/
     python benchmarks/mode_collapse.py --data-dir .data --device cuda --datasets stacked-mnist \\
         --seeds 5 --remedy pack=2 --time-budget 400 --jobs 11
 
+A protocol longer than one call of the device (10 minutes) is split over calls with
+``--runs-dir``: each call resumes every run from its checkpoint and trains it on to
+``--steps`` or for ``--time-budget`` more seconds. With the device tool, only ``$OUT``
+comes back: write the folder there, copy what came back into ``.data/mc-runs`` here, and
+carry ``.data`` to the next call (the 2-D runs are a few MB)::
+
+    # first call
+    python benchmarks/mode_collapse.py --device cuda --datasets grid25 --seeds 5 --arch deepgen \\
+        --batch 128 --remedy pack=4 minibatch_std=true --steps 400000 --time-budget 500 \\
+        --jobs 11 --runs-dir $OUT/mc-runs
+    # next calls: the same with
+    cp -r .data/mc-runs $OUT/mc-runs && python benchmarks/mode_collapse.py ... --runs-dir $OUT/mc-runs
+
 CPU smoke check (a minute; the figures mean nothing)::
 
     python benchmarks/mode_collapse.py --data-dir ../shared/data --device cpu --seeds 1 \\
@@ -148,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once in separate processes (small 2-D nets are launch-bound: several share a GPU well)")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss (TrainConfig.compile)")
     p.add_argument("--no-data-row", action="store_true", help="skip the row that scores the training data itself")
+    p.add_argument("--runs-dir", default=None, help="keep each run's folder (checkpoint at the end, samples.png) here; a run whose folder exists is resumed and trained on to --steps, so a long protocol can be split over several calls")
     p.add_argument("--out", default=None, help="write every run's figures and the setting as JSON here")
     args = p.parse_args(argv)
     args.dataset_list = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -221,24 +235,36 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         cfg, train_overrides = _configs(name, job["arch"], overrides)  # "key=value" text parsed by each field's type
         pack = int(getattr(cfg, "pack", 1))
         batch = job["batch"] * (pack if job["pack_batch"] else 1)
-        deepgen.seed_all(seed)  # the weights; the trainer seeds data order and noise itself
-        model = deepgen.create_model(s["model"], ds, cfg)
-        tcfg = deepgen.TrainConfig(
-            epochs=1_000_000,  # the run ends at max_steps or max_seconds
-            max_steps=job["steps"],
-            max_seconds=job["time_budget"],
-            batch_size=batch,
-            seed=seed,
-            device=str(device),
-            progress=False,
-            tensorboard=False,
-            log_every=1000,
-            compile=job["compile"],
-        ).with_overrides(train_overrides)
-        trainer = deepgen.Trainer(model, ds, tcfg, run_dir=None)
+        run_dir = None if not job["runs_dir"] else os.path.join(job["runs_dir"], f"{name}-{kind}-seed{seed}")
+        if run_dir is not None and os.path.isfile(os.path.join(run_dir, "config.json")):
+            # Continue a run of an earlier call exactly (weights, optimiser, RNG, data position):
+            # long protocols split over several calls of a time-limited machine.
+            trainer = deepgen.Trainer.resume(run_dir, device=str(device), max_steps=job["steps"])
+            budget = trainer.seconds + job["time_budget"] if job["time_budget"] else 0.0
+            trainer.config = trainer.config.replace(max_seconds=budget)  # training seconds are cumulative
+        else:
+            deepgen.seed_all(seed)  # the weights; the trainer seeds data order and noise itself
+            model = deepgen.create_model(s["model"], ds, cfg)
+            tcfg = deepgen.TrainConfig(
+                epochs=1_000_000,  # the run ends at max_steps or max_seconds
+                max_steps=job["steps"],
+                max_seconds=job["time_budget"],
+                batch_size=batch,
+                seed=seed,
+                device=str(device),
+                progress=False,
+                tensorboard=False,
+                log_every=1000,
+                compile=job["compile"],
+                # With --runs-dir: one checkpoint and one picture, at the end of this call.
+                checkpoint_every=10**9,
+                sample_every=10**9,
+            ).with_overrides(train_overrides)
+            data_config = deepgen.DataConfig(name=name, data_dir=job["data_dir"], seed=seed, **s["data"])
+            trainer = deepgen.Trainer(model, ds, tcfg, run_dir=run_dir, data_config=data_config)
         result = trainer.fit()
         model = trainer.eval_model
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0 if result is None else result.seconds  # cumulative over resumed calls
     t1 = time.perf_counter()
     figures = evaluate(model, ds, ["modes"], batch_size=s["eval_batch"], seed=seed)
     if device.type == "cuda":
@@ -376,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         time_budget=args.time_budget,
                         compile=args.compile,
                         data_dir=args.data_dir,
+                        runs_dir=args.runs_dir,
                         device=str(dev),
                         threads=threads,
                     )

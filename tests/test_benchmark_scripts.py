@@ -70,3 +70,22 @@ def test_tiny_run_prints_both_rows(mc: ModuleType, tmp_path: Path) -> None:
     assert "gan's default nets, lr=1e-3 + minibatch_std=true" in record["markdown"]
     assert "smoke settings" in record["markdown"]
     assert out.is_file()
+
+
+def test_runs_dir_resumes_to_more_steps(mc: ModuleType, tmp_path: Path) -> None:
+    """A second call with --runs-dir continues each run from its checkpoint: the split run's
+    final weights equal those of one uninterrupted run of the same length (CPU)."""
+    import torch
+    from safetensors.torch import load_file
+
+    common = ["--device", "cpu", "--datasets", "ring8", "--seeds", "1", "--arch", "deepgen", "--no-data-row", "--remedy", "pack=2"]
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    mc.main([*common, "--steps", "4", "--runs-dir", str(split)])
+    record = mc.main([*common, "--steps", "9", "--runs-dir", str(split)])
+    assert sorted(r["steps"] for r in record["runs"]) == [9, 9]
+    mc.main([*common, "--steps", "9", "--runs-dir", str(whole)])
+    for kind in ("baseline", "remedy"):
+        run = f"ring8-{kind}-seed0"
+        assert (split / run / "samples.png").is_file()
+        a, b = load_file(str(split / run / "model.safetensors")), load_file(str(whole / run / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
