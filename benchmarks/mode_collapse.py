@@ -236,7 +236,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         pack = int(getattr(cfg, "pack", 1))
         batch = job["batch"] * (pack if job["pack_batch"] else 1)
         run_dir = None if not job["runs_dir"] else os.path.join(job["runs_dir"], f"{name}-{kind}-seed{seed}")
-        if run_dir is not None and os.path.isfile(os.path.join(run_dir, "config.json")):
+        if run_dir is not None and os.path.isfile(os.path.join(run_dir, "model.safetensors")):  # a checkpoint, not just a started folder
             # Continue a run of an earlier call exactly (weights, optimiser, RNG, data position):
             # long protocols split over several calls of a time-limited machine.
             trainer = deepgen.Trainer.resume(run_dir, device=str(device), max_steps=job["steps"])
