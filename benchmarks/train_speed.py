@@ -5,6 +5,9 @@ The network is pythae's default MLP VAE for MNIST (BENCHMARKS.md, "Speed"): enco
 MNIST resident on the device. The peer is the plainest fast PyTorch loop: data on the
 GPU, a random permutation sliced per batch, one fused Adam step, no logging. deepgen runs
 its full trainer (phases, logging sums, lr schedule, NaN guard every ``log_every`` steps).
+With ``--cuda-graph`` on a GPU, both also run with the step captured in a CUDA graph: the
+peer as PyTorch's whole-network example (static input buffer, capturable fused Adam), the
+trainer with ``cuda_graph=true``.
 
     python benchmarks/train_speed.py --data-dir .data --device cuda --steps 2000 --out $OUT/speed.json
 
@@ -47,24 +50,46 @@ class PlainVAE(nn.Module):
         return (rec + kl).mean()
 
 
-def time_plain(x_u8: torch.Tensor, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+def time_plain(x_u8: torch.Tensor, batch: int, steps: int, warmup: int, device: torch.device, graph: bool = False) -> float:
     seed_all(0)
     model = PlainVAE().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda", capturable=graph)
     n = len(x_u8)
     perm = torch.randperm(n, device=device)
     pos = 0
+    static_x = torch.zeros(batch, x_u8.shape[1], device=device)
 
-    def step() -> None:
+    def next_batch() -> torch.Tensor:
         nonlocal perm, pos
         if pos + batch > n:
             perm, pos = torch.randperm(n, device=device), 0
         x = torch.bernoulli(x_u8[perm[pos : pos + batch]].float() / 255)
         pos += batch
+        return x
+
+    def update(x: torch.Tensor) -> None:
         loss = model.loss(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    def step() -> None:
+        update(next_batch())
+
+    if graph:  # PyTorch's whole-network capture: warm up on a side stream, capture, replay
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        captured = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(captured):
+            update(static_x)
+
+        def step() -> None:  # noqa: F811 (the captured step replaces the eager one)
+            static_x.copy_(next_batch())
+            captured.replay()
 
     for _ in range(warmup):
         step()
@@ -76,13 +101,15 @@ def time_plain(x_u8: torch.Tensor, batch: int, steps: int, warmup: int, device: 
     return steps * batch / (time.perf_counter() - t0)
 
 
-def time_deepgen(ds: deepgen.Dataset, batch: int, steps: int, warmup: int, device: torch.device, compile: bool) -> float:
-    cfg = TrainConfig(epochs=10_000, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, compile=compile)
+def time_deepgen(ds: deepgen.Dataset, batch: int, steps: int, warmup: int, device: torch.device, compile: bool = False, graph: bool = False) -> float:
+    cfg = TrainConfig(epochs=10_000, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, compile=compile, cuda_graph=graph)
     seed_all(0)
     model = deepgen.create_model("vae", ds, **ARCH)
-    Trainer(model, ds, cfg.replace(max_steps=warmup), None).fit()  # warm-up (and compilation)
+    # Warm-up (compilation; capture), then the timed steps on the same trainer.
+    trainer = Trainer(model, ds, cfg.replace(max_steps=warmup), None)
+    trainer.fit()
     sync(device)
-    trainer = Trainer(model, ds, cfg.replace(max_steps=steps), None)  # dynamo reuses the warm-up's compiled code
+    trainer.config = cfg.replace(max_steps=warmup + steps)
     t0 = time.perf_counter()
     trainer.fit()
     sync(device)
@@ -102,6 +129,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--cuda-graph", action="store_true", help="also time both with the step captured in a CUDA graph (GPU only)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = resolve_device(args.device)
@@ -116,6 +144,9 @@ def main() -> None:
         row = {"batch": batch, "plain_pytorch": plain, "deepgen_eager": eager}
         if not args.no_compile:
             row["deepgen_compile"] = time_deepgen(ds, batch, args.steps, args.warmup, device, compile=True)
+        if args.cuda_graph:
+            row["plain_graph"] = time_plain(x_u8, batch, args.steps, args.warmup, device, graph=True)
+            row["deepgen_graph"] = time_deepgen(ds, batch, args.steps, args.warmup, device, graph=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
@@ -126,6 +157,11 @@ def main() -> None:
         comp = r.get("deepgen_compile")
         comp_cols = f"{comp:,.0f} | {comp / r['plain_pytorch']:.2f}" if comp else "- | -"
         print(f"| {r['batch']} | {r['plain_pytorch']:,.0f} | {r['deepgen_eager']:,.0f} | {r['deepgen_eager'] / r['plain_pytorch']:.2f} | {comp_cols} |")
+    if args.cuda_graph:
+        print("\n| batch | plain PyTorch, CUDA graph (peer) | deepgen cuda_graph=true | ratio |")
+        print("| --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['batch']} | {r['plain_graph']:,.0f} | {r['deepgen_graph']:,.0f} | {r['deepgen_graph'] / r['plain_graph']:.2f} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "hardware": hw, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}, indent=2))
 

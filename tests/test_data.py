@@ -543,3 +543,18 @@ def test_iterate_covers_the_split_in_order() -> None:
     assert sum(len(b) for b in batches) == len(ds.test)
     assert torch.equal(torch.cat([b.y for b in batches]), ds.test.y)
     assert len(list(iterate(ds, "test", batch_size=64, limit=70))[-1]) == 6
+
+
+def test_loader_state_from_another_device_type_still_loads():
+    """A GPU run's loader state (16-byte CUDA generator states) resumed on the CPU: the
+    position is kept and the order goes on from a derived seed instead of failing."""
+    ds = _toy_dataset(100)
+    loader = ResidentLoader(ds, 32, "cpu", seed=3)
+    loader.next()
+    state = loader.state_dict()
+    state["order_gen"] = state["convert_gen"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    other = ResidentLoader(ds, 32, "cpu", seed=3)
+    other.load_state_dict(state)
+    assert (other.epoch, other.pos) == (loader.epoch, loader.pos)
+    for _ in range(5):  # crosses an epoch: a new permutation from the derived seed
+        assert other.next().x.shape == (32, *ds.spec.shape)

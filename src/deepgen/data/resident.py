@@ -41,6 +41,7 @@ class ResidentLoader:
         self.x = data.x.to(self.device)
         self.y = None if data.y is None else data.y.to(self.device)
         self.n = len(data)
+        self.seed = seed
         # Two streams: one for the order, one for per-batch randomness (binarization),
         # so that changing one never shifts the other.
         self.order_gen = torch.Generator(self.device).manual_seed(seed)
@@ -87,8 +88,15 @@ class ResidentLoader:
         self.epoch = int(state["epoch"])
         self.pos = int(state["pos"])
         self.perm = state["perm"].to(self.device)
-        self.order_gen.set_state(state["order_gen"])
-        self.convert_gen.set_state(state["convert_gen"])
+        try:
+            self.order_gen.set_state(state["order_gen"])
+            self.convert_gen.set_state(state["convert_gen"])
+        except RuntimeError:
+            # Generator states of another device type (a GPU run resumed on the CPU) do not
+            # fit these generators: go on from seeds derived from the epoch instead. Exact
+            # resumption holds on the device the checkpoint came from.
+            self.order_gen.manual_seed(self.seed + 1_000_003 * (self.epoch + 1))
+            self.convert_gen.manual_seed(self.seed + 1 + 1_000_003 * (self.epoch + 1))
 
 
 def iterate(

@@ -19,6 +19,7 @@ class TrainConfig(Config):
     grad_clip: float = 0.0  # max global gradient norm per phase; 0 = off
     bf16: bool = False  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the loss (forward and backward); pays off on GPUs
+    cuda_graph: bool = False  # capture each phase's step in a CUDA graph, one launch per step (CUDA only)
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     log_every: int = 50  # steps between reads of the logged device tensors (one sync each)
     osc_window: int = 20  # log points in the moving window of the oscillation measure (<key>_osc)
@@ -41,4 +42,8 @@ class TrainConfig(Config):
         self.check(self.max_seconds >= 0, f"max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}")
         for name in ("sample_every", "checkpoint_every", "max_steps"):
             self.check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        self.check(
+            not (self.compile and self.cuda_graph),
+            "compile and cuda_graph cannot both be on: choose compile=true (fused kernels) or cuda_graph=true (captured launches)",
+        )
         self.check(self.picture_samples >= 1, f"picture_samples must be >= 1, got {self.picture_samples}")

@@ -25,13 +25,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import DataConfig, Dataset, ResidentLoader, load_dataset
+from ..data import Batch, DataConfig, Dataset, ResidentLoader, load_dataset
 from ..errors import TrainingDiverged, UserError
 from ..models import create_model, model_class
-from ..models.base import GenerativeModel, HasHistograms, OptimizerSpec, Phase
+from ..models.base import GenerativeModel, HasHistograms, Phase
 from ..viz import save_histograms, save_samples
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .graphs import (
+    WARMUP_RUNS,
+    PhaseGraph,
+    build_optimizer,
+    load_optimizer_state,
+    optimizer_state,
+    set_lr,
+)
 from .logging import RunLogger
 
 
@@ -53,17 +61,6 @@ def resolve_device(name: str) -> torch.device:
 def seed_all(seed: int) -> None:
     """Seed torch's global generators (CPU and every GPU)."""
     torch.manual_seed(seed)
-
-
-def build_optimizer(spec: OptimizerSpec, params: Sequence[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    """A torch optimizer from a phase's spec: fused Adam on CUDA, foreach elsewhere."""
-    fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    if spec.name in ("adam", "adamw"):
-        cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-        return cls(params, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay, **fast)
-    if spec.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=spec.lr, eps=spec.eps, momentum=spec.momentum, weight_decay=spec.weight_decay, foreach=True)
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, foreach=True)
 
 
 def lr_factor(config: TrainConfig, step: int, total: int) -> float:
@@ -134,8 +131,16 @@ class Trainer:
         self.model_name = type(model).registered_name or type(model).__name__
         self.phases: list[Phase] = model.phases()
         self._check_phases()
-        self.optimizers = [build_optimizer(p.optimizer, p.parameters, self.device) for p in self.phases]
+        self._check_cuda_graph()
+        graph = self.config.cuda_graph
+        self.optimizers = [build_optimizer(p.optimizer, p.parameters, self.device, graph) for p in self.phases]
         self.base_lrs = [p.optimizer.lr for p in self.phases]
+        self._lrs: list[float | None] = [None] * len(self.phases)  # the lr each optimizer holds now
+        # CUDA graphs (TrainConfig.cuda_graph): every step runs on one side stream, where
+        # each phase warms up eagerly and is then captured once and replayed.
+        self._stream = torch.cuda.Stream(self.device) if graph else None
+        self._graphs: dict[str, PhaseGraph] = {}
+        self._eager_runs: dict[str, int] = {}
         self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed)
         self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
         # torch.compile of the loss (forward and, through AOTAutograd, backward): fewer,
@@ -167,6 +172,21 @@ class Trainer:
             if not p.parameters:
                 raise ValueError(f"{self.model_name}: phase {p.name!r} has no parameters")
 
+    def _check_cuda_graph(self) -> None:
+        cfg = self.config
+        if not cfg.cuda_graph:
+            return
+        if self.device.type != "cuda":
+            raise UserError(f"cuda_graph=true needs a CUDA device, but this run is on {self.device}. Set cuda_graph=false or device=cuda.")
+        fixed_lr = cfg.schedule == "constant" and not cfg.warmup_steps
+        sgd = [p.name for p in self.phases if p.optimizer.name == "sgd"]
+        if sgd and not fixed_lr:
+            raise UserError(
+                f"cuda_graph=true with SGD (phase {', '.join(sgd)}) needs a constant lr: SGD's lr is fixed when the step "
+                f"is captured, but schedule={cfg.schedule} warmup_steps={cfg.warmup_steps}. Use schedule=constant warmup_steps=0, "
+                "Adam/RMSprop, or cuda_graph=false."
+            )
+
     @property
     def batches_per_step(self) -> int:
         return 1 + sum(p.repeats - 1 for p in self.phases if p.new_batch)
@@ -197,7 +217,10 @@ class Trainer:
         self._fit_start = start
         self.model.train()
         try:
-            while not self.finished:
+            # The stop decision is taken once per step: with a time budget, asking twice
+            # could end the loop on a step whose final checkpoint was never written.
+            finished = self.finished
+            while not finished:
                 self._train_step()
                 self.step += 1
                 if bar is not None:
@@ -246,57 +269,95 @@ class Trainer:
         ckpt.write_json(self.run_dir / ckpt.CONFIG, cfg)
 
     def _train_step(self) -> None:
+        if self._stream is None:
+            self._phases_step()
+            return
+        # Graph mode: the whole step on the capture stream, ordered after and before the
+        # default stream's work (sampling, evaluation and log reads run there).
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            self._phases_step()
+        current.wait_stream(self._stream)
+
+    def _phases_step(self) -> None:
         cfg = self.config
         epoch = self.loader.epochs_done  # the epoch this step's batches come from
         factor = lr_factor(cfg, self.step, self.total_steps)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
         batch = self.loader.next()
-        for phase, opt, base_lr in zip(self.phases, self.optimizers, self.base_lrs):
+        for i, (phase, opt, base_lr) in enumerate(zip(self.phases, self.optimizers, self.base_lrs)):
             if not phase.active(epoch):
                 continue
-            for group in opt.param_groups:
-                group["lr"] = base_lr * factor
+            if self._lrs[i] != base_lr * factor:  # constant lr: written once, not every step
+                self._lrs[i] = base_lr * factor
+                set_lr(opt, base_lr * factor)
             for r in range(phase.repeats):
                 if r > 0 and phase.new_batch:
                     batch = self.loader.next()
-                with autocast:
-                    out = self._loss(batch, phase.name)
-                self.model.zero_grad(set_to_none=True)
-                out.loss.backward()
-                logs = {"loss": out.loss, **out.logs}
-                if cfg.grad_clip > 0:
-                    logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(phase.parameters, cfg.grad_clip, foreach=True)
-                opt.step()
-                if phase.after_step is not None:
-                    phase.after_step()
-                self._accumulate(phase.name, logs)
+                self._phase_update(phase, opt, batch)
+                self._counts[phase.name] = self._counts.get(phase.name, 0) + 1
         if self.ema is not None:
             self.ema.update(self.model)
 
+    def _phase_update(self, phase: Phase, opt: torch.optim.Optimizer, batch: Batch) -> None:
+        """One optimizer step of ``phase`` on ``batch``: eager, or a CUDA graph's replay."""
+        if self._stream is None:
+            self._phase_step(phase, opt, batch)
+            return
+        graph = self._graphs.get(phase.name)
+        if graph is None:
+            runs = self._eager_runs.get(phase.name, 0)
+            if runs < WARMUP_RUNS:
+                self._eager_runs[phase.name] = runs + 1
+                self._phase_step(phase, opt, batch)
+                return
+            graph = PhaseGraph(lambda b: self._phase_step(phase, opt, b), batch, self._stream, f"{self.model_name}/{phase.name}")
+            self._graphs[phase.name] = graph
+        graph.replay(batch)
+
+    def _phase_step(self, phase: Phase, opt: torch.optim.Optimizer, batch: Batch) -> None:
+        """Loss, backward, clip, optimizer step, after-step hook, log accumulation: all device work."""
+        cfg = self.config
+        # A captured step may not cache bf16 weight copies across replays (autocast's cache).
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not cfg.cuda_graph) if cfg.bf16 else nullcontext()
+        with autocast:
+            out = self._loss(batch, phase.name)
+        self.model.zero_grad(set_to_none=True)
+        out.loss.backward()
+        logs = {"loss": out.loss, **out.logs}
+        if cfg.grad_clip > 0:
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(phase.parameters, cfg.grad_clip, foreach=True)
+        opt.step()
+        if phase.after_step is not None:
+            phase.after_step()
+        self._accumulate(phase.name, logs)
+
     def _accumulate(self, phase: str, logs: dict[str, torch.Tensor]) -> None:
+        """Add this phase step's logged values to the phase's device sums (in place, so a
+        captured step adds to the same tensor at every replay); the caller counts."""
         values = torch.stack([v.detach().float().reshape(()) for v in logs.values()])  # (K,)
         if phase in self._sums and self._log_names[phase] == list(logs):
             self._sums[phase] += values
-            self._counts[phase] += 1
             return
         if phase in self._sums:  # the logged names changed: read out what was summed so far
             self._flush_logs()
         self._log_names[phase] = list(logs)
         self._sums[phase] = values
-        self._counts[phase] = 1
+        self._counts[phase] = 0
 
     def _flush_logs(self, bar: Any = None) -> None:
         """Read the summed device tensors (one sync), log their means, guard against NaN."""
-        if not self._sums:
+        phases = [p for p in self._sums if self._counts.get(p, 0) > 0]
+        if not phases:
             return
         prefix = len(self.phases) > 1
-        phases = list(self._sums)
         values = torch.cat([self._sums[p] for p in phases]).tolist()
         means: dict[str, float] = {}
         for phase in phases:
             for name in self._log_names[phase]:
                 means[f"{phase}/{name}" if prefix else name] = values.pop(0) / self._counts[phase]
-        self._sums.clear()
+        # Zeroed in place: a captured step keeps adding to these very tensors.
+        torch._foreach_zero_(list(self._sums.values()))
         self._counts.clear()
         for key, history in self._history.items():
             if key in means:
@@ -382,7 +443,7 @@ class Trainer:
         state: dict[str, Any] = {
             "step": self.step,
             "seconds": self.seconds,
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizers": [optimizer_state(opt) for opt in self.optimizers],
             "loader": self.loader.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             # The oscillation window, so that a resumed run's <key>_osc equals an uninterrupted run's.
@@ -396,7 +457,7 @@ class Trainer:
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
         for opt, sd in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
+            load_optimizer_state(opt, sd)
         self.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng_cpu"])
         for key, values in state.get("osc_history", {}).items():

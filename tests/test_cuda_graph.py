@@ -1,0 +1,159 @@
+"""CUDA-graph capture of the training step (TrainConfig.cuda_graph).
+
+On the CPU: the settings that cannot work are refused with a message, and optimizer
+state moves between implementations (fused, foreach, capturable) in both directions.
+On a CUDA machine: every registered model trains with its phases captured, its losses
+equal the eager trainer's step by step, a captured WGAN still clips, a captured run's
+checkpoint resumes on the CPU, and the lr schedule reaches the captured optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import deepgen
+from deepgen.data import DataConfig
+from deepgen.errors import UserError
+from deepgen.models import model_names
+from deepgen.training import TrainConfig, Trainer, read_metrics, seed_all
+from deepgen.training.graphs import load_optimizer_state, optimizer_state, set_lr
+from deepgen.training.trainer import lr_factor
+
+DIGITS = DataConfig(name="digits", max_train=256)
+RING = DataConfig(name="ring8", num_samples=512)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(epochs=2, batch_size=32, seed=0, device="cpu", log_every=1, progress=False, tensorboard=False)
+    return dataclasses.replace(base, **changes)
+
+
+def _trainer(name: str, data: DataConfig = DIGITS, run_dir=None, model_args: dict | None = None, **train) -> Trainer:
+    ds = deepgen.load_dataset(data)
+    seed_all(0)
+    model = deepgen.create_model(name, ds, **(model_args or {}))
+    return Trainer(model, ds, _config(**train), run_dir, data_config=data)
+
+
+# -- refused settings (any machine) ----------------------------------------------------------
+
+
+def test_cuda_graph_on_the_cpu_is_refused_with_a_message():
+    with pytest.raises(UserError, match="cuda_graph=true needs a CUDA device"):
+        _trainer("ae", cuda_graph=True)
+
+
+def test_compile_and_cuda_graph_are_exclusive():
+    with pytest.raises(UserError, match="compile and cuda_graph cannot both be on"):
+        TrainConfig(compile=True, cuda_graph=True)
+
+
+# -- optimizer state across implementations (any machine) ------------------------------------
+
+
+def _adam_after_steps(**flags) -> tuple[torch.nn.Parameter, torch.optim.Adam]:
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, 3))
+    opt = torch.optim.Adam([w], lr=1e-2, **flags)
+    for _ in range(3):
+        opt.zero_grad()
+        (w**2).sum().backward()
+        opt.step()
+    return w, opt
+
+
+def test_loading_keeps_the_running_optimizers_implementation():
+    # A state saved by a fused, captured GPU run: flags say fused + capturable, lr 0.003.
+    _, saved_opt = _adam_after_steps(foreach=True)
+    saved = saved_opt.state_dict()
+    saved["param_groups"][0].update(fused=True, capturable=True, foreach=False, lr=3e-3)
+    w, opt = _adam_after_steps(foreach=True)
+    load_optimizer_state(opt, saved)
+    group = opt.param_groups[0]
+    assert group["foreach"] is True and not group.get("capturable") and not group.get("fused")
+    assert group["lr"] == 3e-3  # the saved hyperparameter is kept
+    assert torch.equal(opt.state[w]["exp_avg"], saved_opt.state[saved_opt.param_groups[0]["params"][0]]["exp_avg"])
+    opt.zero_grad()
+    (w**2).sum().backward()
+    opt.step()  # a capturable flag left on would fail here on CPU tensors
+    assert opt.state[w]["step"].item() == 4
+
+
+def test_a_tensor_lr_is_saved_as_a_float_and_updated_in_place():
+    w = torch.nn.Parameter(torch.ones(3))
+    lr = torch.tensor(0.01)
+    opt = torch.optim.Adam([w], lr=lr, foreach=False)
+    set_lr(opt, 0.5)
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == 0.5  # the same tensor: a graph reads it
+    sd = optimizer_state(opt)
+    assert isinstance(sd["param_groups"][0]["lr"], float) and sd["param_groups"][0]["lr"] == 0.5
+    load_optimizer_state(opt, {**sd, "param_groups": [{**sd["param_groups"][0], "lr": 0.25}]})
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == 0.25
+
+
+# -- capture on a GPU -------------------------------------------------------------------------
+
+
+def _cases() -> list[tuple[str, DataConfig]]:
+    return [(name, RING if name in ("gan", "wgan", "wgan-gp") else DIGITS) for name in model_names()]
+
+
+def _assert_same_logs(a_dir, b_dir) -> None:
+    a, b = read_metrics(a_dir), read_metrics(b_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key, value in ra.items():
+            if isinstance(value, float) and key != "seconds" and not key.endswith("_osc"):
+                assert rb[key] == pytest.approx(value, rel=1e-3, abs=1e-4), f"step {ra['step']}: {key}"
+
+
+@CUDA
+@pytest.mark.parametrize("name,data", _cases(), ids=[n for n, _ in _cases()])
+def test_captured_steps_equal_eager_steps(name, data, tmp_path):
+    """Same seed, same batches, same random draws: the captured trainer's logged losses
+    match the eager trainer's at every step (fused kernels in both; capture changes when
+    kernels are launched, not what they compute)."""
+    _trainer(name, data, tmp_path / "eager", device="cuda", max_steps=12).fit()
+    graph = _trainer(name, data, tmp_path / "graph", device="cuda", max_steps=12, cuda_graph=True)
+    graph.fit()
+    assert graph._graphs, "no phase was captured"
+    _assert_same_logs(tmp_path / "eager", tmp_path / "graph")
+
+
+@CUDA
+def test_captured_wgan_still_clips_and_follows_the_lr_schedule(tmp_path):
+    """The schedule writes the lr tensor that the captured RMSprop step reads: a captured
+    run with a linear decay logs what the eager run logs, and ends at the decayed lr."""
+    run = {"device": "cuda", "epochs": 100, "max_steps": 8, "schedule": "linear"}
+    _trainer("wgan", RING, tmp_path / "eager", **run).fit()
+    trainer = _trainer("wgan", RING, tmp_path / "graph", cuda_graph=True, **run)
+    trainer.fit()
+    _assert_same_logs(tmp_path / "eager", tmp_path / "graph")
+    c = trainer.model.config.clip
+    for p in trainer.model.D.parameters():
+        assert p.abs().max().item() <= c + 1e-7
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor)
+    assert lr.item() == pytest.approx(trainer.base_lrs[0] * lr_factor(trainer.config, 7, 8), rel=1e-5)
+    assert lr_factor(trainer.config, 7, 8) == pytest.approx(1 / 8)
+
+
+@CUDA
+def test_a_captured_runs_checkpoint_resumes_on_the_cpu(tmp_path):
+    run = tmp_path / "run"
+    _trainer("wgan-gp", RING, run, device="cuda", epochs=100, max_steps=10, cuda_graph=True).fit()
+    resumed = Trainer.resume(run, device="cpu", cuda_graph=False, max_steps=14)
+    result = resumed.fit()
+    assert result.steps == 14 and all(torch.isfinite(torch.tensor(v)) for v in result.last.values())
+    group = resumed.optimizers[0].param_groups[0]
+    assert not group.get("capturable") and isinstance(group["lr"], float)
+
+
+@CUDA
+def test_sgd_with_a_schedule_is_refused_under_capture():
+    with pytest.raises(UserError, match="SGD"):
+        _trainer("gan", RING, model_args={"optimizer": "sgd"}, device="cuda", schedule="cosine", cuda_graph=True)
