@@ -161,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once in separate processes (small 2-D nets are launch-bound: several share a GPU well)")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss (TrainConfig.compile)")
     p.add_argument("--no-data-row", action="store_true", help="skip the row that scores the training data itself")
+    p.add_argument("--kinds", default="baseline,remedy", help="which runs to train: baseline, remedy or both (one kind alone halves the runs sharing a GPU)")
     p.add_argument("--runs-dir", default=None, help="keep each run's folder (checkpoint at the end, samples.png) here; a run whose folder exists is resumed and trained on to --steps, so a long protocol can be split over several calls")
     p.add_argument("--out", default=None, help="write every run's figures and the setting as JSON here")
     args = p.parse_args(argv)
@@ -181,6 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             _configs(name, args.arch, {**args.common_settings, **args.remedy_settings})
     except (deepgen.UserError, ValueError) as e:
         p.error(str(e))
+    args.kind_list = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not args.kind_list or any(k not in ("baseline", "remedy") for k in args.kind_list):
+        p.error(f"--kinds takes baseline, remedy or baseline,remedy; got {args.kinds!r}")
     for name in ("steps", "batch", "jobs"):
         if getattr(args, name) < 0 or (name == "jobs" and args.jobs < 1):
             p.error(f"--{name} must be >= {1 if name == 'jobs' else 0}")
@@ -384,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jobs: list[dict[str, Any]] = []
     for name in args.dataset_list:
         s = SETTINGS[name]
-        kinds = (["data"] if not args.no_data_row else []) + ["baseline", "remedy"]
+        kinds = (["data"] if not args.no_data_row else []) + [k for k in ("baseline", "remedy") if k in args.kind_list]
         for kind in kinds:
             for seed in args.seed_list if kind != "data" else args.seed_list[:1]:
                 dev = device if gpus <= 1 else torch.device("cuda", len(jobs) % gpus)

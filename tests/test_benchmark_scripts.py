@@ -44,6 +44,7 @@ def test_settings_route_to_model_and_trainer(mc: ModuleType) -> None:
         ["--remedy", "pack=zero"],
         ["--datasets", "ring9"],
         ["--seeds", "0"],
+        ["--kinds", "vanilla"],
     ],
 )
 def test_bad_arguments_exit_2(mc: ModuleType, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,6 +71,12 @@ def test_tiny_run_prints_both_rows(mc: ModuleType, tmp_path: Path) -> None:
     assert "gan's default nets, lr=1e-3 + minibatch_std=true" in record["markdown"]
     assert "smoke settings" in record["markdown"]
     assert out.is_file()
+
+
+def test_kinds_trains_only_the_runs_asked_for(mc: ModuleType) -> None:
+    record = mc.main(["--device", "cpu", "--datasets", "ring8", "--seeds", "1", "--steps", "3", "--arch", "deepgen", "--kinds", "remedy", "--no-data-row"])
+    assert [r["kind"] for r in record["runs"]] == ["remedy"]
+    assert "+ pack=4" in record["markdown"] and "gan's default nets |" not in record["markdown"]
 
 
 def test_runs_dir_resumes_to_more_steps(mc: ModuleType, tmp_path: Path) -> None:
