@@ -184,9 +184,14 @@ def _run_training(plan: _TrainPlan) -> int:
     from .analysis import write_analysis
     from .models import create_model
     from .training import Trainer, seed_all
+    from .training.distributed import current_world
 
     seed_all(plan.train_config.seed)  # the same seed gives the same initial weights
     model = create_model(plan.model_name, plan.dataset, plan.model_config)
+    if not current_world().is_main:  # under torchrun: rank 0 owns the run folder
+        trainer = Trainer(model, plan.dataset, plan.train_config, plan.out, data_config=plan.data_config)
+        trainer.fit()
+        return 0
     created = not plan.out.exists()
     if plan.replace:
         _remove_run_files(plan.out)
@@ -207,6 +212,9 @@ def _run_training(plan: _TrainPlan) -> int:
 
 
 def _fit_and_report(trainer: Any, write_analysis: Any, resumed_from: int | None = None) -> int:
+    if not trainer.world.is_main:  # under torchrun: rank 0 writes the analysis and reports
+        trainer.fit()
+        return 0
     out = trainer.run_dir
     try:
         result = trainer.fit()
@@ -803,4 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         print(f"{PROG}: error: {e.strerror or e}{':' if where else ''}{where}", file=sys.stderr)
         return 2
+    finally:
+        dist_module = sys.modules.get("deepgen.training.distributed")
+        if dist_module is not None:  # leave the torchrun process group, if training joined one
+            dist_module.shutdown()
 

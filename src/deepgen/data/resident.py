@@ -31,6 +31,7 @@ class ResidentLoader:
         device: torch.device | str = "cpu",
         seed: int = 0,
         split: str = "train",
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         data = dataset.split(split)
         if batch_size > len(data):
@@ -42,10 +43,14 @@ class ResidentLoader:
         self.y = None if data.y is None else data.y.to(self.device)
         self.n = len(data)
         self.seed = seed
+        # (rank, ranks): every rank draws the same global batch order and keeps its own
+        # contiguous share of each batch (data-parallel training; batch_size is global).
+        self.shard = shard
         # Two streams: one for the order, one for per-batch randomness (binarization),
         # so that changing one never shifts the other.
         self.order_gen = torch.Generator(self.device).manual_seed(seed)
-        self.convert_gen = torch.Generator(self.device).manual_seed(seed + 1)
+        # Each rank its own per-batch randomness (rank 0 keeps the one-process stream).
+        self.convert_gen = torch.Generator(self.device).manual_seed(seed + 1 + 1_000_003 * shard[0])
         self.epoch = 0
         self.pos = 0
         self.perm = torch.randperm(self.n, generator=self.order_gen, device=self.device)
@@ -71,6 +76,9 @@ class ResidentLoader:
             self.perm = torch.randperm(self.n, generator=self.order_gen, device=self.device)
         idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
+        rank, ranks = self.shard
+        if ranks > 1:
+            idx = idx.tensor_split(ranks)[rank]
         x = self.dataset.convert(self.x[idx], self.convert_gen)
         y = None if self.y is None else self.y[idx]
         return Batch(x, y)

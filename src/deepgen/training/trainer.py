@@ -31,6 +31,7 @@ from ..models import create_model, model_class
 from ..models.base import GenerativeModel, HasHistograms, Phase
 from ..viz import save_histograms, save_samples
 from . import checkpoint as ckpt
+from . import distributed
 from .config import TrainConfig
 from .graphs import (
     WARMUP_RUNS,
@@ -122,10 +123,14 @@ class Trainer:
         _resume_state: dict[str, Any] | None = None,
     ) -> None:
         self.config = config or TrainConfig()
-        self.device = resolve_device(self.config.device)
+        # Under torchrun: this process's rank; rank r trains on cuda:LOCAL_RANK, and only
+        # rank 0 writes the run folder (the others keep run_dir None).
+        self.world = distributed.current_world()
+        self.device = self._world_device(resolve_device(self.config.device))
+        distributed.setup(self.world, self.device)
         self.model = model.to(self.device)
         self.dataset = dataset
-        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.run_dir = None if run_dir is None or not self.world.is_main else Path(run_dir)
         self.data_config = data_config or DataConfig(name=dataset.name)
         self.callbacks = list(callbacks)
         self.model_name = type(model).registered_name or type(model).__name__
@@ -141,7 +146,9 @@ class Trainer:
         self._stream = torch.cuda.Stream(self.device) if graph else None
         self._graphs: dict[str, PhaseGraph] = {}
         self._eager_runs: dict[str, int] = {}
-        self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed)
+        self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed, shard=(self.world.rank, self.world.size))
+        if self.world.size > 1 and _resume_state is None:
+            distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
         self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
         # torch.compile of the loss (forward and, through AOTAutograd, backward): fewer,
         # fused kernels for launch-bound small models. Batches have one size (the loader
@@ -171,6 +178,21 @@ class Trainer:
         for p in self.phases:
             if not p.parameters:
                 raise ValueError(f"{self.model_name}: phase {p.name!r} has no parameters")
+
+    def _world_device(self, device: torch.device) -> torch.device:
+        """Several processes: each takes its own GPU (cuda:LOCAL_RANK); the batch splits evenly."""
+        if self.world.size == 1:
+            return device
+        if self.config.batch_size % self.world.size:
+            raise UserError(
+                f"batch_size={self.config.batch_size} is the global batch and must split evenly over "
+                f"{self.world.size} processes; use a multiple of {self.world.size}."
+            )
+        if self.config.cuda_graph:
+            raise UserError("cuda_graph=true is for one process; under torchrun set cuda_graph=false.")
+        if device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.world.local_rank)
+        return device
 
     def _check_cuda_graph(self) -> None:
         cfg = self.config
@@ -210,7 +232,8 @@ class Trainer:
             self._write_config()
         self._logger = RunLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if self._resumed else None)
         if self.step == 0:
-            seed_all(cfg.seed + 1)  # the model's own noise; weights were seeded by the caller
+            # The model's own noise (weights were seeded by the caller); each rank its own.
+            seed_all(cfg.seed + 1 + 1_000_003 * self.world.rank)
         bar = self._progress_bar()
         last_epochs_done = self.loader.epochs_done
         start = time.perf_counter() - self.seconds
@@ -256,7 +279,12 @@ class Trainer:
             return True
         # A time budget: host clock only, read at step boundaries (no device sync), so the
         # last step may still be running on the GPU when it triggers.
-        return bool(cfg.max_seconds and self._fit_start is not None and time.perf_counter() - self._fit_start >= cfg.max_seconds)
+        late = bool(cfg.max_seconds and self._fit_start is not None and time.perf_counter() - self._fit_start >= cfg.max_seconds)
+        if self.world.size == 1 or not cfg.max_seconds:
+            return late
+        # Several processes must stop at the same step: they agree at log points only (one
+        # small collective per log_every steps, none per step).
+        return self.step % cfg.log_every == 0 and distributed.agree(late, self.device)
 
     def _write_config(self) -> None:
         """config.json: written fresh for a new run; on resume, only the trainer settings change."""
@@ -324,6 +352,8 @@ class Trainer:
             out = self._loss(batch, phase.name)
         self.model.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.world.size > 1:
+            distributed.average_gradients(phase.parameters, self.world.size)
         logs = {"loss": out.loss, **out.logs}
         if cfg.grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(phase.parameters, cfg.grad_clip, foreach=True)
@@ -351,7 +381,10 @@ class Trainer:
         if not phases:
             return
         prefix = len(self.phases) > 1
-        values = torch.cat([self._sums[p] for p in phases]).tolist()
+        stacked = torch.cat([self._sums[p] for p in phases])
+        if self.world.size > 1:  # every rank logs (and guards) the mean over all ranks
+            stacked = distributed.sum_over_ranks(stacked) / self.world.size
+        values = stacked.tolist()
         means: dict[str, float] = {}
         for phase in phases:
             for name in self._log_names[phase]:
@@ -388,7 +421,7 @@ class Trainer:
         return "no checkpoint had been written yet"
 
     def _progress_bar(self) -> Any:
-        if not self.config.progress:
+        if not self.config.progress or not self.world.is_main:
             return None
         from tqdm.auto import tqdm
 
@@ -428,11 +461,11 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Weights, EMA, optimizers, step, RNG states and data position, written atomically."""
+        self._flush_logs()  # the NaN guard sees every step before the checkpoint is written (every rank)
         if self.run_dir is None:
             return
         if not (self.run_dir / ckpt.CONFIG).is_file():
             self._write_config()
-        self._flush_logs()  # the NaN guard sees every step before the checkpoint is written
         finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()
         if not bool(finite):
             raise TrainingDiverged(f"a weight became NaN/Inf by step {self.step}; {self._kept_checkpoint()}.")
