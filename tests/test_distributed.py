@@ -17,7 +17,9 @@ import pytest
 from safetensors.torch import load_file
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TRAIN = ["train", "--data", "digits", "--set", "max_train=256", "--batch-size", "32", "--device", "cpu", "--set", "progress=false", "--set", "tensorboard=false"]
+# cpu (gloo; CI) or cuda (NCCL, one GPU per rank: DEEPGEN_DIST_DEVICE=cuda on a 2-GPU machine).
+DEVICE = os.environ.get("DEEPGEN_DIST_DEVICE", "cpu")
+TRAIN = ["train", "--data", "digits", "--set", "max_train=256", "--batch-size", "32", "--device", DEVICE, "--set", "progress=false", "--set", "tensorboard=false"]
 
 
 def _deepgen(args: list[str], ranks: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -49,7 +51,7 @@ def test_two_ranks_train_what_one_process_trains(tmp_path):
 
 def test_a_gan_and_a_time_budget_under_torchrun(tmp_path):
     run = tmp_path / "gan"
-    _deepgen(["train", "gan", "--data", "ring8", "--batch-size", "64", "--device", "cpu", "--epochs", "1000", "--set", "max_seconds=2", "--set", "log_every=5", "--set", "progress=false", "--set", "tensorboard=false", "--out", str(run)], ranks=2)
+    _deepgen(["train", "gan", "--data", "ring8", "--batch-size", "64", "--device", DEVICE, "--epochs", "1000", "--set", "max_seconds=2", "--set", "log_every=5", "--set", "progress=false", "--set", "tensorboard=false", "--out", str(run)], ranks=2)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records and records[-1]["seconds"] >= 2  # the budget stopped it, not the epochs
     assert all(abs(v) < 1e6 for r in records for k, v in r.items() if k.endswith("/loss"))

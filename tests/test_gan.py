@@ -191,6 +191,21 @@ def test_clipping_keeps_every_critic_weight_in_range_through_the_trainer():
     assert sum((p.abs() == c).sum().item() for p in params) > 0
 
 
+def test_g_steps_takes_that_many_generator_steps_per_training_step():
+    ds = deepgen.load_dataset(DataConfig(name="ring8", num_samples=512))
+    seed_all(0)
+    model = create_model("gan", ds, g_steps=2, d_steps=3, **SMALL)
+    d_phase, g_phase = model.phases()
+    assert (d_phase.repeats, g_phase.repeats, g_phase.new_batch) == (3, 2, False)
+    trainer = Trainer(model, ds, train_config(max_steps=4))
+    trainer.fit()
+    d_opt, g_opt = trainer.optimizers
+    first = lambda opt: opt.state[opt.param_groups[0]["params"][0]]["step"].item()  # noqa: E731
+    assert (first(d_opt), first(g_opt)) == (12, 8)  # 4 steps x (3 D, 2 G) optimizer steps
+    with pytest.raises(UserError, match="g_steps must be >= 1"):
+        create_model("gan", ds, g_steps=0)
+
+
 # -- what D sees: packing and minibatch std -----------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ class AdversarialConfig(ModelConfig):
     g_norm: Literal["batch", "none"] = "none"  # normalisation in G's hidden layers
     d_norm: Literal["batch", "layer", "none"] = "none"  # in D's hidden layers (never the first)
     d_steps: int = 1  # D steps per G step (n_critic), each on a new batch
+    g_steps: int = 1  # G steps per training step, each with new noise (PacGAN's stacked-MNIST runs take 2)
     conditional: bool = False  # one-hot labels into G and D (Mirza & Osindero 2014)
     # Remedies for mode collapse.
     minibatch_std: bool = False  # Karras et al. 2018: D sees the batch's feature std
@@ -97,6 +98,7 @@ class AdversarialConfig(ModelConfig):
         )
         self.check(self.conv_width >= 1, f"conv_width must be >= 1, got {self.conv_width}")
         self.check(self.d_steps >= 1, f"d_steps must be >= 1, got {self.d_steps}")
+        self.check(self.g_steps >= 1, f"g_steps must be >= 1, got {self.g_steps}")
         self.check(self.pack >= 1, f"pack must be >= 1 (1 = no packing), got {self.pack}")
         self.check(self.unrolled_steps >= 0, f"unrolled_steps must be >= 0, got {self.unrolled_steps}")
 
@@ -542,7 +544,9 @@ class GAN(GenerativeModel):
         g_opt = OptimizerSpec(name=c.optimizer, lr=c.lr, betas=c.betas)
         return [
             Phase(self.d_phase, list(self.D.parameters()), d_opt, repeats=c.d_steps, new_batch=c.d_steps > 1, after_step=self.after_d_step()),
-            Phase("generator", list(self.G.parameters()), g_opt),
+            # Several G steps reuse the batch (G reads only its size, labels and, for feature
+            # matching, its real features); each draws new noise.
+            Phase("generator", list(self.G.parameters()), g_opt, repeats=c.g_steps),
         ]
 
     def loss(self, batch: Batch, phase: str) -> LossOutput:
