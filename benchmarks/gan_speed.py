@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 import deepgen
-from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
+from deepgen.training import TrainConfig, Trainer, fit_together, resolve_device, seed_all
 
 # name -> (model, dataset, model settings, batch size)
 CASES: dict[str, tuple[str, str, dict, int]] = {
@@ -42,21 +42,25 @@ CASES: dict[str, tuple[str, str, dict, int]] = {
 }
 
 
-def steps_per_second(case: str, data_dir: str | None, device: torch.device, steps: int, warmup: int, graph: bool) -> float:
-    """Training steps per second after ``warmup`` steps (which include the capture)."""
+def steps_per_second(case: str, data_dir: str | None, device: torch.device, steps: int, warmup: int, graph: bool, together: int = 1) -> float:
+    """Training steps per second (summed over ``together`` runs trained by ``fit_together``)
+    after ``warmup`` steps (which include the capture)."""
     model_name, data, settings, batch = CASES[case]
     ds = deepgen.load_dataset(data, data_dir=data_dir)
-    seed_all(0)
-    model = deepgen.create_model(model_name, ds, **settings)
     cfg = TrainConfig(epochs=100_000, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, cuda_graph=graph)
-    trainer = Trainer(model, ds, cfg.replace(max_steps=warmup), None)
-    trainer.fit()
+    trainers = []
+    for seed in range(together):
+        seed_all(seed)
+        model = deepgen.create_model(model_name, ds, **settings)
+        trainers.append(Trainer(model, ds, cfg.replace(max_steps=warmup, seed=seed), None))
+    fit_together(trainers)
     sync(device)
-    trainer.config = cfg.replace(max_steps=warmup + steps)
+    for t in trainers:
+        t.config = t.config.replace(max_steps=warmup + steps)
     t0 = time.perf_counter()
-    trainer.fit()
+    fit_together(trainers)
     sync(device)
-    return steps / (time.perf_counter() - t0)
+    return together * steps / (time.perf_counter() - t0)
 
 
 def sync(device: torch.device) -> None:
@@ -71,6 +75,7 @@ def main() -> None:
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     p.add_argument("--steps", type=int, default=500, help="timed training steps per measurement")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps first (warm-up and capture)")
+    p.add_argument("--together", type=int, default=0, help="also time K captured runs trained together in one process (fit_together), summed steps/s")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     cases = args.cases.split(",")
@@ -87,6 +92,8 @@ def main() -> None:
         eager = steps_per_second(case, args.data_dir, device, args.steps, args.warmup, graph=False)
         graph = steps_per_second(case, args.data_dir, device, args.steps, args.warmup, graph=True)
         rows.append({"case": case, "eager": eager, "cuda_graph": graph})
+        if args.together > 1:
+            rows[-1]["together"] = steps_per_second(case, args.data_dir, device, args.steps, args.warmup, graph=True, together=args.together)
         print(json.dumps(rows[-1]), flush=True)
     hw = torch.cuda.get_device_name(device)
     print(f"\ntraining steps/s on {hw}, torch {torch.__version__}, {args.steps} timed steps after {args.warmup}")
@@ -96,6 +103,12 @@ def main() -> None:
         model_name, data, settings, batch = CASES[r["case"]]
         extra = " ".join(f"{k}={v}" for k, v in settings.items())
         print(f"| {r['case']} | {model_name} {extra} | {data} | {batch} | {r['eager']:,.1f} | {r['cuda_graph']:,.1f} | {r['cuda_graph'] / r['eager']:.2f}x |")
+    if args.together > 1:
+        print(f"\n{args.together} captured runs trained together in one process (fit_together), steps/s summed over the runs:")
+        print("| case | one run | together, sum | together, per run | sum / one run |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['case']} | {r['cuda_graph']:,.1f} | {r['together']:,.1f} | {r['together'] / args.together:,.1f} | {r['together'] / r['cuda_graph']:.2f}x |")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "hardware": hw, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}, indent=2))
 

@@ -94,6 +94,7 @@ import torch
 import deepgen
 from deepgen.bench import hardware
 from deepgen.metrics import evaluate
+from deepgen.training import fit_together
 
 # PacGAN's 2-D networks and optimiser (its config.py / pacgan_task.py, see the docstring).
 ARCH_2D: dict[str, Any] = dict(
@@ -165,6 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=0.0, help="seconds of training per run at most (0 = no limit)")
     p.add_argument("--batch", type=int, default=0, help="D inputs per step; 0 = the paper's (100 on 2-D, 64 on stacked MNIST)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once in separate processes (small 2-D nets are launch-bound: several share a GPU well)")
+    p.add_argument("--per-process", type=int, default=1, help="runs trained together in each process, one step of each in turn (fit_together; with cuda_graph=true their steps overlap on the GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss (TrainConfig.compile)")
     p.add_argument("--no-data-row", action="store_true", help="skip the row that scores the training data itself")
     p.add_argument("--kinds", default="baseline,remedy", help="which runs to train: baseline, remedy or both (one kind alone halves the runs sharing a GPU)")
@@ -191,9 +193,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.kind_list = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not args.kind_list or any(k not in ("baseline", "remedy") for k in args.kind_list):
         p.error(f"--kinds takes baseline, remedy or baseline,remedy; got {args.kinds!r}")
-    for name in ("steps", "batch", "jobs"):
-        if getattr(args, name) < 0 or (name == "jobs" and args.jobs < 1):
-            p.error(f"--{name} must be >= {1 if name == 'jobs' else 0}")
+    for name in ("steps", "batch", "jobs", "per_process"):
+        if getattr(args, name) < 0 or (name in ("jobs", "per_process") and getattr(args, name) < 1):
+            p.error(f"--{name.replace('_', '-')} must be >= {1 if name in ('jobs', 'per_process') else 0}")
     return args
 
 
@@ -228,64 +230,89 @@ def _dataset(name: str, seed: int, data_dir: str | None) -> deepgen.Dataset:
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one model on one seed and score it with the ``modes`` metric; return a record."""
-    if job.get("threads"):
-        torch.set_num_threads(job["threads"])
+    return run_group([job])[0]
+
+
+def run_group(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Train the jobs together in this process (``deepgen.training.fit_together``: one step
+    of each in turn, each on its own CUDA stream with ``cuda_graph=true``), then score each."""
+    if jobs[0].get("threads"):
+        torch.set_num_threads(jobs[0]["threads"])
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    t0 = time.perf_counter()
+    built = [_build(job) for job in jobs]
+    trainers = [trainer for _, trainer, _ in built if trainer is not None]
+    results = iter(fit_together(trainers))
+    records = []
+    for job, (ds, trainer, data_model) in zip(jobs, built):
+        result = None if trainer is None else next(results)
+        model = data_model if trainer is None else trainer.eval_model
+        train_seconds = time.perf_counter() - t0 if result is None else result.seconds  # cumulative over resumed calls
+        records.append(_score(job, ds, model, result, train_seconds))
+    return records
+
+
+def _build(job: dict[str, Any]) -> tuple[deepgen.Dataset, deepgen.Trainer | None, Any]:
+    """The job's dataset and its trainer (a new run, or its folder resumed); for the data
+    row, no trainer but the training data as a sampler."""
     name, seed, kind = job["dataset"], job["seed"], job["kind"]
     s = SETTINGS[name]
     ds = _dataset(name, seed, job["data_dir"])
     device = torch.device(job["device"])
-    t0 = time.perf_counter()
     if kind == "data":
-        model = TrainingData(ds).to(device)
-        result = None
-    else:
-        overrides = {**job["settings"], **(job["remedy"] if kind == "remedy" else {})}
-        cfg, train_overrides = _configs(name, job["arch"], overrides)  # "key=value" text parsed by each field's type
-        pack = int(getattr(cfg, "pack", 1))
-        batch = job["batch"] * (pack if job["pack_batch"] else 1)
-        run_dir = None if not job["runs_dir"] else os.path.join(job["runs_dir"], f"{name}-{kind}-seed{seed}")
-        if run_dir is not None and os.path.isfile(os.path.join(run_dir, "model.safetensors")):  # a checkpoint, not just a started folder
-            # Continue a run of an earlier call exactly (weights, optimiser, RNG, data position):
-            # long protocols split over several calls of a time-limited machine.
-            trainer = deepgen.Trainer.resume(run_dir, device=str(device), max_steps=job["steps"])
-            budget = trainer.seconds + job["time_budget"] if job["time_budget"] else 0.0
-            trainer.config = trainer.config.replace(max_seconds=budget)  # training seconds are cumulative
-        else:
-            deepgen.seed_all(seed)  # the weights; the trainer seeds data order and noise itself
-            model = deepgen.create_model(s["model"], ds, cfg)
-            tcfg = deepgen.TrainConfig(
-                epochs=1_000_000,  # the run ends at max_steps or max_seconds
-                max_steps=job["steps"],
-                max_seconds=job["time_budget"],
-                batch_size=batch,
-                seed=seed,
-                device=str(device),
-                progress=False,
-                tensorboard=False,
-                log_every=1000,
-                compile=job["compile"],
-                # With --runs-dir: one checkpoint and one picture, at the end of this call.
-                checkpoint_every=10**9,
-                sample_every=10**9,
-            ).with_overrides(train_overrides)
-            data_config = deepgen.DataConfig(name=name, data_dir=job["data_dir"], seed=seed, **s["data"])
-            trainer = deepgen.Trainer(model, ds, tcfg, run_dir=run_dir, data_config=data_config)
-        result = trainer.fit()
-        model = trainer.eval_model
-    train_seconds = time.perf_counter() - t0 if result is None else result.seconds  # cumulative over resumed calls
+        return ds, None, TrainingData(ds).to(device)
+    overrides = {**job["settings"], **(job["remedy"] if kind == "remedy" else {})}
+    cfg, train_overrides = _configs(name, job["arch"], overrides)  # "key=value" text parsed by each field's type
+    pack = int(getattr(cfg, "pack", 1))
+    batch = job["batch"] * (pack if job["pack_batch"] else 1)
+    run_dir = None if not job["runs_dir"] else os.path.join(job["runs_dir"], f"{name}-{kind}-seed{seed}")
+    if run_dir is not None and os.path.isfile(os.path.join(run_dir, "model.safetensors")):  # a checkpoint, not just a started folder
+        # Continue a run of an earlier call exactly (weights, optimiser, RNG, data position):
+        # long protocols split over several calls of a time-limited machine.
+        trainer = deepgen.Trainer.resume(run_dir, device=str(device), max_steps=job["steps"])
+        budget = trainer.seconds + job["time_budget"] if job["time_budget"] else 0.0
+        trainer.config = trainer.config.replace(max_seconds=budget)  # training seconds are cumulative
+        return ds, trainer, None
+    deepgen.seed_all(seed)  # the weights; the trainer seeds data order and noise itself
+    model = deepgen.create_model(s["model"], ds, cfg)
+    tcfg = deepgen.TrainConfig(
+        epochs=1_000_000,  # the run ends at max_steps or max_seconds
+        max_steps=job["steps"],
+        max_seconds=job["time_budget"],
+        batch_size=batch,
+        seed=seed,
+        device=str(device),
+        progress=False,
+        tensorboard=False,
+        log_every=1000,
+        compile=job["compile"],
+        # With --runs-dir: one checkpoint and one picture, at the end of this call.
+        checkpoint_every=10**9,
+        sample_every=10**9,
+    ).with_overrides(train_overrides)
+    data_config = deepgen.DataConfig(name=name, data_dir=job["data_dir"], seed=seed, **s["data"])
+    return ds, deepgen.Trainer(model, ds, tcfg, run_dir=run_dir, data_config=data_config), None
+
+
+def _score(job: dict[str, Any], ds: deepgen.Dataset, model: Any, result: Any, train_seconds: float) -> dict[str, Any]:
+    """The ``modes`` figures of one trained model (or of the data), as a record."""
+    name, kind = job["dataset"], job["kind"]
+    s = SETTINGS[name]
+    device = torch.device(job["device"])
     t1 = time.perf_counter()
-    figures = evaluate(model, ds, ["modes"], batch_size=s["eval_batch"], seed=seed)
+    figures = evaluate(model, ds, ["modes"], batch_size=s["eval_batch"], seed=job["seed"])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    cfg = None if kind == "data" else _configs(name, job["arch"], {**job["settings"], **(job["remedy"] if kind == "remedy" else {})})[0]
+    pack = 1 if cfg is None else int(getattr(cfg, "pack", 1))
     return {
         "dataset": name,
         "kind": kind,
-        "seed": seed,
+        "seed": job["seed"],
         "model": "data" if kind == "data" else s["model"],
-        "settings": {} if kind == "data" else {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()},
-        "batch_examples": None if result is None else batch,
+        "settings": {} if cfg is None else {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()},
+        "batch_examples": None if result is None else job["batch"] * (pack if job["pack_batch"] else 1),
         "steps": None if result is None else result.steps,
         "train_seconds": round(train_seconds, 2) if result is not None else 0.0,
         "eval_seconds": round(time.perf_counter() - t1, 2),
@@ -324,6 +351,11 @@ def _label(rec: dict[str, Any], record: dict[str, Any]) -> str:
     if record["settings_label"]:
         base += f", {record['settings_label']}"
     return f"deepgen {base}" + (f" + {record['remedy']}" if rec["kind"] == "remedy" else "")
+
+
+def _at_once(record: dict[str, Any]) -> str:
+    k = record.get("per_process", 1)
+    return f"{record['jobs']} run(s) at once" if k == 1 else f"{record['jobs']} process(es) x {k} runs trained together at once"
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -367,7 +399,7 @@ def markdown(record: dict[str, Any]) -> str:
     protocol = record["protocol_note"]
     out.append(
         f"Hardware: {record['hardware']}, torch {record['torch']}, {record['date']}. "
-        f"Wall time {record['wall_seconds']:.0f} s ({record['jobs']} run(s) at once). {protocol}\n"
+        f"Wall time {record['wall_seconds']:.0f} s ({_at_once(record)}). {protocol}\n"
         f"Command: `{record['command']}`"
     )
     return "\n".join(out)
@@ -417,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         threads=threads,
                     )
                 )
-    print(f"{len(jobs)} runs on {hardware(device)}, {args.jobs} at once", flush=True)
+    print(f"{len(jobs)} runs on {hardware(device)}, {args.jobs} process(es) at once, up to {args.per_process} run(s) each", flush=True)
 
     runs: list[dict[str, Any]] = []
 
@@ -429,13 +461,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {r['dataset']:<13} {r['kind']:<8} seed {r['seed']}: {figs}{steps}", flush=True)
         runs.append(r)
 
+    # --per-process K: K runs of one dataset per worker, trained together (the data row alone).
+    groups: list[list[dict[str, Any]]] = []
+    for job in jobs:
+        last = groups[-1] if groups else None
+        if last and len(last) < args.per_process and "data" not in (job["kind"], last[0]["kind"]) and last[0]["dataset"] == job["dataset"]:
+            last.append(job)
+        else:
+            groups.append([job])
     if args.jobs == 1:
-        for job in jobs:
-            report(run_one(job))
+        for group in groups:
+            for r in run_group(group):
+                report(r)
     else:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-            for r in pool.map(run_one, jobs):
-                report(r)
+            for records in pool.map(run_group, groups):
+                for r in records:
+                    report(r)
 
     record: dict[str, Any] = {
         "benchmark": "mode_collapse",
@@ -452,6 +494,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "arch": args.arch,
         "runs": runs,
         "jobs": args.jobs,
+        "per_process": args.per_process,
         "hardware": hardware(device),
         "torch": torch.__version__,
         "deepgen": deepgen.__version__,

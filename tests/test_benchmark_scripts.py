@@ -96,3 +96,13 @@ def test_runs_dir_resumes_to_more_steps(mc: ModuleType, tmp_path: Path) -> None:
         assert (split / run / "samples.png").is_file()
         a, b = load_file(str(split / run / "model.safetensors")), load_file(str(whole / run / "model.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_per_process_trains_runs_together(mc: ModuleType) -> None:
+    args = ["--device", "cpu", "--datasets", "ring8", "--seeds", "2", "--steps", "4", "--arch", "deepgen", "--no-data-row"]
+    together = mc.main([*args, "--per-process", "4"])
+    alone = mc.main(args)
+    assert sorted((r["kind"], r["seed"], r["steps"]) for r in together["runs"]) == sorted((r["kind"], r["seed"], r["steps"]) for r in alone["runs"])
+    assert "1 process(es) x 4 runs trained together at once" in together["markdown"]
+    with pytest.raises(SystemExit):
+        mc.parse_args(["--per-process", "0"])

@@ -189,3 +189,39 @@ def test_max_seconds_stops_at_a_step_boundary_and_checkpoints(tmp_path):
     result = trainer.fit()
     assert 0 < result.steps < 1000 * 8 and result.seconds >= 0.3
     assert load_run(run).step == result.steps  # the stop wrote a checkpoint
+
+
+def test_fit_together_trains_what_each_fit_trains(tmp_path):
+    """Deterministic models (no noise): interleaving the steps of two runs changes nothing."""
+    from deepgen.training import fit_together
+
+    def ae(seed: int, run: str) -> Trainer:
+        ds = deepgen.load_dataset(DATA)
+        seed_all(seed)
+        model = deepgen.create_model("ae", ds, hidden=(32,), latent_dim=4)
+        return Trainer(model, ds, _config(seed=seed, max_steps=11), tmp_path / run, data_config=DATA)
+
+    alone = [ae(0, "a0"), ae(1, "a1")]
+    for t in alone:
+        t.fit()
+    together = [ae(0, "t0"), ae(1, "t1")]
+    results = fit_together(together)
+    assert [r.steps for r in results] == [11, 11]
+    for a, b, name in zip(alone, together, ("0", "1")):
+        assert read_metrics(tmp_path / f"a{name}") == [
+            {**r, "seconds": pytest.approx(r["seconds"], abs=1e9)} for r in read_metrics(tmp_path / f"t{name}")
+        ]
+        for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+            assert torch.equal(pa, pb)
+    assert not torch.equal(next(together[0].model.parameters()), next(together[1].model.parameters()))
+
+
+def test_fit_together_closes_every_run_when_one_fails(tmp_path):
+    from deepgen.training import fit_together
+
+    good = _trainer(tmp_path / "good", max_steps=50)
+    bad = _trainer(tmp_path / "bad", max_steps=50)
+    bad._loss = lambda batch, phase: (_ for _ in ()).throw(RuntimeError("boom"))  # fails at its first step
+    with pytest.raises(RuntimeError, match="boom"):
+        fit_together([good, bad])
+    assert good.step == 1  # stopped after its first step, its logger closed

@@ -16,7 +16,7 @@ import copy
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +92,34 @@ class EMA:
             b_ema.copy_(b)
 
 
+def fit_together(trainers: Sequence[Trainer]) -> list[TrainResult]:
+    """Train several trainers in this thread, one step of each in turn; their summaries.
+
+    With ``cuda_graph=true`` each trainer replays its graphs on its own CUDA stream and the
+    host only queues them, so the steps of small models sharing one GPU overlap instead of
+    taking turns (as separate processes do without MPS; the gain is not measured yet:
+    ``benchmarks/gan_speed.py --together K`` measures it). Each run is trained as by
+    :meth:`Trainer.fit`, except that the runs draw their noise from torch's one global
+    generator in turn: the group is reproducible, a run alone would draw other numbers.
+    A time budget (``max_seconds``) counts wall time, which the runs share.
+    """
+    steps = [t.fit_steps() for t in trainers]
+    results: list[TrainResult | None] = [None] * len(steps)
+    try:
+        active = list(range(len(steps)))
+        while active:
+            for i in list(active):
+                try:
+                    next(steps[i])
+                except StopIteration as stop:
+                    results[i] = stop.value
+                    active.remove(i)
+    finally:
+        for gen in steps:
+            gen.close()  # a failed run's partners end cleanly (bars and loggers closed)
+    return [r for r in results if r is not None]
+
+
 @dataclass
 class TrainResult:
     """What ``fit`` returns: steps taken, epochs completed, seconds, and the last logged values."""
@@ -146,6 +174,8 @@ class Trainer:
         self._stream = torch.cuda.Stream(self.device) if graph else None
         self._graphs: dict[str, PhaseGraph] = {}
         self._eager_runs: dict[str, int] = {}
+        self._stream_ahead = False  # steps queued on the stream that the default stream has not joined
+        self._after_default = True  # the next step must wait for the default stream's work
         self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed, shard=(self.world.rank, self.world.size))
         if self.world.size > 1 and _resume_state is None:
             distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
@@ -227,6 +257,11 @@ class Trainer:
         The run folder is written from here on (not at construction), so a trainer that is
         built and then discarded leaves the folder as it was.
         """
+        return fit_together([self])[0]
+
+    def fit_steps(self) -> Generator[int, None, TrainResult]:
+        """:meth:`fit` as a generator: yields the step count after each training step and
+        returns the summary (``StopIteration.value``); :func:`fit_together` interleaves these."""
         cfg = self.config
         if self.run_dir is not None:
             self._write_config()
@@ -261,12 +296,15 @@ class Trainer:
                     self.seconds = time.perf_counter() - start
                     self.save_checkpoint()
                 if epoch_ended:
+                    self._join_default_stream()
                     for callback in self.callbacks:
                         callback(self)
+                yield self.step
         finally:
             if bar is not None:
                 bar.close()
             self._logger.close()
+            self._join_default_stream()  # the caller's work after fit sees every step
         self.seconds = time.perf_counter() - start
         return TrainResult(self.step, self.loader.epochs_done, self.seconds, dict(self.last))
 
@@ -300,13 +338,23 @@ class Trainer:
         if self._stream is None:
             self._phases_step()
             return
-        # Graph mode: the whole step on the capture stream, ordered after and before the
-        # default stream's work (sampling, evaluation and log reads run there).
-        current = torch.cuda.current_stream(self.device)
-        self._stream.wait_stream(current)
+        # Graph mode: the steps run on the trainer's own stream, joined with the default
+        # stream only around the default stream's work (log reads, pictures, checkpoints),
+        # not every step: so several trainers' steps can run at once (fit_together).
+        if self._after_default:
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            self._after_default = False
         with torch.cuda.stream(self._stream):
             self._phases_step()
-        current.wait_stream(self._stream)
+        self._stream_ahead = True
+
+    def _join_default_stream(self) -> None:
+        """Make the default stream wait for the steps so far (graph mode); the next step
+        then waits for whatever the default stream does in between."""
+        if self._stream is not None and self._stream_ahead:
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+            self._stream_ahead = False
+            self._after_default = True
 
     def _phases_step(self) -> None:
         cfg = self.config
@@ -377,6 +425,7 @@ class Trainer:
 
     def _flush_logs(self, bar: Any = None) -> None:
         """Read the summed device tensors (one sync), log their means, guard against NaN."""
+        self._join_default_stream()
         phases = [p for p in self._sums if self._counts.get(p, 0) > 0]
         if not phases:
             return
@@ -438,6 +487,7 @@ class Trainer:
         """Write ``samples.png`` (and a per-step copy) from a fixed generator."""
         if self.run_dir is None:
             return None
+        self._join_default_stream()
         spec = self.dataset.spec
         n = self.config.picture_samples * (20 if spec.shape == (2,) else 1)
         model = self.eval_model
@@ -461,7 +511,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Weights, EMA, optimizers, step, RNG states and data position, written atomically."""
-        self._flush_logs()  # the NaN guard sees every step before the checkpoint is written (every rank)
+        self._flush_logs()  # the NaN guard sees every step before the checkpoint is written (every rank); joins the streams
         if self.run_dir is None:
             return
         if not (self.run_dir / ckpt.CONFIG).is_file():
