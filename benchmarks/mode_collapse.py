@@ -166,7 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=0.0, help="seconds of training per run at most (0 = no limit)")
     p.add_argument("--batch", type=int, default=0, help="D inputs per step; 0 = the paper's (100 on 2-D, 64 on stacked MNIST)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once in separate processes (small 2-D nets are launch-bound: several share a GPU well)")
-    p.add_argument("--per-process", type=int, default=1, help="runs trained together in each process, one step of each in turn (fit_together; with cuda_graph=true their steps overlap on the GPU)")
+    p.add_argument("--per-process", type=int, default=1, help="runs trained together in each process, one step of each in turn (fit_together; with cuda_graph=true the GPU never waits for Python between them)")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss (TrainConfig.compile)")
     p.add_argument("--no-data-row", action="store_true", help="skip the row that scores the training data itself")
     p.add_argument("--kinds", default="baseline,remedy", help="which runs to train: baseline, remedy or both (one kind alone halves the runs sharing a GPU)")
@@ -235,7 +235,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_group(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Train the jobs together in this process (``deepgen.training.fit_together``: one step
-    of each in turn, each on its own CUDA stream with ``cuda_graph=true``), then score each."""
+    of each in turn), then score each."""
     if jobs[0].get("threads"):
         torch.set_num_threads(jobs[0]["threads"])
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -104,7 +104,7 @@ class ResidentLoader:
             # fit these generators: go on from seeds derived from the epoch instead. Exact
             # resumption holds on the device the checkpoint came from.
             self.order_gen.manual_seed(self.seed + 1_000_003 * (self.epoch + 1))
-            self.convert_gen.manual_seed(self.seed + 1 + 1_000_003 * (self.epoch + 1))
+            self.convert_gen.manual_seed(self.seed + 1 + 1_000_003 * (self.epoch + 1) + 7_919 * self.shard[0])
 
 
 def iterate(

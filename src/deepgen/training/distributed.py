@@ -83,6 +83,13 @@ def average_gradients(params: Sequence[nn.Parameter], size: int) -> None:
     torch._foreach_copy_(grads, [c.view_as(g) for c, g in zip(chunks, grads)])
 
 
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed over the ranks (every rank gets the sum)."""
     out = t.clone()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
@@ -95,14 +96,22 @@ class EMA:
 def fit_together(trainers: Sequence[Trainer]) -> list[TrainResult]:
     """Train several trainers in this thread, one step of each in turn; their summaries.
 
-    With ``cuda_graph=true`` each trainer replays its graphs on its own CUDA stream and the
-    host only queues them, so the steps of small models sharing one GPU overlap instead of
-    taking turns (as separate processes do without MPS; the gain is not measured yet:
-    ``benchmarks/gan_speed.py --together K`` measures it). Each run is trained as by
+    With ``cuda_graph=true`` the host only queues each run's captured step and moves on to
+    the next run, so the GPU is never waiting for Python between steps, as several
+    processes sharing a GPU are (they take turns on it without MPS). The gain is not
+    measured yet (``benchmarks/gan_speed.py --together K`` measures it). Each run is trained as by
     :meth:`Trainer.fit`, except that the runs draw their noise from torch's one global
     generator in turn: the group is reproducible, a run alone would draw other numbers.
     A time budget (``max_seconds``) counts wall time, which the runs share.
     """
+    # Captured runs on one device share one stream: torch keeps one graph-safe state of the
+    # default CUDA generator per device, which each replay sets before its kernels read it,
+    # so replays on different streams could race for it. On one stream they stay in order,
+    # and the host still queues one run's step while the GPU runs another's.
+    shared: dict[torch.device, torch.cuda.Stream] = {}
+    for t in trainers:
+        if t._stream is not None:
+            t._stream = shared.setdefault(t.device, t._stream)
     steps = [t.fit_steps() for t in trainers]
     results: list[TrainResult | None] = [None] * len(steps)
     try:
@@ -115,8 +124,14 @@ def fit_together(trainers: Sequence[Trainer]) -> list[TrainResult]:
                     results[i] = stop.value
                     active.remove(i)
     finally:
-        for gen in steps:
-            gen.close()  # a failed run's partners end cleanly (bars and loggers closed)
+        errors = []
+        for gen in steps:  # a failed run's partners end cleanly (bars and loggers closed)
+            try:
+                gen.close()
+            except Exception as e:  # keep closing the others; the first error is raised below
+                errors.append(e)
+        if errors and sys.exc_info()[1] is None:
+            raise errors[0]
     return [r for r in results if r is not None]
 
 
@@ -177,6 +192,11 @@ class Trainer:
         self._stream_ahead = False  # steps queued on the stream that the default stream has not joined
         self._after_default = True  # the next step must wait for the default stream's work
         self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed, shard=(self.world.rank, self.world.size))
+        if self.world.size > 1 and self.loader.batch_size != self.config.batch_size:
+            raise UserError(
+                f"batch_size={self.config.batch_size} is larger than the {self.loader.n} training examples; under "
+                "torchrun the global batch must fit the data to split evenly over the processes."
+            )
         if self.world.size > 1 and _resume_state is None:
             distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
         self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
@@ -220,7 +240,7 @@ class Trainer:
             )
         if self.config.cuda_graph:
             raise UserError("cuda_graph=true is for one process; under torchrun set cuda_graph=false.")
-        if device.type == "cuda" and device.index is None:
+        if device.type == "cuda":  # rank r takes its own GPU, whatever index was named
             return torch.device("cuda", self.world.local_rank)
         return device
 
@@ -265,16 +285,17 @@ class Trainer:
         cfg = self.config
         if self.run_dir is not None:
             self._write_config()
-        self._logger = RunLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if self._resumed else None)
         if self.step == 0:
             # The model's own noise (weights were seeded by the caller); each rank its own.
             seed_all(cfg.seed + 1 + 1_000_003 * self.world.rank)
-        bar = self._progress_bar()
         last_epochs_done = self.loader.epochs_done
         start = time.perf_counter() - self.seconds
         self._fit_start = start
         self.model.train()
+        bar = None
+        self._logger = RunLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if self._resumed else None)
         try:
+            bar = self._progress_bar()
             # The stop decision is taken once per step: with a time budget, asking twice
             # could end the loop on a step whose final checkpoint was never written.
             finished = self.finished
@@ -512,13 +533,16 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Weights, EMA, optimizers, step, RNG states and data position, written atomically."""
         self._flush_logs()  # the NaN guard sees every step before the checkpoint is written (every rank); joins the streams
+        # Every rank checks (the weights are identical, so all ranks stop together) and
+        # hands rank 0 its random streams, which differ per rank.
+        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()
+        if not bool(finite):
+            raise TrainingDiverged(f"a weight became NaN/Inf by step {self.step}; {self._kept_checkpoint()}.")
+        rank_rng = distributed.gather_objects(self._random_state()) if self.world.size > 1 else None
         if self.run_dir is None:
             return
         if not (self.run_dir / ckpt.CONFIG).is_file():
             self._write_config()
-        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()
-        if not bool(finite):
-            raise TrainingDiverged(f"a weight became NaN/Inf by step {self.step}; {self._kept_checkpoint()}.")
         meta = {"step": str(self.step), "model": self.model_name}
         ckpt.save_tensors(self.run_dir / ckpt.WEIGHTS, self.model.state_dict(), meta)
         if self.ema is not None:
@@ -534,7 +558,16 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if rank_rng is not None:
+            state["rank_rng"] = rank_rng  # per rank: global CPU/CUDA generators, the loader's per-batch one
         ckpt.save_trainer_state(self.run_dir, state)
+
+    def _random_state(self) -> dict[str, torch.Tensor]:
+        """This process's random streams: torch's global generators and the loader's per-batch one."""
+        out = {"cpu": torch.get_rng_state(), "convert": self.loader.convert_gen.get_state()}
+        if self.device.type == "cuda":
+            out["cuda"] = torch.cuda.get_rng_state(self.device)
+        return out
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -548,6 +581,26 @@ class Trainer:
                 self._history[key].extend(float(v) for v in values)
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        if self.world.size > 1:
+            self._restore_rank_random_state(state.get("rank_rng"))
+
+    def _restore_rank_random_state(self, saved: Any) -> None:
+        """Under torchrun: this rank's own random streams from the checkpoint, or fresh
+        per-rank ones if it was written by another number of processes (or device type)."""
+        rank = self.world.rank
+        if isinstance(saved, list) and len(saved) == self.world.size:
+            mine = saved[rank]
+            try:
+                torch.set_rng_state(mine["cpu"])
+                self.loader.convert_gen.set_state(mine["convert"])
+                if self.device.type == "cuda" and "cuda" in mine:
+                    torch.cuda.set_rng_state(mine["cuda"], self.device)
+                return
+            except (RuntimeError, KeyError):
+                pass
+        fresh = self.config.seed + 1 + 1_000_003 * rank + 7_919 * self.step
+        seed_all(fresh)
+        self.loader.convert_gen.manual_seed(fresh + 1)
 
     # -- resuming -------------------------------------------------------------------------
     @classmethod
