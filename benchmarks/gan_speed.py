@@ -26,13 +26,13 @@ import json
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
+from timing import time_fit
 
 import deepgen
-from deepgen.training import TrainConfig, Trainer, fit_together, resolve_device, seed_all
+from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
 
 # name -> (model, dataset, model settings, batch size)
 CASES: dict[str, tuple[str, str, dict, int]] = {
@@ -52,20 +52,8 @@ def steps_per_second(case: str, data_dir: str | None, device: torch.device, step
     for seed in range(together):
         seed_all(seed)
         model = deepgen.create_model(model_name, ds, **settings)
-        trainers.append(Trainer(model, ds, cfg.replace(max_steps=warmup, seed=seed), None))
-    fit_together(trainers)
-    sync(device)
-    for t in trainers:
-        t.config = t.config.replace(max_steps=warmup + steps)
-    t0 = time.perf_counter()
-    fit_together(trainers)
-    sync(device)
-    return together * steps / (time.perf_counter() - t0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        trainers.append(Trainer(model, ds, cfg.replace(seed=seed), None))
+    return together * steps / time_fit(trainers, warmup, steps, device)
 
 
 def main() -> None:

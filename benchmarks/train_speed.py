@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import sync, time_fit
 from torch import nn
 
 import deepgen
@@ -105,20 +106,7 @@ def time_deepgen(ds: deepgen.Dataset, batch: int, steps: int, warmup: int, devic
     cfg = TrainConfig(epochs=10_000, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, compile=compile, cuda_graph=graph)
     seed_all(0)
     model = deepgen.create_model("vae", ds, **ARCH)
-    # Warm-up (compilation; capture), then the timed steps on the same trainer.
-    trainer = Trainer(model, ds, cfg.replace(max_steps=warmup), None)
-    trainer.fit()
-    sync(device)
-    trainer.config = cfg.replace(max_steps=warmup + steps)
-    t0 = time.perf_counter()
-    trainer.fit()
-    sync(device)
-    return steps * batch / (time.perf_counter() - t0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return steps * batch / time_fit([Trainer(model, ds, cfg, None)], warmup, steps, device)
 
 
 def main() -> None:
