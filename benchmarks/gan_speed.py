@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
-import sys
-from pathlib import Path
 
 import torch
-from timing import time_fit
+from timing import time_fit, write_record
 
 import deepgen
 from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
@@ -98,7 +94,7 @@ def main() -> None:
         for r in rows:
             print(f"| {r['case']} | {r['cuda_graph']:,.1f} | {r['together']:,.1f} | {r['together'] / args.together:,.1f} | {r['together'] / r['cuda_graph']:.2f}x |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "hardware": hw, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}, indent=2))
+        write_record(args.out, rows, hw)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
@@ -242,18 +243,32 @@ def run_group(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     torch.backends.cudnn.allow_tf32 = True
     t0 = time.perf_counter()
     built = [_build(job) for job in jobs]
-    trainers = [trainer for _, trainer, _ in built if trainer is not None]
-    results = iter(fit_together(trainers))
+    results = iter(fit_together([b.trainer for b in built if b.trainer is not None]))
     records = []
-    for job, (ds, trainer, data_model) in zip(jobs, built):
-        result = None if trainer is None else next(results)
-        model = data_model if trainer is None else trainer.eval_model
+    for job, b in zip(jobs, built):
+        result = None if b.trainer is None else next(results)
         train_seconds = time.perf_counter() - t0 if result is None else result.seconds  # cumulative over resumed calls
-        records.append(_score(job, ds, model, result, train_seconds))
+        records.append(_score(job, b, result, train_seconds))
     return records
 
 
-def _build(job: dict[str, Any]) -> tuple[deepgen.Dataset, deepgen.Trainer | None, Any]:
+@dataclass
+class _Built:
+    """One job made ready: its dataset, its trainer (None for the data row, whose sampler is
+    the training data), its model config and its batch in examples."""
+
+    ds: deepgen.Dataset
+    trainer: deepgen.Trainer | None = None
+    sampler: Any = None
+    cfg: Any = None
+    batch: int | None = None
+
+    @property
+    def model(self) -> Any:
+        return self.sampler if self.trainer is None else self.trainer.eval_model
+
+
+def _build(job: dict[str, Any]) -> _Built:
     """The job's dataset and its trainer (a new run, or its folder resumed); for the data
     row, no trainer but the training data as a sampler."""
     name, seed, kind = job["dataset"], job["seed"], job["kind"]
@@ -261,7 +276,7 @@ def _build(job: dict[str, Any]) -> tuple[deepgen.Dataset, deepgen.Trainer | None
     ds = _dataset(name, seed, job["data_dir"])
     device = torch.device(job["device"])
     if kind == "data":
-        return ds, None, TrainingData(ds).to(device)
+        return _Built(ds, sampler=TrainingData(ds).to(device))
     overrides = {**job["settings"], **(job["remedy"] if kind == "remedy" else {})}
     cfg, train_overrides = _configs(name, job["arch"], overrides)  # "key=value" text parsed by each field's type
     pack = int(getattr(cfg, "pack", 1))
@@ -273,7 +288,7 @@ def _build(job: dict[str, Any]) -> tuple[deepgen.Dataset, deepgen.Trainer | None
         trainer = deepgen.Trainer.resume(run_dir, device=str(device), max_steps=job["steps"])
         budget = trainer.seconds + job["time_budget"] if job["time_budget"] else 0.0
         trainer.config = trainer.config.replace(max_seconds=budget)  # training seconds are cumulative
-        return ds, trainer, None
+        return _Built(ds, trainer, cfg=cfg, batch=batch)
     deepgen.seed_all(seed)  # the weights; the trainer seeds data order and noise itself
     model = deepgen.create_model(s["model"], ds, cfg)
     tcfg = deepgen.TrainConfig(
@@ -292,27 +307,25 @@ def _build(job: dict[str, Any]) -> tuple[deepgen.Dataset, deepgen.Trainer | None
         sample_every=10**9,
     ).with_overrides(train_overrides)
     data_config = deepgen.DataConfig(name=name, data_dir=job["data_dir"], seed=seed, **s["data"])
-    return ds, deepgen.Trainer(model, ds, tcfg, run_dir=run_dir, data_config=data_config), None
+    return _Built(ds, deepgen.Trainer(model, ds, tcfg, run_dir=run_dir, data_config=data_config), cfg=cfg, batch=batch)
 
 
-def _score(job: dict[str, Any], ds: deepgen.Dataset, model: Any, result: Any, train_seconds: float) -> dict[str, Any]:
+def _score(job: dict[str, Any], b: _Built, result: Any, train_seconds: float) -> dict[str, Any]:
     """The ``modes`` figures of one trained model (or of the data), as a record."""
     name, kind = job["dataset"], job["kind"]
     s = SETTINGS[name]
     device = torch.device(job["device"])
     t1 = time.perf_counter()
-    figures = evaluate(model, ds, ["modes"], batch_size=s["eval_batch"], seed=job["seed"])
+    figures = evaluate(b.model, b.ds, ["modes"], batch_size=s["eval_batch"], seed=job["seed"])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    cfg = None if kind == "data" else _configs(name, job["arch"], {**job["settings"], **(job["remedy"] if kind == "remedy" else {})})[0]
-    pack = 1 if cfg is None else int(getattr(cfg, "pack", 1))
     return {
         "dataset": name,
         "kind": kind,
         "seed": job["seed"],
         "model": "data" if kind == "data" else s["model"],
-        "settings": {} if cfg is None else {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()},
-        "batch_examples": None if result is None else job["batch"] * (pack if job["pack_batch"] else 1),
+        "settings": {} if b.cfg is None else {k: (list(v) if isinstance(v, tuple) else v) for k, v in b.cfg.to_dict().items()},
+        "batch_examples": None if result is None else b.batch,
         "steps": None if result is None else result.steps,
         "train_seconds": round(train_seconds, 2) if result is not None else 0.0,
         "eval_seconds": round(time.perf_counter() - t1, 2),

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import platform
+import shlex
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -29,3 +34,9 @@ def time_fit(trainers: Sequence[Trainer], warmup: int, steps: int, device: torch
     fit_together(trainers)
     sync(device)
     return time.perf_counter() - t0
+
+
+def write_record(path: str, rows: list[dict], hardware: str) -> None:
+    """The measured rows as JSON, with the hardware, torch and Python versions and the command."""
+    record = {"rows": rows, "hardware": hardware, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}
+    Path(path).write_text(json.dumps(record, indent=2))

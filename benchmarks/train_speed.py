@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import sync, time_fit
+from timing import sync, time_fit, write_record
 from torch import nn
 
 import deepgen
@@ -151,7 +148,7 @@ def main() -> None:
         for r in rows:
             print(f"| {r['batch']} | {r['plain_graph']:,.0f} | {r['deepgen_graph']:,.0f} | {r['deepgen_graph'] / r['plain_graph']:.2f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "hardware": hw, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}, indent=2))
+        write_record(args.out, rows, hw)
 
 
 if __name__ == "__main__":
