@@ -5,6 +5,7 @@ GPU and recorded in benchmarks/RESULTS.md."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -98,11 +99,32 @@ def test_runs_dir_resumes_to_more_steps(mc: ModuleType, tmp_path: Path) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_per_process_trains_runs_together(mc: ModuleType) -> None:
+def test_per_process_trains_runs_together(mc: ModuleType, tmp_path: Path) -> None:
+    """Four runs trained together in one process: each trains its own steps, the group is
+    reproducible, and the runs stay distinct (no run's weights are another's)."""
+    import torch
+    from safetensors.torch import load_file
+
     args = ["--device", "cpu", "--datasets", "ring8", "--seeds", "2", "--steps", "4", "--arch", "deepgen", "--no-data-row"]
-    together = mc.main([*args, "--per-process", "4"])
+    together = mc.main([*args, "--per-process", "4", "--runs-dir", str(tmp_path / "a")])
+    again = mc.main([*args, "--per-process", "4", "--runs-dir", str(tmp_path / "b")])
     alone = mc.main(args)
-    assert sorted((r["kind"], r["seed"], r["steps"]) for r in together["runs"]) == sorted((r["kind"], r["seed"], r["steps"]) for r in alone["runs"])
+    key = lambda r: (r["kind"], r["seed"], r["steps"])  # noqa: E731
+    assert sorted(map(key, together["runs"])) == sorted(map(key, alone["runs"]))
     assert "1 process(es) x 4 runs trained together at once" in together["markdown"]
+    assert sorted(map(key, again["runs"])) == sorted(map(key, together["runs"]))
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(names) == 4
+    weights = {}
+    for name in names:
+        state = json.loads((tmp_path / "a" / name / "trainer_state" / "state.json").read_text())
+        assert state["step"] == 4, (name, state["step"])
+        a = load_file(str(tmp_path / "a" / name / "model.safetensors"))
+        b = load_file(str(tmp_path / "b" / name / "model.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} is not reproducible"
+        weights[name] = a
+    for i, x in enumerate(names):
+        for y in names[i + 1 :]:
+            assert any(not torch.equal(weights[x][k], weights[y][k]) for k in weights[x] if k in weights[y]), (x, y)
     with pytest.raises(SystemExit):
         mc.parse_args(["--per-process", "0"])

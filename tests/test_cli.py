@@ -207,6 +207,8 @@ TRAIN_MISTAKES = [
     (["train", "vae", "--data", "digits", "--set", "epochs=0"], "epochs"),
     (["train", "vae", "--data", "digits", "--epochs", "0"], "epochs"),
     (["train", "vae", "--data", "digits", "--set", "lr=-1"], "lr"),
+    (["train", "vae", "--data", "digits", "--set", "lr=inf"], "finite"),
+    (["train", "vae", "--data", "ring8", "--set", "toy_noise=nan"], "finite"),
     (["train", "vae", "--data", "digits", "--set", "latent_dim"], "key=value"),
     (["train", "vae", "--data", "digits", "--device", "tpu"], "'tpu'"),
     (["train", "vae", "--data", "moons", "--set", "seed=1"], "ambiguous"),
@@ -259,6 +261,39 @@ def test_eval_and_sample_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert len(lines) == 1 and word in lines[0] and "Traceback" not in err, (argv, err)
     assert not (run / "eval.json").exists() and not not_a_run.joinpath("eval.json").exists()
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.gif").exists()
+
+
+def test_diverging_wgan_with_tensorboard_stops_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The critic's weight histograms go to TensorBoard at the log point where the NaN guard
+    # reads the losses: NaN weights must not raise there before the guard's message.
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "wgan"
+    argv = ["train", "wgan", "--data", "ring8", "--epochs", "3", "--out", str(run),
+            "--set", "lr=1e30", "--set", "num_samples=500", "--set", "progress=false", "--set", "log_every=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "diverged" in lines[0] and "Traceback" not in err, err
+
+
+def test_resume_from_corrupt_weights_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = train(tmp_path)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:20])
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "corrupt" in lines[0] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("shape", [(10, 3), (5,)])
+def test_tiny_array_data_trains_and_plots(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    # 10 rows leave one test example: its latent scatter has a single code to project.
+    data = tmp_path / "tiny.npy"
+    np.save(data, np.random.default_rng(0).random(shape, dtype=np.float32))
+    run = train(tmp_path, "ae", str(data))
+    assert (run / "latent.png").is_file()
 
 
 def test_argparse_mistakes_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ float summation order). Only rank 0 writes; a time budget stops both ranks toget
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -55,7 +56,10 @@ def test_a_gan_and_a_time_budget_under_torchrun(tmp_path):
     _deepgen(["train", "gan", "--data", "ring8", "--batch-size", "64", "--device", DEVICE, "--epochs", "1000", "--set", "max_seconds=2", "--set", "log_every=5", "--set", "progress=false", "--set", "tensorboard=false", "--out", str(run)], ranks=2)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records and records[-1]["seconds"] >= 2  # the budget stopped it, not the epochs
-    assert all(abs(v) < 1e6 for r in records for k, v in r.items() if k.endswith("/loss"))
+    # Non-saturating GAN losses are sums of binary cross-entropies: finite and >= 0, and a
+    # few nats at most this early (log 2 ~ 0.69 per term at D's indifference point).
+    losses = [v for r in records for k, v in r.items() if k.endswith("/loss")]
+    assert losses and all(isinstance(v, float) and math.isfinite(v) and 0 <= v < 20 for v in losses), losses
     state = json.loads((run / "trainer_state" / "state.json").read_text())
     assert state["step"] == records[-1]["step"]  # both ranks stopped at one step; rank 0 checkpointed it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gan"]  # nothing written elsewhere by rank 1

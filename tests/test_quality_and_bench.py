@@ -121,3 +121,13 @@ def test_bench_errors():
     with pytest.raises(UserError, match="no preset 'vea'"):
         bench.select_presets("mnist", ["vea"])
     assert all(p.model in deepgen.model_names() for ps in bench.PRESETS.values() for p in ps)
+
+
+@pytest.mark.parametrize(("kwargs", "word"), [({"batch_size": 0}, "batch_size"), ({"budget": 0.0}, "budget"), ({"eval_samples": 0}, "evaluation samples")])
+def test_bench_checks_settings_before_writing(stand_in, tmp_path, monkeypatch, kwargs, word):
+    monkeypatch.setitem(bench.PRESETS, "digits", (bench.Preset("vae-small", "vae", {"hidden": (32,), "latent_dim": 4}),))
+    args = {"budget": 0.5, "eval_samples": 100, "batch_size": 32, **kwargs}
+    with pytest.raises(UserError, match=word):
+        bench.run_bench("digits", device="cpu", out=tmp_path / "lb", **args)
+    assert not (tmp_path / "lb").exists()
+

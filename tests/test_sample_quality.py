@@ -158,6 +158,19 @@ def test_kid_is_reproducible_with_a_generator_and_caps_subset_size() -> None:
     a = kid(x, y, subsets=5, subset_size=1000, generator=torch.Generator().manual_seed(1))
     b = kid(x, y, subsets=5, subset_size=1000, generator=torch.Generator().manual_seed(1))
     assert a == b and all(math.isfinite(v) for v in a)
+    # The closed form with m = min(subset_size, N, M) = 40, on the same draws.
+    g = torch.Generator().manual_seed(1)
+    scores = []
+    for _ in range(5):
+        xs = x[torch.randperm(50, generator=g)[:40]].double()
+        ys = y[torch.randperm(40, generator=g)[:40]].double()
+        k = lambda p, q: (p @ q.T / 4 + 1) ** 3  # noqa: E731
+        kxx, kyy, kxy = k(xs, xs), k(ys, ys), k(xs, ys)
+        m = 40
+        scores.append(((kxx.sum() - kxx.trace()) + (kyy.sum() - kyy.trace())) / (m * (m - 1)) - 2 * kxy.sum() / m**2)
+    s = torch.stack(scores)
+    assert a[0] == pytest.approx(s.mean().item(), rel=1e-6, abs=1e-9)
+    assert a[1] == pytest.approx(s.std(unbiased=False).item(), rel=1e-5, abs=1e-9)
 
 
 # -- precision / recall ------------------------------------------------------------------------

@@ -93,7 +93,10 @@ def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, str]:
         return torch.cat([codes, torch.zeros_like(codes)], dim=1), "1-D latent"
     centred = codes - codes.mean(dim=0, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (min(N, L), L)
-    return centred @ vh[:2].T, f"PCA of the {dim}-D latent to 2-D"
+    points = centred @ vh[:2].T  # (N, min(N, L, 2)): a single code has one component
+    if points.shape[1] < 2:
+        points = torch.cat([points, points.new_zeros(len(points), 2 - points.shape[1])], dim=1)
+    return points, f"PCA of the {dim}-D latent to 2-D"
 
 
 def latent_grid(codes: torch.Tensor | None, side: int = MANIFOLD_SIDE, device: Any = "cpu") -> torch.Tensor:

@@ -13,6 +13,7 @@ leaderboard by adding a line here.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -110,19 +111,27 @@ def run_bench(
     """
     presets = select_presets(dataset, models)
     dev = resolve_device(device)
+    if not budget > 0 or not math.isfinite(budget):
+        raise UserError(f"the training budget must be a finite number of seconds > 0, got {budget}")
+    if eval_samples < 1:
+        raise UserError(f"the number of evaluation samples must be >= 1, got {eval_samples}")
+    # Every setting is checked before anything is written or trained (a mistake leaves no folder).
+    configs = [
+        TrainConfig(
+            epochs=1_000_000, max_seconds=budget, batch_size=batch_size, seed=seed, device=str(dev),
+            progress=False, tensorboard=False, log_every=200, **preset.train,
+        )
+        for preset in presets
+    ]
     data_config = DataConfig(name=dataset, data_dir=data_dir)
     ds = load_dataset(data_config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     floor = evaluate_floor(ds, device=dev, seed=seed, limit=eval_samples, data_dir=data_dir)
     rows = []
-    for preset in presets:
+    for preset, config in zip(presets, configs):
         seed_all(seed)
         model = create_model(preset.model, ds, **preset.settings)
-        config = TrainConfig(
-            epochs=1_000_000, max_seconds=budget, batch_size=batch_size, seed=seed, device=str(dev),
-            progress=False, tensorboard=False, log_every=200, **preset.train,
-        )
         trainer = Trainer(model, ds, config, out / "runs" / preset.label, data_config=data_config)
         result = trainer.fit()
         names = metrics_for(trainer.eval_model)

@@ -809,7 +809,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except OSError as e:
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"{PROG}: error: {e.strerror or e}{':' if where else ''}{where}", file=sys.stderr)
+        hint = ""
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and where:
+            hint = " (a file stands where a folder is needed: choose another output path)"
+        print(f"{PROG}: error: {e.strerror or e}{':' if where else ''}{where}{hint}", file=sys.stderr)
         return 2
     finally:
         dist_module = sys.modules.get("deepgen.training.distributed")

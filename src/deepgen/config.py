@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -52,9 +53,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own message says what is wrong
+            return _coerce(value, options[0], where)
+        for arg in options:
             try:
                 return _coerce(value, arg, where)
             except UserError:
@@ -81,6 +83,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where} must be a number, got {value!r}.")
+        if not math.isfinite(value):
+            # No setting means anything at NaN or +-inf; caught here, the message names the
+            # setting rather than a divergence many steps later.
+            raise UserError(f"{where} must be a finite number, got {value!r}.")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

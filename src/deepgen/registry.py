@@ -21,6 +21,9 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: make ``obj`` available as ``name`` (and set ``obj.registered_name``).
+        A second registration of one name is a programming error (ValueError)."""
+
         def add(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
@@ -34,6 +37,8 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        """The object registered as ``name``; a :class:`UserError` naming the closest
+        registered names when there is none."""
         if name not in self._items:
             raise UserError(f"unknown {self.kind} {name!r}. {did_you_mean(name, list(self._items))}")
         return self._items[name]

@@ -69,6 +69,7 @@ def load_dataset(name: str | DataConfig = "digits", **options: Any) -> Dataset:
     if isinstance(name, DataConfig) and options:
         config = config.replace(**options)
     _load_sources()
+    _check_image_options(config)
     if config.name in DATASETS:
         ds = DATASETS.get(config.name).loader(config)
     else:
@@ -87,6 +88,17 @@ def load_dataset(name: str | DataConfig = "digits", **options: Any) -> Dataset:
     if config.max_train:
         ds.train = ds.train.subset(config.max_train)
     return ds
+
+
+def _check_image_options(config: DataConfig) -> None:
+    """Refuse resizing options where nothing reads them (they would be recorded, not applied)."""
+    is_folder = config.name not in DATASETS and Path(config.name).expanduser().is_dir()
+    set_here = [k for k, v in (("image_size", config.image_size), ("image_channels", config.image_channels)) if v not in ((), None)]
+    if set_here and not is_folder:
+        raise UserError(
+            f"{' and '.join(set_here)} {'applies' if len(set_here) == 1 else 'apply'} to a folder of images only; "
+            f"{config.name!r} is not one. Leave {'it' if len(set_here) == 1 else 'them'} unset for this dataset."
+        )
 
 
 def dataset_descriptions() -> list[tuple[str, str]]:

@@ -42,6 +42,10 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as e:
+        with path.open("rb") as f:
+            magic = f.read(6)
+        if not magic.startswith((b"\x93NUMPY", b"PK")):  # neither .npy nor .npz (a zip)
+            raise UserError(f"cannot read {path}: it is not a NumPy .npy/.npz file (no NumPy header); {ACCEPTED}.") from None
         if "allow_pickle" in str(e) or "pickle" in str(e).lower():
             raise UserError(
                 f"{path} holds Python objects (an object or string-object array), which are not read "

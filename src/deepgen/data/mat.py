@@ -7,6 +7,8 @@ download either (Sam Roweis' page is gone), so the file must be copied in by han
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -19,7 +21,7 @@ FREY_FILE = "frey_rawface.mat"
 FREY_H, FREY_W = 28, 20
 
 
-def read_frey(path) -> np.ndarray:
+def read_frey(path: str | Path) -> np.ndarray:
     """Frey faces as uint8 (N, 28, 20) from a ``.mat`` file with variable ``ff`` (560, N)."""
     import scipy.io  # only this dataset needs scipy's MAT reader
 

@@ -142,6 +142,10 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
         return sample_prior(self.config.prior, n, self.config.latent_dim, generator=generator, device=self.device)
 
     def loss(self, batch: Batch, phase: str) -> LossOutput:
+        """One phase of Makhzani et al. 2016, sec. 2, on ``batch.x`` (B, *shape):
+        ``reconstruction``: -log p(x | dec(enc(x))); ``discriminator``: D told prior draws
+        z ~ p(z) (B, latent_dim) from the codes enc(x); ``regularization``: the encoder
+        fools D (non-saturating loss on its codes)."""
         x = batch.x
         if phase == "reconstruction":
             recon = self.head.nll(self.decoder(self.encode(x)), x).mean()

@@ -370,6 +370,8 @@ class ContractiveAutoencoder(Autoencoder):
     input_grad = True
 
     def loss(self, batch: Batch, phase: str) -> LossOutput:
+        """The autoencoder's loss plus lambda ||J_f(x)||_F^2 (Rifai et al. 2011, eq. 2) on
+        ``batch.x`` (B, *shape)."""
         # The penalty differentiates the code w.r.t. x, so autograd stays on even when the
         # caller evaluates the loss under torch.no_grad().
         with torch.enable_grad():
@@ -473,6 +475,8 @@ class StackedAutoencoder(Autoencoder):
         return phases
 
     def loss(self, batch: Batch, phase: str) -> LossOutput:
+        """``pretrain_k``: stage k alone reconstructs its input code (greedy layer-wise,
+        Bengio et al. 2007); ``finetune``: the whole stack end to end on ``batch.x`` (B, *shape)."""
         if phase == "finetune":
             return super().loss(batch, phase)
         return self.stage_loss(batch.x, int(phase.removeprefix("pretrain_")))

@@ -112,6 +112,13 @@ class GenerativeModel(nn.Module):
         return [Phase("main", list(self.parameters()), OptimizerSpec(lr=self.config.lr))]
 
     def loss(self, batch: Batch, phase: str) -> LossOutput:
+        """The scalar this ``phase`` minimises on ``batch`` (``batch.x`` (B, *spec.shape),
+        ``batch.y`` (B,) labels or None), and the device tensors to log.
+
+        Called once per repeat of the phase, inside the trainer's step: no host
+        synchronisation (no ``.item()``, no data-dependent Python branches), so the step
+        can be captured in a CUDA graph or compiled.
+        """
         raise NotImplementedError
 
     def sample(

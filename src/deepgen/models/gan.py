@@ -306,6 +306,7 @@ class MLPGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """``z`` (N, noise_dim), ``c`` (N, num_classes) one-hot or None -> (N, *shape) in model space."""
         return self.net(_with_cond(z, c)).reshape(len(z), *self.shape)
 
 
@@ -336,6 +337,7 @@ class ConvGenerator(nn.Module):
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """``z`` (N, noise_dim), ``c`` (N, num_classes) one-hot or None -> (N, *shape) in model space."""
         _, h, w = self.shape
         x = self.project(_with_cond(z, c)).reshape(len(z), self.c0, self.h0, self.w0)
         return self.deconvs(torch.relu(self.project_norm(x)))[:, :, :h, :w]
@@ -360,6 +362,8 @@ class MLPDiscriminator(nn.Module):
         self.out = nn.Linear(prev + int(minibatch_std), 1)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (N, C_in, ...) (C_in = pack x channels when packed), ``c`` (N, K') one-hot labels (packed like x) or None ->
+        (logits (N,), features (N, F)): the features feed feature matching."""
         features = self.body(_with_cond(x.flatten(1), c))  # (N, F)
         h = minibatch_stddev(features) if self.minibatch_std else features
         return self.out(h).squeeze(1), features
@@ -388,6 +392,8 @@ class ConvDiscriminator(nn.Module):
         self.out = nn.Linear((prev + int(minibatch_std)) * _halved(h, stages) * _halved(w, stages), 1)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (N, C_in, ...) (C_in = pack x channels when packed), ``c`` (N, K') one-hot labels (packed like x) or None ->
+        (logits (N,), features (N, F)): the features feed feature matching."""
         if c is not None:
             x = torch.cat([x, c[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
         maps = self.convs(x)  # (N, C_s, h_s, w_s)
@@ -550,6 +556,9 @@ class GAN(GenerativeModel):
         ]
 
     def loss(self, batch: Batch, phase: str) -> LossOutput:
+        """The discriminator's (or critic's) loss, or the generator's, on ``batch.x``
+        (B, *shape) and fakes G(z) for new noise z (B, noise_dim); conditional fakes take
+        the batch's labels ``batch.y`` (B,). With packing, D sees B / pack inputs."""
         real = self.to_model_space(batch.x)
         c = self._cond(batch.y, len(real))  # fakes carry the batch's labels
         if phase == self.d_phase:

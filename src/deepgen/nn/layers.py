@@ -44,11 +44,12 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, act: str = "relu") -> 
 class MLPEncoder(nn.Module):
     """(N, *shape) [+ (N, c) condition] -> (N, out_dim) through an MLP."""
 
-    def __init__(self, shape: Sequence[int], hidden: Sequence[int], out_dim: int, act: str = "relu", cond_dim: int = 0):
+    def __init__(self, shape: Sequence[int], hidden: Sequence[int], out_dim: int, act: str = "relu", cond_dim: int = 0) -> None:
         super().__init__()
         self.net = mlp(math.prod(shape) + cond_dim, hidden, out_dim, act)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (N, *shape), ``cond`` (N, c) or None -> (N, out_dim)."""
         h = x.reshape(len(x), -1)
         if cond is not None:
             h = torch.cat([h, cond], dim=1)
@@ -58,13 +59,14 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """(N, in_dim) [+ (N, c) condition] -> (N, P, *shape) through an MLP."""
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], shape: Sequence[int], num_params: int = 1, act: str = "relu", cond_dim: int = 0):
+    def __init__(self, in_dim: int, hidden: Sequence[int], shape: Sequence[int], num_params: int = 1, act: str = "relu", cond_dim: int = 0) -> None:
         super().__init__()
         self.shape = tuple(shape)
         self.num_params = num_params
         self.net = mlp(in_dim + cond_dim, hidden, num_params * math.prod(shape), act)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``z`` (N, in_dim), ``cond`` (N, c) or None -> (N, P, *shape) head parameters."""
         if cond is not None:
             z = torch.cat([z, cond], dim=1)
         return self.net(z).reshape(len(z), self.num_params, *self.shape)
@@ -82,7 +84,7 @@ class ConvEncoder(nn.Module):
     A condition (N, c) is broadcast as c extra constant input channels.
     """
 
-    def __init__(self, shape: Sequence[int], channels: Sequence[int], out_dim: int, act: str = "relu", cond_dim: int = 0):
+    def __init__(self, shape: Sequence[int], channels: Sequence[int], out_dim: int, act: str = "relu", cond_dim: int = 0) -> None:
         super().__init__()
         c, h, w = shape
         if min(h, w) < 2 ** len(channels):
@@ -97,6 +99,7 @@ class ConvEncoder(nn.Module):
         self.head = nn.Linear(flat, out_dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (N, C, H, W), ``cond`` (N, c) or None -> (N, out_dim)."""
         if cond is not None:
             x = torch.cat([x, cond[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
         return self.head(self.convs(x).flatten(1))
@@ -106,7 +109,7 @@ class ConvDecoder(nn.Module):
     """(N, in_dim) [+ condition] -> (N, P, C, H, W): a linear layer, then stride-2 4x4
     transposed convs; the output is cropped to (H, W), so any image size works."""
 
-    def __init__(self, in_dim: int, channels: Sequence[int], shape: Sequence[int], num_params: int = 1, act: str = "relu", cond_dim: int = 0):
+    def __init__(self, in_dim: int, channels: Sequence[int], shape: Sequence[int], num_params: int = 1, act: str = "relu", cond_dim: int = 0) -> None:
         super().__init__()
         c, h, w = shape
         n_up = len(channels)
@@ -125,6 +128,7 @@ class ConvDecoder(nn.Module):
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``z`` (N, in_dim), ``cond`` (N, c) or None -> (N, P, C, H, W) head parameters."""
         if cond is not None:
             z = torch.cat([z, cond], dim=1)
         c, h, w = self.shape

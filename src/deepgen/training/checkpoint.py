@@ -61,6 +61,8 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (no unpickling); a :class:`UserError` when the
+    file is missing or corrupt."""
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -71,9 +73,12 @@ def step_of(path: Path) -> int | None:
     """The ``step`` recorded in a safetensors file's metadata."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return int(meta["step"]) if "step" in meta else None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return int(meta["step"]) if "step" in meta else None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}. The file is missing or corrupt.") from None
 
 
 # -- config.json ----------------------------------------------------------------------------
@@ -87,6 +92,9 @@ def write_run_config(
     train_config: TrainConfig,
     dataset: Dataset,
 ) -> None:
+    """Write ``config.json`` (model, data and trainer configs, the data spec and meta,
+    deepgen's version) atomically, and the dataset's fitted state (a table's scaler) as
+    ``data_state.safetensors``: what :func:`load_run` needs to rebuild the run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         run_dir / CONFIG,
@@ -105,6 +113,8 @@ def write_run_config(
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """``config.json`` of a run folder as a dict, checked for the entries every run has;
+    a :class:`UserError` when the folder is not a run or the file is corrupt."""
     run_dir = Path(run_dir)
     path = run_dir / CONFIG
     if not path.is_file():

@@ -51,8 +51,15 @@ class RunLogger:
     def histograms(self, step: int, values: dict[str, torch.Tensor]) -> None:
         """Value histograms to TensorBoard (nothing in metrics.jsonl: they are not scalars)."""
         if self.tb is not None:
+            import torch
+
             for key, v in values.items():
-                self.tb.add_histogram(key, v.detach().float().cpu(), step)
+                v = v.detach().float().cpu().reshape(-1)
+                # A diverged model's NaN weights would make TensorBoard raise before the
+                # trainer's NaN guard could stop the run with its message: keep finite values.
+                v = v[torch.isfinite(v)]
+                if v.numel():
+                    self.tb.add_histogram(key, v, step)
 
     def close(self) -> None:
         if self.tb is not None:
