@@ -143,13 +143,14 @@ P = torch.linspace(0.05, 0.9, D)
 def test_bits_per_dim_hand_numbers():
     assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
     assert bits_per_dim(86.76, 784) == pytest.approx(86.76 / (784 * math.log(2)))
-    # Uniform dequantization: a density of 0 nats on [0, 1]^D is 8 bits/dim for 8-bit data.
-    assert bits_per_dim(0.0, 3072, dequantized=True) == pytest.approx(8.0)
-    assert bits_per_dim(0.0, 64, num_levels=17, dequantized=True) == pytest.approx(math.log2(17))
-    # (NLL / D + ln 256) / ln 2 with NLL = -D * 5 ln 2 -> 8 - 5 = 3 bits.
-    assert bits_per_dim(-784 * 5 * math.log(2), 784, 256, dequantized=True) == pytest.approx(3.0)
-    # num_levels alone changes nothing without dequantization.
-    assert bits_per_dim(100.0, 50, num_levels=256) == pytest.approx(2 / math.log(2))
+    # Uniform dequantization: a density of 0 nats on a unit cube of bins of width 1/256 is 8 bits/dim.
+    assert bits_per_dim(0.0, 3072, bin_width=1 / 256) == pytest.approx(8.0)
+    # 17 levels k / 16 (digits): bins of width 1/16, not 1/17.
+    assert bits_per_dim(0.0, 64, bin_width=1 / 16) == pytest.approx(4.0)
+    # (NLL / D - ln Delta) / ln 2 with NLL = -D * 5 ln 2, Delta = 1/256 -> 8 - 5 = 3 bits.
+    assert bits_per_dim(-784 * 5 * math.log(2), 784, bin_width=1 / 256) == pytest.approx(3.0)
+    # No bin width: the NLL is a probability of discrete values (or a density of real data).
+    assert bits_per_dim(100.0, 50) == pytest.approx(2 / math.log(2))
 
 
 def test_bits_per_dim_keeps_tensor_shape_and_rejects_bad_dim():
@@ -159,6 +160,10 @@ def test_bits_per_dim_keeps_tensor_shape_and_rejects_bad_dim():
     assert isinstance(bits_per_dim(1.0, 1), float)
     with pytest.raises(ValueError):
         bits_per_dim(1.0, 0)
+    with pytest.raises(ValueError):
+        bits_per_dim(1.0, 1, bin_width=0.0)
+    with pytest.raises(TypeError):  # the bin width is keyword-only (it once was num_levels)
+        bits_per_dim(1.0, 1, 256)  # type: ignore[misc]
 
 
 def test_mean_and_sem():
@@ -258,7 +263,9 @@ def test_bpd_of_density_on_quantised_data_uses_dequantization():
     model = UniformDensity(spec)
     r = evaluate(model, ds, ["nll"])
     assert r["nll"] == 0.0
-    assert r["nll_bpd"] == pytest.approx(8.0)  # uniform over 256 levels
+    # Levels k / 255 own bins of width 1/255: log2(255) bits/dim (not log2(256)).
+    assert r["nll_bpd"] == pytest.approx(math.log2(255))
+    assert r["nll_bin_width"] == pytest.approx(1 / 255)
     model.log_prob_discrete = True  # a probability mass on the levels: no correction
     assert evaluate(model, ds, ["nll"])["nll_bpd"] == 0.0
 

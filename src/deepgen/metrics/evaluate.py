@@ -12,7 +12,15 @@ same seed, so ``evaluate(m, ds, ["elbo", "nll"])`` reports the same ``nll`` as
 
 Figures: likelihoods in nats per example (summed over dimensions) with the standard
 error of the mean over examples, and bits per dimension
-(:func:`deepgen.metrics.likelihood.bits_per_dim`).
+(:func:`deepgen.metrics.likelihood.bits_per_dim`). A density model of quantised data is
+scored at uniformly dequantized inputs and its bits/dim is an upper bound on the
+discrete NLL (:func:`nll_metric`); a model whose ``log_prob_normalised`` is False gets no
+bits/dim figure.
+
+Conditional models (``model.config.conditional`` with labelled data, the test
+:mod:`deepgen.metrics.quality` and the trainer use) get the batch labels as ``y=`` in
+every call that scores data, and class labels 0, 1, ..., C-1, 0, 1, ... as ``cond=`` when
+a metric samples (:func:`sample_labels`).
 
 Adding a metric::
 
@@ -40,6 +48,7 @@ from .reconstruction import bce, mse, psnr
 
 Result = dict[str, Any]  # values are float | int | str
 MetricFn = Callable[[GenerativeModel, Dataset, "EvalContext"], Result]
+_NOISE_STREAM = 0x5EED_DE0  # offset of the dequantization-noise seed from EvalContext.seed
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,15 @@ class EvalContext:
     def generator(self) -> torch.Generator:
         """A fresh generator on ``device`` seeded with ``seed`` (same draws every call)."""
         return torch.Generator(torch.device(self.device)).manual_seed(self.seed)
+
+    def noise_generator(self) -> torch.Generator:
+        """A fresh generator on ``device`` for dequantization noise, seeded from ``seed``.
+
+        Its own stream (not :meth:`generator`'s), so that adding noise never shifts the
+        binarization draws; the same draws every call, so ``nll`` and ``elbo`` score the
+        same dequantized inputs.
+        """
+        return torch.Generator(torch.device(self.device)).manual_seed(self.seed + _NOISE_STREAM)
 
     def num_examples(self, dataset: Dataset) -> int:
         """How many examples of the split the metrics use."""
@@ -131,6 +149,58 @@ def _per_example(model: GenerativeModel, dataset: Dataset, ctx: EvalContext, fn:
     return torch.cat(parts)
 
 
+def is_conditional(model: GenerativeModel) -> bool:
+    """True when the model takes class labels: ``config.conditional`` and labelled training data."""
+    return bool(getattr(getattr(model, "config", None), "conditional", False)) and bool(model.spec.num_classes)
+
+
+def conditional_classes(model: GenerativeModel, dataset: Dataset) -> int | None:
+    """The number of classes C a conditional model takes labels of; None if unconditional.
+
+    A conditional model evaluated on a dataset without labels, or with another number of
+    classes than it was trained on, is one :class:`UserError` naming the problem.
+    """
+    if not is_conditional(model):
+        return None
+    classes = model.spec.num_classes
+    label = getattr(model, "registered_name", "") or type(model).__name__
+    if not dataset.spec.num_classes:
+        raise UserError(
+            f"this {label} is conditional (conditional=true): it needs class labels, but dataset {dataset.name!r} "
+            f"has none. Evaluate it on labelled data with its {classes} classes."
+        )
+    if dataset.spec.num_classes != classes:
+        raise UserError(
+            f"this {label} is conditional on {classes} classes, but dataset {dataset.name!r} has "
+            f"{dataset.spec.num_classes}. Evaluate it on data with the classes it was trained on."
+        )
+    return classes
+
+
+def sample_labels(classes: int | None, start: int, n: int, device: torch.device | str) -> torch.Tensor | None:
+    """Labels (n,) ``(start + i) % classes`` for samples start..start+n-1; None when unconditional.
+
+    Cycling the classes over the whole draw gives each class an equal share of the samples,
+    whatever the batch size.
+    """
+    if not classes:
+        return None
+    return torch.arange(start, start + n, device=device) % classes
+
+
+def _labels(model: GenerativeModel, dataset: Dataset, batch: Batch) -> dict[str, torch.Tensor]:
+    """``{"y": labels (B,)}`` for a conditional model, ``{}`` otherwise: the keyword its
+    ``log_prob``, ``elbo``, ``reconstruct`` and ``reconstruction_nll`` take labels by."""
+    if conditional_classes(model, dataset) is None:
+        return {}
+    if batch.y is None:
+        raise UserError(
+            f"this model is conditional (conditional=true): it needs class labels, but the {dataset.name!r} "
+            "examples being evaluated have none."
+        )
+    return {"y": batch.y}
+
+
 def _likelihood_is_density(model: GenerativeModel, spec: DataSpec) -> bool:
     """True when ``log_prob`` is a density of [0, 1]-scaled quantised data (bpd needs dequantization):
     ``continuous`` data with known levels and a model that does not declare
@@ -140,8 +210,59 @@ def _likelihood_is_density(model: GenerativeModel, spec: DataSpec) -> bool:
     return not bool(getattr(model, "log_prob_discrete", False))
 
 
-def _bpd(model: GenerativeModel, spec: DataSpec, nll_nats: float) -> float:
-    return bits_per_dim(nll_nats, spec.dim, spec.num_levels, dequantized=_likelihood_is_density(model, spec))
+def _likelihood_is_normalised(model: GenerativeModel) -> bool:
+    """False when the model declares ``log_prob_normalised = False``: its ``log_prob`` (and
+    ELBO) is a loss, not (a bound on) a normalised probability or density, e.g. a Bernoulli
+    decoder on [0, 1]-valued data (Loaiza-Ganem & Cunningham 2019). Default True."""
+    return bool(getattr(model, "log_prob_normalised", True))
+
+
+NOT_NORMALISED_NOTE = (
+    "not a normalised likelihood (the model's log_prob_normalised is false): no bits/dim; "
+    "compare with other models only via samples"
+)
+
+
+def bin_width(dataset: Dataset) -> float:
+    """The width Delta of one quantisation bin in model space: the grid step of the levels.
+
+    Levels k are scaled to ``k * Dataset.scale`` (1/255 for 8-bit pixels, 1/16 for digits);
+    without a ``scale`` the ``num_levels`` levels span [0, 1], a step of 1 / (L - 1).
+    """
+    if dataset.scale is not None:
+        return float(dataset.scale)
+    levels = dataset.spec.num_levels
+    if levels is None or levels < 2:
+        raise ValueError(f"dataset {dataset.name!r} is not quantised: no bin width")
+    return 1.0 / (levels - 1)
+
+
+def dequantization_width(model: GenerativeModel, dataset: Dataset) -> float | None:
+    """Delta when the likelihood metrics dequantize the data for ``model``, else None.
+
+    Only for a normalised density of quantised data (:func:`_likelihood_is_density`);
+    probabilities of discrete values (Bernoulli on binary data, categorical,
+    discretized logistic mixture) are exact and are never dequantized.
+    """
+    if not _likelihood_is_normalised(model) or not _likelihood_is_density(model, dataset.spec):
+        return None
+    return bin_width(dataset)
+
+
+def dequantize(x: torch.Tensor, width: float, generator: torch.Generator | None) -> torch.Tensor:
+    """x (B, *shape) + u, u ~ U[-width/2, width/2] elementwise drawn with ``generator``: (B, *shape)."""
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + (u - 0.5) * width
+
+
+def _scored_inputs(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Callable[[Batch], torch.Tensor]:
+    """A function batch -> the inputs (B, *shape) the likelihood metrics score: ``batch.x``,
+    or ``batch.x`` dequantized with one noise stream per metric (:meth:`EvalContext.noise_generator`)."""
+    width = dequantization_width(model, dataset)
+    if width is None:
+        return lambda b: b.x
+    gen = ctx.noise_generator()
+    return lambda b: dequantize(b.x, width, gen)
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -151,35 +272,79 @@ def _bpd(model: GenerativeModel, spec: DataSpec, nll_nats: float) -> float:
 def nll_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Result:
     """-log p(x) per example from ``model.log_prob`` (exact for flows and autoregressive
     models, the k-sample IWAE bound for VAEs, Burda et al. 2016 eq. 8), averaged.
+    Conditional models score -log p(x | y) with the examples' labels.
 
     Keys: ``nll`` (nats), ``nll_sem``, ``nll_bpd``, ``nll_note`` (the model's
     ``log_prob_note``: "exact" or which bound).
+
+    * Probabilities of discrete values (``log_prob_discrete``: binary pixels, categorical
+      or discretized-logistic heads on quantised data) and densities of real data:
+      ``nll_bpd = nll / (D ln 2)``, the model's own figure.
+    * A density of quantised data (``continuous`` with ``num_levels``, not
+      ``log_prob_discrete``): each example is scored at ``x + u``, ``u ~ U[-Delta/2,
+      Delta/2]^D`` drawn from :meth:`EvalContext.noise_generator` (reproducible per seed),
+      with Delta = :func:`bin_width` (``Dataset.scale``). ``nll`` is then the density's NLL
+      at those points and ``nll_bpd = (nll / D - ln Delta) / ln 2`` an upper bound on the
+      discrete NLL -log P(levels) in bits/dim (Theis et al. 2016, sec. 3.1); the extra
+      key ``nll_bin_width`` gives Delta.
+    * A model with ``log_prob_normalised = False`` (a Bernoulli decoder on [0, 1]-valued
+      data): ``nll`` is its loss at the data, and no ``nll_bpd`` is reported.
     """
-    values = _per_example(model, dataset, ctx, lambda b: -model.log_prob(b.x))  # (N,)
+    inputs = _scored_inputs(model, dataset, ctx)
+
+    def nll(b: Batch) -> torch.Tensor:  # (B,)
+        return -model.log_prob(inputs(b), **_labels(model, dataset, b))  # type: ignore[attr-defined]
+
+    values = _per_example(model, dataset, ctx, nll)  # (N,)
     mean, sem = mean_and_sem(values)
-    return {
-        "nll": mean,
-        "nll_sem": sem,
-        "nll_bpd": _bpd(model, dataset.spec, mean),
-        "nll_note": str(model.log_prob_note),  # type: ignore[attr-defined]
-    }
+    out: Result = {"nll": mean, "nll_sem": sem}
+    out.update(_bpd_keys("nll", model, dataset, mean))
+    out["nll_note"] = str(model.log_prob_note)  # type: ignore[attr-defined]
+    return out
+
+
+def _bpd_keys(prefix: str, model: GenerativeModel, dataset: Dataset, nll_nats: float) -> Result:
+    """``{prefix_bpd, [prefix_bin_width]}`` for a mean NLL (nats) scored as :func:`_scored_inputs` does;
+    ``{}`` for a model whose likelihood is not normalised."""
+    if not _likelihood_is_normalised(model):
+        return {}
+    width = dequantization_width(model, dataset)
+    out: Result = {f"{prefix}_bpd": bits_per_dim(nll_nats, dataset.spec.dim, bin_width=width)}
+    if width is not None:
+        out[f"{prefix}_bin_width"] = width
+    return out
 
 
 @metric("elbo", needs="elbo", description="evidence lower bound (nats, SEM) and -ELBO in bits/dim")
 def elbo_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Result:
     """Mean ELBO, E_q[log p(x, z) - log q(z | x)] (Kingma & Welling 2014, eq. 3), per example.
+    Conditional models get the examples' labels (the ELBO of log p(x | y)).
 
     Keys: ``elbo`` (nats; a lower bound on log p(x), so usually negative), ``elbo_sem``,
-    ``elbo_bpd`` (-ELBO in bits per dimension: an upper bound on the NLL's bpd).
+    ``elbo_bpd`` (-ELBO in bits per dimension: an upper bound on the NLL's bpd). A density
+    of quantised data is scored at the same dequantized inputs as ``nll``, and
+    ``elbo_bpd`` is then an upper bound on the discrete NLL in bits/dim (``elbo_bin_width``
+    gives the bin width; see :func:`nll_metric`). A model with ``log_prob_normalised =
+    False`` gets no ``elbo_bpd`` but an ``elbo_note`` saying why.
     """
-    values = _per_example(model, dataset, ctx, lambda b: model.elbo(b.x))  # (N,)
+    inputs = _scored_inputs(model, dataset, ctx)
+
+    def elbo(b: Batch) -> torch.Tensor:  # (B,)
+        return model.elbo(inputs(b), **_labels(model, dataset, b))  # type: ignore[attr-defined]
+
+    values = _per_example(model, dataset, ctx, elbo)  # (N,)
     mean, sem = mean_and_sem(values)
-    return {"elbo": mean, "elbo_sem": sem, "elbo_bpd": _bpd(model, dataset.spec, -mean)}
+    out: Result = {"elbo": mean, "elbo_sem": sem}
+    out.update(_bpd_keys("elbo", model, dataset, -mean))
+    if not _likelihood_is_normalised(model):
+        out["elbo_note"] = NOT_NORMALISED_NOTE
+    return out
 
 
 @metric("recon", needs="reconstruct", description="reconstruction error of the output mean (MSE, PSNR, BCE on binary data, head NLL)")
 def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Result:
-    """Error of ``model.reconstruct(x)`` (the output mean) against ``x``.
+    """Error of ``model.reconstruct(x)`` (the output mean) against ``x`` (``reconstruct(x, y=labels)``
+    for a conditional model).
 
     Keys: ``recon_mse`` (squared error averaged over elements, then over examples) and
     ``recon_mse_sem``; ``recon_sse`` (summed over elements); ``recon_psnr`` (dB) for
@@ -195,11 +360,13 @@ def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
     if spec.kind == "discrete" and spec.num_levels:
         data_range = float(spec.num_levels - 1)
     head_nll = model.reconstruction_nll if isinstance(model, ReconstructionNLL) else None
+    conditional_classes(model, dataset)  # a conditional model on unlabelled data: one UserError up front
 
     cols: dict[str, list[torch.Tensor]] = {"mse": [], "sse": [], "psnr": [], "bce": [], "nll": []}
     for batch in ctx.batches(dataset):
         x = batch.x
-        x_hat = model.reconstruct(x)  # (B, *shape)
+        labels = _labels(model, dataset, batch)  # {"y": (B,)} for a conditional model
+        x_hat = model.reconstruct(x, **labels)  # (B, *shape)
         cols["mse"].append(mse(x, x_hat, "mean").double())
         cols["sse"].append(mse(x, x_hat, "sum").double())
         if data_range is not None:
@@ -207,7 +374,7 @@ def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
         if spec.kind == "binary":
             cols["bce"].append(bce(x, x_hat).double())
         if head_nll is not None:
-            cols["nll"].append(head_nll(x).detach().double())
+            cols["nll"].append(head_nll(x, **labels).detach().double())
     out: Result = {}
     mean, sem = mean_and_sem(torch.cat(cols["mse"]))
     out["recon_mse"] = mean

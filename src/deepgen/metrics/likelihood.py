@@ -5,14 +5,26 @@ models or datasets. The evaluator (:mod:`deepgen.metrics.evaluate`) feeds them t
 per-example log-likelihoods a model reports.
 
 Units. A negative log-likelihood (NLL) is in nats per example, summed over the example's
-``D`` dimensions. Bits per dimension divide by ``D ln 2``. For a density model of 8-bit
-images rescaled to [0, 1], the discrete NLL of the integer pixels is bounded by the
-density's NLL plus ``D ln 256`` (uniform dequantization: each integer level is a bin of
-width 1/256 in [0, 1]; Theis et al. 2016, "A note on the evaluation of generative
-models", section 3.1; Dinh et al. 2017, RealNVP, section 4.1), giving the figure every
-flow paper reports (BENCHMARKS.md):
+``D`` dimensions. Bits per dimension divide by ``D ln 2``.
 
-    bpd = (NLL_nats / D + ln 256) / ln 2.
+Densities of quantised data. deepgen scales quantised values to model space as
+``x_k = k * Delta`` (``Dataset.scale``: Delta = 1/255 for 8-bit pixels, 1/16 for the 17
+levels of scikit-learn's digits), so level ``k`` owns the bin ``[x_k - Delta/2, x_k +
+Delta/2]`` of width Delta. A density model p gives the level the probability
+``P(k) = int_bin p``, and by Jensen's inequality (Theis et al. 2016, "A note on the
+evaluation of generative models", section 3.1; Dinh et al. 2017, RealNVP, section 4.1)
+
+    -log P(k) <= -E_u[log p(x_k + u)] - D log Delta,   u ~ U[-Delta/2, Delta/2]^D.
+
+The evaluator draws one ``u`` per example (dequantization noise) and passes the density's
+mean NLL at ``x_k + u`` with ``bin_width=Delta`` to :func:`bits_per_dim`:
+
+    bpd = (NLL_nats / D - ln Delta) / ln 2,
+
+an upper bound on the discrete NLL in bits/dim (in expectation over ``u``; the mean over
+the test set is its unbiased estimate, and for an IWAE-bounded density it is looser still).
+For 8-bit data put in bins (k + u) / 256, as in the flow papers, Delta = 1/256 and this is
+their figure (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -26,16 +38,16 @@ LN2 = math.log(2.0)
 
 
 @overload
-def bits_per_dim(nll_nats: torch.Tensor, dim: int, num_levels: int | None = ..., dequantized: bool = ...) -> torch.Tensor: ...
+def bits_per_dim(nll_nats: torch.Tensor, dim: int, *, bin_width: float | None = ...) -> torch.Tensor: ...
 @overload
-def bits_per_dim(nll_nats: float, dim: int, num_levels: int | None = ..., dequantized: bool = ...) -> float: ...
+def bits_per_dim(nll_nats: float, dim: int, *, bin_width: float | None = ...) -> float: ...
 
 
 def bits_per_dim(
     nll_nats: torch.Tensor | float,
     dim: int,
-    num_levels: int | None = None,
-    dequantized: bool = False,
+    *,
+    bin_width: float | None = None,
 ) -> torch.Tensor | float:
     """Convert a negative log-likelihood per example (nats) to bits per dimension.
 
@@ -43,28 +55,31 @@ def bits_per_dim(
     result has the same type and shape. ``dim``: the number of scalar dimensions ``D`` of
     one example (``DataSpec.dim``, 784 for MNIST).
 
-    * ``dequantized=False`` (discrete models, e.g. a Bernoulli decoder on binary pixels, a
-      256-way softmax on 8-bit pixels, or densities on unbounded real data):
-      ``bpd = NLL / (D ln 2)``; ``num_levels`` is ignored.
-    * ``dequantized=True`` (a density model of quantised data rescaled to [0, 1], each of
-      the ``num_levels`` levels a bin of width ``1 / num_levels``; default 256 levels):
-      ``bpd = (NLL / D + ln num_levels) / ln 2``, the uniform-dequantization bound on the
-      discrete NLL (Theis et al. 2016, sec. 3.1). The NLL must already include the
-      log-determinant of any logit transform the model applies.
+    * ``bin_width=None`` (probabilities of discrete values, e.g. a Bernoulli decoder on
+      binary pixels, a 256-way softmax or a discretized logistic mixture on 8-bit pixels;
+      or densities of unbounded real data): ``bpd = NLL / (D ln 2)``.
+    * ``bin_width=Delta`` (a density model of quantised data, each level ``x_k = k *
+      Delta`` owning a bin of width Delta, i.e. ``Dataset.scale``):
+      ``bpd = (NLL / D - ln Delta) / ln 2``. With ``NLL`` the density's mean NLL at
+      uniformly dequantized points ``x_k + u``, ``u ~ U[-Delta/2, Delta/2]^D``, this is an
+      upper bound on the discrete NLL -log P(k) in bits/dim (Theis et al. 2016, sec. 3.1;
+      see the module docstring). The NLL must already include the log-determinant of any
+      transform the model applies to its input.
 
     >>> round(bits_per_dim(784 * math.log(2), 784), 6)
     1.0
-    >>> round(bits_per_dim(0.0, 3072, dequantized=True), 6)
+    >>> round(bits_per_dim(0.0, 3072, bin_width=1 / 256), 6)  # uniform density, 256 bins
     8.0
+    >>> round(bits_per_dim(0.0, 64, bin_width=1 / 16), 6)  # 17 levels k / 16: bins of 1/16
+    4.0
     """
     if dim <= 0:
         raise ValueError(f"dim must be a positive number of dimensions, got {dim}")
     per_dim = nll_nats / dim
-    if dequantized:
-        levels = 256 if num_levels is None else num_levels
-        if levels < 2:
-            raise ValueError(f"num_levels must be >= 2, got {levels}")
-        per_dim = per_dim + math.log(levels)
+    if bin_width is not None:
+        if not (math.isfinite(bin_width) and bin_width > 0):
+            raise ValueError(f"bin_width must be a positive number, got {bin_width}")
+        per_dim = per_dim - math.log(bin_width)
     return per_dim / LN2
 
 

@@ -30,7 +30,7 @@ import torch
 from ..data.dataset import Dataset
 from ..errors import UserError
 from ..models.base import GenerativeModel
-from .evaluate import EvalContext, Result, metric
+from .evaluate import EvalContext, Result, conditional_classes, metric, sample_labels
 
 __all__ = [
     "HQ_THRESHOLD",
@@ -201,15 +201,23 @@ def classify_stacked(images: torch.Tensor, classifier: DigitClassifier) -> torch
 # -- the evaluator metric ------------------------------------------------------------------------
 
 
-def _draw(model: GenerativeModel, n: int, ctx: EvalContext, shape: tuple[int, ...], fn: Any) -> list[torch.Tensor]:
+def _draw(
+    model: GenerativeModel, dataset: Dataset, n: int, ctx: EvalContext, shape: tuple[int, ...], fn: Any
+) -> list[torch.Tensor]:
     """Draw ``n`` samples in batches of ``ctx.batch_size`` with one ctx generator; return
-    ``fn(batch)`` for each batch (``fn`` reduces a (B, *shape) batch on the device)."""
+    ``fn(batch)`` for each batch (``fn`` reduces a (B, *shape) batch on the device).
+
+    A conditional model gets class labels cycling 0, 1, ..., C-1, 0, ... over the whole
+    draw (:func:`deepgen.metrics.evaluate.sample_labels`, as the sample-quality metrics),
+    so every class has an equal share of the samples.
+    """
+    classes = conditional_classes(model, dataset)
     gen = ctx.generator()
     out = []
     done = 0
     while done < n:
         b = min(ctx.batch_size, n - done)
-        x = model.sample(b, generator=gen)
+        x = model.sample(b, generator=gen, cond=sample_labels(classes, done, b, ctx.device))
         if tuple(x.shape) != (b, *shape):
             raise ValueError(f"{type(model).__name__}.sample({b}) returned shape {tuple(x.shape)}; expected {(b, *shape)}")
         out.append(fn(x))
@@ -237,7 +245,8 @@ def modes_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
       Keys ``modes`` (of 1,000), ``modes_total``, ``kl``, ``modes_samples``.
 
     Samples are drawn in batches of ``ctx.batch_size`` from one ``ctx.generator()`` (on
-    the model's device). ``ctx.limit`` > 0 caps the number of samples below the
+    the model's device); a conditional model's samples get class labels in turn (each
+    mode's class equally often). ``ctx.limit`` > 0 caps the number of samples below the
     protocol's (quick checks only; ``modes_samples`` reports what was used). The data
     split is not read: the true modes are known.
     """
@@ -245,7 +254,7 @@ def modes_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
     if "modes" in meta and "mode_std" in meta:
         n = MIXTURE_SAMPLES if ctx.limit <= 0 else min(ctx.limit, MIXTURE_SAMPLES)
         modes = torch.as_tensor(meta["modes"], dtype=torch.float64)  # (M, D)
-        parts = _draw(model, n, ctx, tuple(dataset.spec.shape), lambda x: x.detach().double())
+        parts = _draw(model, dataset, n, ctx, tuple(dataset.spec.shape), lambda x: x.detach().double())
         r = mode_coverage(torch.cat(parts), modes.to(parts[0].device), float(meta["mode_std"]))
         return {
             "modes": r["modes"],
@@ -257,7 +266,7 @@ def modes_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
     if _is_stacked(dataset):
         n = STACKED_SAMPLES if ctx.limit <= 0 else min(ctx.limit, STACKED_SAMPLES)
         classifier = digit_classifier(dataset, ctx.device)
-        parts = _draw(model, n, ctx, (3, 28, 28), lambda x: classify_stacked(x, classifier))
+        parts = _draw(model, dataset, n, ctx, (3, 28, 28), lambda x: classify_stacked(x, classifier))
         r = stacked_mnist_modes(torch.cat(parts).cpu())
         return {"modes": r["modes"], "modes_total": r["modes_total"], "kl": r["kl"], "modes_samples": n}
     raise UserError(

@@ -24,7 +24,7 @@ from ..data.dataset import Dataset
 from ..data.resident import iterate
 from ..errors import UserError
 from ..models.base import GenerativeModel
-from .evaluate import EvalContext, Result, metric
+from .evaluate import EvalContext, Result, conditional_classes, metric, sample_labels
 from .features import RECIPES, FeatureNet, _slug, data_sha256, default_cache_dir, feature_extractor
 from .sample_quality import (
     density_coverage,
@@ -94,12 +94,11 @@ def sample_features(model: GenerativeModel, dataset: Dataset, ctx: EvalContext, 
     if key in _SAMPLE_MEMO and _SAMPLE_MEMO[key][0]() is model:
         return _SAMPLE_MEMO[key][1]
     gen = ctx.generator()
-    classes = dataset.spec.num_classes if getattr(model.config, "conditional", False) else None
+    classes = conditional_classes(model, dataset)  # C for a conditional model (labels cycle 0..C-1), else None
     parts = []
     for start in range(0, n, ctx.batch_size):
         m = min(ctx.batch_size, n - start)
-        cond = None if not classes else torch.arange(start, start + m, device=ctx.device) % classes
-        x = model.sample(m, generator=gen, cond=cond)
+        x = model.sample(m, generator=gen, cond=sample_labels(classes, start, m, ctx.device))
         parts.append(net.features(x.to(ctx.device).float()))
     feats = torch.cat(parts)
     _SAMPLE_MEMO.clear()

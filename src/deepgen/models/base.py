@@ -165,7 +165,15 @@ class LogProb(Protocol):
 
     ``log_prob_discrete``: True when log_prob is a probability of the data's discrete values
     (binary pixels, or the levels of quantised data); False when it is a density, in which
-    case bits/dim on quantised data adds the uniform-dequantization term.
+    case the evaluator scores quantised data at x + u, u ~ U[-Delta/2, Delta/2] (Delta =
+    ``Dataset.scale``), and bits/dim subtracts ln Delta per dimension (an upper bound on the
+    discrete NLL, Theis et al. 2016).
+
+    ``log_prob_normalised`` (optional; treated as True when absent, so not a Protocol
+    member): False when ``log_prob`` is not (a bound on) a normalised probability or
+    density of the data, e.g. a Bernoulli decoder on [0, 1]-valued data;
+    ``log_prob_note`` must then say so, and the evaluator reports ``nll``/``elbo`` in nats
+    but no bits/dim.
     """
 
     log_prob_note: str

@@ -229,7 +229,20 @@ class VAE(GenerativeModel):
     # -- 5. the likelihood bound -----------------------------------------------------------
     @property
     def log_prob_note(self) -> str:
+        """What ``log_prob`` is: the IWAE bound, and whether the head makes it a normalised likelihood."""
+        if not self.log_prob_normalised:
+            return (
+                f"IWAE bound (k={self.config.iwae_k}) with a {type(self.head).__name__} decoder on {self.spec.kind} "
+                "data: not a normalised likelihood; compare with other models only via samples"
+            )
         return f"IWAE bound, k={self.config.iwae_k} importance samples (a lower bound on log p(x))"
+
+    @property
+    def log_prob_normalised(self) -> bool:
+        """False when p(x | z) is not a normalised probability or density of the data (the head's
+        ``exact``: a Bernoulli decoder on [0, 1]-valued data, Loaiza-Ganem & Cunningham 2019);
+        the bound is then a loss, and the evaluator reports no bits/dim for it."""
+        return bool(self.head.exact)
 
     @property
     def log_prob_discrete(self) -> bool:

@@ -33,7 +33,9 @@ class LikelihoodHead(nn.Module):
 
     num_params: int = 1
     kinds: tuple[str, ...] = ()
-    #: True when ``nll`` is a normalised (negative log) probability or density of x.
+    #: True when ``nll`` is a normalised (negative log) probability or density of x. A model
+    #: built on a head with ``exact = False`` reports ``log_prob_normalised = False`` (the
+    #: VAE does), and the evaluator then gives no bits/dim for it.
     exact: bool = True
     #: True when ``nll`` is a probability mass over the data's discrete values (binary
     #: pixels, quantised levels); False for a density.
