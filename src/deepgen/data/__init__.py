@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import UserError, did_you_mean
 from ..registry import Registry
 from .dataset import Batch, DataConfig, Dataset, DataSpec, Split
-from .resident import ResidentLoader, iterate
+from .resident import ResidentLoader, ShuffledBatches, iterate
+from .streaming import StreamingLoader
 
 Loader = Callable[[DataConfig], Dataset]
 
@@ -101,6 +104,22 @@ def _check_image_options(config: DataConfig) -> None:
         )
 
 
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    workers: int = -1,
+) -> ShuffledBatches:
+    """The training loader for ``dataset``'s train split: :class:`ResidentLoader` when the
+    split is in memory (it moves to the device once), :class:`StreamingLoader` (``workers``
+    decoding processes) when it is read from files batch by batch."""
+    if dataset.train.resident:
+        return ResidentLoader(dataset, batch_size, device, seed=seed, shard=shard)
+    return StreamingLoader(dataset, batch_size, device, seed=seed, shard=shard, workers=workers)
+
+
 def dataset_descriptions() -> list[tuple[str, str]]:
     """(name, one-line description) for every registered dataset."""
     _load_sources()
@@ -119,10 +138,13 @@ __all__ = [
     "DataSpec",
     "Dataset",
     "ResidentLoader",
+    "ShuffledBatches",
+    "StreamingLoader",
     "Split",
     "dataset_descriptions",
     "iterate",
     "load_dataset",
+    "make_loader",
     "register_dataset",
     "register_path_reader",
 ]

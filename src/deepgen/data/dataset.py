@@ -61,9 +61,14 @@ class DataSpec(Config):
 
 @dataclass
 class Split:
-    """One split of raw examples: ``x`` (N, *raw_shape) and optional labels ``y`` (N,) int64."""
+    """One split of raw examples: ``x`` (N, *raw_shape) and optional labels ``y`` (N,) int64.
 
-    x: torch.Tensor
+    ``x`` is a tensor, or for image folders larger than ``DataConfig.max_resident_mb`` a
+    lazy :class:`deepgen.data.images.ImageFiles` whose indexing decodes those images (a
+    uint8 tensor) and whose ``select`` makes a lazy subset.
+    """
+
+    x: Any  # torch.Tensor | ImageFiles
     y: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -74,7 +79,14 @@ class Split:
         return len(self.x)
 
     def subset(self, n: int) -> Split:
-        return Split(self.x[:n], None if self.y is None else self.y[:n])
+        """The first ``n`` examples (still lazy when ``x`` is)."""
+        x = self.x[:n] if isinstance(self.x, torch.Tensor) else self.x.select(slice(0, n))
+        return Split(x, None if self.y is None else self.y[:n])
+
+    @property
+    def resident(self) -> bool:
+        """True when ``x`` is a tensor in memory (False: decoded from files batch by batch)."""
+        return isinstance(self.x, torch.Tensor)
 
 
 @dataclass
@@ -148,12 +160,16 @@ class DataConfig(Config):
     toy_noise: float | None = None  # 2-D toys: std / noise level; None = the dataset's published default
     label_column: str | None = None  # CSV tables: a column to use as labels, not as data
     max_train: int = 0  # 0 = all; otherwise keep the first N training examples (quick runs)
+    max_resident_mb: int = 4096  # image folders: decoded pixels above this many MiB stream from disk (0 = always)
+    workers: int = -1  # streamed folders: DataLoader worker processes; -1 = min(8, CPU cores - 1)
     download: bool = False  # allow fetching a missing dataset that has a public source
 
     def validate(self) -> None:
         self.check(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         self.check(self.num_samples >= 10, f"num_samples must be >= 10, got {self.num_samples}")
         self.check(self.max_train >= 0, f"max_train must be >= 0, got {self.max_train}")
+        self.check(self.max_resident_mb >= 0, f"max_resident_mb must be >= 0, got {self.max_resident_mb}")
+        self.check(self.workers >= -1, f"workers must be >= 0, or -1 for one per CPU core but one (at most 8), got {self.workers}")
         self.check(self.image_channels in (None, 1, 3), f"image_channels must be 1, 3 or none, got {self.image_channels}")
         self.check(
             self.image_size == () or (len(self.image_size) == 2 and min(self.image_size) > 0),

@@ -5,13 +5,20 @@ image's size, and stored as uint8 (N, C, H, W) with ``scale = 1/255``. Channels 
 ``config.image_channels`` or, when unset, 1 if every image is grayscale and 3 otherwise. When
 the images sit in two or more subfolders, each top-level subfolder is a class (labels
 are the index of its name in sorted order, kept in ``meta["classes"]``).
+
+A folder whose decoded pixels exceed ``config.max_resident_mb`` is not decoded up front:
+its splits hold an :class:`ImageFiles`, which decodes the images a batch asks for, and the
+trainer streams it through a DataLoader with worker processes
+(:class:`deepgen.data.streaming.StreamingLoader`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,9 +84,81 @@ def _read(path: Path, channels: int, size_wh: tuple[int, int]) -> np.ndarray:
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
+class ImageFiles:
+    """Image files decoded on demand: a lazy stand-in for a uint8 (N, C, H, W) tensor.
+
+    ``x[i]`` (C, H, W), ``x[a:b]`` and ``x[index_tensor]`` (B, C, H, W) decode those files
+    (in threads: Pillow releases the GIL while decoding); :meth:`select` makes a lazy
+    subset (a split). ``len``, ``shape`` and ``dtype`` answer as the tensor would.
+    """
+
+    dtype = torch.uint8
+
+    def __init__(self, files: Sequence[Path], channels: int, size_hw: tuple[int, int]) -> None:
+        self.files = list(files)
+        self.channels = channels
+        self.size_hw = (int(size_hw[0]), int(size_hw[1]))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), self.channels, *self.size_hw)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded uint8 pixels."""
+        n, c, h, w = self.shape
+        return n * c * h * w
+
+    def _positions(self, index: Any) -> list[int]:
+        if isinstance(index, slice):
+            return list(range(len(self.files)))[index]
+        return [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
+
+    def select(self, index: Any) -> ImageFiles:
+        """A lazy subset: the files at ``index`` (a slice, index tensor or sequence), in that order."""
+        return ImageFiles([self.files[i] for i in self._positions(index)], self.channels, self.size_hw)
+
+    def decode(self, positions: Sequence[int], threads: int = 1) -> torch.Tensor:
+        """The files at ``positions`` as uint8 (B, C, H, W)."""
+        h, w = self.size_hw
+        if not positions:
+            return torch.empty((0, self.channels, h, w), dtype=torch.uint8)
+        read = lambda i: _read(self.files[i], self.channels, (w, h))  # noqa: E731
+        if threads > 1 and len(positions) > 1:
+            with ThreadPoolExecutor(min(threads, len(positions))) as pool:
+                arrays = list(pool.map(read, positions))
+        else:
+            arrays = [read(i) for i in positions]
+        return torch.from_numpy(np.stack(arrays))
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if isinstance(index, int):
+            return self.decode([index])[0]
+        return self.decode(self._positions(index), threads=_threads(len(self.files)))
+
+    def fingerprint(self) -> bytes:
+        """Identifies the data without decoding it: shape, then each file's path, size and mtime."""
+        parts = [f"{self.shape}".encode()]
+        for f in self.files:
+            st = f.stat()
+            parts.append(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return b"".join(parts)
+
+
+def _threads(n: int) -> int:
+    return min(8, os.cpu_count() or 1, max(1, n // 64))
+
+
 @register_path_reader("")
 def read_image_folder(path: Path, config: DataConfig) -> Dataset:
-    """A folder of images as continuous uint8 (N, C, H, W) data, labelled by subfolder."""
+    """A folder of images as continuous uint8 (N, C, H, W) data, labelled by subfolder.
+
+    Decoded into memory when the pixels take at most ``config.max_resident_mb``; otherwise
+    each split is an :class:`ImageFiles`, decoded batch by batch as it is read.
+    """
     files = list_images(path)
     if not files:
         raise UserError(
@@ -95,16 +174,18 @@ def read_image_folder(path: Path, config: DataConfig) -> Dataset:
         index = {c: i for i, c in enumerate(classes)}
         labels = torch.tensor([index[t] for t in tops], dtype=torch.int64)
 
-    # Decoding runs in threads: Pillow releases the GIL while it decodes.
-    workers = min(8, os.cpu_count() or 1, max(1, len(files) // 64))
-    with ThreadPoolExecutor(workers) as pool:
-        # Headers first (cheap): the size and channel count must be known before decoding.
-        probes = list(pool.map(_probe, files)) if config.image_channels is None or not config.image_size else []
-        channels = config.image_channels or (1 if all(gray for _, gray in probes) else 3)
-        h, w = config.image_size if config.image_size else probes[0][0][::-1]
-        x = torch.from_numpy(np.stack(list(pool.map(lambda f: _read(f, channels, (w, h)), files))))
+    # Headers first (cheap): the size and channel count must be known before decoding.
+    probes: list[tuple[tuple[int, int], bool]] = []
+    if config.image_channels is None or not config.image_size:
+        with ThreadPoolExecutor(_threads(len(files))) as pool:
+            probes = list(pool.map(_probe, files))
+    channels = config.image_channels or (1 if all(gray for _, gray in probes) else 3)
+    h, w = config.image_size if config.image_size else probes[0][0][::-1]
+    images = ImageFiles(files, channels, (h, w))
+    streamed = images.nbytes > config.max_resident_mb * 2**20
+    x: torch.Tensor | ImageFiles = images if streamed else images[:]
 
-    train_idx, test_idx = holdout(len(x), config.test_fraction, config.seed)
+    train_idx, test_idx = holdout(len(images), config.test_fraction, config.seed)
     name = str(path)
     spec = DataSpec(
         shape=(channels, h, w),
@@ -113,14 +194,14 @@ def read_image_folder(path: Path, config: DataConfig) -> Dataset:
         num_classes=len(classes) if labels is not None else None,
         name=name,
     )
-    meta = {"source": name, "num_files": len(files), "test_fraction": config.test_fraction, "seed": config.seed}
+    meta: dict[str, Any] = {"source": name, "num_files": len(files), "test_fraction": config.test_fraction, "seed": config.seed}
+    if streamed:
+        meta["streamed"] = True  # read from disk batch by batch (larger than max_resident_mb)
     if labels is not None:
         meta["classes"] = classes
-    return Dataset(
-        name,
-        spec,
-        Split(x[train_idx], None if labels is None else labels[train_idx]),
-        Split(x[test_idx], None if labels is None else labels[test_idx]),
-        scale=1 / 255,
-        meta=meta,
-    )
+
+    def split(idx: torch.Tensor) -> Split:
+        part = x.select(idx) if isinstance(x, ImageFiles) else x[idx]
+        return Split(part, None if labels is None else labels[idx])
+
+    return Dataset(name, spec, split(train_idx), split(test_idx), scale=1 / 255, meta=meta)

@@ -16,12 +16,14 @@ import torch
 from .dataset import Batch, Dataset
 
 
-class ResidentLoader:
-    """An endless stream of shuffled full batches from one split.
+class ShuffledBatches:
+    """The bookkeeping every training loader shares: a seeded permutation per epoch, full
+    batches taken in order from it (the tail that cannot fill a batch is dropped, as with
+    ``drop_last=True``), each rank's share of a batch, and a state that resumes exactly.
 
-    ``next()`` returns a :class:`Batch` of exactly ``batch_size`` examples; when the
-    current epoch cannot supply a full batch, a new permutation starts (the tail is
-    dropped, as with ``drop_last=True``).
+    ``order_gen`` draws the permutations (on ``order_device``); ``convert_gen`` (on the
+    training device) drives per-batch randomness of the conversion (dynamic binarization),
+    two streams so that changing one never shifts the other. Subclasses fetch the examples.
     """
 
     def __init__(
@@ -32,28 +34,27 @@ class ResidentLoader:
         seed: int = 0,
         split: str = "train",
         shard: tuple[int, int] = (0, 1),
+        order_device: torch.device | str | None = None,
     ) -> None:
         data = dataset.split(split)
-        if batch_size > len(data):
-            batch_size = len(data)
+        self.data = data
         self.dataset = dataset
-        self.batch_size = batch_size
+        self.batch_size = min(batch_size, len(data))
         self.device = torch.device(device)
-        self.x = data.x.to(self.device)
-        self.y = None if data.y is None else data.y.to(self.device)
         self.n = len(data)
         self.seed = seed
         # (rank, ranks): every rank draws the same global batch order and keeps its own
         # contiguous share of each batch (data-parallel training; batch_size is global).
         self.shard = shard
-        # Two streams: one for the order, one for per-batch randomness (binarization),
-        # so that changing one never shifts the other.
-        self.order_gen = torch.Generator(self.device).manual_seed(seed)
+        self.order_gen = torch.Generator(torch.device(order_device) if order_device is not None else self.device).manual_seed(seed)
         # Each rank its own per-batch randomness (rank 0 keeps the one-process stream).
         self.convert_gen = torch.Generator(self.device).manual_seed(seed + 1 + 1_000_003 * shard[0])
         self.epoch = 0
         self.pos = 0
-        self.perm = torch.randperm(self.n, generator=self.order_gen, device=self.device)
+        self.perm = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=self.order_gen, device=self.order_gen.device)  # (n,)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -69,19 +70,19 @@ class ResidentLoader:
         """Completed epochs, counting the current one when it is used up."""
         return self.epoch + int(self.at_epoch_end)
 
-    def next(self) -> Batch:
-        if self.at_epoch_end:
-            self.epoch += 1
-            self.pos = 0
-            self.perm = torch.randperm(self.n, generator=self.order_gen, device=self.device)
-        idx = self.perm[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
+    def _new_epoch(self) -> None:
+        self.epoch += 1
+        self.pos = 0
+        self.perm = self._permutation()
+
+    def _share(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous part of a global batch's indices (B,)."""
         rank, ranks = self.shard
-        if ranks > 1:
-            idx = idx.tensor_split(ranks)[rank]
-        x = self.dataset.convert(self.x[idx], self.convert_gen)
-        y = None if self.y is None else self.y[idx]
-        return Batch(x, y)
+        return idx.tensor_split(ranks)[rank] if ranks > 1 else idx
+
+    def next(self) -> Batch:
+        """The next full batch (this rank's share), in model space on the device."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         return {
@@ -95,7 +96,7 @@ class ResidentLoader:
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
         self.pos = int(state["pos"])
-        self.perm = state["perm"].to(self.device)
+        self.perm = state["perm"].to(self.order_gen.device)
         try:
             self.order_gen.set_state(state["order_gen"])
             self.convert_gen.set_state(state["convert_gen"])
@@ -105,6 +106,37 @@ class ResidentLoader:
             # resumption holds on the device the checkpoint came from.
             self.order_gen.manual_seed(self.seed + 1_000_003 * (self.epoch + 1))
             self.convert_gen.manual_seed(self.seed + 1 + 1_000_003 * (self.epoch + 1) + 7_919 * self.shard[0])
+
+
+class ResidentLoader(ShuffledBatches):
+    """An endless stream of shuffled full batches from one split held on the device.
+
+    ``next()`` returns a :class:`Batch` of exactly ``batch_size`` examples (this rank's
+    share under torchrun): an index slice of a device-side permutation, converted on the
+    device.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        split: str = "train",
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        super().__init__(dataset, batch_size, device, seed, split, shard)
+        self.x = self.data.x.to(self.device)
+        self.y = None if self.data.y is None else self.data.y.to(self.device)
+
+    def next(self) -> Batch:
+        if self.at_epoch_end:
+            self._new_epoch()
+        idx = self._share(self.perm[self.pos : self.pos + self.batch_size])
+        self.pos += self.batch_size
+        x = self.dataset.convert(self.x[idx], self.convert_gen)
+        y = None if self.y is None else self.y[idx]
+        return Batch(x, y)
 
 
 def iterate(

@@ -319,7 +319,8 @@ class AERecipe:
 
 
 def data_sha256(split: Split) -> str:
-    """SHA-256 (hex) of a split's raw training data: dtype, shape, bytes of x, then of y.
+    """SHA-256 (hex) of a split's raw training data: dtype, shape, bytes of x, then of y
+    (for a streamed image folder, ``x``'s fingerprint: each file's path, size and mtime).
 
     (N, ...) uint8 MNIST train images plus (N,) int64 labels: 47 MB, about 0.05 s.
     """
@@ -327,6 +328,9 @@ def data_sha256(split: Split) -> str:
     for t in (split.x, split.y):
         if t is None:
             h.update(b"none;")
+            continue
+        if not isinstance(t, torch.Tensor):  # files read batch by batch: their paths, sizes, times
+            h.update(t.fingerprint())
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype};{tuple(t.shape)};".encode())

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Batch, DataConfig, Dataset, ResidentLoader, load_dataset
+from ..data import Batch, DataConfig, Dataset, load_dataset, make_loader
 from ..errors import TrainingDiverged, UserError
 from ..models import create_model, model_class
 from ..models.base import GenerativeModel, HasHistograms, Phase
@@ -193,7 +193,10 @@ class Trainer:
         self._eager_runs: dict[str, int] = {}
         self._stream_ahead = False  # steps queued on the stream that the default stream has not joined
         self._after_default = True  # the next step must wait for the default stream's work
-        self.loader = ResidentLoader(dataset, self.config.batch_size, self.device, seed=self.config.seed, shard=(self.world.rank, self.world.size))
+        self.loader = make_loader(
+            dataset, self.config.batch_size, self.device, seed=self.config.seed, shard=(self.world.rank, self.world.size),
+            workers=self.data_config.workers,
+        )
         if self.world.size > 1 and self.loader.batch_size != self.config.batch_size:
             raise UserError(
                 f"batch_size={self.config.batch_size} is larger than the {self.loader.n} training examples; under "

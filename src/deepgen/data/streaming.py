@@ -1,0 +1,96 @@
+"""Batching for data that does not stay in memory: image folders larger than
+``DataConfig.max_resident_mb``, decoded batch by batch in DataLoader worker processes.
+
+The order is the loaders' shared bookkeeping (:class:`~deepgen.data.resident.ShuffledBatches`):
+a seeded permutation per epoch, full batches, the loader's position in the trainer state.
+Each epoch runs one DataLoader over exactly the batches that epoch has left, so the
+workers decode ahead while the model trains, and a resumed run restarts the DataLoader at
+the saved position: it sees the same batches as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.utils.data
+
+from .dataset import Batch, Dataset
+from .resident import ShuffledBatches
+
+
+def default_workers() -> int:
+    """One DataLoader worker per CPU core but one (the training process's), at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class _DecodeBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches: indices (B,) -> (uint8 x (B, C, H, W), y (B,) or None)."""
+
+    def __init__(self, x: Any, y: torch.Tensor | None) -> None:
+        self.x = x
+        self.y = y
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        positions = idx.tolist()
+        return self.x.decode(positions), None if self.y is None else self.y[idx]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+class StreamingLoader(ShuffledBatches):
+    """An endless stream of shuffled full batches from a split decoded on demand.
+
+    Same contract and state as :class:`~deepgen.data.resident.ResidentLoader`; the split's
+    ``x`` must have ``decode(positions) -> uint8 (B, ...)`` (an
+    :class:`~deepgen.data.images.ImageFiles`). ``workers`` processes decode the batches
+    ahead of the training loop (0: decoded in this process); on CUDA they arrive in pinned
+    memory and are copied without blocking. The permutations are drawn on the CPU.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        split: str = "train",
+        shard: tuple[int, int] = (0, 1),
+        workers: int = -1,
+    ) -> None:
+        super().__init__(dataset, batch_size, device, seed, split, shard, order_device="cpu")
+        self.workers = default_workers() if workers < 0 else workers
+        self._batches: Iterator[tuple[torch.Tensor, torch.Tensor | None]] | None = None
+
+    def _start(self) -> None:
+        """A DataLoader over the batches left in this epoch, from ``pos`` on."""
+        bs = self.batch_size
+        left = [self._share(self.perm[p : p + bs]) for p in range(self.pos, self.n - bs + 1, bs)]
+        loader = torch.utils.data.DataLoader(
+            _DecodeBatches(self.data.x, self.data.y),
+            batch_size=None,  # the sampler yields whole batches of indices
+            sampler=left,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.workers else None,
+        )
+        self._batches = iter(loader)
+
+    def next(self) -> Batch:
+        if self.at_epoch_end:
+            self._new_epoch()
+            self._batches = None
+        if self._batches is None:
+            self._start()
+        assert self._batches is not None
+        raw, y = next(self._batches)
+        self.pos += self.batch_size
+        x = self.dataset.convert(raw.to(self.device, non_blocking=True), self.convert_gen)
+        return Batch(x, None if y is None else y.to(self.device, non_blocking=True))
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._batches = None  # restart the workers at the restored position
