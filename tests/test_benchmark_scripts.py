@@ -128,3 +128,17 @@ def test_per_process_trains_runs_together(mc: ModuleType, tmp_path: Path) -> Non
             assert any(not torch.equal(weights[x][k], weights[y][k]) for k in weights[x] if k in weights[y]), (x, y)
     with pytest.raises(SystemExit):
         mc.parse_args(["--per-process", "0"])
+
+
+def test_stream_speed_runs_and_reuses_its_folder(real_data_dir: Path, tmp_path: Path) -> None:
+    ss = _load("stream_speed")
+    args = ["--data-dir", str(real_data_dir), "--device", "cpu", "--folder", str(tmp_path), "--images", "80", "--size", "12",
+            "--workers", "0", "--batches", "2", "--batch", "16", "--train-steps", "2", "--no-peer", "--out", str(tmp_path / "s.json")]
+    rows = ss.main(args)
+    assert [r["loader"] for r in rows if "loader" in r] == ["deepgen resident (on the device)", "deepgen streaming"]
+    assert all(r["images_per_s"] > 0 for r in rows if "loader" in r) and len([r for r in rows if "training" in r]) == 2
+    pngs = sorted((tmp_path / "png").rglob("*.png"))
+    assert len(pngs) == 80 and {p.parent.name for p in pngs} <= {str(d) for d in range(10)}
+    stamp = pngs[0].stat().st_mtime_ns
+    ss.main(args)  # the folder is written once
+    assert pngs[0].stat().st_mtime_ns == stamp and json.loads((tmp_path / "s.json").read_text())["rows"]

@@ -3,9 +3,10 @@
 
 The order is the loaders' shared bookkeeping (:class:`~deepgen.data.resident.ShuffledBatches`):
 a seeded permutation per epoch, full batches, the loader's position in the trainer state.
-Each epoch runs one DataLoader over exactly the batches that epoch has left, so the
-workers decode ahead while the model trains, and a resumed run restarts the DataLoader at
-the saved position: it sees the same batches as an uninterrupted run.
+Each epoch iterates one DataLoader (its workers persist) over exactly the batches that
+epoch has left, so the workers decode ahead while the model trains, and a resumed run
+restarts the iteration at the saved position: it sees the same batches as an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,26 @@ class _DecodeBatches(torch.utils.data.Dataset):
         return len(self.x)
 
 
+class _BatchesLeft(torch.utils.data.Sampler):
+    """The sampler: each iteration yields the index batches (this rank's share) left in
+    the loader's current epoch, read from its permutation and position at that moment."""
+
+    def __init__(self, loader: StreamingLoader) -> None:
+        self.loader = loader
+
+    def _starts(self) -> range:
+        lo = self.loader
+        return range(lo.pos, lo.n - lo.batch_size + 1, lo.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        lo = self.loader
+        for p in self._starts():
+            yield lo._share(lo.perm[p : p + lo.batch_size])
+
+    def __len__(self) -> int:
+        return len(self._starts())
+
+
 class StreamingLoader(ShuffledBatches):
     """An endless stream of shuffled full batches from a split decoded on demand.
 
@@ -63,21 +84,27 @@ class StreamingLoader(ShuffledBatches):
     ) -> None:
         super().__init__(dataset, batch_size, device, seed, split, shard, order_device="cpu")
         self.workers = default_workers() if workers < 0 else workers
+        self._loader: torch.utils.data.DataLoader | None = None
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     def _start(self) -> None:
-        """A DataLoader over the batches left in this epoch, from ``pos`` on."""
-        bs = self.batch_size
-        left = [self._share(self.perm[p : p + bs]) for p in range(self.pos, self.n - bs + 1, bs)]
-        loader = torch.utils.data.DataLoader(
-            _DecodeBatches(self.data.x, self.data.y),
-            batch_size=None,  # the sampler yields whole batches of indices
-            sampler=left,
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.workers else None,
-        )
-        self._batches = iter(loader)
+        """Iterate the batches left in this epoch, from ``pos`` on (the workers persist
+        between epochs: a new iteration only re-reads the sampler)."""
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                _DecodeBatches(self.data.x, self.data.y),
+                batch_size=None,  # the sampler yields whole batches of indices
+                sampler=_BatchesLeft(self),
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                prefetch_factor=4 if self.workers else None,
+                persistent_workers=self.workers > 0,
+                # Its own generator: a DataLoader draws its workers' base seed on every new
+                # iteration, which from torch's global one would shift the model's noise
+                # between an uninterrupted run and a resumed one (decoding draws nothing).
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+        self._batches = iter(self._loader)
 
     def next(self) -> Batch:
         if self.at_epoch_end:
