@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     workers = [int(w) for w in args.workers.split(",")]
 
     tmp = tempfile.TemporaryDirectory() if args.folder is None else None
+    t0 = time.perf_counter()
     folder = write_folder(Path(args.folder or tmp.name) / "png", args.images, args.size, args.data_dir)
+    print(f"PNG folder ready in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
     streamed = deepgen.load_dataset(str(folder), max_resident_mb=0)
     index_seconds = time.perf_counter() - t0
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows: list[dict] = []
     warm = 10
+    start = time.perf_counter()
     rows.append({"loader": "deepgen resident (on the device)", "workers": 0,
                  "images_per_s": loader_rate(deepgen_batches(resident, args.batch, device, 0), args.batches, warm, device)})
     for w in workers:
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not args.no_peer:
             rows.append({"loader": "torchvision ImageFolder + DataLoader (peer)", "workers": w,
                          "images_per_s": loader_rate(torchvision_batches(folder, args.batch, device, w), args.batches, warm, device)})
-        print(rows[-2] if not args.no_peer else rows[-1], flush=True)
+        print(*rows[-1 if args.no_peer else -2 :], f"({time.perf_counter() - start:.0f} s)", flush=True)
     if args.train_steps:
         data_config = deepgen.DataConfig(name=str(folder), max_resident_mb=0)
         for graph in ([False, True] if device.type == "cuda" else [False]):
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             w = max(workers)
             rows.append({"training": f"dcgan{' cuda_graph' if graph else ''}", "data": f"streaming, {w} workers",
                          "steps_per_s": train_rate(streamed, device, w, graph, args.train_steps, data_config)})
-            print(rows[-2], rows[-1], flush=True)
+            print(rows[-2], rows[-1], f"({time.perf_counter() - start:.0f} s)", flush=True)
 
     print(f"\nbatch {args.batch}, {args.batches} timed batches after {warm}; {hardware}, torch {torch.__version__}")
     print("| loader | workers | images/s |\n| --- | --- | --- |")

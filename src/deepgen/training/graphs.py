@@ -121,7 +121,10 @@ class PhaseGraph:
         self.static = Batch(batch.x.clone(), None if batch.y is None else batch.y.clone())
         self.graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(self.graph, stream=stream):
+            # "thread_local": only this thread's CUDA calls are checked during capture. A
+            # streaming loader's pin-memory thread allocates pinned host memory meanwhile,
+            # which the default ("global") mode turns into a failed capture.
+            with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
                 run(self.static)
         except RuntimeError as e:  # a host sync or an uncapturable op in the model's step
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
