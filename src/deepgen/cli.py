@@ -544,6 +544,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- report ----------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``deepgen report``: one self-contained HTML page about one run or several."""
+    from .report import build_report
+
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / "report.html" if len(args.runs) == 1 else Path("report.html"))
+    path = build_report(args.runs, out)
+    _say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; open it in a browser)")
+    return 0
+
+
 # -- demo ------------------------------------------------------------------------------------
 
 
@@ -617,6 +630,7 @@ def _parser() -> argparse.ArgumentParser:
             f"  {PROG} train vae --data digits --epochs 50\n"
             f"  {PROG} sample runs/vae --out samples.png\n"
             f"  {PROG} eval runs/vae --metrics elbo,nll\n"
+            f"  {PROG} report runs/vae runs/vae-beta4 --out compare.html\n"
             f"\nRun `{PROG} COMMAND --help` for a command's options."
         ),
         formatter_class=_Formatter,
@@ -786,6 +800,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=10000, help="samples per sample-quality metric (default 10000)")
     p.add_argument("--batch-size", type=int, default=128, help="training batch (default 128)")
     p.set_defaults(func=cmd_bench)
+
+    # report
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page about a run, or comparing several",
+        description=(
+            "Write an HTML page (pictures embedded, no other files) about each RUN: what was\n"
+            "trained, its evaluation figures (eval.json), training curves from metrics.jsonl and\n"
+            "every picture in the folder. With several runs, it first compares them: the\n"
+            "settings that differ, their figures side by side and their shared curves overlaid."
+        ),
+        epilog=(
+            f"examples:\n  {PROG} report runs/vae                     # writes runs/vae/report.html\n"
+            f"  {PROG} report runs/gan runs/pacgan --out compare.html"
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--out", default=None, help="the .html file (default RUN/report.html for one run, report.html for several)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

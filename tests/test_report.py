@@ -1,0 +1,128 @@
+"""``deepgen report``: the HTML page of one run and the comparison of several, its
+mistakes (exit 2, nothing written), and the page as a browser renders it."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deepgen.cli import main
+
+TINY = ["--epochs", "2", "--set", "max_train=200", "--set", "hidden=32,16", "--set", "progress=false", "--set", "tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    a, b = root / "vae-2d", root / "vae-4d"
+    assert main(["train", "vae", "--data", "digits", "--out", str(a), *TINY, "--set", "latent_dim=2"]) == 0
+    assert main(["train", "vae", "--data", "digits", "--out", str(b), *TINY, "--set", "latent_dim=4"]) == 0
+    assert main(["eval", str(a), "--metrics", "elbo,recon", "--device", "cpu"]) == 0
+    return a, b
+
+
+def images(page: str) -> list[bytes]:
+    """The decoded PNGs embedded in a page."""
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_one_run_page_has_figures_curves_and_every_picture(runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = runs
+    before = sorted(p.name for p in a.iterdir())
+    assert main(["report", str(a)]) == 0
+    page = (a / "report.html").read_text()
+    assert sorted(p.name for p in a.iterdir()) == sorted([*before, "report.html"])  # one file, nothing else
+    pngs = sorted(p.name for p in a.glob("*.png"))
+    assert {"samples.png", "latent.png", "manifold.png"} <= set(pngs)
+    embedded = images(page)
+    assert all(png.startswith(b"\x89PNG") for png in embedded)
+    frames = sorted((a / "samples").glob("*.png"))
+    assert frames and len(embedded) == len(pngs) + len(frames) + 1  # the folder's pictures, the frames, the curves
+    for name in (a / n for n in pngs):
+        assert name.read_bytes() in embedded
+    assert "vae-2d" in page and "digits" in page and "Training curves" in page
+    assert "elbo (test" in page and "recon_mse" in page  # the eval.json figures
+    assert "model.latent_dim" in page  # all settings
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_several_runs_are_compared(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = runs
+    out = tmp_path / "sub" / "compare.html"
+    assert main(["report", str(a), str(b), "--out", str(out)]) == 0
+    page = out.read_text()
+    diff = page[page.index("Settings that differ") : page.index("Training curves, all runs")]
+    assert "model.latent_dim" in diff and "model.hidden" not in diff and "train.lr" not in diff
+    assert "vae-2d" in page and "vae-4d" in page
+    # Two folders of one name are told apart by their paths.
+    twin = tmp_path / "other" / a.name
+    shutil.copytree(a, twin)
+    assert main(["report", str(a), str(twin), "--out", str(tmp_path / "twins.html")]) == 0
+    twins = (tmp_path / "twins.html").read_text()
+    assert f"<h2>{a}</h2>" in twins and f"<h2>{twin}</h2>" in twins
+    assert "Every setting is the same." in twins
+
+
+def test_report_mistakes_exit_2_and_write_nothing(runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = runs
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    broken = tmp_path / "broken"
+    shutil.copytree(a, broken)
+    (broken / "eval.json").write_text("{not json")
+    out = tmp_path / "r.html"
+    for argv, word in [
+        (["report", str(a), str(not_a_run), "--out", str(out)], "not a run folder"),
+        (["report", str(a), "--out", str(tmp_path / "r.pdf")], ".html"),
+        (["report", str(broken), "--out", str(out)], "eval.json"),
+    ]:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and word in lines[0] and "Traceback" not in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "empty"]
+
+
+def test_the_page_renders_in_a_browser(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    a, b = runs
+    out = tmp_path / "page.html"
+    assert main(["report", str(a), str(b), "--out", str(out)]) == 0
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(out.as_uri())
+        sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        headings = page.eval_on_selector_all("h2", "hs => hs.map(h => h.textContent)")
+        browser.close()
+    assert len(sizes) >= 4 and all(done and w > 0 and h > 0 for done, w, h in sizes), sizes
+    assert headings[:1] == ["Overview"] and "vae-2d" in headings and "vae-4d" in headings
+    assert not errors, errors
+
+
+def test_many_training_frames_are_thinned_evenly(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    from deepgen.report import MAX_FRAMES, read_run
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    png = next((run / "samples").glob("*.png")).read_bytes()
+    for f in (run / "samples").glob("*.png"):
+        f.unlink()
+    names = [f"step{i:07d}.png" for i in range(0, 2000, 100)]  # 20 frames
+    for n in names:
+        (run / "samples" / n).write_bytes(png)
+    frames = [p.name for p in read_run(run).frames]
+    assert len(frames) == MAX_FRAMES and frames[0] == names[0] and frames[-1] == names[-1]
+    assert frames == sorted(set(frames))
+
