@@ -61,12 +61,16 @@ def loader_rate(next_batch, batches: int, warmup: int, device: torch.device) -> 
     for _ in range(batches):
         n += len(next_batch())
     sync(device)
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    getattr(next_batch, "close", lambda: None)()  # stop this loader's workers before the next is timed
+    return rate
 
 
 def deepgen_batches(ds, batch: int, device: torch.device, workers: int):
     loader = make_loader(ds, batch, device, seed=0, workers=workers)
-    return lambda: loader.next().x
+    next_batch = lambda: loader.next().x  # noqa: E731
+    next_batch.close = loader.close  # type: ignore[attr-defined]
+    return next_batch
 
 
 def torchvision_batches(folder: Path, batch: int, device: torch.device, workers: int):
@@ -80,6 +84,9 @@ def torchvision_batches(folder: Path, batch: int, device: torch.device, workers:
     )
     state = {"it": iter(loader)}
 
+    def close() -> None:
+        getattr(state["it"], "_shutdown_workers", lambda: None)()
+
     def next_batch() -> torch.Tensor:
         try:
             x, _ = next(state["it"])
@@ -88,6 +95,7 @@ def torchvision_batches(folder: Path, batch: int, device: torch.device, workers:
             x, _ = next(state["it"])
         return x.to(device, non_blocking=True)
 
+    next_batch.close = close  # type: ignore[attr-defined]
     return next_batch
 
 
@@ -96,7 +104,9 @@ def train_rate(ds, device: torch.device, workers: int, graph: bool, steps: int, 
     cfg = TrainConfig(epochs=10_000, batch_size=128, device=str(device), progress=False, tensorboard=False,
                       log_every=100, cuda_graph=graph, seed=0)
     trainer = Trainer(model, ds, cfg, None, data_config=data_config.replace(workers=workers))
-    return steps / time_fit([trainer], warmup=30, steps=steps, device=device)
+    rate = steps / time_fit([trainer], warmup=30, steps=steps, device=device)
+    trainer.loader.close()
+    return rate
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -4,6 +4,7 @@ mistakes (exit 2, nothing written), and the page as a browser renders it."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 from pathlib import Path
@@ -86,6 +87,38 @@ def test_report_mistakes_exit_2_and_write_nothing(runs: tuple[Path, Path], tmp_p
         lines = err.strip().splitlines()
         assert len(lines) == 1 and word in lines[0] and "Traceback" not in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "empty"]
+    # A log that is not UTF-8 is a corrupt run; an output that cannot be written is named.
+    garbled = tmp_path / "garbled"
+    shutil.copytree(a, garbled)
+    (garbled / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 1.0}\n\xff\xfe\n{"step": 2}\n')
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for argv, word in [
+        (["report", str(garbled), "--out", str(out)], "UTF-8"),
+        (["report", str(a), "--out", str(blocker / "r.html")], f"cannot write {blocker / 'r.html'}"),
+    ]:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and word in lines[0] and "Traceback" not in err, (argv, err)
+    assert not out.exists()
+
+
+def test_untrusted_names_are_escaped_and_odd_logs_are_read(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = runs
+    run = tmp_path / "<script>alert(1)</script>"
+    shutil.copytree(a, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["loss"] = "nan"  # how the trainer writes a NaN (JSON has none)
+    nan_line = json.dumps({**first, "step": first["step"] + 1, "recon": float("nan")})  # Python writes NaN
+    (run / "metrics.jsonl").write_text("\n".join([*lines, nan_line, '{"step": 99, "lo']) + "\n")  # killed mid-line
+    out = tmp_path / "page.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "step 99" not in page  # the half-written last line is left out
 
 
 def test_the_page_renders_in_a_browser(runs: tuple[Path, Path], tmp_path: Path) -> None:

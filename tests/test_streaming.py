@@ -3,6 +3,7 @@ order and state, and training on them end to end (exact resume included)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +81,17 @@ def test_the_streaming_loader_visits_each_example_once_per_epoch(folder: Path, w
             seen += ids(batch.x)
         assert len(seen) == len(set(seen)) == 16 * loader.steps_per_epoch and set(seen) <= train_ids
         assert loader.at_epoch_end and loader.epochs_done == epoch + 1
-    # The order is the seed's, whatever the number of workers, and the seed matters.
-    again = make_loader(ds, 16, seed=4, workers=0)
-    other = make_loader(ds, 16, seed=5, workers=0)
-    first = ids(make_loader(ds, 16, seed=4, workers=workers).next().x)
-    assert ids(again.next().x) == first != ids(other.next().x)
+    loader.close()
+    # The order is the seed's, whatever the number of workers (two whole epochs), and the seed matters.
+    steps = 2 * loader.steps_per_epoch
+
+    def order(seed: int, w: int) -> list[list[int]]:
+        lo = make_loader(ds, 16, seed=seed, workers=w)
+        out = [ids(lo.next().x) for _ in range(steps)]
+        lo.close()
+        return out
+
+    assert order(4, workers) == order(4, 0) != order(5, 0)
 
 
 def test_the_streaming_loader_resumes_mid_epoch(folder: Path) -> None:
@@ -116,15 +123,84 @@ def test_training_on_a_streamed_folder_resumes_exactly(folder: Path, tmp_path: P
 
 
 def test_the_fingerprint_follows_the_files(folder: Path, tmp_path: Path) -> None:
-    ds = load_dataset(str(folder), max_resident_mb=0)
-    before = data_sha256(ds.train)
-    assert data_sha256(load_dataset(str(folder), max_resident_mb=0).train) == before
+    import os
+
     copy = tmp_path / "copy"
-    copy.mkdir()
-    for f in folder.rglob("*.png"):
-        (copy / f.parent.name).mkdir(exist_ok=True)
-        (copy / f.parent.name / f.name).write_bytes(f.read_bytes())
-    assert data_sha256(load_dataset(str(copy), max_resident_mb=0).train) != before  # other files
+    shutil.copytree(folder, copy)
+    before = data_sha256(load_dataset(str(copy), max_resident_mb=0).train)
+    assert data_sha256(load_dataset(str(copy), max_resident_mb=0).train) == before
+    # Swap the contents of two files of one size and put their times back: the data changed.
+    a, b = sorted((copy / "a").glob("*.png"))[:2]
+    pa, pb = a.read_bytes(), b.read_bytes()
+    assert len(pa) == len(pb)
+    sa, sb = a.stat(), b.stat()
+    a.write_bytes(pb)
+    b.write_bytes(pa)
+    os.utime(a, ns=(sa.st_atime_ns, sa.st_mtime_ns))
+    os.utime(b, ns=(sb.st_atime_ns, sb.st_mtime_ns))
+    assert data_sha256(load_dataset(str(copy), max_resident_mb=0).train) != before
+
+
+def test_image_files_index_as_a_tensor_does(folder: Path) -> None:
+    lazy, t = load_dataset(str(folder), max_resident_mb=0).train.x, load_dataset(str(folder)).train.x
+    mask = torch.zeros(len(t), dtype=torch.bool)
+    mask[[3, 7]] = True
+    assert torch.equal(lazy[mask], t[mask]) and len(lazy.select(mask)) == 2
+    assert torch.equal(lazy[torch.tensor(3)], t[3]) and torch.equal(lazy[np.int64(3)], t[3]) and torch.equal(lazy[-1], t[-1])
+    assert torch.equal(lazy[2:9:3], t[2:9:3]) and lazy[5:5].shape == (0, 3, 9, 7)
+    for bad in (1.5, torch.tensor([1.0]), len(t), True):
+        with pytest.raises(IndexError):
+            lazy[bad]
+
+
+def test_an_unreadable_image_in_a_worker_is_one_line(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that breaks after the folder was indexed (headers read) fails in a worker:
+    the CLI prints the worker's message as one line, exits 2 and leaves no worker behind."""
+    import multiprocessing
+
+    import deepgen.data.images as images
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    real_list = images.list_images
+
+    def list_then_break(path: Path) -> list[Path]:
+        files = real_list(path)
+        for f in files:
+            f.write_bytes(b"not a png")
+        return files
+
+    monkeypatch.setattr(images, "list_images", list_then_break)
+    monkeypatch.setattr(images, "_probe", lambda p: ((7, 9), False))  # as read before the damage
+    argv = ["train", "ae", "--data", str(copy), "--set", "max_resident_mb=0", "--set", "workers=1", "--set", "progress=false",
+            "--set", "tensorboard=false", "--batch-size", "8", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "cannot read image" in lines[0] and "Traceback" not in err, err
+    assert not multiprocessing.active_children()
+
+
+def test_no_worker_outlives_a_run(folder: Path, tmp_path: Path) -> None:
+    import multiprocessing
+
+    argv = ["train", "ae", "--data", str(folder), "--set", "max_resident_mb=0", "--set", "workers=2", "--set", "progress=false",
+            "--set", "tensorboard=false", "--batch-size", "8", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    assert not multiprocessing.active_children()
+    ds = load_dataset(str(folder), max_resident_mb=0)
+    for _ in range(3):  # dropped loaders take their workers with them (no reference cycle)
+        loader = make_loader(ds, 8, workers=2)
+        loader.next()
+        del loader
+    assert not multiprocessing.active_children()
+
+
+def test_streaming_settings_are_refused_for_other_data() -> None:
+    with pytest.raises(UserError, match="max_resident_mb applies to a folder of images only"):
+        load_dataset("digits", max_resident_mb=0)
 
 
 @pytest.mark.parametrize(("key", "value"), [("max_resident_mb", -1), ("workers", -2)])

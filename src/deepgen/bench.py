@@ -133,7 +133,10 @@ def run_bench(
         seed_all(seed)
         model = create_model(preset.model, ds, **preset.settings)
         trainer = Trainer(model, ds, config, out / "runs" / preset.label, data_config=data_config)
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        finally:
+            trainer.loader.close()
         names = metrics_for(trainer.eval_model)
         t0 = time.perf_counter()
         figures = evaluate(trainer.eval_model, ds, names, limit=eval_samples, seed=seed, device=dev, data_dir=data_dir)

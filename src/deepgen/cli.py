@@ -190,8 +190,7 @@ def _run_training(plan: _TrainPlan) -> int:
     model = create_model(plan.model_name, plan.dataset, plan.model_config)
     if not current_world().is_main:  # under torchrun: rank 0 owns the run folder
         trainer = Trainer(model, plan.dataset, plan.train_config, plan.out, data_config=plan.data_config)
-        trainer.fit()
-        return 0
+        return _fit_and_report(trainer, write_analysis)
     created = not plan.out.exists()
     if plan.replace:
         _remove_run_files(plan.out)
@@ -211,13 +210,21 @@ def _run_training(plan: _TrainPlan) -> int:
         raise
 
 
+def _fit(trainer: Any) -> Any:
+    """``trainer.fit()``, then stop its loader's worker processes (streamed data), also on errors."""
+    try:
+        return trainer.fit()
+    finally:
+        trainer.loader.close()
+
+
 def _fit_and_report(trainer: Any, write_analysis: Any, resumed_from: int | None = None) -> int:
     if not trainer.world.is_main:  # under torchrun: rank 0 writes the analysis and reports
-        trainer.fit()
+        _fit(trainer)
         return 0
     out = trainer.run_dir
     try:
-        result = trainer.fit()
+        result = _fit(trainer)
     except KeyboardInterrupt:
         if (out / "model.safetensors").is_file():
             print(

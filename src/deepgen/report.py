@@ -30,7 +30,6 @@ from typing import Any
 from . import __version__
 from .errors import UserError
 from .training.checkpoint import read_run_config
-from .training.logging import read_metrics
 from .viz import atomic_path
 
 EVAL_FILE = "eval.json"
@@ -79,21 +78,37 @@ class RunSummary:
         return out
 
 
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` ([] without one). A bad last line (a run killed
+    while writing it) is left out; a bad line before it is a corrupt log."""
+    if not path.is_file():
+        return []
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e}); the run folder is corrupt.") from None
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{path}, line {i + 1}, is not valid JSON ({e}); the run folder is corrupt.") from None
+    return records
+
+
 def read_run(path: str | Path) -> RunSummary:
     """A run folder's config, logs, evaluation figures and pictures (a :class:`UserError`
     when the folder is not a run)."""
     path = Path(path)
     config = read_run_config(path)
-    try:
-        records = read_metrics(path)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path / 'metrics.jsonl'} is not valid JSON lines ({e}); the run folder is corrupt.") from None
-    run = RunSummary(path, config, records)
+    run = RunSummary(path, config, _read_log(path / "metrics.jsonl"))
     eval_path = path / EVAL_FILE
     if eval_path.is_file():
         try:
-            saved = json.loads(eval_path.read_text())
-        except json.JSONDecodeError as e:
+            saved = json.loads(eval_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{eval_path} is not valid JSON ({e}); delete it or run `deepgen eval` again.") from None
         for metric, by_split in saved.items() if isinstance(saved, dict) else []:
             for split, entry in by_split.items() if isinstance(by_split, dict) else []:
@@ -282,7 +297,11 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         settings = sorted(run.settings().items())
         parts.append("<details><summary>All settings</summary>" + _table(["setting", "value"], settings) + "</details>")
     parts.append("</body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text("\n".join(parts), encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            # backslashreplace: a folder name that is not valid UTF-8 still gets a page.
+            tmp.write_text("\n".join(parts), encoding="utf-8", errors="backslashreplace")
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}. Choose another --out.") from None
     return out

@@ -94,9 +94,13 @@ def load_dataset(name: str | DataConfig = "digits", **options: Any) -> Dataset:
 
 
 def _check_image_options(config: DataConfig) -> None:
-    """Refuse resizing options where nothing reads them (they would be recorded, not applied)."""
+    """Refuse image-folder options (resizing, streaming) where nothing reads them: they would be
+    recorded in the run, not applied."""
     is_folder = config.name not in DATASETS and Path(config.name).expanduser().is_dir()
-    set_here = [k for k, v in (("image_size", config.image_size), ("image_channels", config.image_channels)) if v not in ((), None)]
+    defaults = DataConfig()
+    set_here = [
+        k for k in ("image_size", "image_channels", "max_resident_mb", "workers") if getattr(config, k) != getattr(defaults, k)
+    ]
     if set_here and not is_folder:
         raise UserError(
             f"{' and '.join(set_here)} {'applies' if len(set_here) == 1 else 'apply'} to a folder of images only; "

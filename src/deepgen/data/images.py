@@ -113,9 +113,22 @@ class ImageFiles:
         return n * c * h * w
 
     def _positions(self, index: Any) -> list[int]:
+        """Positions a slice, a bool mask or integer indices (tensor, array, sequence) select."""
         if isinstance(index, slice):
             return list(range(len(self.files)))[index]
-        return [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
+        t = torch.as_tensor(index)
+        if t.dtype == torch.bool:
+            if t.shape != (len(self.files),):
+                raise IndexError(f"a mask must have shape ({len(self.files)},), got {tuple(t.shape)}")
+            t = t.nonzero().reshape(-1)
+        elif t.is_floating_point() or t.is_complex():
+            raise IndexError(f"image indices must be integers, got {t.dtype}")
+        n = len(self.files)
+        out = t.reshape(-1).tolist()
+        for i in out:
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of range for {n} images")
+        return [i % n for i in out]
 
     def select(self, index: Any) -> ImageFiles:
         """A lazy subset: the files at ``index`` (a slice, index tensor or sequence), in that order."""
@@ -135,8 +148,14 @@ class ImageFiles:
         return torch.from_numpy(np.stack(arrays))
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        if isinstance(index, int):
-            return self.decode([index])[0]
+        """As a uint8 tensor would: an integer gives (C, H, W); a slice, a bool mask or
+        integer indices give (B, C, H, W)."""
+        if isinstance(index, (torch.Tensor, np.ndarray)) and index.ndim == 0 and index.dtype not in (torch.bool, np.bool_):
+            index = index.item()
+        if isinstance(index, (float, bool, np.bool_)):
+            raise IndexError(f"image indices must be integers or slices, got {index!r}")
+        if isinstance(index, (int, np.integer)):
+            return self.decode(self._positions([int(index)]))[0]
         return self.decode(self._positions(index), threads=_threads(len(self.files)))
 
     def fingerprint(self) -> bytes:
@@ -144,7 +163,9 @@ class ImageFiles:
         parts = [f"{self.shape}".encode()]
         for f in self.files:
             st = f.stat()
-            parts.append(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            # ctime and inode too: rewriting or swapping files changes them even when a tool
+            # restores the size and the modification time.
+            parts.append(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
         return b"".join(parts)
 
 

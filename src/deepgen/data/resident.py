@@ -84,6 +84,9 @@ class ShuffledBatches:
         """The next full batch (this rank's share), in model space on the device."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the loader holds open (worker processes); nothing for resident data."""
+
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         return {
             "epoch": self.epoch,

@@ -12,19 +12,23 @@ uninterrupted run.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.utils.data
 
+from ..errors import UserError
 from .dataset import Batch, Dataset
 from .resident import ShuffledBatches
 
 
 def default_workers() -> int:
-    """One DataLoader worker per CPU core but one (the training process's), at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """One DataLoader worker per CPU core but one (the training process's), at most 8;
+    under torchrun the cores are shared by the ``LOCAL_WORLD_SIZE`` processes of a machine."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, (os.cpu_count() or 1) // local - 1))
 
 
 class _DecodeBatches(torch.utils.data.Dataset):
@@ -34,9 +38,14 @@ class _DecodeBatches(torch.utils.data.Dataset):
         self.x = x
         self.y = y
 
-    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        positions = idx.tolist()
-        return self.x.decode(positions), None if self.y is None else self.y[idx]
+    def __getitem__(self, idx: torch.Tensor) -> dict[str, Any]:
+        # A user's mistake (an unreadable image) travels back as its message: re-raised in
+        # the training process it is one line, where torch would wrap the worker's traceback.
+        try:
+            x = self.x.decode(idx.tolist())
+        except UserError as e:
+            return {"error": str(e)}
+        return {"x": x, "y": None if self.y is None else self.y[idx]}
 
     def __len__(self) -> int:
         return len(self.x)
@@ -47,7 +56,9 @@ class _BatchesLeft(torch.utils.data.Sampler):
     the loader's current epoch, read from its permutation and position at that moment."""
 
     def __init__(self, loader: StreamingLoader) -> None:
-        self.loader = loader
+        # A weak reference: the loader owns the DataLoader that owns this sampler, and a
+        # cycle would keep the worker processes alive until a garbage collection.
+        self.loader = weakref.proxy(loader)
 
     def _starts(self) -> range:
         lo = self.loader
@@ -85,7 +96,7 @@ class StreamingLoader(ShuffledBatches):
         super().__init__(dataset, batch_size, device, seed, split, shard, order_device="cpu")
         self.workers = default_workers() if workers < 0 else workers
         self._loader: torch.utils.data.DataLoader | None = None
-        self._batches: Iterator[tuple[torch.Tensor, torch.Tensor | None]] | None = None
+        self._batches: Iterator[dict[str, Any]] | None = None
 
     def _start(self) -> None:
         """Iterate the batches left in this epoch, from ``pos`` on (the workers persist
@@ -113,11 +124,23 @@ class StreamingLoader(ShuffledBatches):
         if self._batches is None:
             self._start()
         assert self._batches is not None
-        raw, y = next(self._batches)
+        item = next(self._batches)
+        if "error" in item:
+            raise UserError(item["error"])
+        raw, y = item["x"], item["y"]
         self.pos += self.batch_size
         x = self.dataset.convert(raw.to(self.device, non_blocking=True), self.convert_gen)
         return Batch(x, None if y is None else y.to(self.device, non_blocking=True))
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._batches = None  # restart the workers at the restored position
+        self._batches = None  # restart the iteration at the restored position
+
+    def close(self) -> None:
+        """Stop the worker processes now (they also stop when the loader is dropped); a
+        later :meth:`next` starts them again at the current position."""
+        shutdown = getattr(self._batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._batches = None
+        self._loader = None

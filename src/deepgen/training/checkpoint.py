@@ -120,8 +120,8 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder: {CONFIG} is missing (a run folder has {CONFIG} and {WEIGHTS}).")
     try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); the run folder is corrupt.") from None
     for key in ("model", "model_config", "data", "train", "spec"):
         if key not in cfg:
