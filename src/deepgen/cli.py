@@ -611,6 +611,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "Next:",
         f"  {PROG} sample {out} --n 100 --out digits.png",
         f"  {PROG} eval {out} --metrics recon,elbo,nll",
+        f"  {PROG} report {out}                 # one HTML page: figures, curves, pictures",
         f"  {PROG} train vae --data digits --set latent_dim=16 --epochs 100 --out runs/vae16",
         f"  {PROG} models vae",
     )
