@@ -39,6 +39,7 @@ from .errors import TrainingDiverged, UserError
 PROG = "deepgen"
 CONFIG = "config.json"
 EVAL_FILE = "eval.json"
+RESUMABLE_DATA = ("workers",)  # data settings --resume may change: they do not change the batches
 
 # Files a run folder may hold; ``--overwrite`` removes exactly these (and nothing else
 # the user may keep in the folder).
@@ -268,17 +269,20 @@ def _resume(args: argparse.Namespace) -> int:
         "data": DataConfig.from_dict(cfg["data"]),
     }
     routed = split_overrides({**_overrides(args.set), **_train_shortcuts(args)}, configs)
+    # `workers` changes how fast a streamed folder is decoded, not what is trained.
+    new_data = configs["data"].with_overrides({k: v for k, v in routed["data"].items() if k in RESUMABLE_DATA})
+    routed["data"] = {k: v for k, v in routed["data"].items() if k not in RESUMABLE_DATA}
     for part in ("model", "data"):
         if routed[part]:
             keys = ", ".join(repr(k) for k in routed[part])
             raise UserError(
                 f"{part} setting {keys} cannot change on --resume; only trainer settings may "
-                f"({', '.join(TrainConfig.field_names())}). Train a new run to change it."
+                f"({', '.join(TrainConfig.field_names())}, and {', '.join(RESUMABLE_DATA)}). Train a new run to change it."
             )
     new_train = saved_train.with_overrides(routed["train"])
     _device(new_train.device)
     changes = {k: getattr(new_train, k) for k in routed["train"]}
-    trainer = Trainer.resume(run, **changes)
+    trainer = Trainer.resume(run, workers=new_data.workers, **changes)
     start = trainer.step
     if trainer.finished:
         raise UserError(

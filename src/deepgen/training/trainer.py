@@ -351,13 +351,15 @@ class Trainer:
         return self.step % cfg.log_every == 0 and distributed.agree(late, self.device)
 
     def _write_config(self) -> None:
-        """config.json: written fresh for a new run; on resume, only the trainer settings change."""
+        """config.json: written fresh for a new run; on resume, only the trainer settings
+        (and ``workers``, which does not change the batches) change."""
         assert self.run_dir is not None
         if not self._resumed:
             ckpt.write_run_config(self.run_dir, self.model_name, self.model.config, self.data_config, self.config, self.dataset)
             return
         cfg = ckpt.read_run_config(self.run_dir)
         cfg["train"] = self.config.to_dict()
+        cfg["data"]["workers"] = self.data_config.workers
         ckpt.write_json(self.run_dir / ckpt.CONFIG, cfg)
 
     def _train_step(self) -> None:
@@ -614,13 +616,15 @@ class Trainer:
         run_dir: str | Path,
         *,
         callbacks: Sequence[Callable[[Trainer], None]] = (),
+        workers: int | None = None,
         **train_overrides: Any,
     ) -> Trainer:
         """Continue a run folder exactly where its last checkpoint stopped.
 
         ``train_overrides`` change trainer settings (``epochs=40`` to train longer); the
-        model and data configs are the saved ones. On the CPU, a resumed run's losses equal
-        an uninterrupted run's.
+        model and data configs are the saved ones, except ``workers`` (a streamed folder's
+        decoding processes: they change the speed, not the batches). On the CPU, a resumed
+        run's losses equal an uninterrupted run's.
         """
         run_dir = Path(run_dir)
         cfg = ckpt.read_run_config(run_dir)
@@ -629,6 +633,8 @@ class Trainer:
         if train_overrides:
             train_config = train_config.replace(**train_overrides)
         data_config = DataConfig.from_dict(cfg["data"])
+        if workers is not None:
+            data_config = data_config.replace(workers=workers)
         dataset = load_dataset(data_config)
         model_config = model_class(cfg["model"]).config_class.from_dict(cfg["model_config"])
         model = create_model(cfg["model"], dataset, model_config)
