@@ -18,9 +18,10 @@ import math
 
 import pytest
 import torch
+from helpers import fit_one_phase
 
 import deepgen
-from deepgen.data.dataset import Batch, Dataset, DataSpec, Split, replace_splits
+from deepgen.data.dataset import Dataset, DataSpec, Split, replace_splits
 from deepgen.errors import UserError
 from deepgen.metrics import EvalContext, evaluate
 from deepgen.metrics.evaluate import bin_width, dequantize
@@ -30,18 +31,8 @@ from deepgen.models.base import GenerativeModel, ModelConfig
 
 
 def train(model: GenerativeModel, ds: Dataset, steps: int = 150, batch: int = 128, seed: int = 0) -> None:
-    """Plain Adam on the model's one phase over the training split (the trainer, reduced to a loop)."""
-    (phase,) = model.phases()
-    opt = torch.optim.Adam(phase.parameters, lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    x_all, y_all = ds.convert(ds.train.x), ds.train.y
-    for _ in range(steps):
-        idx = torch.randint(len(x_all), (batch,), generator=g)
-        out = model.loss(Batch(x_all[idx], None if y_all is None else y_all[idx]), phase.name)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+    """Plain Adam (lr 3e-3) on the model's one phase over the training split."""
+    fit_one_phase(model, ds.convert(ds.train.x), ds.train.y, steps=steps, batch=batch, seed=seed, lr=3e-3)
 
 
 def without_labels(ds: Dataset) -> Dataset:

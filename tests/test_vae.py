@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers import fit_one_phase
 
 from deepgen.data.dataset import Batch, DataSpec
 from deepgen.errors import UserError
@@ -37,17 +38,8 @@ def prototype_data(n: int, d: int, protos: int = 4, flip: float = 0.05, seed: in
 
 
 def train(model: VAE, x: torch.Tensor, y: torch.Tensor | None = None, steps: int = 200, batch: int = 64, seed: int = 0) -> None:
-    """Plain Adam on the model's one phase (the trainer's job, reduced to a loop)."""
-    (phase,) = model.phases()
-    opt = torch.optim.Adam(phase.parameters, lr=phase.optimizer.lr)
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (batch,), generator=g)
-        out = model.loss(Batch(x[idx], None if y is None else y[idx]), phase.name)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+    """Plain Adam on the model's one phase at its own lr."""
+    fit_one_phase(model, x, y, steps=steps, batch=batch, seed=seed)
 
 
 def small_vae(spec: DataSpec, **kw) -> VAE:

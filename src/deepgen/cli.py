@@ -33,13 +33,12 @@ import torch
 
 from . import __version__
 from .config import Config, parse_assignments, split_overrides
-from .data import DataConfig, dataset_descriptions, load_dataset
+from .data import RESUMABLE_DATA, DataConfig, dataset_descriptions, load_dataset
 from .errors import TrainingDiverged, UserError
+from .training.checkpoint import EVAL as EVAL_FILE
 
 PROG = "deepgen"
 CONFIG = "config.json"
-EVAL_FILE = "eval.json"
-RESUMABLE_DATA = ("workers",)  # data settings --resume may change: they do not change the batches
 
 # Files a run folder may hold; ``--overwrite`` removes exactly these (and nothing else
 # the user may keep in the folder).
@@ -282,7 +281,7 @@ def _resume(args: argparse.Namespace) -> int:
     new_train = saved_train.with_overrides(routed["train"])
     _device(new_train.device)
     changes = {k: getattr(new_train, k) for k in routed["train"]}
-    trainer = Trainer.resume(run, workers=new_data.workers, **changes)
+    trainer = Trainer.resume(run, data_overrides={k: getattr(new_data, k) for k in RESUMABLE_DATA}, **changes)
     start = trainer.step
     if trainer.finished:
         raise UserError(

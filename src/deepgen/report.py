@@ -29,10 +29,9 @@ from typing import Any
 
 from . import __version__
 from .errors import UserError
-from .training.checkpoint import read_run_config
+from .training.checkpoint import EVAL, read_run_config
 from .viz import atomic_path
 
-EVAL_FILE = "eval.json"
 # Picture files first in this order (the rest of a run's PNGs follow, sorted by name).
 PICTURE_ORDER = ("samples.png", "reconstructions.png", "manifold.png", "latent.png", "interpolation.png")
 _NOT_CURVES = {"step", "epoch", "seconds"}
@@ -104,7 +103,7 @@ def read_run(path: str | Path) -> RunSummary:
     path = Path(path)
     config = read_run_config(path)
     run = RunSummary(path, config, _read_log(path / "metrics.jsonl"))
-    eval_path = path / EVAL_FILE
+    eval_path = path / EVAL
     if eval_path.is_file():
         try:
             saved = json.loads(eval_path.read_text(encoding="utf-8"))

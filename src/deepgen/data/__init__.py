@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError, did_you_mean
 from ..registry import Registry
-from .dataset import Batch, DataConfig, Dataset, DataSpec, Split
+from .dataset import RESUMABLE_DATA, Batch, DataConfig, Dataset, DataSpec, Split
 from .resident import ResidentLoader, ShuffledBatches, iterate
 from .streaming import StreamingLoader
 
@@ -137,6 +137,7 @@ def _load_sources() -> None:
 
 __all__ = [
     "Batch",
+    "RESUMABLE_DATA",
     "DATASETS",
     "DataConfig",
     "DataSpec",

@@ -178,6 +178,11 @@ class DataConfig(Config):
         self.check(self.toy_noise is None or self.toy_noise >= 0, f"toy_noise must be >= 0, got {self.toy_noise}")
 
 
+# Data settings a resumed run may change: they change how fast the data arrives, not
+# which batches the run sees.
+RESUMABLE_DATA = ("workers",)
+
+
 def replace_splits(ds: Dataset, **changes: Any) -> Dataset:
     """A shallow copy of ``ds`` with some fields replaced."""
     return dataclasses.replace(ds, **changes)

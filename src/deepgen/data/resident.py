@@ -10,6 +10,7 @@ same batches as an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
 
 import torch
 
@@ -119,18 +120,15 @@ class ResidentLoader(ShuffledBatches):
     device.
     """
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        split: str = "train",
-        shard: tuple[int, int] = (0, 1),
-    ) -> None:
-        super().__init__(dataset, batch_size, device, seed, split, shard)
-        self.x = self.data.x.to(self.device)
-        self.y = None if self.data.y is None else self.data.y.to(self.device)
+    @cached_property
+    def x(self) -> torch.Tensor:
+        """The split's raw examples (N, *raw_shape), copied to the device once."""
+        return self.data.x.to(self.device)
+
+    @cached_property
+    def y(self) -> torch.Tensor | None:
+        """The split's labels (N,) on the device, or None."""
+        return None if self.data.y is None else self.data.y.to(self.device)
 
     def next(self) -> Batch:
         if self.at_epoch_end:

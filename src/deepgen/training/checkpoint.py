@@ -43,6 +43,7 @@ WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
 DATA_STATE = "data_state.safetensors"
 TRAINER_STATE = "trainer_state"
+EVAL = "eval.json"  # figures of `deepgen eval`, merged per metric and split
 
 
 def write_json(path: Path, obj: Any) -> None:

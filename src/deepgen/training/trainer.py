@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Batch, DataConfig, Dataset, load_dataset, make_loader
+from ..data import RESUMABLE_DATA, Batch, DataConfig, Dataset, load_dataset, make_loader
 from ..errors import TrainingDiverged, UserError
 from ..models import create_model, model_class
 from ..models.base import GenerativeModel, HasHistograms, Phase
@@ -352,14 +352,15 @@ class Trainer:
 
     def _write_config(self) -> None:
         """config.json: written fresh for a new run; on resume, only the trainer settings
-        (and ``workers``, which does not change the batches) change."""
+        (and the data settings of ``RESUMABLE_DATA``, which do not change the batches) change."""
         assert self.run_dir is not None
         if not self._resumed:
             ckpt.write_run_config(self.run_dir, self.model_name, self.model.config, self.data_config, self.config, self.dataset)
             return
         cfg = ckpt.read_run_config(self.run_dir)
         cfg["train"] = self.config.to_dict()
-        cfg["data"]["workers"] = self.data_config.workers
+        for key in RESUMABLE_DATA:
+            cfg["data"][key] = getattr(self.data_config, key)
         ckpt.write_json(self.run_dir / ckpt.CONFIG, cfg)
 
     def _train_step(self) -> None:
@@ -616,15 +617,16 @@ class Trainer:
         run_dir: str | Path,
         *,
         callbacks: Sequence[Callable[[Trainer], None]] = (),
-        workers: int | None = None,
+        data_overrides: Mapping[str, Any] | None = None,
         **train_overrides: Any,
     ) -> Trainer:
         """Continue a run folder exactly where its last checkpoint stopped.
 
         ``train_overrides`` change trainer settings (``epochs=40`` to train longer); the
-        model and data configs are the saved ones, except ``workers`` (a streamed folder's
-        decoding processes: they change the speed, not the batches). On the CPU, a resumed
-        run's losses equal an uninterrupted run's.
+        model and data configs are the saved ones; ``data_overrides`` may change only the
+        data settings of ``RESUMABLE_DATA`` (``workers``: a streamed folder's decoding
+        processes change the speed, not the batches). On the CPU, a resumed run's losses
+        equal an uninterrupted run's.
         """
         run_dir = Path(run_dir)
         cfg = ckpt.read_run_config(run_dir)
@@ -633,8 +635,11 @@ class Trainer:
         if train_overrides:
             train_config = train_config.replace(**train_overrides)
         data_config = DataConfig.from_dict(cfg["data"])
-        if workers is not None:
-            data_config = data_config.replace(workers=workers)
+        if data_overrides:
+            fixed = sorted(set(data_overrides) - set(RESUMABLE_DATA))
+            if fixed:
+                raise UserError(f"data settings {fixed} cannot change on resume; only {', '.join(RESUMABLE_DATA)} may.")
+            data_config = data_config.replace(**data_overrides)
         dataset = load_dataset(data_config)
         model_config = model_class(cfg["model"]).config_class.from_dict(cfg["model_config"])
         model = create_model(cfg["model"], dataset, model_config)
