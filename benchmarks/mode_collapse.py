@@ -95,6 +95,7 @@ import torch
 import deepgen
 from deepgen.bench import hardware
 from deepgen.metrics import evaluate
+from deepgen.pictures import SamplePictures
 from deepgen.training import fit_together
 
 # PacGAN's 2-D networks and optimiser (its config.py / pacgan_task.py, see the docstring).
@@ -285,7 +286,7 @@ def _build(job: dict[str, Any]) -> _Built:
     if run_dir is not None and os.path.isfile(os.path.join(run_dir, "model.safetensors")):  # a checkpoint, not just a started folder
         # Continue a run of an earlier call exactly (weights, optimiser, RNG, data position):
         # long protocols split over several calls of a time-limited machine.
-        trainer = deepgen.Trainer.resume(run_dir, device=str(device), max_steps=job["steps"])
+        trainer = deepgen.Trainer.resume(run_dir, device=str(device), max_steps=job["steps"], callbacks=[SamplePictures()])
         budget = trainer.seconds + job["time_budget"] if job["time_budget"] else 0.0
         trainer.config = trainer.config.replace(max_seconds=budget)  # training seconds are cumulative
         return _Built(ds, trainer, cfg=cfg, batch=batch)
@@ -307,7 +308,7 @@ def _build(job: dict[str, Any]) -> _Built:
         sample_every=10**9,
     ).with_overrides(train_overrides)
     data_config = deepgen.DataConfig(name=name, data_dir=job["data_dir"], seed=seed, **s["data"])
-    return _Built(ds, deepgen.Trainer(model, ds, tcfg, run_dir=run_dir, data_config=data_config), cfg=cfg, batch=batch)
+    return _Built(ds, deepgen.Trainer(model, ds, tcfg, run_dir=run_dir, data_config=data_config, callbacks=[SamplePictures()]), cfg=cfg, batch=batch)
 
 
 def _score(job: dict[str, Any], b: _Built, result: Any, train_seconds: float) -> dict[str, Any]:

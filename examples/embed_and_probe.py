@@ -18,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import deepgen
+from deepgen.pictures import SamplePictures
 
 
 def probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -38,7 +39,7 @@ def main() -> None:
     deepgen.seed_all(0)
     model = deepgen.create_model("ae", dataset, latent_dim=args.latent_dim, hidden=(256, 128))
     config = deepgen.TrainConfig(epochs=args.epochs, batch_size=64, device="cpu", tensorboard=False)
-    result = deepgen.Trainer(model, dataset, config, run_dir=args.out).fit()
+    result = deepgen.Trainer(model, dataset, config, run_dir=args.out, callbacks=[SamplePictures()]).fit()
     print(f"autoencoder: {result.steps} steps in {result.seconds:.1f} s")
 
     run = deepgen.load_run(args.out)

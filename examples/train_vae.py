@@ -4,7 +4,8 @@
     python examples/train_vae.py --epochs 200 --latent-dim 2 --out runs/vae2
 
 The same as ``deepgen train vae --data digits --epochs 50 --set latent_dim=8``; the run
-folder (config, weights, metrics.jsonl, samples.png) can be used by every ``deepgen``
+folder (config, weights, metrics.jsonl, and samples.png from the ``SamplePictures``
+callback, which ``deepgen train`` installs itself) can be used by every ``deepgen``
 command, e.g. ``deepgen eval runs/example-vae --metrics elbo,nll``.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import torch
 
 import deepgen
+from deepgen.pictures import SamplePictures
 
 
 def main() -> None:
@@ -30,7 +32,7 @@ def main() -> None:
     deepgen.seed_all(0)  # the same seed gives the same initial weights
     model = deepgen.create_model("vae", dataset, latent_dim=args.latent_dim, hidden=(256, 128), lr=2e-3)
     config = deepgen.TrainConfig(epochs=args.epochs, batch_size=64, device="cpu", tensorboard=False)
-    result = deepgen.Trainer(model, dataset, config, run_dir=args.out).fit()
+    result = deepgen.Trainer(model, dataset, config, run_dir=args.out, callbacks=[SamplePictures()]).fit()
     losses = ", ".join(f"{k} {v:.3g}" for k, v in result.last.items())
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; last: {losses}")
 

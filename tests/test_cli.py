@@ -90,6 +90,37 @@ def test_conditional_sampling(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "0..9" in capsys.readouterr().err
 
 
+def test_sample_set_overrides_sampling_knobs_of_the_saved_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import deepgen.training as training
+
+    run = train(tmp_path, "vae", "digits")
+    loaded = []
+    original = training.load_run
+    monkeypatch.setattr(training, "load_run", lambda *a, **k: loaded.append(original(*a, **k)) or loaded[-1])
+    out = tmp_path / "k.npy"
+    assert main(["sample", str(run), "--n", "3", "--set", "iwae_k=7", "--out", str(out)]) == 0
+    assert np.load(out).shape == (3, 1, 8, 8)
+    assert loaded[-1].model.config.iwae_k == 7
+    assert main(["sample", str(run), "--n", "3", "--set", "model.iwae_k=9", "--out", str(out)]) == 0
+    assert loaded[-1].model.config.iwae_k == 9
+    saved = json.loads((run / "config.json").read_text())["model_config"]
+    assert saved["iwae_k"] != 7  # the run folder keeps its own settings
+    bad = tmp_path / "bad.npy"
+    for sets, words in [
+        (["--set", "iwae=3"], ["'iwae'"]),  # no such setting
+        (["--set", "iwae_k=many"], ["iwae_k"]),  # not a number
+        (["--set", "latent_dim=3"], ["latent_dim", "parameters"]),  # another network
+    ]:
+        capsys.readouterr()
+        assert main(["sample", str(run), *sets, "--out", str(bad)]) == 2, sets
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and all(w in lines[0] for w in words) and "Traceback" not in err, err
+    assert not bad.exists()
+
+
 def test_same_seed_same_weights(tmp_path: Path) -> None:
     a = load_file(str(train(tmp_path, "vae", "digits", "--seed", "3", out="a") / "model.safetensors"))
     b = load_file(str(train(tmp_path, "vae", "digits", "--seed", "3", out="b") / "model.safetensors"))

@@ -1,6 +1,7 @@
 """The conformance suite: every registered model, on every kind of data it accepts.
 
-For each model x data (x network, where the family has one) the contract must hold:
+For each model x data kind it declares (``data_kinds``) x variant it declares
+(``variants(spec)``: e.g. MLP and conv networks) the contract must hold:
 finite losses in every phase; every parameter belongs to a phase and gets a gradient
 from that phase's loss; ``sample`` returns the data's shape and kind; a save/load round
 trip gives identical outputs; the same seed gives identical losses (and another seed
@@ -17,13 +18,20 @@ import pytest
 import torch
 
 import deepgen
-from deepgen.data import DataConfig, ResidentLoader
+from deepgen.data import KINDS, DataConfig, DataSpec, ResidentLoader
 from deepgen.errors import UserError
 from deepgen.models import model_class, model_names
 from deepgen.training import TrainConfig, Trainer, load_run, read_metrics, seed_all
 
-# Each data case: a DataConfig factory (the binary one writes an .npz into a tmp folder).
+# Each data case: a DataConfig factory (the binary one writes an .npz into a tmp folder),
+# and the spec it loads as (checked against the loaded data below), from which the cases
+# are chosen: a model gets the cases whose kind it declares, once per declared variant.
 DATA_CASES = ["digits", "binary", "ring8"]
+CASE_SPECS = {
+    "digits": DataSpec((1, 8, 8), "continuous", num_levels=17, num_classes=10, name="digits"),
+    "binary": DataSpec((1, 8, 8), "binary", num_classes=10, name="binary"),
+    "ring8": DataSpec((2,), "real", num_classes=8, name="ring8"),
+}
 
 
 def _data_config(case: str, tmp: Path) -> DataConfig:
@@ -39,18 +47,19 @@ def _data_config(case: str, tmp: Path) -> DataConfig:
     return DataConfig(name=str(path))
 
 
-def _cases() -> list[tuple[str, str, str | None]]:
+def _cases() -> list[tuple[str, str, dict]]:
     cases = []
     for name in model_names():
-        fields = model_class(name).config_class.field_names()
+        cls = model_class(name)
         for data in DATA_CASES:
-            networks = ["mlp", "conv"] if "network" in fields and data != "ring8" else [None]
-            cases += [(name, data, net) for net in networks]
+            spec = CASE_SPECS[data]
+            if spec.kind in cls.data_kinds:
+                cases += [(name, data, variant) for variant in cls.variants(spec)]
     return cases
 
 
 CASES = _cases()
-IDS = [f"{m}-{d}" + (f"-{n}" if n else "") for m, d, n in CASES]
+IDS = [f"{m}-{d}" + "".join(f"-{v}" for v in variant.values()) for m, d, variant in CASES]
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +67,10 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("conformance-data")
 
 
-def _build(name: str, data: DataConfig, network: str | None, seed: int = 0):
+def _build(name: str, data: DataConfig, variant: dict, seed: int = 0):
     ds = deepgen.load_dataset(data)
-    overrides = {"network": network} if network else {}
-    if "conditional" in model_class(name).config_class.field_names() and ds.spec.num_classes:
-        overrides["conditional"] = False  # conditional variants are tested per family
     seed_all(seed)
-    return deepgen.create_model(name, ds, **overrides), ds
+    return deepgen.create_model(name, ds, **variant), ds
 
 
 def _train_config(**changes) -> TrainConfig:
@@ -83,9 +89,9 @@ def _check_kind(x: torch.Tensor, spec) -> None:
         assert torch.equal(x, x.round()) and x.min() >= 0 and x.max() <= spec.num_levels - 1
 
 
-@pytest.mark.parametrize("name,data,network", CASES, ids=IDS)
-def test_phases_losses_and_gradients(name, data, network, data_dir):
-    model, ds = _build(name, _data_config(data, data_dir), network)
+@pytest.mark.parametrize("name,data,variant", CASES, ids=IDS)
+def test_phases_losses_and_gradients(name, data, variant, data_dir):
+    model, ds = _build(name, _data_config(data, data_dir), variant)
     phases = model.phases()
     covered = {id(p) for phase in phases for p in phase.parameters}
     missing = [n for n, p in model.named_parameters() if id(p) not in covered]
@@ -105,9 +111,9 @@ def test_phases_losses_and_gradients(name, data, network, data_dir):
             assert torch.isfinite(p.grad).all()
 
 
-@pytest.mark.parametrize("name,data,network", CASES, ids=IDS)
-def test_sample_has_shape_and_kind(name, data, network, data_dir):
-    model, ds = _build(name, _data_config(data, data_dir), network)
+@pytest.mark.parametrize("name,data,variant", CASES, ids=IDS)
+def test_sample_has_shape_and_kind(name, data, variant, data_dir):
+    model, ds = _build(name, _data_config(data, data_dir), variant)
     model.eval()
     with torch.no_grad():
         draw = model.sample(7, generator=torch.Generator().manual_seed(0))
@@ -116,13 +122,13 @@ def test_sample_has_shape_and_kind(name, data, network, data_dir):
     assert torch.equal(draw, again), "sample must be a function of the generator"
 
 
-@pytest.mark.parametrize("name,data,network", CASES, ids=IDS)
-def test_seed_save_load_and_resume(name, data, network, data_dir, tmp_path):
+@pytest.mark.parametrize("name,data,variant", CASES, ids=IDS)
+def test_seed_save_load_and_resume(name, data, variant, data_dir, tmp_path):
     data_cfg = _data_config(data, data_dir)
 
     def run(folder: str, seed: int = 0, **train):
         cfg = _train_config(seed=seed, **train)
-        model, ds = _build(name, data_cfg, network, seed=cfg.seed)
+        model, ds = _build(name, data_cfg, variant, seed=cfg.seed)
         trainer = Trainer(model, ds, cfg, tmp_path / folder, data_config=data_cfg)
         trainer.fit()
         return trainer
@@ -172,3 +178,42 @@ def test_every_model_is_described_and_has_a_config():
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match="unknown model 'vea'.*Did you mean 'vae'"):
         model_class("vea")
+
+
+@pytest.mark.parametrize("data", DATA_CASES)
+def test_case_specs_match_the_loaded_data(data, data_dir):
+    """The specs the cases are chosen from are the specs the data really loads as."""
+    spec = deepgen.load_dataset(_data_config(data, data_dir)).spec
+    want = CASE_SPECS[data]
+    assert (spec.shape, spec.kind, spec.num_levels, spec.num_classes) == (want.shape, want.kind, want.num_levels, want.num_classes)
+
+
+def test_every_model_declares_kinds_and_refuses_the_others():
+    """A model built on a kind it does not declare is one UserError naming what it accepts
+    and which models take that kind (the base class's check, written once)."""
+    examples = {
+        "binary": DataSpec((4,), "binary"),
+        "continuous": DataSpec((4,), "continuous", num_levels=256),
+        "discrete": DataSpec((4,), "discrete", num_levels=5),
+        "tokens": DataSpec((6,), "tokens", vocab_size=7),
+        "real": DataSpec((4,), "real"),
+    }
+    assert set(examples) == set(KINDS)
+    for name in model_names():
+        cls = model_class(name)
+        assert cls.data_kinds and set(cls.data_kinds) <= set(KINDS), name
+        for kind, spec in examples.items():
+            if kind in cls.data_kinds:
+                continue
+            with pytest.raises(UserError, match=f"the {name} models .*holds {kind}"):
+                deepgen.create_model(name, spec)
+
+
+def test_a_conditional_model_without_labels_is_one_user_error():
+    """``conditional=true`` on unlabelled data is refused by the base class, for every family that has it."""
+    spec = DataSpec((1, 8, 8), "continuous", num_levels=17)
+    for name in model_names():
+        if "conditional" not in model_class(name).config_class.field_names():
+            continue
+        with pytest.raises(UserError, match="conditional=true needs labelled data"):
+            deepgen.create_model(name, spec, conditional=True)

@@ -1,14 +1,15 @@
 """Evaluator fixes: conditional models get their labels, a non-normalised likelihood gets
 no bits/dim, and densities of quantised data are dequantized with the dataset's bin width.
 
-* Conditional models: ``nll``, ``elbo`` and ``recon`` pass the batch labels (``y=``) and the
+* Conditional models: ``nll``, ``elbo`` and ``recon`` pass the batch labels (``cond=``) and the
   ``modes`` sampler cycles class labels (``cond=``), as the sample-quality metrics do; a
   conditional model on data without labels is one :class:`UserError`.
 * A Bernoulli decoder on [0, 1]-valued data is not a normalised density
   (Loaiza-Ganem & Cunningham 2019): the VAE says so and the evaluator reports no bits/dim.
-* Bits/dim of a density of quantised data: levels ``k * Delta`` (Delta = ``Dataset.scale``)
-  own bins of width Delta, the density is scored at ``x + u``, ``u ~ U[-Delta/2, Delta/2]^D``
-  (Theis et al. 2016, sec. 3.1), and the figure is an upper bound on the discrete NLL.
+* Bits/dim of a density of quantised data: levels k in 0..L-1 own the bins [k / L, (k + 1) / L)
+  of width Delta = 1 / L (``DataSpec.bin_width``), the density is scored at y = (k + u) / L,
+  u ~ U[0, 1)^D (Theis et al. 2016, sec. 3.1; the flow papers' convention), and the figure is
+  an upper bound on the discrete NLL.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import torch
 from helpers import fit_one_phase
 
 import deepgen
+from deepgen.data import dequantize
 from deepgen.data.dataset import Dataset, DataSpec, Split, replace_splits
 from deepgen.errors import UserError
 from deepgen.metrics import EvalContext, evaluate
-from deepgen.metrics.evaluate import bin_width, dequantize
-from deepgen.models.base import GenerativeModel, ModelConfig
+from deepgen.models.base import GenerativeModel, Likelihood, ModelConfig
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -65,7 +66,7 @@ def test_conditional_vae_evaluates_with_its_labels(digits: Dataset, cvae: Genera
     # The labels reach the model: recon is deterministic, so compare with a direct call.
     with torch.no_grad():
         x = digits.convert(digits.test.x)
-        expect = ((cvae.reconstruct(x, y=digits.test.y) - x) ** 2).reshape(len(x), -1).mean(dim=1).mean()
+        expect = ((cvae.reconstruct(x, cond=digits.test.y) - x) ** 2).reshape(len(x), -1).mean(dim=1).mean()
     assert r["recon_mse"] == pytest.approx(expect.item(), rel=1e-5)
 
     # Shuffled labels give another (worse) likelihood: the true labels are really used.
@@ -116,14 +117,14 @@ def test_conditional_gan_samples_get_cycled_labels():
 def test_bernoulli_on_continuous_data_has_no_bits_per_dim(digits: Dataset):
     torch.manual_seed(0)
     vae = deepgen.create_model("vae", digits, likelihood="bernoulli", hidden=(32,), latent_dim=4, iwae_k=10)
-    assert not vae.log_prob_normalised
-    assert "not a normalised likelihood" in vae.log_prob_note and "Bernoulli" in vae.log_prob_note
-    assert "k=10" in vae.log_prob_note
+    assert not vae.likelihood_info().normalised
+    assert "not a normalised likelihood" in vae.likelihood_info().note and "Bernoulli" in vae.likelihood_info().note
+    assert "k=10" in vae.likelihood_info().note
     r = evaluate(vae, digits, ["nll", "elbo"], batch_size=1000)
     assert math.isfinite(r["nll"]) and math.isfinite(r["elbo"])
     assert "nll_bpd" not in r and "elbo_bpd" not in r
     assert "nll_bin_width" not in r and "elbo_bin_width" not in r  # not dequantized either
-    assert r["nll_note"] == vae.log_prob_note
+    assert r["nll_note"] == vae.likelihood_info().note
     assert "not a normalised likelihood" in r["elbo_note"]
     # Scored at the data points themselves (no dequantization noise).
     torch.manual_seed(0)
@@ -138,8 +139,8 @@ def test_normalised_heads_keep_their_note_and_bits_per_dim(digits: Dataset):
     x = (torch.rand(50, 16) < 0.3).to(torch.uint8)
     bds = Dataset("b16", binary, Split(x), Split(x))
     vae = deepgen.create_model("vae", bds, hidden=(16,), latent_dim=2, iwae_k=5)
-    assert vae.log_prob_normalised
-    assert vae.log_prob_note == "IWAE bound, k=5 importance samples (a lower bound on log p(x))"
+    assert vae.likelihood_info().normalised
+    assert vae.likelihood_info().note == "IWAE bound, k=5 importance samples (a lower bound on log p(x))"
     r = evaluate(vae, bds, ["nll"])
     assert r["nll_bpd"] == pytest.approx(r["nll"] / (16 * math.log(2)))
     assert "nll_bin_width" not in r
@@ -162,29 +163,28 @@ def test_probabilities_of_levels_are_not_dequantized(digits: Dataset, likelihood
 
 
 class UniformOnBins(GenerativeModel):
-    """The exact uniform density on the union of the bins, [-Delta/2, 1 + Delta/2]^D."""
+    """The exact uniform density on the dequantized data's support, [0, 1)^D."""
 
-    log_prob_note = "exact"
-    log_prob_discrete = False
-
-    def __init__(self, spec: DataSpec, delta: float) -> None:
+    def __init__(self, spec: DataSpec) -> None:
         super().__init__(ModelConfig(), spec)
-        self.delta = delta
+
+    def likelihood_info(self) -> Likelihood:
+        return Likelihood("exact", False, "exact")
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, *shape) -> (N,): -D log(1 + Delta) inside the support, -inf outside."""
+        """x (N, *shape) -> (N,): 0 inside the support, -inf outside."""
         flat = x.reshape(len(x), -1).double()
-        inside = ((flat >= -self.delta / 2) & (flat <= 1 + self.delta / 2)).all(dim=1)
-        lp = torch.full((len(x),), -flat.shape[1] * math.log1p(self.delta), dtype=torch.float64)
-        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+        inside = ((flat >= 0) & (flat < 1)).all(dim=1)
+        return torch.where(inside, torch.zeros(len(x), dtype=torch.float64), torch.full((len(x),), -math.inf, dtype=torch.float64))
 
 
 class GaussianDensity(GenerativeModel):
     """N(mu, sigma^2) independently per dimension; ``elbo`` = log p - GAP."""
 
-    log_prob_note = "exact"
-    log_prob_discrete = False
     GAP = 0.75
+
+    def likelihood_info(self) -> Likelihood:
+        return Likelihood("exact", False, "exact")
 
     def __init__(self, spec: DataSpec, mu: float, sigma: float) -> None:
         super().__init__(ModelConfig(), spec)
@@ -203,14 +203,14 @@ class GaussianDensity(GenerativeModel):
 
 
 def test_uniform_density_on_the_bins_is_log2_levels_bits(digits: Dataset):
-    assert digits.spec.num_levels == 17 and bin_width(digits) == pytest.approx(1 / 16)
-    model = UniformOnBins(digits.spec, 1 / 16)
+    assert digits.spec.num_levels == 17 and digits.spec.bin_width == pytest.approx(1 / 17)
+    model = UniformOnBins(digits.spec)
     r = evaluate(model, digits, ["nll"])
-    # P(level) = Delta / (1 + Delta) = 1/17 per dimension: exactly log2(17) bits/dim
-    # (the old bins of width 1/17 gave log2(17 * 17 / 16)).
-    assert math.isfinite(r["nll"])  # every dequantized point lies in the support
+    # P(level) = 1/17 per dimension: exactly log2(17) bits/dim, and every dequantized point
+    # (k + u) / 17 lies inside [0, 1), where a density on [0, 1] is finite.
+    assert math.isfinite(r["nll"])
     assert r["nll_bpd"] == pytest.approx(math.log2(17), rel=1e-9)
-    assert r["nll_bin_width"] == pytest.approx(1 / 16)
+    assert r["nll_bin_width"] == pytest.approx(1 / 17)
 
 
 def _levels_dataset(levels: int, n: int, seed: int = 0) -> Dataset:
@@ -224,21 +224,23 @@ def _levels_dataset(levels: int, n: int, seed: int = 0) -> Dataset:
 def test_dequantized_bpd_bounds_the_exact_discrete_nll():
     levels, mu, sigma = 5, 0.4, 0.2
     ds = _levels_dataset(levels, 20000)
-    delta = bin_width(ds)
-    assert delta == pytest.approx(0.25)
+    delta = ds.spec.bin_width
+    assert delta == pytest.approx(0.2)
     r = evaluate(GaussianDensity(ds.spec, mu, sigma), ds, ["nll"], batch_size=20000)
-    # Exact -log P(k), P(k) = Phi((x_k + Delta/2 - mu) / sigma) - Phi((x_k - Delta/2 - mu) / sigma).
-    x = ds.convert(ds.test.x).double().reshape(-1)
+    # Exact -log P(k), P(k) = Phi(((k + 1) Delta - mu) / sigma) - Phi((k Delta - mu) / sigma).
+    k = ds.test.x.double().reshape(-1)
     phi = lambda t: 0.5 * (1 + torch.erf(t / math.sqrt(2)))  # noqa: E731
-    p = phi((x + delta / 2 - mu) / sigma) - phi((x - delta / 2 - mu) / sigma)
+    p = phi(((k + 1) * delta - mu) / sigma) - phi((k * delta - mu) / sigma)
     exact_bpd = (-p.log()).mean().item() / math.log(2)
-    # The bound in expectation over u, in closed form: E[(x + u - mu)^2] = (x - mu)^2 + Delta^2 / 12.
-    e_nll = math.log(sigma) + 0.5 * math.log(2 * math.pi) + ((x - mu) ** 2 + delta**2 / 12) / (2 * sigma**2)
+    # The bound in expectation over u, in closed form: y = (k + u) Delta has mean (k + 1/2) Delta
+    # and variance Delta^2 / 12, so E[(y - mu)^2] = ((k + 1/2) Delta - mu)^2 + Delta^2 / 12.
+    centre = (k + 0.5) * delta
+    e_nll = math.log(sigma) + 0.5 * math.log(2 * math.pi) + ((centre - mu) ** 2 + delta**2 / 12) / (2 * sigma**2)
     bound_bpd = (e_nll - math.log(delta)).mean().item() / math.log(2)
-    assert bound_bpd >= exact_bpd + 0.2  # Jensen's gap, here ~0.28 bits (wide at the tail levels)
+    assert bound_bpd >= exact_bpd + 0.1  # Jensen's gap, here ~0.13 bits (wide at the tail levels)
     # The evaluator's one-draw-per-example estimate of the bound (Monte Carlo error ~0.006 bits).
     assert r["nll_bpd"] == pytest.approx(bound_bpd, abs=0.03)
-    assert r["nll_bpd"] >= exact_bpd + 0.15
+    assert r["nll_bpd"] >= exact_bpd + 0.07
 
 
 def test_dequantization_noise_is_reproducible_and_shared_by_nll_and_elbo():
@@ -253,9 +255,11 @@ def test_dequantization_noise_is_reproducible_and_shared_by_nll_and_elbo():
     assert torch.equal(scored[0], scored[1])
     assert a["elbo"] == pytest.approx(-a["nll"] - GaussianDensity.GAP, rel=1e-12)
     assert a["elbo_bpd"] == pytest.approx(a["nll_bpd"] + GaussianDensity.GAP / math.log(2), rel=1e-12)
-    # The inputs are x + u with u ~ U[-Delta/2, Delta/2] from the context's noise generator.
+    # The inputs are (k + u) / L with u ~ U[0, 1) from the context's noise generator: each
+    # lies in its level's bin [k / L, (k + 1) / L), and the draws fill the bins.
     x = ds.convert(ds.test.x)
-    u = scored[0] - x
-    assert float(u.abs().max()) <= bin_width(ds) / 2 + 1e-6 and float(u.abs().max()) > bin_width(ds) / 4
-    expect = dequantize(x, bin_width(ds), EvalContext(seed=3).noise_generator())
+    k = ds.test.x.double()
+    u = scored[0].double() * ds.spec.num_levels - k
+    assert float(u.min()) >= 0 and float(u.max()) < 1 + 1e-5 and float(u.max()) > 0.9 and float(u.min()) < 0.1
+    expect = dequantize(x, ds.spec, EvalContext(seed=3).noise_generator())
     assert torch.equal(scored[0], expect)

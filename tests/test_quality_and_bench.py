@@ -14,7 +14,7 @@ import torch
 
 import deepgen
 from deepgen import bench
-from deepgen.data.dataset import Dataset
+from deepgen.data.dataset import KINDS, Dataset
 from deepgen.errors import UserError
 from deepgen.metrics import evaluate, quality
 from deepgen.models.base import GenerativeModel, ModelConfig
@@ -35,6 +35,8 @@ class ProjectionFeatures:
 
 class Replays(GenerativeModel):
     """A 'perfect' model: its samples are the real test examples, in order."""
+
+    data_kinds = KINDS  # it replays data of any kind (the metrics decide what they accept)
 
     def __init__(self, ds: Dataset, noise: float = 0.0) -> None:
         super().__init__(ModelConfig(), ds.spec)

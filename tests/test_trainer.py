@@ -12,6 +12,7 @@ import torch
 import deepgen
 from deepgen.data import DataConfig
 from deepgen.errors import TrainingDiverged, UserError
+from deepgen.pictures import SamplePictures
 from deepgen.training import TrainConfig, Trainer, load_run, read_metrics, seed_all
 from deepgen.training.trainer import lr_factor, resolve_device
 
@@ -24,11 +25,11 @@ def _config(**changes) -> TrainConfig:
     return dataclasses.replace(base, **changes)
 
 
-def _trainer(run_dir, model_name="vae", **train) -> Trainer:
+def _trainer(run_dir, model_name="vae", callbacks=(), **train) -> Trainer:
     ds = deepgen.load_dataset(DATA)
     seed_all(0)
     model = deepgen.create_model(model_name, ds, **SMALL)
-    return Trainer(model, ds, _config(**train), run_dir, data_config=DATA)
+    return Trainer(model, ds, _config(**train), run_dir, data_config=DATA, callbacks=callbacks)
 
 
 def test_lr_schedules():
@@ -52,7 +53,7 @@ def test_lr_follows_schedule_in_the_optimizer(tmp_path):
 
 def test_run_folder_layout_has_no_pickles_and_no_temp_files(tmp_path):
     run = tmp_path / "run"
-    _trainer(run, tensorboard=True).fit()
+    _trainer(run, callbacks=[SamplePictures()], tensorboard=True).fit()
     names = {p.name for p in run.iterdir()}
     assert {"config.json", "model.safetensors", "trainer_state", "metrics.jsonl", "samples.png", "tb"} <= names
     assert not [n for n in names if n.startswith(".")], f"temporary files left: {names}"
@@ -174,7 +175,7 @@ def test_oscillation_measure_and_histograms(tmp_path):
     model.oscillation_keys = ("loss",)  # as a GAN declares its D and G losses
     model.histograms = lambda: {"w": model.decoder.net[0].weight}  # the HasHistograms capability
     run = tmp_path / "osc"
-    Trainer(model, ds, _config(osc_window=3, tensorboard=True), run, data_config=DATA).fit()
+    Trainer(model, ds, _config(osc_window=3, tensorboard=True), run, data_config=DATA, callbacks=[SamplePictures()]).fit()
     records = read_metrics(run)
     losses = [r["loss"] for r in records]
     for i, r in enumerate(records):

@@ -261,16 +261,16 @@ def test_log_prob_is_batched_and_chunked():
 
 def test_log_prob_note_and_capabilities():
     model = small_vae(BINARY16, iwae_k=5000)
-    assert model.log_prob_note == "IWAE bound, k=5000 importance samples (a lower bound on log p(x))"
+    assert model.likelihood_info().note == "IWAE bound, k=5000 importance samples (a lower bound on log p(x))"
     for proto in (LogProb, HasELBO, Encoder, Decoder, Reconstructor, ReconstructionNLL, Interpolator):
         assert isinstance(model, proto)
     assert set(model.capabilities()) == {
         "log_prob", "elbo", "encode", "decode", "reconstruct", "reconstruction_nll", "interpolate"
     }
     # A probability of binary pixels; a Gaussian head gives a density.
-    assert model.log_prob_discrete
-    assert not small_vae(DataSpec(shape=(4,), kind="continuous")).log_prob_discrete
-    assert small_vae(DataSpec(shape=(4,), kind="continuous", num_levels=256), likelihood="categorical").log_prob_discrete
+    assert model.likelihood_info().discrete
+    assert not small_vae(DataSpec(shape=(4,), kind="continuous")).likelihood_info().discrete
+    assert small_vae(DataSpec(shape=(4,), kind="continuous", num_levels=256), likelihood="categorical").likelihood_info().discrete
 
 
 def test_reconstruction_nll_scores_x_at_its_posterior_mean():
@@ -293,11 +293,11 @@ def test_conditional_vae_uses_its_labels():
     g = torch.Generator().manual_seed(0)
     b = model.sample(64, generator=g, cond=torch.full((64,), 3, dtype=torch.long), mean=True)
     assert (a - b).abs().mean() > 0.1  # the same z, another label, another output
-    assert model.encode(x[:5], y[:5]).shape == (5, 4)
-    assert model.decode(torch.zeros(5, 4), y[:5]).shape == (5, 16)
-    assert model.reconstruct(x[:5], y[:5]).shape == (5, 16)
-    assert model.interpolate(x[0], x[1], 6, y=2).shape == (6, 16)
-    assert model.log_prob(x[:5], y[:5], k=4).shape == (5,)
+    assert model.encode(x[:5], cond=y[:5]).shape == (5, 4)
+    assert model.decode(torch.zeros(5, 4), cond=y[:5]).shape == (5, 16)
+    assert model.reconstruct(x[:5], cond=y[:5]).shape == (5, 16)
+    assert model.interpolate(x[0], x[1], 6, cond=2).shape == (6, 16)
+    assert model.log_prob(x[:5], cond=y[:5], k=4).shape == (5,)
     for call in (
         lambda: model.sample(4),
         lambda: model.loss(Batch(x[:4]), "main"),

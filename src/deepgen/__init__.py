@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .data import DataConfig, Dataset, DataSpec, load_dataset
 from .errors import UserError
 from .models import GenerativeModel, create_model, model_names
+from .pictures import SamplePictures
 from .training import Run, TrainConfig, Trainer, load_run, seed_all
+from .version import __version__
 
 __all__ = [
     "DataConfig",
@@ -15,6 +15,7 @@ __all__ = [
     "Dataset",
     "GenerativeModel",
     "Run",
+    "SamplePictures",
     "TrainConfig",
     "Trainer",
     "UserError",

@@ -22,10 +22,10 @@ Everything runs under ``torch.no_grad()`` with the model in eval mode (its mode 
 restored afterwards), on at most :data:`MAX_EXAMPLES` test examples, with explicit
 generators seeded from ``seed``, so the pictures of a run are the same every time.
 
-Conditional models (``config.conditional``) get labels: the test labels when encoding,
-labels ``0..K-1`` in turn when sampling, and label 0 for the manifold. Their capability
-methods take the labels as the second positional argument (``encode(x, y)``,
-``decode(z, y)``, ``reconstruct(x, y)``) and ``interpolate(x1, x2, steps, y=...)``.
+Conditional models (``model.num_classes`` set) get labels: the test labels when encoding,
+labels ``0..K-1`` in turn when sampling, and label 0 for the manifold, always as the
+``cond=`` keyword of the capability methods (``encode(x, cond=y)``, ``decode(z, cond=y)``,
+``reconstruct(x, cond=y)``, ``interpolate(x1, x2, steps, cond=y)``).
 """
 
 from __future__ import annotations
@@ -56,14 +56,9 @@ def to_unit(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     return x
 
 
-def is_conditional(model: GenerativeModel) -> bool:
-    """True when the model takes class labels (``config.conditional``) and the data has them."""
-    return bool(getattr(model.config, "conditional", False)) and bool(model.spec.num_classes)
-
-
 def _with_labels(fn: Any, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """``fn(x)``, or ``fn(x, y)`` for a conditional model (``y`` not None)."""
-    return fn(x) if y is None else fn(x, y)
+    """``fn(x)``, or ``fn(x, cond=y)`` for a conditional model (``y`` not None)."""
+    return fn(x) if y is None else fn(x, cond=y)
 
 
 def test_examples(dataset: Dataset, device: torch.device | str, seed: int = 0, limit: int = MAX_EXAMPLES) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -162,7 +157,7 @@ def write_analysis(
 def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torch.device, seed: int) -> list[Path]:
     spec = dataset.spec
     written: list[Path] = []
-    cond = is_conditional(model)
+    cond = model.num_classes is not None
     x, y = test_examples(dataset, device, seed)
     labels = y if cond else None  # what conditional capability methods receive
     have_test = len(x) > 0
@@ -179,7 +174,7 @@ def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torc
     # samples.png: every model samples.
     n = SAMPLES * (20 if spec.shape == (2,) else 1)
     gen = torch.Generator(device).manual_seed(seed + 12345)
-    sample_cond = torch.arange(n, device=device) % spec.num_classes if cond else None
+    sample_cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
     samples = model.sample(n, generator=gen, cond=sample_cond, mean=spec.is_image)
     path = run_dir / "samples.png"
     if save_samples(samples, spec, path, reference=dataset.meta.get("modes")):
@@ -217,7 +212,7 @@ def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torc
     if isinstance(model, Interpolator) and spec.is_image and len(x) >= 2:
         rows = []
         for i, j in _pairs(y, len(x), INTERP_ROWS, same_label=cond):
-            kwargs = {"y": y[i : i + 1]} if cond and y is not None else {}
+            kwargs = {"cond": y[i : i + 1]} if cond and y is not None else {}
             path_images = model.interpolate(x[i], x[j], INTERP_STEPS, **kwargs)  # (steps, *shape)
             rows.append(torch.cat([x[i : i + 1], path_images.reshape(-1, *spec.shape), x[j : j + 1]]))
         if rows:

@@ -24,14 +24,15 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .data import DataConfig, load_dataset
 from .errors import UserError, did_you_mean
+from .io import write_json
 from .metrics import evaluate
 from .models import create_model
 from .models.base import LogProb, Reconstructor
+from .pictures import SamplePictures
 from .training import TrainConfig, Trainer, resolve_device, seed_all
-from .training.checkpoint import write_json
+from .version import __version__
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def run_bench(
     """Train each preset for ``budget`` seconds, evaluate, and write the leaderboard.
 
     Writes ``out/leaderboard.md``, ``out/leaderboard.json`` and one run folder per preset
-    under ``out/runs/``. Returns the JSON record.
+    under ``out/runs/`` (with its sample pictures). Returns the JSON record.
     """
     presets = select_presets(dataset, models)
     dev = resolve_device(device)
@@ -132,7 +133,7 @@ def run_bench(
     for preset, config in zip(presets, configs):
         seed_all(seed)
         model = create_model(preset.model, ds, **preset.settings)
-        trainer = Trainer(model, ds, config, out / "runs" / preset.label, data_config=data_config)
+        trainer = Trainer(model, ds, config, out / "runs" / preset.label, data_config=data_config, callbacks=[SamplePictures()])
         try:
             result = trainer.fit()
         finally:

@@ -19,7 +19,6 @@ import io
 import json
 import re
 import shlex
-import shutil
 import sys
 import textwrap
 import time
@@ -35,30 +34,9 @@ from . import __version__
 from .config import Config, parse_assignments, split_overrides
 from .data import RESUMABLE_DATA, DataConfig, dataset_descriptions, load_dataset
 from .errors import TrainingDiverged, UserError
-from .training.checkpoint import EVAL as EVAL_FILE
+from .training import checkpoint as ckpt
 
 PROG = "deepgen"
-CONFIG = "config.json"
-
-# Files a run folder may hold; ``--overwrite`` removes exactly these (and nothing else
-# the user may keep in the folder).
-RUN_FILES = (
-    "config.json",
-    "model.safetensors",
-    "ema.safetensors",
-    "data_state.safetensors",
-    "trainer_state",
-    "metrics.jsonl",
-    "samples.png",
-    "samples",
-    "tb",
-    EVAL_FILE,
-    "reconstructions.png",
-    "latent.png",
-    "manifold.png",
-    "interpolation.png",
-    "histograms.png",
-)
 
 # The demo: a 2-D latent VAE on the built-in 8x8 digits: 3750 steps, about 10-20 s on 2 CPU
 # cores (samples are recognisable digits; longer training overfits the 1617 images).
@@ -74,10 +52,6 @@ DEMO_TRAIN = {"train.sample_every": "500", "train.checkpoint_every": "1000", "tr
 
 def _say(*lines: str) -> None:
     print("\n".join(lines), flush=True)
-
-
-def _is_run(folder: Path) -> bool:
-    return (folder / CONFIG).is_file()
 
 
 def _train_shortcuts(args: argparse.Namespace) -> dict[str, str]:
@@ -108,14 +82,16 @@ def _fmt_losses(last: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in last.items()) or "(none logged)"
 
 
-def _remove_run_files(folder: Path) -> None:
-    """Delete the files of an earlier run in ``folder`` (only names a run writes)."""
-    for name in RUN_FILES:
-        p = folder / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+def _model_settings(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``--set`` of ``eval`` and ``sample``: model settings, ``model.`` prefix optional."""
+    return {k.removeprefix("model."): v for k, v in _overrides(pairs).items()}
+
+
+def _pictures() -> list[Any]:
+    """The callbacks ``train``, ``demo`` and ``bench`` install: the sample pictures."""
+    from .pictures import SamplePictures
+
+    return [SamplePictures()]
 
 
 # -- train -----------------------------------------------------------------------------------
@@ -169,7 +145,7 @@ def _plan_train(
     out = out if out is not None else Path("runs") / model_name
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder.")
-    replace = out.is_dir() and _is_run(out)
+    replace = out.is_dir() and ckpt.is_run(out)
     if replace and not overwrite:
         raise UserError(
             f"{out} already holds a run. Pass --overwrite to replace it, "
@@ -193,19 +169,14 @@ def _run_training(plan: _TrainPlan) -> int:
         return _fit_and_report(trainer, write_analysis)
     created = not plan.out.exists()
     if plan.replace:
-        _remove_run_files(plan.out)
+        ckpt.remove_run_files(plan.out)
     try:
-        trainer = Trainer(model, plan.dataset, plan.train_config, plan.out, data_config=plan.data_config)
+        trainer = Trainer(model, plan.dataset, plan.train_config, plan.out, data_config=plan.data_config, callbacks=_pictures())
         return _fit_and_report(trainer, write_analysis)
     except BaseException as e:
-        if (plan.out / "model.safetensors").is_file():
-            raise
         # A run that never reached its first checkpoint is only half written: remove it.
-        if created and plan.out.is_dir():
-            shutil.rmtree(plan.out, ignore_errors=True)
-        elif plan.out.is_dir():
-            _remove_run_files(plan.out)
-        if isinstance(e, TrainingDiverged):
+        removed = ckpt.discard_unfinished(plan.out, created=created)
+        if removed and isinstance(e, TrainingDiverged):
             raise TrainingDiverged(f"{e} ({plan.out} was removed.)") from None
         raise
 
@@ -226,7 +197,7 @@ def _fit_and_report(trainer: Any, write_analysis: Any, resumed_from: int | None 
     try:
         result = _fit(trainer)
     except KeyboardInterrupt:
-        if (out / "model.safetensors").is_file():
+        if ckpt.has_checkpoint(out):
             print(
                 f"\n{PROG}: interrupted; the last checkpoint in {out} is kept. "
                 f"Continue with: {PROG} train --resume {out}",
@@ -249,11 +220,10 @@ def _fit_and_report(trainer: Any, write_analysis: Any, resumed_from: int | None 
 
 def _resume(args: argparse.Namespace) -> int:
     from .analysis import write_analysis
-    from .models import model_class
-    from .training import TrainConfig, Trainer, read_run_config
+    from .training import TrainConfig, Trainer
 
     run = Path(args.resume)
-    cfg = read_run_config(run)
+    cfg = ckpt.read_run_config(run)
     if args.model is not None and args.model != cfg["model"]:
         raise UserError(f"{run} is a {cfg['model']!r} run, not {args.model!r}; leave out MODEL or name {cfg['model']!r}.")
     for flag, given in (("--data", args.data), ("--data-dir", args.data_dir), ("--out", args.out)):
@@ -263,7 +233,7 @@ def _resume(args: argparse.Namespace) -> int:
         raise UserError("--overwrite and --resume exclude each other.")
     saved_train = TrainConfig.from_dict(cfg["train"])
     configs = {
-        "model": model_class(cfg["model"]).config_class.from_dict(cfg["model_config"]),
+        "model": ckpt.saved_model_config(cfg),
         "train": saved_train,
         "data": DataConfig.from_dict(cfg["data"]),
     }
@@ -281,7 +251,7 @@ def _resume(args: argparse.Namespace) -> int:
     new_train = saved_train.with_overrides(routed["train"])
     _device(new_train.device)
     changes = {k: getattr(new_train, k) for k in routed["train"]}
-    trainer = Trainer.resume(run, data_overrides={k: getattr(new_data, k) for k in RESUMABLE_DATA}, **changes)
+    trainer = Trainer.resume(run, callbacks=_pictures(), data_overrides={k: getattr(new_data, k) for k in RESUMABLE_DATA}, **changes)
     start = trainer.step
     if trainer.finished:
         raise UserError(
@@ -307,13 +277,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- sample ----------------------------------------------------------------------------------
 
 
-def _parse_cond(text: str | None, n: int, num_classes: int | None, conditional: bool, device: torch.device) -> torch.Tensor | None:
-    """``--cond 3`` / ``--cond 0,1,2`` -> labels (n,), repeated cyclically."""
-    if not conditional:
+def _parse_cond(text: str | None, n: int, num_classes: int | None, device: torch.device) -> torch.Tensor | None:
+    """``--cond 3`` / ``--cond 0,1,2`` -> labels (n,), repeated cyclically; the model's
+    ``num_classes`` None (unconditional): no labels."""
+    if num_classes is None:
         if text is not None:
             raise UserError("--cond is for conditional models; this run's model is unconditional.")
         return None
-    k = int(num_classes or 0)
+    k = num_classes
     if text is None:
         return torch.arange(n, device=device) % k
     try:
@@ -328,8 +299,9 @@ def _parse_cond(text: str | None, n: int, num_classes: int | None, conditional: 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """``deepgen sample``: draw from a trained run and write a picture, array or table."""
+    from .io import atomic_path
     from .training import load_run
-    from .viz import atomic_path, save_samples
+    from .viz import save_samples
 
     out = Path(args.out)
     suffix = out.suffix.lower()
@@ -338,12 +310,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}.")
     device = _device(args.device)
-    run = load_run(args.run, device=device)
+    settings = _model_settings(args.set)
+    run = load_run(args.run, device=device, model_overrides=settings or None)
     spec = run.spec
     if suffix == ".png" and not (spec.is_image or spec.shape == (2,)):
         raise UserError(f"samples of shape {spec.shape} cannot be drawn as a picture; write .npy or .csv instead.")
-    conditional = bool(getattr(run.model_config, "conditional", False))
-    cond = _parse_cond(args.cond, args.n, spec.num_classes, conditional, device)
+    cond = _parse_cond(args.cond, args.n, run.model.num_classes, device)
     dataset = run.load_dataset() if suffix == ".csv" else None
     gen = torch.Generator(device).manual_seed(args.seed)
     mean = spec.is_image and not args.draw
@@ -401,9 +373,9 @@ def _read_eval(path: Path) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``deepgen eval``: metrics of a run; print a table and merge them into ``eval.json``."""
+    from .io import write_json
     from .metrics import check_metrics, evaluate, format_table
     from .training import load_run
-    from .training.checkpoint import write_json
 
     names = _metric_names(args.metrics)
     device = _device(args.device)
@@ -411,7 +383,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise UserError(f"--limit must be >= 0 (0 = the whole split), got {args.limit}.")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}.")
-    settings = {k.removeprefix("model."): v for k, v in _overrides(args.set).items()}
+    settings = _model_settings(args.set)
     run = load_run(args.run, device=device, model_overrides=settings or None)
     check_metrics(run.model, names)
     dataset = run.load_dataset()
@@ -443,7 +415,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "date": when,
         }
     print(format_table(table))
-    path = run.path / EVAL_FILE
+    path = run.path / ckpt.EVAL
     merged = _read_eval(path)
     for name, entry in entries.items():
         by_split = merged.get(name) if isinstance(merged.get(name), dict) else {}
@@ -561,7 +533,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``deepgen report``: one self-contained HTML page about one run or several."""
     from .report import build_report
 
-    out = Path(args.out) if args.out else (Path(args.runs[0]) / "report.html" if len(args.runs) == 1 else Path("report.html"))
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / ckpt.REPORT if len(args.runs) == 1 else Path(ckpt.REPORT))
     path = build_report(args.runs, out)
     _say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; open it in a browser)")
     return 0
@@ -573,9 +545,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``deepgen demo``: a 2-D latent VAE on the built-in digits, then what to try next."""
     out = Path(args.out)
-    if out.is_dir() and _is_run(out):
+    if out.is_dir() and ckpt.is_run(out):
         try:
-            old = json.loads((out / CONFIG).read_text())
+            old = json.loads((out / ckpt.CONFIG).read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
         is_demo = old.get("model") == "vae" and old.get("data", {}).get("name") == "digits"
@@ -605,11 +577,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _say(
         "",
         "Look at:",
-        f"  {out / 'samples.png'}          new digits drawn from the prior",
-        f"  {out / 'manifold.png'}         the 2-D latent space decoded on a 15x15 grid",
-        f"  {out / 'latent.png'}           test digits' codes coloured by class",
-        f"  {out / 'reconstructions.png'}  test digits (top) and their reconstructions",
-        f"  {out / 'interpolation.png'}    paths between pairs of digits",
+        f"  {out / ckpt.SAMPLES}          new digits drawn from the prior",
+        f"  {out / ckpt.MANIFOLD}         the 2-D latent space decoded on a 15x15 grid",
+        f"  {out / ckpt.LATENT}           test digits' codes coloured by class",
+        f"  {out / ckpt.RECONSTRUCTIONS}  test digits (top) and their reconstructions",
+        f"  {out / ckpt.INTERPOLATION}    paths between pairs of digits",
         "",
         "Next:",
         f"  {PROG} sample {out} --n 100 --out digits.png",
@@ -701,6 +673,10 @@ def _parser() -> argparse.ArgumentParser:
             "  .csv  one row per sample, in the data's original units (tables)\n"
             "Images are the means of the output distribution unless --draw is given.\n"
             "\n"
+            "--set changes a sampling knob of the model config (the family's steps,\n"
+            "temperature, ...; list them with `deepgen models MODEL`); a setting that\n"
+            "changes the parameters cannot load the weights.\n"
+            "\n"
             "examples:\n"
             f"  {PROG} sample runs/vae --n 100 --out samples.png\n"
             f"  {PROG} sample runs/cvae --cond 3 --out threes.png\n"
@@ -715,6 +691,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cond", metavar="LABELS", help="conditional models: a label, or labels 0,1,2,... repeated (default: 0..K-1 in turn)")
     p.add_argument("--draw", action="store_true", help="draw images from the output distribution instead of its mean")
     p.add_argument("--device", default="cpu", help="device to sample on (default cpu)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting for sampling (repeatable)")
     p.set_defaults(func=cmd_sample)
 
     # eval

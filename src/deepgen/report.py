@@ -27,13 +27,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .errors import UserError
-from .training.checkpoint import EVAL, read_run_config
-from .viz import atomic_path
+from .io import atomic_path
+from .training.checkpoint import (
+    EVAL,
+    INTERPOLATION,
+    LATENT,
+    MANIFOLD,
+    METRICS,
+    RECONSTRUCTIONS,
+    SAMPLES,
+    SAMPLES_DIR,
+    read_run_config,
+)
+from .version import __version__
 
 # Picture files first in this order (the rest of a run's PNGs follow, sorted by name).
-PICTURE_ORDER = ("samples.png", "reconstructions.png", "manifold.png", "latent.png", "interpolation.png")
+PICTURE_ORDER = (SAMPLES, RECONSTRUCTIONS, MANIFOLD, LATENT, INTERPOLATION)
 _NOT_CURVES = {"step", "epoch", "seconds"}
 MAX_OVERLAY_KEYS = 8
 MAX_FRAMES = 8  # pictures of samples/ shown as a strip (how the samples moved during training)
@@ -102,7 +112,7 @@ def read_run(path: str | Path) -> RunSummary:
     when the folder is not a run)."""
     path = Path(path)
     config = read_run_config(path)
-    run = RunSummary(path, config, _read_log(path / "metrics.jsonl"))
+    run = RunSummary(path, config, _read_log(path / METRICS))
     eval_path = path / EVAL
     if eval_path.is_file():
         try:
@@ -115,7 +125,7 @@ def read_run(path: str | Path) -> RunSummary:
                     run.evals[f"{metric} ({split}, step {entry.get('step', '?')})"] = entry["values"]
     pngs = {p.name: p for p in path.glob("*.png")}
     run.pictures = [pngs.pop(n) for n in PICTURE_ORDER if n in pngs] + [pngs[n] for n in sorted(pngs)]
-    frames = sorted((path / "samples").glob("*.png"))
+    frames = sorted((path / SAMPLES_DIR).glob("*.png"))
     if len(frames) > MAX_FRAMES:  # evenly spaced, the first and the last kept
         frames = [frames[round(i * (len(frames) - 1) / (MAX_FRAMES - 1))] for i in range(MAX_FRAMES)]
     run.frames = frames
@@ -292,7 +302,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         if run.pictures:
             parts.append("<h3>Pictures</h3>" + "".join(_img(_data_uri(p.read_bytes()), p.name) for p in run.pictures))
         if run.frames:
-            parts.append("<h3>Samples during training</h3>" + "".join(_img(_data_uri(p.read_bytes()), f"samples/{p.name}") for p in run.frames))
+            parts.append("<h3>Samples during training</h3>" + "".join(_img(_data_uri(p.read_bytes()), f"{SAMPLES_DIR}/{p.name}") for p in run.frames))
         settings = sorted(run.settings().items())
         parts.append("<details><summary>All settings</summary>" + _table(["setting", "value"], settings) + "</details>")
     parts.append("</body></html>")

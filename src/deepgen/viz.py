@@ -6,9 +6,7 @@ Every writer goes through :func:`atomic_path`, so a crash never leaves half a PN
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +14,7 @@ import torch
 from PIL import Image
 
 from .data.dataset import DataSpec
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from .io import atomic_path
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, upscale: int = 0) -> np.ndarray:

@@ -17,7 +17,8 @@ import torch
 
 from ..errors import UserError, did_you_mean
 from ..registry import Registry
-from .dataset import RESUMABLE_DATA, Batch, DataConfig, Dataset, DataSpec, Split
+from .dataset import KINDS, RESUMABLE_DATA, Batch, DataConfig, Dataset, DataSpec, Kind, Split
+from .dequantize import dequantize, levels_of, quantize
 from .resident import ResidentLoader, ShuffledBatches, iterate
 from .streaming import StreamingLoader
 
@@ -136,6 +137,11 @@ def _load_sources() -> None:
 
 
 __all__ = [
+    "KINDS",
+    "Kind",
+    "dequantize",
+    "levels_of",
+    "quantize",
     "Batch",
     "RESUMABLE_DATA",
     "DATASETS",

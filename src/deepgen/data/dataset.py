@@ -20,6 +20,7 @@ from ..config import Config
 from ..errors import UserError
 
 Kind = Literal["binary", "continuous", "discrete", "tokens", "real"]
+KINDS: tuple[Kind, ...] = ("binary", "continuous", "discrete", "tokens", "real")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,19 @@ class DataSpec(Config):
     def dim(self) -> int:
         """Number of scalar dimensions D of one example (for bits per dimension)."""
         return math.prod(self.shape)
+
+    @property
+    def bin_width(self) -> float | None:
+        """Width of one quantisation bin after :func:`deepgen.data.dequantize`: 1 / num_levels.
+
+        Quantised data (``continuous`` or ``discrete`` with ``num_levels`` L) is dequantized
+        to y = (k + u) / L in [0, 1), u ~ U[0, 1), the convention of the flow papers
+        (BENCHMARKS.md); a density of y then gives bits/dim = (NLL / D - ln(1 / L)) / ln 2
+        = (NLL / D + ln L) / ln 2. None for data without levels.
+        """
+        if self.kind in ("continuous", "discrete") and self.num_levels:
+            return 1.0 / self.num_levels
+        return None
 
     @property
     def is_image(self) -> bool:

@@ -12,15 +12,16 @@ same seed, so ``evaluate(m, ds, ["elbo", "nll"])`` reports the same ``nll`` as
 
 Figures: likelihoods in nats per example (summed over dimensions) with the standard
 error of the mean over examples, and bits per dimension
-(:func:`deepgen.metrics.likelihood.bits_per_dim`). A density model of quantised data is
-scored at uniformly dequantized inputs and its bits/dim is an upper bound on the
-discrete NLL (:func:`nll_metric`); a model whose ``log_prob_normalised`` is False gets no
+(:func:`deepgen.metrics.likelihood.bits_per_dim`). What a model's ``log_prob`` is comes
+from its declaration (:meth:`GenerativeModel.likelihood_info`): a density of quantised
+data is scored at the data layer's dequantized inputs y = (k + u) / L
+(:func:`deepgen.data.dequantize`) and its bits/dim, (NLL / D + ln L) / ln 2, is an upper
+bound on the discrete NLL (:func:`nll_metric`); a likelihood of kind ``"none"`` gets no
 bits/dim figure.
 
-Conditional models (``model.config.conditional`` with labelled data, the test
-:mod:`deepgen.metrics.quality` and the trainer use) get the batch labels as ``y=`` in
-every call that scores data, and class labels 0, 1, ..., C-1, 0, 1, ... as ``cond=`` when
-a metric samples (:func:`sample_labels`).
+Conditional models (``model.num_classes`` set) get the batch labels as ``cond=`` in every
+call that scores data, and class labels 0, 1, ..., C-1, 0, 1, ... when a metric samples
+(:func:`sample_labels`).
 
 Adding a metric::
 
@@ -38,10 +39,11 @@ from typing import Any
 
 import torch
 
-from ..data.dataset import Batch, Dataset, DataSpec
+from ..data.dataset import Batch, Dataset
+from ..data.dequantize import dequantize
 from ..data.resident import iterate
 from ..errors import UserError
-from ..models.base import CAPABILITIES, GenerativeModel, ReconstructionNLL
+from ..models.base import CAPABILITIES, GenerativeModel, Likelihood, ReconstructionNLL
 from ..registry import Registry
 from .likelihood import bits_per_dim, mean_and_sem
 from .reconstruction import bce, mse, psnr
@@ -149,20 +151,15 @@ def _per_example(model: GenerativeModel, dataset: Dataset, ctx: EvalContext, fn:
     return torch.cat(parts)
 
 
-def is_conditional(model: GenerativeModel) -> bool:
-    """True when the model takes class labels: ``config.conditional`` and labelled training data."""
-    return bool(getattr(getattr(model, "config", None), "conditional", False)) and bool(model.spec.num_classes)
-
-
 def conditional_classes(model: GenerativeModel, dataset: Dataset) -> int | None:
     """The number of classes C a conditional model takes labels of; None if unconditional.
 
     A conditional model evaluated on a dataset without labels, or with another number of
     classes than it was trained on, is one :class:`UserError` naming the problem.
     """
-    if not is_conditional(model):
+    classes = getattr(model, "num_classes", None)
+    if classes is None:
         return None
-    classes = model.spec.num_classes
     label = getattr(model, "registered_name", "") or type(model).__name__
     if not dataset.spec.num_classes:
         raise UserError(
@@ -189,8 +186,8 @@ def sample_labels(classes: int | None, start: int, n: int, device: torch.device 
 
 
 def _labels(model: GenerativeModel, dataset: Dataset, batch: Batch) -> dict[str, torch.Tensor]:
-    """``{"y": labels (B,)}`` for a conditional model, ``{}`` otherwise: the keyword its
-    ``log_prob``, ``elbo``, ``reconstruct`` and ``reconstruction_nll`` take labels by."""
+    """``{"cond": labels (B,)}`` for a conditional model, ``{}`` otherwise: the keyword every
+    capability method (``log_prob``, ``elbo``, ``reconstruct``, ...) takes labels by."""
     if conditional_classes(model, dataset) is None:
         return {}
     if batch.y is None:
@@ -198,71 +195,46 @@ def _labels(model: GenerativeModel, dataset: Dataset, batch: Batch) -> dict[str,
             f"this model is conditional (conditional=true): it needs class labels, but the {dataset.name!r} "
             "examples being evaluated have none."
         )
-    return {"y": batch.y}
+    return {"cond": batch.y}
 
 
-def _likelihood_is_density(model: GenerativeModel, spec: DataSpec) -> bool:
-    """True when ``log_prob`` is a density of [0, 1]-scaled quantised data (bpd needs dequantization):
-    ``continuous`` data with known levels and a model that does not declare
-    ``log_prob_discrete`` (see the LogProb protocol)."""
-    if spec.kind != "continuous" or spec.num_levels is None:
-        return False
-    return not bool(getattr(model, "log_prob_discrete", False))
-
-
-def _likelihood_is_normalised(model: GenerativeModel) -> bool:
-    """False when the model declares ``log_prob_normalised = False``: its ``log_prob`` (and
-    ELBO) is a loss, not (a bound on) a normalised probability or density, e.g. a Bernoulli
-    decoder on [0, 1]-valued data (Loaiza-Ganem & Cunningham 2019). Default True."""
-    return bool(getattr(model, "log_prob_normalised", True))
+def likelihood_of(model: GenerativeModel) -> Likelihood:
+    """The model's declared :class:`Likelihood`; a model with ``log_prob`` but no declaration
+    is a programming error (the conformance suite catches it)."""
+    info = model.likelihood_info() if isinstance(model, GenerativeModel) else None
+    if info is None:
+        name = getattr(model, "registered_name", "") or type(model).__name__
+        raise TypeError(f"{name} has log_prob but its likelihood_info() declares nothing")
+    return info
 
 
 NOT_NORMALISED_NOTE = (
-    "not a normalised likelihood (the model's log_prob_normalised is false): no bits/dim; "
+    "not a normalised likelihood (the model declares its log_prob a loss): no bits/dim; "
     "compare with other models only via samples"
 )
 
 
-def bin_width(dataset: Dataset) -> float:
-    """The width Delta of one quantisation bin in model space: the grid step of the levels.
-
-    Levels k are scaled to ``k * Dataset.scale`` (1/255 for 8-bit pixels, 1/16 for digits);
-    without a ``scale`` the ``num_levels`` levels span [0, 1], a step of 1 / (L - 1).
-    """
-    if dataset.scale is not None:
-        return float(dataset.scale)
-    levels = dataset.spec.num_levels
-    if levels is None or levels < 2:
-        raise ValueError(f"dataset {dataset.name!r} is not quantised: no bin width")
-    return 1.0 / (levels - 1)
-
-
 def dequantization_width(model: GenerativeModel, dataset: Dataset) -> float | None:
-    """Delta when the likelihood metrics dequantize the data for ``model``, else None.
+    """The bin width 1 / L when the likelihood metrics dequantize the data for ``model``, else None.
 
-    Only for a normalised density of quantised data (:func:`_likelihood_is_density`);
-    probabilities of discrete values (Bernoulli on binary data, categorical,
-    discretized logistic mixture) are exact and are never dequantized.
+    Only for a normalised density (not ``discrete``) of quantised data (``DataSpec.bin_width``
+    set); probabilities of discrete values (Bernoulli on binary data, categorical, the
+    discretized logistic mixture, tokens) are exact and are never dequantized.
     """
-    if not _likelihood_is_normalised(model) or not _likelihood_is_density(model, dataset.spec):
+    info = likelihood_of(model)
+    if not info.normalised or info.discrete:
         return None
-    return bin_width(dataset)
-
-
-def dequantize(x: torch.Tensor, width: float, generator: torch.Generator | None) -> torch.Tensor:
-    """x (B, *shape) + u, u ~ U[-width/2, width/2] elementwise drawn with ``generator``: (B, *shape)."""
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + (u - 0.5) * width
+    return dataset.spec.bin_width
 
 
 def _scored_inputs(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Callable[[Batch], torch.Tensor]:
     """A function batch -> the inputs (B, *shape) the likelihood metrics score: ``batch.x``,
-    or ``batch.x`` dequantized with one noise stream per metric (:meth:`EvalContext.noise_generator`)."""
-    width = dequantization_width(model, dataset)
-    if width is None:
+    or ``batch.x`` dequantized (:func:`deepgen.data.dequantize`) with one noise stream per
+    metric (:meth:`EvalContext.noise_generator`)."""
+    if dequantization_width(model, dataset) is None:
         return lambda b: b.x
     gen = ctx.noise_generator()
-    return lambda b: dequantize(b.x, width, gen)
+    return lambda b: dequantize(b.x, dataset.spec, gen)
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -274,21 +246,21 @@ def nll_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Re
     models, the k-sample IWAE bound for VAEs, Burda et al. 2016 eq. 8), averaged.
     Conditional models score -log p(x | y) with the examples' labels.
 
-    Keys: ``nll`` (nats), ``nll_sem``, ``nll_bpd``, ``nll_note`` (the model's
-    ``log_prob_note``: "exact" or which bound).
+    Keys: ``nll`` (nats), ``nll_sem``, ``nll_bpd``, ``nll_note`` (the note of the model's
+    :meth:`~GenerativeModel.likelihood_info`: "exact" or which bound).
 
-    * Probabilities of discrete values (``log_prob_discrete``: binary pixels, categorical
-      or discretized-logistic heads on quantised data) and densities of real data:
-      ``nll_bpd = nll / (D ln 2)``, the model's own figure.
-    * A density of quantised data (``continuous`` with ``num_levels``, not
-      ``log_prob_discrete``): each example is scored at ``x + u``, ``u ~ U[-Delta/2,
-      Delta/2]^D`` drawn from :meth:`EvalContext.noise_generator` (reproducible per seed),
-      with Delta = :func:`bin_width` (``Dataset.scale``). ``nll`` is then the density's NLL
-      at those points and ``nll_bpd = (nll / D - ln Delta) / ln 2`` an upper bound on the
-      discrete NLL -log P(levels) in bits/dim (Theis et al. 2016, sec. 3.1); the extra
-      key ``nll_bin_width`` gives Delta.
-    * A model with ``log_prob_normalised = False`` (a Bernoulli decoder on [0, 1]-valued
-      data): ``nll`` is its loss at the data, and no ``nll_bpd`` is reported.
+    * Probabilities of discrete values (a ``discrete`` likelihood: binary pixels,
+      categorical or discretized-logistic heads on quantised data, tokens) and densities
+      of real data: ``nll_bpd = nll / (D ln 2)``, the model's own figure.
+    * A density of quantised data (levels k in 0..L-1): each example is scored at
+      y = (k + u) / L, u ~ U[0, 1)^D, drawn from :meth:`EvalContext.noise_generator`
+      (reproducible per seed; :func:`deepgen.data.dequantize`, the convention the model
+      trains on). ``nll`` is then the density's NLL at those points and
+      ``nll_bpd = (nll / D + ln L) / ln 2`` an upper bound on the discrete NLL
+      -log P(levels) in bits/dim (Theis et al. 2016, sec. 3.1), the figure of the
+      published tables; the extra key ``nll_bin_width`` gives 1 / L.
+    * A likelihood of kind ``"none"`` (a Bernoulli decoder on [0, 1]-valued data): ``nll``
+      is its loss at the data, and no ``nll_bpd`` is reported.
     """
     inputs = _scored_inputs(model, dataset, ctx)
 
@@ -299,14 +271,14 @@ def nll_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Re
     mean, sem = mean_and_sem(values)
     out: Result = {"nll": mean, "nll_sem": sem}
     out.update(_bpd_keys("nll", model, dataset, mean))
-    out["nll_note"] = str(model.log_prob_note)  # type: ignore[attr-defined]
+    out["nll_note"] = likelihood_of(model).note
     return out
 
 
 def _bpd_keys(prefix: str, model: GenerativeModel, dataset: Dataset, nll_nats: float) -> Result:
     """``{prefix_bpd, [prefix_bin_width]}`` for a mean NLL (nats) scored as :func:`_scored_inputs` does;
     ``{}`` for a model whose likelihood is not normalised."""
-    if not _likelihood_is_normalised(model):
+    if not likelihood_of(model).normalised:
         return {}
     width = dequantization_width(model, dataset)
     out: Result = {f"{prefix}_bpd": bits_per_dim(nll_nats, dataset.spec.dim, bin_width=width)}
@@ -324,8 +296,8 @@ def elbo_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> R
     ``elbo_bpd`` (-ELBO in bits per dimension: an upper bound on the NLL's bpd). A density
     of quantised data is scored at the same dequantized inputs as ``nll``, and
     ``elbo_bpd`` is then an upper bound on the discrete NLL in bits/dim (``elbo_bin_width``
-    gives the bin width; see :func:`nll_metric`). A model with ``log_prob_normalised =
-    False`` gets no ``elbo_bpd`` but an ``elbo_note`` saying why.
+    gives the bin width; see :func:`nll_metric`). A model whose likelihood is of kind
+    ``"none"`` gets no ``elbo_bpd`` but an ``elbo_note`` saying why.
     """
     inputs = _scored_inputs(model, dataset, ctx)
 
@@ -336,14 +308,14 @@ def elbo_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> R
     mean, sem = mean_and_sem(values)
     out: Result = {"elbo": mean, "elbo_sem": sem}
     out.update(_bpd_keys("elbo", model, dataset, -mean))
-    if not _likelihood_is_normalised(model):
+    if not likelihood_of(model).normalised:
         out["elbo_note"] = NOT_NORMALISED_NOTE
     return out
 
 
 @metric("recon", needs="reconstruct", description="reconstruction error of the output mean (MSE, PSNR, BCE on binary data, head NLL)")
 def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Result:
-    """Error of ``model.reconstruct(x)`` (the output mean) against ``x`` (``reconstruct(x, y=labels)``
+    """Error of ``model.reconstruct(x)`` (the output mean) against ``x`` (``reconstruct(x, cond=labels)``
     for a conditional model).
 
     Keys: ``recon_mse`` (squared error averaged over elements, then over examples) and
@@ -365,7 +337,7 @@ def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
     cols: dict[str, list[torch.Tensor]] = {"mse": [], "sse": [], "psnr": [], "bce": [], "nll": []}
     for batch in ctx.batches(dataset):
         x = batch.x
-        labels = _labels(model, dataset, batch)  # {"y": (B,)} for a conditional model
+        labels = _labels(model, dataset, batch)  # {"cond": (B,)} for a conditional model
         x_hat = model.reconstruct(x, **labels)  # (B, *shape)
         cols["mse"].append(mse(x, x_hat, "mean").double())
         cols["sse"].append(mse(x, x_hat, "sum").double())

@@ -33,6 +33,12 @@ of the training data (raw bytes, labels included). A file whose facts do not mat
 current data, architecture or recipe, or that cannot be read, is retrained with a
 warning, never trusted and never a crash. Loading reads safetensors and JSON only.
 
+Layout: the networks (:class:`DigitCNN`, :class:`FeatureNet`) are plain modules in
+:mod:`deepgen.metrics.feature_nets`, re-exported here; this module holds the recipes,
+the training and the cache. Training uses the bottom layer's optimizer and lr schedule
+(:mod:`deepgen.optim`) and the data layer's loaders, never ``deepgen.training`` (which
+sits beside ``metrics/``, not below it); files go through :mod:`deepgen.io`.
+
 Determinism: training is seeded (weights, data order, augmentation, dropout) without
 touching the caller's global RNG; on the CPU two trainings with the same seed, torch
 build and thread count give identical weights.
@@ -51,218 +57,43 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from torch import nn
 
-from .. import __version__
-from ..data import DataConfig, Dataset, ResidentLoader, iterate, load_dataset
+from ..data import DataConfig, Dataset, ResidentLoader, iterate, load_dataset, make_loader
 from ..data.dataset import Split, replace_splits
 from ..data.files import cache_dir as data_cache_dir
-from ..errors import UserError
-from ..training.checkpoint import save_tensors, write_json
+from ..devices import resolve_device
+from ..errors import TrainingDiverged, UserError
+from ..io import read_tensors, save_tensors, tensor_metadata, write_json
+from ..optim import OptimizerSpec, build_optimizer, schedule_factor, set_lr
+from ..version import __version__
+
+# The networks, re-exported: callers import them from here (deepgen.metrics.features.*).
+from .feature_nets import (
+    FEATURE_DIM,
+    CNNArchitecture,
+    DigitCNN,
+    FeatureNet,
+    Kind,
+    _AECodes,
+    _display,
+)
+
+if TYPE_CHECKING:
+    from ..models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
 
-FEATURE_DIM = 128  # classifier features: the penultimate (fc) layer's width
 AE_LATENT_DIM = 32  # autoencoder features: the code size
 FORMAT = "deepgen-features"
 FORMAT_VERSION = 1
 _META_KEY = "deepgen_features"  # the safetensors metadata entry holding the facts (JSON)
 QUICK_TEST = 1000  # test images that score a quick (max_train > 0) classifier
 
-Kind = Literal["classifier", "autoencoder"]
-
-
-# -- 1. the classifier network -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CNNArchitecture:
-    """The classifier's shape: three 3x3 conv stages, global average pool, fc, fc.
-
-    (N, 1, 28, 28) -conv c1, maxpool, BN, ReLU-> (N, c1, 14, 14) -conv c2, maxpool, BN,
-    ReLU-> (N, c2, 7, 7) -conv c3 (no padding), BN, ReLU-> (N, c3, 5, 5) -mean-> (N, c3)
-    -fc, ReLU-> (N, feature_dim) [features] -dropout, fc-> (N, num_classes).
-    About 0.11M parameters and 5.6M multiply-adds per image. Pooling right after the
-    conv runs batch norm and ReLU on a quarter of the activations: on a CPU those
-    memory-bound passes cost as much as the convolutions, and this order trains about
-    25% faster than conv-BN-ReLU-pool, with the same accuracy.
-    """
-
-    channels: tuple[int, int, int] = (32, 64, 128)
-    feature_dim: int = FEATURE_DIM
-    num_classes: int = 10
-    dropout: float = 0.2  # before the last layer only, so the features themselves are never dropped
-    input_shape: tuple[int, int, int] = (1, 28, 28)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": "deepgen-cnn-v1", **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}}
-
-
-class DigitCNN(nn.Module):
-    """The small classifier for 1x28x28 images (see :class:`CNNArchitecture`)."""
-
-    def __init__(self, arch: CNNArchitecture = CNNArchitecture()) -> None:
-        super().__init__()
-        c1, c2, c3 = arch.channels
-        cin = arch.input_shape[0]
-
-        def stage(i: int, o: int, padding: int, pool: bool) -> list[nn.Module]:
-            # No conv bias: the batch norm after it has one.
-            conv = nn.Conv2d(i, o, 3, padding=padding, bias=False)
-            return [conv, *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
-
-        self.trunk = nn.Sequential(
-            *stage(cin, c1, 1, pool=True),  # (N, c1, 14, 14)
-            *stage(c1, c2, 1, pool=True),  # (N, c2, 7, 7)
-            *stage(c2, c3, 0, pool=False),  # (N, c3, 5, 5)
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, c3)
-            nn.Linear(c3, arch.feature_dim), nn.ReLU(inplace=True),  # (N, F)
-        )  # fmt: skip
-        self.dropout = nn.Dropout(arch.dropout)
-        self.head = nn.Linear(arch.feature_dim, arch.num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, F) penultimate activations."""
-        return self.trunk(x)
-
-    def classify(self, h: torch.Tensor) -> torch.Tensor:
-        """Features (N, F) -> logits (N, num_classes)."""
-        return self.head(self.dropout(h))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x))
-
-
-class _AECodes(nn.Module):
-    """Wraps a deepgen autoencoder so that ``features(x)`` is its ``encode(x)``."""
-
-    def __init__(self, ae: nn.Module) -> None:
-        super().__init__()
-        self.ae = ae
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ae.encode(x)  # type: ignore[operator]
-
-
-# -- 2. the feature network handed to the metrics ------------------------------------------
-
-
-class FeatureNet(nn.Module):
-    """A frozen feature network: ``features(x)`` (N, F) for sample-quality metrics.
-
-    Always in eval mode (``train()`` is a no-op), so batch norm uses its running
-    statistics and dropout is off: the features of an image do not depend on the other
-    images in its batch. (Leaving the feature network in training mode makes FID depend
-    on the batch size and on what else is in the batch.) Parameters do not require
-    gradients; gradients with respect to the input still flow, for feature-matching losses.
-
-    Metadata: ``name`` (the dataset it was trained on), ``kind`` ("classifier" or
-    "autoencoder"), ``accuracy`` (test accuracy in [0, 1]; None for an autoencoder),
-    ``data_sha256`` (SHA-256 of the training data), ``seed``, ``feature_dim``,
-    ``input_shape`` (one example, as the model sees it), ``info`` (every stored fact).
-    """
-
-    def __init__(
-        self,
-        net: nn.Module,
-        *,
-        name: str,
-        kind: Kind,
-        input_shape: tuple[int, ...],
-        feature_dim: int,
-        accuracy: float | None,
-        data_sha256: str,
-        seed: int,
-        info: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.net = net
-        self.name = name
-        self.kind: Kind = kind
-        self.input_shape = tuple(input_shape)
-        self.feature_dim = feature_dim
-        self.accuracy = accuracy
-        self.data_sha256 = data_sha256
-        self.seed = seed
-        self.info: dict[str, Any] = dict(info or {})
-        self.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> FeatureNet:
-        """Stays in eval mode whatever ``mode`` says (see the class docstring)."""
-        return super().train(False)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def _check(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-            raise UserError(
-                f"{self.name} features need a float tensor in model space (values in [0, 1] for images), "
-                f"got {got}. Convert raw data with dataset.convert()."
-            )
-        if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            want = "x".join(map(str, self.input_shape))
-            raise UserError(
-                f"{self.describe()} takes (N, {', '.join(map(str, self.input_shape))}) inputs "
-                f"(examples of {want}, the size it was trained on), got shape {tuple(x.shape)}."
-            )
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations (classifier) or codes (autoencoder): (N, *input_shape) -> (N, F).
-
-        ``x`` is in model space (images in [0, 1]) on this network's device.
-        """
-        self._check(x)
-        return self.net.features(x)  # type: ignore[operator]
-
-    forward = features
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (N, *input_shape) -> (N, num_classes); classifiers only."""
-        if self.kind != "classifier":
-            raise UserError(f"{self.describe()}: it has no classes, so no logits.")
-        self._check(x)
-        return self.net(x)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Most likely class (N, *input_shape) -> (N,) int64; classifiers only."""
-        return self.logits(x).argmax(dim=1)
-
-    @torch.no_grad()
-    def extract(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        """Features of many examples, ``batch_size`` at a time: (N, *input_shape) on any
-        device -> (N, F) float32 on this network's device. No gradients."""
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
-        self._check(x)
-        dev = self.device
-        out = [self.features(x[i : i + batch_size].to(dev, torch.float32)) for i in range(0, len(x), batch_size)]
-        return torch.cat(out) if out else torch.empty(0, self.feature_dim, device=dev)
-
-    def describe(self) -> str:
-        """One line saying what these features are, printed beside every FID."""
-        if self.kind == "classifier":
-            acc = "test accuracy unknown" if self.accuracy is None else f"test accuracy {100 * self.accuracy:.2f}%"
-            return f"{_display(self.name)} classifier ({acc}, seed {self.seed})"
-        why = "no labels" if self.info.get("num_classes") is None else "no classifier recipe"
-        return (
-            f"autoencoder features for {self.name} ({why}: not a classifier; "
-            f"{self.feature_dim}-d ae codes, seed {self.seed})"
-        )
-
-    def extra_repr(self) -> str:
-        return self.describe()
-
-
-# -- 3. recipes ----------------------------------------------------------------------------
+# -- 1. recipes ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -293,12 +124,6 @@ RECIPES: dict[str, ClassifierRecipe] = {
 }
 RECIPES["mnist-binarized"] = RECIPES["mnist"]
 
-_DISPLAY = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
-
-
-def _display(name: str) -> str:
-    return _DISPLAY.get(name, name)
-
 
 @dataclass(frozen=True)
 class AERecipe:
@@ -315,7 +140,7 @@ class AERecipe:
         return max(1, min(self.max_epochs, math.ceil(self.steps / per_epoch)))
 
 
-# -- 4. helpers ----------------------------------------------------------------------------
+# -- 2. helpers ----------------------------------------------------------------------------
 
 
 def data_sha256(split: Split) -> str:
@@ -350,9 +175,8 @@ def _slug(name: str) -> str:
 
 
 def _device(device: str | torch.device) -> torch.device:
-    from ..training.trainer import resolve_device
-
-    return device if isinstance(device, torch.device) else resolve_device(device)
+    """The device a feature network is trained and run on (``auto``, ``cpu``, ``cuda:N``...)."""
+    return resolve_device(device)
 
 
 def _fork_rng(device: torch.device):
@@ -409,7 +233,7 @@ def _load_data(name: str, data_dir: str | None, max_train: int) -> Dataset:
     return load_dataset(DataConfig(name=name, data_dir=data_dir, max_train=max_train))
 
 
-# -- 5. training ---------------------------------------------------------------------------
+# -- 3. training ---------------------------------------------------------------------------
 
 
 def train_classifier(
@@ -468,16 +292,13 @@ def _train_classifier(
         loader = ResidentLoader(ds, recipe.batch_size, device, seed=seed)  # data order
         aug_gen = torch.Generator(device).manual_seed(seed + 2)  # shifts, flips, binarization
         steps = recipe.epochs * loader.steps_per_epoch
-        warm = max(1, round(recipe.warmup * steps))
-        fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, **fast)
+        warm = max(1, round(recipe.warmup * steps))  # at least one warm-up step, even for tiny runs
+        # Adam (fused on CUDA, foreach elsewhere), betas (0.9, 0.999), eps 1e-8, no decay.
+        opt = build_optimizer(OptimizerSpec(name="adam", lr=recipe.lr), list(net.parameters()), device)
         net.train()
         for step in range(steps):
-            # Linear warm-up, then cosine decay to 0 (Loshchilov & Hutter 2017).
-            t = (step - warm) / max(1, steps - warm)
-            factor = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * t))
-            for group in opt.param_groups:
-                group["lr"] = recipe.lr * factor
+            # Linear warm-up over `warm` steps, then cosine decay to 0 at `steps`.
+            set_lr(opt, recipe.lr * schedule_factor("cosine", warm, step, steps))
             batch = loader.next()
             x = _augment(batch.x, recipe, aug_gen).contiguous(memory_format=fmt)
             loss = F.cross_entropy(net(x), batch.y)
@@ -530,29 +351,64 @@ def _is_stock(recipe: ClassifierRecipe) -> bool:
     return any(r == recipe for r in RECIPES.values())
 
 
+def _fit(model: GenerativeModel, ds: Dataset, epochs: int, batch_size: int, seed: int, device: torch.device) -> float:
+    """Train ``model`` on ``ds``'s train split for ``epochs`` epochs; the last loss.
+
+    The model contract's plain loop, as the trainer runs it with its defaults (constant
+    lr, no warm-up, EMA, clipping, bf16, compile or CUDA graphs): each step draws one
+    batch and runs the phases active in this epoch in order, each ``repeats`` optimizer
+    steps (a fresh batch per repeat with ``new_batch``), then its ``after_step`` hook.
+    Batches come from the trainer's loader (:func:`~deepgen.data.make_loader`, seeded
+    with ``seed``) and the model's own noise from torch's global generator seeded with
+    ``seed + 1``, as the trainer seeds them, so the weights are the ones
+    ``Trainer(model, ds, TrainConfig(epochs, batch_size, seed)).fit()`` gave before this
+    loop replaced it. The whole model's gradients are cleared before each backward, as
+    in the trainer, so a phase never steps on gradients left by another phase's
+    backward. It lives here because ``metrics/`` may not import ``training/``.
+    """
+    model.to(device)
+    phases = model.phases()
+    # The phase's groups: one torch param group each, with its weight decay.
+    opts = [build_optimizer(p.optimizer, p.groups, device) for p in phases]
+    loader = make_loader(ds, batch_size, device, seed=seed)  # the data order
+    torch.manual_seed(seed + 1)  # the model's noise (the weights were seeded by the caller)
+    model.train()
+    loss = torch.zeros((), device=device)
+    while loader.epochs_done < epochs:
+        epoch = loader.epochs_done  # the epoch this step's batches come from
+        batch = loader.next()
+        for phase, opt in zip(phases, opts):
+            if not phase.active(epoch):
+                continue
+            for r in range(phase.repeats):
+                if r > 0 and phase.new_batch:
+                    batch = loader.next()
+                loss = model.loss(batch, phase.name).loss
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if phase.after_step is not None:
+                    phase.after_step()
+    model.eval()
+    last = float(loss.detach())  # one host sync, at the end
+    if not math.isfinite(last) or not all(bool(p.isfinite().all()) for p in model.parameters()):
+        raise TrainingDiverged(f"training the {ds.name} feature autoencoder diverged (loss {last}); try another seed.")
+    return last
+
+
 @torch.enable_grad()  # first use may come from the evaluator, which runs without gradients
 def _train_autoencoder(
     ds: Dataset, recipe: AERecipe, seed: int, device: torch.device, epochs: int | None, max_train: int, sha: str
 ) -> FeatureNet:
     from ..models import create_model
-    from ..training import TrainConfig, Trainer
 
     network = "conv" if ds.spec.is_image else "mlp"
     n_epochs = epochs if epochs is not None else recipe.epochs_for(len(ds.train))
     start = time.perf_counter()
     with _fork_rng(device):
-        torch.manual_seed(seed)  # the weights (the trainer seeds its own noise and data order)
+        torch.manual_seed(seed)  # the weights (_fit seeds the noise and data order)
         ae = create_model("ae", ds, network=network, latent_dim=recipe.latent_dim, lr=recipe.lr)
-        config = TrainConfig(
-            epochs=n_epochs,
-            batch_size=recipe.batch_size,
-            seed=seed,
-            device=str(device),
-            progress=False,
-            tensorboard=False,
-            log_every=10**9,  # read the loss once, at the end
-        )
-        Trainer(ae, ds, config, run_dir=None).fit()
+        _fit(ae, ds, n_epochs, recipe.batch_size, seed, device)
     ae.eval()
     with torch.no_grad():
         sq = n = 0.0
@@ -585,7 +441,7 @@ def _train_autoencoder(
     )
 
 
-# -- 6. the cache --------------------------------------------------------------------------
+# -- 4. the cache --------------------------------------------------------------------------
 
 
 def _facts(net: FeatureNet) -> dict[str, Any]:
@@ -622,11 +478,10 @@ def _store(net: FeatureNet, stem: Path) -> None:
 def _read_facts(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(facts, tensors) of a cache file; ValueError when it is unreadable or not ours."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+        meta = tensor_metadata(path)
+        tensors = read_tensors(path)
+    except (UserError, RuntimeError) as e:  # UserError: deepgen.io's "missing or corrupt"
+        raise ValueError(f"unreadable ({e})") from None
     try:
         facts = json.loads(meta[_META_KEY])
     except (KeyError, json.JSONDecodeError, TypeError):
@@ -710,7 +565,7 @@ def _cached(
     return net
 
 
-# -- 7. public entry points ----------------------------------------------------------------
+# -- 5. public entry points ----------------------------------------------------------------
 
 
 def feature_extractor(
@@ -861,11 +716,14 @@ def mnist_classifier(
 
 
 __all__ = [
+    "AE_LATENT_DIM",
     "AERecipe",
     "CNNArchitecture",
     "ClassifierRecipe",
     "DigitCNN",
+    "FEATURE_DIM",
     "FeatureNet",
+    "Kind",
     "RECIPES",
     "autoencoder_features",
     "data_sha256",

@@ -7,24 +7,23 @@ per-example log-likelihoods a model reports.
 Units. A negative log-likelihood (NLL) is in nats per example, summed over the example's
 ``D`` dimensions. Bits per dimension divide by ``D ln 2``.
 
-Densities of quantised data. deepgen scales quantised values to model space as
-``x_k = k * Delta`` (``Dataset.scale``: Delta = 1/255 for 8-bit pixels, 1/16 for the 17
-levels of scikit-learn's digits), so level ``k`` owns the bin ``[x_k - Delta/2, x_k +
-Delta/2]`` of width Delta. A density model p gives the level the probability
+Densities of quantised data. The data layer dequantizes levels k in 0..L-1 to
+y = (k + u) / L in [0, 1), u ~ U[0, 1)^D (:func:`deepgen.data.dequantize`; the flow
+papers' convention, BENCHMARKS.md), so level k owns the bin [k / L, (k + 1) / L) of width
+Delta = 1 / L (``DataSpec.bin_width``). A density model p gives the level the probability
 ``P(k) = int_bin p``, and by Jensen's inequality (Theis et al. 2016, "A note on the
 evaluation of generative models", section 3.1; Dinh et al. 2017, RealNVP, section 4.1)
 
-    -log P(k) <= -E_u[log p(x_k + u)] - D log Delta,   u ~ U[-Delta/2, Delta/2]^D.
+    -log P(k) <= -E_u[log p((k + u) / L)] - D log Delta.
 
-The evaluator draws one ``u`` per example (dequantization noise) and passes the density's
-mean NLL at ``x_k + u`` with ``bin_width=Delta`` to :func:`bits_per_dim`:
+The evaluator draws one ``u`` per example and passes the density's mean NLL at those
+points with ``bin_width=Delta`` to :func:`bits_per_dim`:
 
-    bpd = (NLL_nats / D - ln Delta) / ln 2,
+    bpd = (NLL_nats / D - ln Delta) / ln 2 = (NLL_nats / D + ln L) / ln 2,
 
 an upper bound on the discrete NLL in bits/dim (in expectation over ``u``; the mean over
-the test set is its unbiased estimate, and for an IWAE-bounded density it is looser still).
-For 8-bit data put in bins (k + u) / 256, as in the flow papers, Delta = 1/256 and this is
-their figure (BENCHMARKS.md).
+the test set is its unbiased estimate, and for an IWAE-bounded density it is looser
+still). For 8-bit data Delta = 1/256: the published tables' figure.
 """
 
 from __future__ import annotations
@@ -58,20 +57,19 @@ def bits_per_dim(
     * ``bin_width=None`` (probabilities of discrete values, e.g. a Bernoulli decoder on
       binary pixels, a 256-way softmax or a discretized logistic mixture on 8-bit pixels;
       or densities of unbounded real data): ``bpd = NLL / (D ln 2)``.
-    * ``bin_width=Delta`` (a density model of quantised data, each level ``x_k = k *
-      Delta`` owning a bin of width Delta, i.e. ``Dataset.scale``):
+    * ``bin_width=Delta`` (a density model of quantised data whose levels were dequantized
+      into bins of width Delta, ``DataSpec.bin_width`` = 1 / L):
       ``bpd = (NLL / D - ln Delta) / ln 2``. With ``NLL`` the density's mean NLL at
-      uniformly dequantized points ``x_k + u``, ``u ~ U[-Delta/2, Delta/2]^D``, this is an
-      upper bound on the discrete NLL -log P(k) in bits/dim (Theis et al. 2016, sec. 3.1;
-      see the module docstring). The NLL must already include the log-determinant of any
+      dequantized points ``(k + u) / L``, this is an upper bound on the discrete NLL
+      -log P(k) in bits/dim (Theis et al. 2016, sec. 3.1; see the module docstring). The NLL must already include the log-determinant of any
       transform the model applies to its input.
 
     >>> round(bits_per_dim(784 * math.log(2), 784), 6)
     1.0
     >>> round(bits_per_dim(0.0, 3072, bin_width=1 / 256), 6)  # uniform density, 256 bins
     8.0
-    >>> round(bits_per_dim(0.0, 64, bin_width=1 / 16), 6)  # 17 levels k / 16: bins of 1/16
-    4.0
+    >>> round(bits_per_dim(0.0, 64, bin_width=1 / 17), 6)  # 17 levels: bins of 1/17
+    4.087463
     """
     if dim <= 0:
         raise ValueError(f"dim must be a positive number of dimensions, got {dim}")

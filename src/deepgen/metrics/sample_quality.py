@@ -370,7 +370,7 @@ def save_reference(path: str | Path, features: torch.Tensor, *, key: str) -> Fea
     that a tensors file and a sidecar from different writes are detected on load.
     Returns the statistics.
     """
-    from ..training.checkpoint import save_tensors, write_json  # lazy: training imports much
+    from ..io import save_tensors, write_json
 
     path = Path(path)
     stats = FeatureStats.from_features(features, key)
@@ -396,7 +396,7 @@ def load_reference(path: str | Path, *, key: str | None = None) -> FeatureStats:
 
     from safetensors import safe_open
 
-    from ..training.checkpoint import read_tensors
+    from ..io import read_tensors
 
     path = Path(path)
     side = _sidecar(path)

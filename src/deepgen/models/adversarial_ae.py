@@ -34,13 +34,12 @@ from typing import Literal
 import torch
 
 from ..data.dataset import Batch, DataSpec
-from ..errors import UserError
-from ..nn.encoder_decoder import EncoderDecoderConfig, LatentCodeMixin
+from ..nn.adversarial import MLPDiscriminator, discriminator_loss, generator_loss
 from ..nn.layers import make_decoder, make_encoder
 from ..nn.likelihoods import make_head
 from ..registry import register
 from .base import GenerativeModel, LossOutput, OptimizerSpec, Phase, all_parameters
-from .gan import MLPDiscriminator, discriminator_loss, generator_loss
+from .latent import EncoderDecoderConfig, LatentCodeMixin
 
 MIXTURE_COMPONENTS = 10
 MIXTURE_RADIUS = 4.0
@@ -113,8 +112,6 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
 
     def __init__(self, config: AAEConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
-        if spec.kind == "tokens":
-            raise UserError(f"the aae models binary, continuous, discrete or real data; {spec.name or 'this dataset'!r} holds tokens.")
         c = config
         self.head = make_head(c.likelihood, spec, sigma=c.sigma, components=c.components)
         self.encoder = make_encoder(c.network, spec.shape, c.hidden, c.channels, c.latent_dim, c.activation)
@@ -130,12 +127,6 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
             Phase("discriminator", list(self.discriminator.parameters()), adversarial),
             Phase("regularization", list(self.encoder.parameters()), adversarial),
         ]
-
-    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        # Discrete data holds integer levels; the encoder sees them scaled to [0, 1].
-        if self.spec.kind == "discrete" and self.spec.num_levels:
-            return x / (self.spec.num_levels - 1)
-        return x
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws of p(z): (n, L)."""
@@ -183,6 +174,6 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
         return self.head.mean(params) if mean else self.head.sample(params, generator)
 
     # -- capabilities -----------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes z = E(x): (N, *shape) -> (N, L). Differentiable."""
-        return self.encoder(self._encoder_input(x))
+    def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes z = E(x): (N, *shape) -> (N, L). Differentiable; ``cond`` is ignored (unconditional)."""
+        return self.encoder(self.encoder_input(x))

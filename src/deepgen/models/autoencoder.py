@@ -39,11 +39,11 @@ from torch import nn
 
 from ..data.dataset import Batch, DataSpec
 from ..errors import UserError
-from ..nn.encoder_decoder import EncoderDecoderConfig, LatentCodeMixin
 from ..nn.layers import activation, make_decoder, make_encoder
 from ..nn.likelihoods import make_head
 from ..registry import register
 from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
+from .latent import EncoderDecoderConfig, LatentCodeMixin
 
 # -- 1. configs ----------------------------------------------------------------------------
 
@@ -312,8 +312,8 @@ class Autoencoder(LatentCodeMixin, GenerativeModel):
             return self.head.mean(params) if mean else self.head.sample(params, generator)
 
     # -- capabilities -------------------------------------------------------------------
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes h = f(x): (N, *shape) -> (N, latent_dim). Differentiable."""
+    def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes h = f(x): (N, *shape) -> (N, latent_dim). Differentiable; ``cond`` is ignored (unconditional)."""
         return self.squash(self.encoder(x))
 
 

@@ -4,50 +4,59 @@ A model is an ``nn.Module`` registered by name (``@register("vae")``) and built 
 ``(config, data_spec)``. The trainer only ever calls:
 
 * :meth:`GenerativeModel.phases` - the optimisation phases, in order, each with its
-  parameters, optimizer settings, repeats per step, active epochs and after-step hook;
+  parameters (optionally in :class:`~deepgen.optim.ParamGroup` s), optimizer settings,
+  repeats per step, active epochs and after-step hook;
 * :meth:`GenerativeModel.loss` - the scalar to minimise for one phase on one batch, plus
   device tensors to log (never ``.item()`` inside a step);
-* :meth:`GenerativeModel.sample` - new data in the data's own space.
+* :meth:`GenerativeModel.sample` - new data in the data's own space;
+* :class:`DataInit` ``.data_init(batch)``, where a model has it: once, before the first
+  step of a new run (never on resume).
 
-Optional capabilities are small Protocols checked with ``isinstance`` (never by name):
-:class:`LogProb`, :class:`HasELBO`, :class:`Encoder`, :class:`Decoder`,
-:class:`Reconstructor`, :class:`Interpolator`.
+What a model declares, rather than what callers guess from its config:
+
+* ``data_kinds``: the :class:`~deepgen.data.dataset.DataSpec` kinds it accepts; the base
+  class refuses the others with one message naming the models that take them;
+* ``num_classes``: the number of classes it is conditioned on (None: unconditional), set
+  by the base class from the family's ``conditional`` argument; all labels travel as
+  ``cond=`` and pass through :meth:`GenerativeModel.labels`, which also knows the null
+  label (:data:`NULL_LABEL`) of models trained for classifier-free guidance;
+* :meth:`GenerativeModel.likelihood_info`: what its ``log_prob`` is (:class:`Likelihood`).
+
+Optional capabilities are small Protocols checked with ``isinstance`` (never by name),
+all taking labels as ``cond=``: :class:`LogProb`, :class:`HasELBO`, :class:`Encoder`,
+:class:`Decoder`, :class:`Reconstructor`, :class:`ReconstructionNLL`,
+:class:`Interpolator`, :class:`Invertible`, :class:`Completion`,
+:class:`Autoregressive`, :class:`CachedDecoding`, :class:`HasHistograms`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..config import Config
-from ..data.dataset import Batch, DataSpec
+from ..data.dataset import KINDS, Batch, DataSpec, Kind
+from ..errors import UserError
+from ..optim import OptimizerSpec, ParamGroup
+from ..registry import MODELS
 
-
-@dataclass(frozen=True)
-class OptimizerSpec(Config):
-    """Optimizer settings of one phase (``torch.optim`` names; fused/foreach chosen by the trainer)."""
-
-    name: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
-    lr: float = 1e-3
-    betas: tuple[float, ...] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    eps: float = 1e-8
-
-    def validate(self) -> None:
-        self.check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        self.check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}")
-        self.check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+#: The label that stands for "no label" in ``cond=`` for models that declare
+#: ``null_label`` (classifier-free guidance, Ho & Salimans 2022: the unconditional model
+#: is the conditional one given the null label).
+NULL_LABEL = -1
 
 
 @dataclass(eq=False)
 class Phase:
     """One optimisation phase of a training step.
 
+    ``parameters``: the parameters this phase updates, or :class:`ParamGroup` s (each with
+    its own weight decay; nanoGPT's split is :func:`deepgen.optim.decay_groups`); after
+    construction ``parameters`` is always the flat list and ``groups`` the groups.
     ``repeats``: how many optimizer steps this phase takes per training step (a WGAN
     critic takes 5). ``new_batch``: each repeat after the first draws a fresh batch (the
     WGAN critic sees new data every iteration). ``epochs``: the phase is active for epochs
@@ -57,12 +66,23 @@ class Phase:
     """
 
     name: str
-    parameters: list[nn.Parameter]
+    parameters: list[nn.Parameter] | list[ParamGroup]
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     repeats: int = 1
     new_batch: bool = False
     epochs: tuple[int, int | None] = (0, None)
     after_step: Callable[[], None] | None = None
+    groups: list[ParamGroup] = field(init=False)
+
+    def __post_init__(self) -> None:
+        items = list(self.parameters)
+        if items and all(isinstance(g, ParamGroup) for g in items):
+            self.groups = items  # type: ignore[assignment]
+            self.parameters = [p for g in self.groups for p in g.params]
+        elif any(isinstance(g, ParamGroup) for g in items):
+            raise TypeError(f"phase {self.name!r}: parameters must be all parameters or all ParamGroups")
+        else:
+            self.groups = [ParamGroup(items)]  # type: ignore[arg-type]
 
     def active(self, epoch: int) -> bool:
         start, stop = self.epochs
@@ -79,32 +99,87 @@ class LossOutput:
 
 @dataclass(frozen=True)
 class ModelConfig(Config):
-    """Base of every family's config. Families add their own fields."""
+    """Base of every family's config. Families add their own fields.
+
+    Sampling options (steps, sampler, eta, guidance, temperature, top-k) are fields of the
+    families that have them; a loaded run may override them (``deepgen sample --set``,
+    ``load_run(model_overrides=...)``) because they change no parameter.
+    """
 
     lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """What a model's ``log_prob`` is, declared by the model (:meth:`GenerativeModel.likelihood_info`).
+
+    * ``kind``: ``"exact"`` (log p(x) itself: flows, autoregressive models), ``"bound"``
+      (a lower bound on log p(x): the IWAE bound, the diffusion variational bound) or
+      ``"none"`` (not a normalised probability or density of the data, e.g. a Bernoulli
+      decoder on [0, 1]-valued data, Loaiza-Ganem & Cunningham 2019: a loss; no bits/dim).
+    * ``discrete``: True when it is a probability of the data's discrete values (binary
+      pixels, the levels of quantised data, tokens); False for a density, in which case
+      quantised data is scored at dequantized inputs (:func:`deepgen.data.dequantize`) and
+      bits/dim counts the bin width (an upper bound on the discrete NLL, Theis et al. 2016).
+    * ``note``: one line for the figures ("exact", "IWAE bound, k=5000 ...").
+    """
+
+    kind: Literal["exact", "bound", "none"]
+    discrete: bool
+    note: str
+
+    @property
+    def normalised(self) -> bool:
+        """True when ``log_prob`` is (a bound on) a normalised probability or density."""
+        return self.kind != "none"
 
 
 class GenerativeModel(nn.Module):
     """Base class of every registered model.
 
-    Subclasses set ``config_class`` and implement ``phases``, ``loss`` and ``sample``.
-    The first line of the class docstring is the one-line description shown by
-    ``deepgen models``.
+    Subclasses set ``config_class`` (and ``data_kinds`` where they differ), call
+    ``super().__init__(config, spec, conditional=...)`` and implement ``phases``, ``loss``
+    and ``sample``. The first line of the class docstring is the one-line description
+    shown by ``deepgen models``.
     """
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     registered_name: ClassVar[str] = ""
+    #: The data kinds this model accepts (``DataSpec.kind``).
+    data_kinds: ClassVar[tuple[Kind, ...]] = ("binary", "continuous", "discrete", "real")
     #: Logged keys (as the trainer names them, e.g. "discriminator/loss") whose
     #: oscillation the trainer reports as ``<key>_osc``: half the range of the key's
     #: logged means over the last ``TrainConfig.osc_window`` log points.
     oscillation_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: ModelConfig, spec: DataSpec) -> None:
+    def __init__(self, config: ModelConfig, spec: DataSpec, *, conditional: bool = False, null_label: bool = False) -> None:
+        """``conditional``: the model takes the data's class labels (``spec.num_classes``
+        must be set); ``null_label``: it also accepts :data:`NULL_LABEL` ("no label")."""
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         self.spec = spec
+        self._check_kind(spec)
+        if conditional and not spec.num_classes:
+            raise UserError(
+                f"conditional=true needs labelled data, but {spec.name or 'this dataset'!r} has no classes "
+                "(num_classes is not set). Use conditional=false."
+            )
+        #: Classes the model is conditioned on; None when it is unconditional.
+        self.num_classes: int | None = spec.num_classes if conditional else None
+        #: True when ``cond`` may hold NULL_LABEL (classifier-free guidance).
+        self.null_label = bool(null_label and conditional)
+
+    def _check_kind(self, spec: DataSpec) -> None:
+        if spec.kind in self.data_kinds:
+            return
+        name = type(self).registered_name or type(self).__name__
+        takers = [n for n in MODELS.names() if spec.kind in getattr(MODELS.get(n), "data_kinds", ())]
+        others = f" Models for {spec.kind} data: {', '.join(takers)}." if takers else ""
+        raise UserError(
+            f"the {name} models {', '.join(self.data_kinds)} data; {spec.name or 'this dataset'!r} holds {spec.kind}.{others}"
+        )
 
     # -- the contract ---------------------------------------------------------------
     def phases(self) -> list[Phase]:
@@ -126,15 +201,88 @@ class GenerativeModel(nn.Module):
         n: int,
         *,
         generator: torch.Generator | None = None,
-        cond: torch.Tensor | None = None,
+        cond: torch.Tensor | int | None = None,
         mean: bool = False,
     ) -> torch.Tensor:
         """``n`` new examples (n, *spec.shape) in the data's space.
 
-        ``cond``: labels (n,) for conditional models. ``mean=True`` returns the mean of the
-        output distribution instead of a draw from it, where the family has one.
+        ``cond``: labels (n,) (or one label for all) for conditional models; ignored by
+        unconditional ones. ``mean=True`` returns the mean of the output distribution
+        instead of a draw from it, where the family has one.
         """
         raise NotImplementedError
+
+    def likelihood_info(self) -> Likelihood | None:
+        """What ``log_prob`` computes; None for a model without one. Every model with the
+        :class:`LogProb` capability overrides this (the conformance suite checks it)."""
+        return None
+
+    # -- labels -----------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        """True when the model takes class labels (``num_classes`` is set)."""
+        return self.num_classes is not None
+
+    def labels(self, cond: torch.Tensor | int | Sequence[int] | None, n: int) -> torch.Tensor | None:
+        """Labels for ``n`` examples as int64 (n,) on the model's device; None when unconditional.
+
+        ``cond``: (n,) labels, or one label for all n. A conditional model given no labels
+        raises one :class:`UserError` (unless it declares ``null_label``: then every
+        example gets :data:`NULL_LABEL`); labels outside 0..C-1 (and NULL_LABEL where
+        accepted) are refused.
+        """
+        if self.num_classes is None:
+            return None
+        c = self.num_classes
+        if cond is None:
+            if self.null_label:
+                return torch.full((n,), NULL_LABEL, dtype=torch.long, device=self.device)
+            name = type(self).registered_name or type(self).__name__
+            raise UserError(f"this {name} is conditional (conditional=true): pass labels 0..{c - 1} of shape ({n},) as cond=.")
+        y = torch.as_tensor(cond, device=self.device).reshape(-1)
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise UserError(f"labels must be integers 0..{c - 1}, got a {y.dtype} tensor.")
+        y = y.long()
+        if y.numel() == 1 and n != 1:
+            y = y.expand(n)
+        if y.numel() != n:
+            raise UserError(f"{y.numel()} labels given for {n} examples; pass one label or {n}.")
+        low = NULL_LABEL if self.null_label else 0
+        # A range check is a host sync: it runs here, outside the training step (loss()
+        # uses one_hot/label_index on batch labels the data layer already checked).
+        if y.numel() and (int(y.min()) < low or int(y.max()) >= c):
+            accepted = f"0..{c - 1}" + (f" or {NULL_LABEL} (no label)" if self.null_label else "")
+            raise UserError(f"labels must be in {accepted}; got values from {int(y.min())} to {int(y.max())}.")
+        return y
+
+    def one_hot(self, cond: torch.Tensor | int | None, n: int, *, checked: bool = True) -> torch.Tensor | None:
+        """Labels -> float one-hot (n, C) (NULL_LABEL -> a row of zeros); None when unconditional.
+
+        ``checked=False`` skips :meth:`labels`' checks (no host sync: for batch labels
+        inside ``loss``); a conditional model still refuses missing labels.
+        """
+        y = self._label_tensor(cond, n, checked)
+        if y is None:
+            return None
+        assert self.num_classes is not None
+        hot = nn.functional.one_hot(y.clamp_min(0), self.num_classes).to(self.dtype)
+        if self.null_label:
+            hot = hot * (y >= 0).unsqueeze(1)
+        return hot
+
+    def label_index(self, cond: torch.Tensor | int | None, n: int, *, checked: bool = True) -> torch.Tensor | None:
+        """Labels -> indices (n,) into an embedding of C + 1 rows (NULL_LABEL -> C); None when unconditional."""
+        y = self._label_tensor(cond, n, checked)
+        if y is None:
+            return None
+        assert self.num_classes is not None
+        return torch.where(y < 0, torch.full_like(y, self.num_classes), y)
+
+    def _label_tensor(self, cond: torch.Tensor | int | None, n: int, checked: bool) -> torch.Tensor | None:
+        if checked or cond is None or self.num_classes is None:
+            return self.labels(cond, n)
+        y = torch.as_tensor(cond, device=self.device).reshape(-1).long()
+        return y.expand(n) if y.numel() == 1 and n != 1 else y
 
     # -- helpers ----------------------------------------------------------------------
     @property
@@ -144,6 +292,21 @@ class GenerativeModel(nn.Module):
         for b in self.buffers():
             return b.device
         return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point parameters (float32 unless converted)."""
+        for p in self.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+        return torch.get_default_dtype()
+
+    @classmethod
+    def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
+        """Settings that build structurally different networks for data ``spec`` (e.g.
+        ``{"network": "mlp"}`` and ``{"network": "conv"}`` for images): the conformance
+        suites build the model once per variant. Default: the defaults alone."""
+        return [{}]
 
     @classmethod
     def describe(cls) -> str:
@@ -161,61 +324,46 @@ class GenerativeModel(nn.Module):
 
 @runtime_checkable
 class LogProb(Protocol):
-    """``log_prob(x)`` -> (N,) log-likelihood in nats; ``log_prob_note`` says exact or which bound.
+    """``log_prob(x, cond=None)`` -> (N,) log-likelihood in nats; what it is (exact, a bound,
+    a loss; discrete or density) is the model's :meth:`GenerativeModel.likelihood_info`."""
 
-    ``log_prob_discrete``: True when log_prob is a probability of the data's discrete values
-    (binary pixels, or the levels of quantised data); False when it is a density, in which
-    case the evaluator scores quantised data at x + u, u ~ U[-Delta/2, Delta/2] (Delta =
-    ``Dataset.scale``), and bits/dim subtracts ln Delta per dimension (an upper bound on the
-    discrete NLL, Theis et al. 2016).
-
-    ``log_prob_normalised`` (optional; treated as True when absent, so not a Protocol
-    member): False when ``log_prob`` is not (a bound on) a normalised probability or
-    density of the data, e.g. a Bernoulli decoder on [0, 1]-valued data;
-    ``log_prob_note`` must then say so, and the evaluator reports ``nll``/``elbo`` in nats
-    but no bits/dim.
-    """
-
-    log_prob_note: str
-    log_prob_discrete: bool
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor: ...
+    def log_prob(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class HasELBO(Protocol):
-    """``elbo(x)`` -> (N,) evidence lower bound in nats."""
+    """``elbo(x, cond=None)`` -> (N,) evidence lower bound in nats."""
 
-    def elbo(self, x: torch.Tensor) -> torch.Tensor: ...
+    def elbo(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class Encoder(Protocol):
-    """``encode(x)`` -> (N, latent_dim) codes (the posterior mean for VAEs)."""
+    """``encode(x, cond=None)`` -> (N, latent_dim) codes (the posterior mean for VAEs; z for flows, flattened)."""
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class Decoder(Protocol):
-    """``decode(z)`` -> (N, *shape), the mean of the output distribution."""
+    """``decode(z, cond=None)`` -> (N, *shape), the mean of the output distribution (or the inverse map)."""
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class Reconstructor(Protocol):
-    """``reconstruct(x)`` -> (N, *shape), the output mean for input ``x``."""
+    """``reconstruct(x, cond=None)`` -> (N, *shape), the output mean for input ``x``."""
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
+    def reconstruct(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class HasHistograms(Protocol):
     """``histograms()`` -> {name: values (any shape)} to plot (e.g. WGAN critic weights).
 
-    The trainer writes them to TensorBoard at each log point and to ``histograms.png``
-    with the sample pictures.
+    The trainer writes them to TensorBoard at each log point; the picture callback draws
+    ``histograms.png`` with the sample pictures.
     """
 
     def histograms(self) -> dict[str, torch.Tensor]: ...
@@ -223,16 +371,78 @@ class HasHistograms(Protocol):
 
 @runtime_checkable
 class ReconstructionNLL(Protocol):
-    """``reconstruction_nll(x)`` -> (N,) nats: -log p(x | code of x) under the output distribution."""
+    """``reconstruction_nll(x, cond=None)`` -> (N,) nats: -log p(x | code of x) under the output distribution."""
 
-    def reconstruction_nll(self, x: torch.Tensor) -> torch.Tensor: ...
+    def reconstruction_nll(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class Interpolator(Protocol):
-    """``interpolate(x1, x2, steps)`` -> (steps, *shape) decoded along the latent path."""
+    """``interpolate(x1, x2, steps, cond=None)`` -> (steps, *shape) decoded along the latent path."""
 
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor: ...
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Invertible(Protocol):
+    """An invertible map (normalizing flows): ``forward(x, cond=None) -> (z, log_det)`` with
+    z (N, *zshape) holding as many values per example as x (N, *shape), and log_det (N,)
+    = log |det dz/dx| (float32 or wider); ``inverse(z, cond=None) -> x``.
+
+    The capability conformance suite checks, in float64, that ``inverse(forward(x)) = x``
+    to 1e-5 and that ``log_det`` equals log |det J| of autograd's Jacobian.
+    """
+
+    def forward(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def inverse(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Completion(Protocol):
+    """``complete(x, known, generator=None, cond=None)`` -> (N, *shape): the positions where
+    ``known`` (bool, (N, *shape) or (*shape)) is False are drawn in the model's order given
+    the known ones (a text prompt, an image's upper half); known positions stay as in x."""
+
+    def complete(
+        self, x: torch.Tensor, known: torch.Tensor, *, generator: torch.Generator | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Autoregressive(Protocol):
+    """p(x) = prod_i p(x_{o(i)} | x_{o(<i)}) in an order o.
+
+    ``ordering()`` -> (T,) int64: the flat index into x (N, *shape) of position i.
+    ``position_outputs(x, cond=None)`` -> (N, T, ...): the network's output (logits or
+    distribution parameters) for position i, which may depend only on positions < i.
+    The conformance suite checks that output i has zero gradient (or, for token data, no
+    change) with respect to inputs at positions >= i.
+    """
+
+    def ordering(self) -> torch.Tensor: ...
+
+    def position_outputs(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class CachedDecoding(Protocol):
+    """``cached_position_outputs(x, cond=None)`` -> (N, T, ...): the same outputs as
+    :class:`Autoregressive` ``.position_outputs``, computed one position at a time with the
+    sampler's cache (a key/value cache, a PixelCNN's cached activations). The conformance
+    suite checks that both agree."""
+
+    def cached_position_outputs(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class DataInit(Protocol):
+    """``data_init(batch)``: a data-dependent initialisation (Glow's actnorm, Kingma &
+    Dhariwal 2018, sec. 3.1) that the trainer calls once before the first step of a new
+    run, on the first ``batch_size`` training examples, and never on resume (the weights
+    it set are in the checkpoint)."""
+
+    def data_init(self, batch: Batch) -> None: ...
 
 
 CAPABILITIES: dict[str, type] = {
@@ -243,6 +453,11 @@ CAPABILITIES: dict[str, type] = {
     "reconstruct": Reconstructor,
     "reconstruction_nll": ReconstructionNLL,
     "interpolate": Interpolator,
+    "invertible": Invertible,
+    "complete": Completion,
+    "autoregressive": Autoregressive,
+    "cached_decoding": CachedDecoding,
+    "data_init": DataInit,
     "histograms": HasHistograms,
 }
 
@@ -261,10 +476,17 @@ def all_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
     return out
 
 
-def one_hot(y: torch.Tensor | None, num_classes: int | None, n: int, device: Any) -> torch.Tensor | None:
-    """Labels (N,) -> (N, num_classes) float one-hot; None when the model is unconditional."""
-    if not num_classes:
-        return None
-    if y is None:
-        raise ValueError("this model is conditional: pass labels (cond=...) of shape (n,)")
-    return nn.functional.one_hot(y.long().to(device), num_classes).float().reshape(n, num_classes)
+__all__ = [
+    "CAPABILITIES",
+    "KINDS",
+    "NULL_LABEL",
+    "GenerativeModel",
+    "Likelihood",
+    "LossOutput",
+    "ModelConfig",
+    "OptimizerSpec",
+    "ParamGroup",
+    "Phase",
+    "all_parameters",
+]
+

@@ -41,17 +41,29 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from ..data.dataset import Batch, DataSpec
 from ..errors import UserError
+from ..nn.adversarial import (  # noqa: F401  (the losses and D are part of this chapter's API)
+    LEAKY_SLOPE,
+    ConvDiscriminator,
+    MLPDiscriminator,
+    conv_stages,
+    critic_generator_loss,
+    critic_loss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+    gradient_penalty,
+    minibatch_stddev,
+    norm1d,
+    norm2d,
+    with_cond,
+)
 from ..registry import register
-from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase, one_hot
-
-# The DCGAN discriminator's LeakyReLU slope (Radford et al. 2016, sec. 3).
-LEAKY_SLOPE = 0.2
+from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
 
 # -- 1. configs ------------------------------------------------------------------------------
 
@@ -155,88 +167,8 @@ class WGANGPConfig(AdversarialConfig):
         )
 
 
-# -- 2. the losses ---------------------------------------------------------------------------
-# ``D`` outputs logits l; D(x) = sigmoid(l). With log sigmoid(l) = -softplus(-l) and
-# log(1 - sigmoid(l)) = -softplus(l), every log below is computed stably from logits.
-
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """-E[log D(x)] - E[log(1 - D(G(z)))] (Goodfellow et al. 2014, eq. 1): logits (N,), (M,) -> 0-d."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-
-
-def generator_loss(fake_logits: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
-    """G's loss on D's logits (M,) for its samples -> 0-d.
-
-    ``minimax``: E[log(1 - D(G(z)))], eq. 1 itself; it saturates (vanishing gradient) when
-    D rejects the samples confidently, early in training. ``non-saturating``:
-    -E[log D(G(z))], the fix Goodfellow et al. recommend (sec. 3), same fixed point.
-    """
-    if kind == "minimax":
-        return -F.softplus(fake_logits).mean()
-    if kind == "non-saturating":
-        return F.softplus(-fake_logits).mean()
-    raise UserError(f"unknown generator loss {kind!r}. Accepted: minimax, non-saturating.")
-
-
-def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
-    """E[f(G(z))] - E[f(x)], the negated Wasserstein estimate (Arjovsky et al. 2017, eq. 3): -> 0-d."""
-    return fake_scores.mean() - real_scores.mean()
-
-
-def critic_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
-    """-E[f(G(z))], the WGAN generator's loss (Arjovsky et al. 2017, Algorithm 1): -> 0-d."""
-    return -fake_scores.mean()
-
-
-def gradient_penalty(
-    critic: Callable[[torch.Tensor], torch.Tensor],
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    weight: float = 10.0,
-    *,
-    group: int = 1,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """lambda E[(||grad_x f(x_hat)||_2 - 1)^2] (Gulrajani et al. 2017, eq. 3) -> 0-d.
-
-    ``x_hat = eps x + (1 - eps) x_fake`` with one ``eps ~ U[0, 1]`` per example: random
-    points on the lines between real (N, *shape) and fake (N, *shape) examples. ``critic``
-    maps (N, *shape) to (N // group,) scores; with PacGAN packing (``group = m``) one score
-    judges m examples, and the norm is that of the gradient w.r.t. all m of them. The
-    graph is kept (``create_graph``), so the penalty trains the critic.
-    """
-    n = len(real)
-    eps = torch.rand((n,) + (1,) * (real.dim() - 1), generator=generator, device=real.device, dtype=real.dtype)
-    with torch.enable_grad():
-        x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
-        scores = critic(x_hat)
-        (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    k = n // group
-    # sqrt(. + tiny): the norm's gradient stays finite where the gradient is exactly 0.
-    norms = torch.sqrt(grad[: k * group].reshape(k, -1).pow(2).sum(dim=1) + 1e-12)  # (k,)
-    return weight * (norms - 1).pow(2).mean()
-
-
-def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
-    """||E f(x) - E f(G(z))||_2^2 on D's features (N, F), (M, F) (Salimans et al. 2016, sec. 3.1) -> 0-d."""
-    return (real_features.mean(dim=0) - fake_features.mean(dim=0)).pow(2).sum()
-
-
-# -- 3. what D sees: minibatch statistics and packing ------------------------------------------
-
-
-def minibatch_stddev(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Append the batch's mean feature standard deviation (Karras et al. 2018, sec. 3).
-
-    The std of every feature (and spatial location) over the batch, sqrt(Var + eps) with
-    the biased variance, averaged into one number s, appended as one more constant
-    feature: (N, F) -> (N, F + 1), or one more channel: (N, C, H, W) -> (N, C + 1, H, W).
-    A collapsed generator gives a batch with small s, which D can then see.
-    """
-    std = torch.sqrt(h.var(dim=0, unbiased=False) + eps)  # (F,) or (C, H, W)
-    s = std.mean()
-    return torch.cat([h, s.expand(len(h), 1, *h.shape[2:])], dim=1)
+# -- 2. the losses (nn/adversarial.py, shared with the adversarial autoencoder) --------------------
+# -- 3. what D sees: minibatch std (nn/adversarial.py) and packing -----------------------------------
 
 
 def pack(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -253,42 +185,7 @@ def pack(x: torch.Tensor, m: int) -> torch.Tensor:
         raise UserError(f"pack={m} needs batches of at least {m} examples, got {len(x)}. Raise batch_size or lower pack.")
     return x[: k * m].reshape(k, m * x.shape[1], *x.shape[2:])
 
-
-# -- 4. networks ---------------------------------------------------------------------------------
-
-
-def _norm1d(kind: str, width: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm1d(width)
-    if kind == "layer":
-        return nn.LayerNorm(width)
-    return nn.Identity()
-
-
-def _norm2d(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "layer":  # layer norm over (C, H, W) of each example, per-channel affine
-        return nn.GroupNorm(1, channels)
-    return nn.Identity()
-
-
-def conv_stages(height: int, width: int) -> int:
-    """Stride-2 stages of the DCGAN networks for an image: the smallest map is 4-7 pixels.
-
-    8x8 -> 1 stage (4x4), 28x28 -> 2 (7x7), 32x32 -> 3 (4x4), 64x64 -> 4 (4x4).
-    """
-    return max(1, int(math.log2(min(height, width) / 4)))
-
-
-def _halved(n: int, stages: int) -> int:
-    for _ in range(stages):
-        n //= 2  # Conv2d(kernel 4, stride 2, padding 1) halves and floors
-    return n
-
-
-def _with_cond(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-    return h if c is None else torch.cat([h, c], dim=1)
+# -- 4. networks: the generators here, the discriminators in nn/adversarial.py ------------------------
 
 
 class MLPGenerator(nn.Module):
@@ -300,14 +197,14 @@ class MLPGenerator(nn.Module):
         layers: list[nn.Module] = []
         prev = in_dim
         for h in hidden:
-            layers += [nn.Linear(prev, h), _norm1d(norm, h), nn.ReLU()]
+            layers += [nn.Linear(prev, h), norm1d(norm, h), nn.ReLU()]
             prev = h
         layers.append(nn.Linear(prev, math.prod(shape)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``z`` (N, noise_dim), ``c`` (N, num_classes) one-hot or None -> (N, *shape) in model space."""
-        return self.net(_with_cond(z, c)).reshape(len(z), *self.shape)
+        return self.net(with_cond(z, c)).reshape(len(z), *self.shape)
 
 
 class ConvGenerator(nn.Module):
@@ -327,79 +224,20 @@ class ConvGenerator(nn.Module):
         chans = [width * 2**i for i in reversed(range(stages))]  # widest first
         self.c0 = chans[0]
         self.project = nn.Linear(in_dim, self.c0 * self.h0 * self.w0)
-        self.project_norm = _norm2d(norm, self.c0)
+        self.project_norm = norm2d(norm, self.c0)
         layers: list[nn.Module] = []
         for i in range(stages):
             out = chans[i + 1] if i + 1 < stages else c
             layers.append(nn.ConvTranspose2d(chans[i], out, 4, stride=2, padding=1))
             if i + 1 < stages:
-                layers += [_norm2d(norm, out), nn.ReLU()]
+                layers += [norm2d(norm, out), nn.ReLU()]
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``z`` (N, noise_dim), ``c`` (N, num_classes) one-hot or None -> (N, *shape) in model space."""
         _, h, w = self.shape
-        x = self.project(_with_cond(z, c)).reshape(len(z), self.c0, self.h0, self.w0)
+        x = self.project(with_cond(z, c)).reshape(len(z), self.c0, self.h0, self.w0)
         return self.deconvs(torch.relu(self.project_norm(x)))[:, :, :h, :w]
-
-
-class MLPDiscriminator(nn.Module):
-    """x (N, *any) [+ (N, K')] -> (logits (N,), features (N, F)): Linear -> LeakyReLU(0.2) ... -> Linear.
-
-    ``features`` are the last hidden layer's activations (for feature matching); the
-    minibatch-std feature, when on, is appended to them before the output layer.
-    """
-
-    def __init__(self, in_dim: int, hidden: Sequence[int], norm: str = "none", minibatch_std: bool = False) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        prev = in_dim
-        for i, h in enumerate(hidden):
-            layers += [nn.Linear(prev, h), _norm1d(norm if i > 0 else "none", h), nn.LeakyReLU(LEAKY_SLOPE)]
-            prev = h
-        self.body = nn.Sequential(*layers)
-        self.minibatch_std = minibatch_std
-        self.out = nn.Linear(prev + int(minibatch_std), 1)
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (N, C_in, ...) (C_in = pack x channels when packed), ``c`` (N, K') one-hot labels (packed like x) or None ->
-        (logits (N,), features (N, F)): the features feed feature matching."""
-        features = self.body(_with_cond(x.flatten(1), c))  # (N, F)
-        h = minibatch_stddev(features) if self.minibatch_std else features
-        return self.out(h).squeeze(1), features
-
-
-class ConvDiscriminator(nn.Module):
-    """The DCGAN discriminator: (N, C', H, W) [+ (N, K')] -> (logits (N,), features (N, F)).
-
-    s stride-2 4x4 convs doubling the channels from ``width``, LeakyReLU(0.2), the chosen
-    normalisation on every stage but the first (Radford et al. 2016, sec. 3), then one
-    linear layer on the flattened last map. A condition is broadcast as K' constant input
-    channels; the minibatch-std channel is appended to the last map.
-    """
-
-    def __init__(self, in_shape: Sequence[int], cond_dim: int, width: int, stages: int, norm: str = "none", minibatch_std: bool = False) -> None:
-        super().__init__()
-        c, h, w = in_shape
-        layers: list[nn.Module] = []
-        prev = c + cond_dim
-        for i in range(stages):
-            ch = width * 2**i
-            layers += [nn.Conv2d(prev, ch, 4, stride=2, padding=1), _norm2d(norm if i > 0 else "none", ch), nn.LeakyReLU(LEAKY_SLOPE)]
-            prev = ch
-        self.convs = nn.Sequential(*layers)
-        self.minibatch_std = minibatch_std
-        self.out = nn.Linear((prev + int(minibatch_std)) * _halved(h, stages) * _halved(w, stages), 1)
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (N, C_in, ...) (C_in = pack x channels when packed), ``c`` (N, K') one-hot labels (packed like x) or None ->
-        (logits (N,), features (N, F)): the features feed feature matching."""
-        if c is not None:
-            x = torch.cat([x, c[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
-        maps = self.convs(x)  # (N, C_s, h_s, w_s)
-        h = minibatch_stddev(maps) if self.minibatch_std else maps
-        return self.out(h.flatten(1)).squeeze(1), maps.flatten(1)
-
 
 # -- 5. the models -------------------------------------------------------------------------------
 
@@ -424,13 +262,7 @@ class GAN(GenerativeModel):
     oscillation_keys = ("discriminator/loss", "generator/loss")
 
     def __init__(self, config: AdversarialConfig, spec: DataSpec) -> None:
-        super().__init__(config, spec)
-        name = spec.name or "this dataset"
-        if spec.kind == "tokens":
-            raise UserError(f"{self.registered_name or 'a gan'} models images, 2-D points or tables; {name!r} holds tokens. Use an autoregressive model for text.")
-        if config.conditional and not spec.num_classes:
-            raise UserError(f"conditional=true needs labelled data, but {name!r} has no classes. Use conditional=false.")
-        self.num_classes = spec.num_classes if config.conditional else None
+        super().__init__(config, spec, conditional=config.conditional)
         k, m = self.num_classes or 0, config.pack
         self.network = self.choose_network()
         if self.network == "conv":
@@ -440,6 +272,12 @@ class GAN(GenerativeModel):
         else:
             self.G = MLPGenerator(config.noise_dim + k, config.g_hidden, spec.shape, config.g_norm)
             self.D = MLPDiscriminator(m * (spec.dim + k), config.d_hidden, config.d_norm, config.minibatch_std)
+
+    @classmethod
+    def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
+        """MLP networks for any data; the DCGAN conv nets too for images of at least 8x8."""
+        convolvable = len(spec.shape) == 3 and min(spec.shape[1:]) >= 8
+        return [{"network": "mlp"}, {"network": "conv"}] if convolvable else [{}]
 
     def choose_network(self) -> str:
         """``mlp`` or ``conv`` from the config's ``network`` and the data's shape."""
@@ -472,17 +310,6 @@ class GAN(GenerativeModel):
         if kind == "discrete":
             return torch.round(u * (self.spec.num_levels - 1))
         return u
-
-    def _cond(self, y: torch.Tensor | int | None, n: int) -> torch.Tensor | None:
-        """Labels (n,) (or one label for all) -> one-hot (n, K); None when unconditional."""
-        if not self.num_classes:
-            return None
-        if y is None:
-            raise UserError(f"this model is conditional (conditional=true): pass labels 0..{self.num_classes - 1} of shape ({n},) as cond=.")
-        y = torch.as_tensor(y, device=self.device).reshape(-1)
-        if y.numel() == 1 and n != 1:
-            y = y.expand(n)
-        return one_hot(y, self.num_classes, n, self.device)
 
     # -- G and D -------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -560,7 +387,7 @@ class GAN(GenerativeModel):
         (B, *shape) and fakes G(z) for new noise z (B, noise_dim); conditional fakes take
         the batch's labels ``batch.y`` (B,). With packing, D sees B / pack inputs."""
         real = self.to_model_space(batch.x)
-        c = self._cond(batch.y, len(real))  # fakes carry the batch's labels
+        c = self.one_hot(batch.y, len(real), checked=False)  # fakes carry the batch's labels
         if phase == self.d_phase:
             return self.discriminator_step_loss(real, c)
         if phase == "generator":
@@ -636,7 +463,7 @@ class GAN(GenerativeModel):
         n: int,
         *,
         generator: torch.Generator | None = None,
-        cond: torch.Tensor | None = None,
+        cond: torch.Tensor | int | None = None,
         mean: bool = False,
     ) -> torch.Tensor:
         """``n`` examples (n, *shape) of the data's kind from z ~ N(0, I) drawn with ``generator``.
@@ -644,7 +471,7 @@ class GAN(GenerativeModel):
         ``cond``: labels (n,) (or one label) for a conditional model. ``mean`` matters for
         binary data only: threshold G's probabilities at 0.5 instead of drawing Bernoulli pixels.
         """
-        c = self._cond(cond, n)
+        c = self.one_hot(cond, n)
         return self.to_data_space(self.generate(self.noise(n, generator), c), generator, mean)
 
 

@@ -10,7 +10,16 @@
       trainer_state/       tensors.safetensors + state.json: optimizers, step, RNG states,
                            data position
       metrics.jsonl        one JSON object per logged step
-      samples.png ...      pictures
+      tb/                  TensorBoard event files
+      eval.json            figures of ``deepgen eval``
+      report.html          ``deepgen report``'s page
+      samples.png ...      pictures (written by the presentation layer: ``deepgen.pictures``
+                           during training, ``deepgen.analysis`` after it)
+
+This module owns the format: the file names (:data:`RUN_FILES`), writing and reading each
+part, rebuilding the model from ``config.json`` (:func:`build_model`, used by
+:func:`load_run` and ``Trainer.resume``) and removing a run that never reached its first
+checkpoint (:func:`discard_unfinished`).
 
 Every file is written to a temporary name and renamed into place; ``trainer_state`` is
 written as a new folder and swapped in. Loading reads safetensors and JSON only, so a run
@@ -22,20 +31,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from .. import __version__
 from ..data import DataConfig, Dataset, DataSpec, load_dataset
 from ..errors import UserError
+from ..io import read_tensors, save_tensors, tensor_metadata, write_json
 from ..models import create_model, model_class
 from ..models.base import GenerativeModel, ModelConfig
+from ..version import __version__
 from .config import TrainConfig
 
 CONFIG = "config.json"
@@ -43,43 +52,70 @@ WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
 DATA_STATE = "data_state.safetensors"
 TRAINER_STATE = "trainer_state"
+METRICS = "metrics.jsonl"  # one JSON object per logged step (training.logging)
+TENSORBOARD = "tb"  # TensorBoard event files (training.logging)
 EVAL = "eval.json"  # figures of `deepgen eval`, merged per metric and split
+REPORT = "report.html"  # `deepgen report RUN`'s page, by default
+# Pictures: samples during training (deepgen.pictures.SamplePictures), the rest after it
+# (deepgen.analysis.write_analysis).
+SAMPLES = "samples.png"
+SAMPLES_DIR = "samples"  # samples/stepNNNNNNN.png: one copy of samples.png per sample point
+HISTOGRAMS = "histograms.png"
+RECONSTRUCTIONS = "reconstructions.png"
+LATENT = "latent.png"
+MANIFOLD = "manifold.png"
+INTERPOLATION = "interpolation.png"
+PICTURES = (SAMPLES, RECONSTRUCTIONS, MANIFOLD, LATENT, INTERPOLATION, HISTOGRAMS)
+
+# Every name a run folder may hold. Replacing a run (``deepgen train --overwrite``) or
+# removing one that never reached a checkpoint deletes exactly these, and nothing else
+# the user keeps in the folder.
+RUN_FILES = (CONFIG, WEIGHTS, EMA_WEIGHTS, DATA_STATE, TRAINER_STATE, METRICS, TENSORBOARD, EVAL, REPORT, SAMPLES_DIR, *PICTURES)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def is_run(folder: str | Path) -> bool:
+    """True when ``folder`` holds a run (its ``config.json``)."""
+    return (Path(folder) / CONFIG).is_file()
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically; tensors are copied to contiguous CPU memory."""
-    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(flat, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+def has_checkpoint(folder: str | Path) -> bool:
+    """True when the run in ``folder`` has written a checkpoint (its weights)."""
+    return (Path(folder) / WEIGHTS).is_file()
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file (no unpickling); a :class:`UserError` when the
-    file is missing or corrupt."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}. The file is missing or corrupt.") from None
+def remove_run_files(folder: str | Path) -> None:
+    """Delete the files of a run in ``folder`` (only the names of :data:`RUN_FILES`)."""
+    folder = Path(folder)
+    for name in RUN_FILES:
+        p = folder / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def discard_unfinished(folder: str | Path, *, created: bool) -> bool:
+    """Remove a run that never reached its first checkpoint (it is only half written);
+    returns True when something was removed. ``created``: the folder did not exist before
+    the run, so it goes entirely; otherwise only the run's files go. A run with a
+    checkpoint is kept (it can be resumed)."""
+    folder = Path(folder)
+    if has_checkpoint(folder) or not folder.is_dir():
+        return False
+    if created:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        remove_run_files(folder)
+    return True
 
 
 def step_of(path: Path) -> int | None:
     """The ``step`` recorded in a safetensors file's metadata."""
-    from safetensors import safe_open
-
+    meta = tensor_metadata(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
         return int(meta["step"]) if "step" in meta else None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}. The file is missing or corrupt.") from None
+    except ValueError:
+        raise UserError(f"cannot read {path}: its step {meta['step']!r} is not a number. The file is corrupt.") from None
 
 
 # -- config.json ----------------------------------------------------------------------------
@@ -162,46 +198,88 @@ class Run:
         return ds
 
 
-def load_run(
-    run_dir: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    model_overrides: dict[str, str] | None = None,
-    use_ema: bool = True,
-) -> Run:
-    """Load a run folder's model and configs.
-
-    ``model_overrides`` are ``key -> text`` settings applied to the saved model config
-    (for evaluation knobs such as ``iwae_k``; a change that alters the parameters fails
-    to load with a clear message). ``use_ema``: load the EMA weights when the run has them.
-    """
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    cls = model_class(cfg["model"])
-    model_config = cls.config_class.from_dict(cfg["model_config"])
+def saved_model_config(cfg: Mapping[str, Any], model_overrides: Mapping[str, str] | None = None) -> ModelConfig:
+    """The model config saved in ``config.json`` (``cfg``, from :func:`read_run_config`),
+    with ``key -> text`` overrides parsed by each field's type (an unknown key is a
+    :class:`UserError` listing the accepted ones)."""
+    model_config = model_class(cfg["model"]).config_class.from_dict(cfg["model_config"])
     if model_overrides:
-        model_config = model_config.with_overrides(model_overrides)
-    spec = DataSpec.from_dict(cfg["spec"])
-    model = create_model(cfg["model"], spec, model_config)
-    weights = run_dir / (EMA_WEIGHTS if use_ema and (run_dir / EMA_WEIGHTS).is_file() else WEIGHTS)
-    if not weights.is_file():
-        raise UserError(f"{run_dir} has no {WEIGHTS}: the run has not written a checkpoint yet.")
-    state = read_tensors(weights)
+        model_config = model_config.with_overrides(dict(model_overrides))
+    return model_config
+
+
+def build_model(
+    cfg: Mapping[str, Any], data: DataSpec | Dataset | None = None, model_overrides: Mapping[str, str] | None = None
+) -> GenerativeModel:
+    """A fresh model as a run folder's ``config.json`` (``cfg``) describes it, for ``data``
+    (the dataset or spec it trains on; None: the saved spec), weights not loaded.
+
+    ``model_overrides``: ``key -> text`` changes of the saved model config (sampling and
+    evaluation knobs, see :func:`load_run`). The one place a run's model is rebuilt:
+    :func:`load_run` and ``Trainer.resume`` both come here.
+    """
+    spec_or_data = DataSpec.from_dict(cfg["spec"]) if data is None else data
+    return create_model(cfg["model"], spec_or_data, saved_model_config(cfg, model_overrides))
+
+
+def _mismatch(model: GenerativeModel, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Load ``state`` into ``model``; None on success, else the first line that says why not."""
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         # The first line of PyTorch's message is a heading; the next ones name the tensors.
         lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
-        raise UserError(f"the weights in {weights} do not fit the model config: {lines[0]}") from None
+        return lines[0].rstrip(".")
+    return None
+
+
+def load_weights(model: GenerativeModel, path: Path) -> None:
+    """Load the safetensors weights at ``path`` into ``model``; a :class:`UserError` when
+    the file is unreadable or the weights do not fit the model."""
+    why = _mismatch(model, read_tensors(path))
+    if why is not None:
+        raise UserError(f"the weights in {path} do not fit the model config: {why}.")
+
+
+def load_run(
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    model_overrides: Mapping[str, str] | None = None,
+    use_ema: bool = True,
+) -> Run:
+    """Load a run folder's model and configs.
+
+    ``model_overrides`` are ``key -> text`` settings applied to the saved model config
+    (sampling and evaluation knobs such as ``iwae_k``); an unknown key, or a change that
+    alters the parameters, is one :class:`UserError`. ``use_ema``: load the EMA weights
+    when the run has them.
+    """
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    model = build_model(cfg, None, model_overrides)
+    weights = run_dir / (EMA_WEIGHTS if use_ema and (run_dir / EMA_WEIGHTS).is_file() else WEIGHTS)
+    if not weights.is_file():
+        raise UserError(f"{run_dir} has no {WEIGHTS}: the run has not written a checkpoint yet.")
+    state = read_tensors(weights)
+    why = _mismatch(model, state)
+    if why is not None:
+        if model_overrides and _mismatch(build_model(cfg), state) is None:  # the saved settings fit: the overrides do not
+            raise UserError(
+                f"cannot load {run_dir} with {', '.join(sorted(model_overrides))} changed: the change alters the "
+                f"model's parameters ({why}). A loaded run may change only settings that leave the parameters "
+                "as they are (sampling and evaluation knobs)."
+            )
+        raise UserError(f"the weights in {weights} do not fit the model config: {why}.")
     model.to(device).eval()
     return Run(
         path=run_dir,
         model_name=cfg["model"],
         model=model,
-        model_config=model_config,
+        model_config=model.config,
         data_config=DataConfig.from_dict(cfg["data"]),
         train_config=TrainConfig.from_dict(cfg["train"]),
-        spec=spec,
+        spec=model.spec,
         data_meta=cfg.get("data_meta", {}),
         step=step_of(weights),
     )

@@ -21,13 +21,14 @@ class TrainConfig(Config):
     compile: bool = False  # torch.compile the loss (forward and backward); pays off on GPUs
     cuda_graph: bool = False  # capture each phase's step in a CUDA graph, one launch per step (CUDA only)
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    ema_warmup: float = 0.0  # power of diffusers' EMA warm-up: decay min(ema, 1 - (1 + step)^-power); 0 = off
     log_every: int = 50  # steps between reads of the logged device tensors (one sync each)
     osc_window: int = 20  # log points in the moving window of the oscillation measure (<key>_osc)
-    sample_every: int = 0  # steps between sample pictures; 0 = at the end of each epoch
+    sample_every: int = 0  # steps between sample points (trainer.sample_due: pictures); 0 = at the end of each epoch
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
     max_steps: int = 0  # stop after this many steps in all (0 = no limit)
     max_seconds: float = 0.0  # stop at the first step boundary past this much training time (0 = no limit)
-    picture_samples: int = 64  # examples in each sample picture (2-D data: 20x as many points)
+    picture_samples: int = 64  # examples in each sample picture of deepgen.pictures.SamplePictures (2-D data: 20x as many points)
     progress: bool = True  # tqdm progress bar
     tensorboard: bool = True  # TensorBoard event files in run/tb (needs the tensorboard package)
 
@@ -37,6 +38,11 @@ class TrainConfig(Config):
         self.check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         self.check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         self.check(0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (0 = off), got {self.ema}")
+        self.check(self.ema_warmup >= 0, f"ema_warmup must be >= 0 (0 = off), got {self.ema_warmup}")
+        self.check(
+            not (self.ema_warmup and not self.ema),
+            f"ema_warmup={self.ema_warmup} ramps up the EMA's decay, but ema=0 (off); set ema (e.g. 0.999) as well",
+        )
         self.check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         self.check(self.osc_window >= 2, f"osc_window must be >= 2, got {self.osc_window}")
         self.check(self.max_seconds >= 0, f"max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}")

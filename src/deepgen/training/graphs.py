@@ -27,86 +27,18 @@ between replays (memory for speed; the eager step frees them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from ..data import Batch
 from ..errors import UserError
-from ..models.base import OptimizerSpec
+from ..optim import build_optimizer, load_optimizer_state, optimizer_state, set_lr
+
+__all__ = ["WARMUP_RUNS", "PhaseGraph", "build_optimizer", "load_optimizer_state", "optimizer_state", "set_lr"]
 
 # Eager runs of a phase before it is captured (PyTorch's whole-network example warms up 3).
 WARMUP_RUNS = 3
-
-# Optimizer flags that say how a step is computed, not what it computes: a checkpoint keeps
-# the moments and hyperparameters, the running optimizer keeps its own implementation.
-_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
-
-
-def build_optimizer(spec: OptimizerSpec, params: Sequence[nn.Parameter], device: torch.device, graph: bool = False) -> torch.optim.Optimizer:
-    """A torch optimizer from a phase's spec: fused Adam on CUDA, foreach elsewhere.
-
-    ``graph``: the step will be captured in a CUDA graph, so the optimizer keeps its step
-    count on the device (``capturable``) and its lr in a device tensor that the schedule
-    updates in place (SGD has no capturable mode: its float lr is fixed at capture).
-    """
-    fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    lr: float | torch.Tensor = torch.tensor(spec.lr, device=device) if graph and spec.name != "sgd" else spec.lr
-    if graph:
-        fast["capturable"] = True
-    if spec.name in ("adam", "adamw"):
-        cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-        return cls(params, lr=lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay, **fast)
-    if spec.name == "rmsprop":
-        capturable = {"capturable": True} if graph else {}
-        return torch.optim.RMSprop(params, lr=lr, eps=spec.eps, momentum=spec.momentum, weight_decay=spec.weight_decay, foreach=True, **capturable)
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, foreach=True)
-
-
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's lr: in place for a tensor lr (a captured step reads that tensor)."""
-    for group in opt.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-
-
-def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """``opt.state_dict()`` with every lr as a float (a checkpoint holds no device lr)."""
-    sd = opt.state_dict()
-    for group in sd["param_groups"]:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"] = float(group["lr"])
-    return sd
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
-    """Load saved moments and hyperparameters, keeping ``opt``'s implementation.
-
-    ``Optimizer.load_state_dict`` takes the saved groups whole, flags included, so a
-    checkpoint written by a fused or captured GPU run would make a CPU run capturable (an
-    error) and turn a graph's tensor lr into a float (the graph would never see the
-    schedule). Here the running optimizer's flags and lr object are kept; the step counts
-    move where the implementation expects them.
-    """
-    kept = [({k: g[k] for k in _IMPLEMENTATION_KEYS if k in g}, g["lr"]) for g in opt.param_groups]
-    opt.load_state_dict(sd)
-    for group, (flags, lr) in zip(opt.param_groups, kept):
-        saved_lr = float(group["lr"])
-        group.update(flags)
-        if isinstance(lr, torch.Tensor):
-            lr.fill_(saved_lr)
-            group["lr"] = lr
-        else:
-            group["lr"] = saved_lr
-        on_device = bool(group.get("fused") or group.get("capturable"))
-        for p in group["params"]:
-            state = opt.state.get(p, {})
-            if isinstance(state.get("step"), torch.Tensor):
-                state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
 
 
 class PhaseGraph:

@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .checkpoint import METRICS, TENSORBOARD
+
 if TYPE_CHECKING:
     import torch
 
@@ -21,7 +23,7 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path | None, tensorboard: bool = True, resume_step: int | None = None) -> None:
-        self.path = None if run_dir is None else Path(run_dir) / "metrics.jsonl"
+        self.path = None if run_dir is None else Path(run_dir) / METRICS
         self.tb = None
         if self.path is None:
             return
@@ -34,7 +36,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+                self.tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD), purge_step=resume_step)
             except ImportError:
                 warnings.warn("tensorboard is not installed: TensorBoard logs are off (pip install tensorboard)", stacklevel=2)
 
@@ -80,7 +82,7 @@ def _step(line: str) -> int:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The logged records of a run, in order."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

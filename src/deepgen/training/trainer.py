@@ -12,7 +12,6 @@ checkpoint is always a good one.
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -24,40 +23,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..data import RESUMABLE_DATA, Batch, DataConfig, Dataset, load_dataset, make_loader
+from ..data import RESUMABLE_DATA, Batch, DataConfig, Dataset, iterate, load_dataset, make_loader
+from ..devices import resolve_device
 from ..errors import TrainingDiverged, UserError
-from ..models import create_model, model_class
-from ..models.base import GenerativeModel, HasHistograms, Phase
-from ..viz import save_histograms, save_samples
-from . import checkpoint as ckpt
-from . import distributed
-from .config import TrainConfig
-from .graphs import (
-    WARMUP_RUNS,
-    PhaseGraph,
+from ..io import save_tensors, write_json
+from ..models.base import DataInit, GenerativeModel, HasHistograms, Phase
+from ..optim import (
+    EMA,
     build_optimizer,
     load_optimizer_state,
     optimizer_state,
+    schedule_factor,
     set_lr,
 )
+from . import checkpoint as ckpt
+from . import distributed
+from .callbacks import Callback, hooks
+from .config import TrainConfig
+from .graphs import WARMUP_RUNS, PhaseGraph
 from .logging import RunLogger
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else must be a usable device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}. Accepted: auto, cpu, cuda, cuda:N, mps.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but this machine has no CUDA GPU. Use device=cpu or auto.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {name!r} asked for, but MPS is not available here. Use device=cpu or auto.")
-    return device
+# What a callback may be: an object with some of Callback's methods, or a plain callable
+# called at the end of every epoch.
+CallbackLike = Callback | Callable[["Trainer"], None]
 
 
 def seed_all(seed: int) -> None:
@@ -67,30 +56,7 @@ def seed_all(seed: int) -> None:
 
 def lr_factor(config: TrainConfig, step: int, total: int) -> float:
     """Multiplier of the base lr at ``step`` of ``total``: warm-up, then the schedule."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.schedule == "constant" or total <= config.warmup_steps:
-        return 1.0
-    t = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
-    if config.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-    return 1.0 - t
-
-
-class EMA:
-    """An exponential moving average of a model's weights (a copy kept in eval mode)."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        ema_p = [p for p in self.model.parameters() if p.dtype.is_floating_point]
-        src_p = [p for p in model.parameters() if p.dtype.is_floating_point]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - self.decay)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
+    return schedule_factor(config.schedule, config.warmup_steps, step, total)
 
 
 def fit_together(trainers: Sequence[Trainer]) -> list[TrainResult]:
@@ -153,7 +119,15 @@ class Trainer:
     >>> trainer = Trainer(model, dataset, TrainConfig(epochs=2), run_dir="runs/vae")
     >>> result = trainer.fit()
 
-    ``callbacks`` are called with the trainer at the end of every epoch.
+    ``callbacks``: objects with any of ``on_step_end``, ``on_epoch_end`` and
+    ``on_fit_end`` (each called with the trainer; see :mod:`deepgen.training.callbacks`),
+    or plain callables called at the end of every epoch. The trainer draws no pictures:
+    ``callbacks=[deepgen.pictures.SamplePictures()]`` writes ``samples.png`` and its
+    per-step copies, as ``deepgen train`` does.
+
+    A model with the :class:`~deepgen.models.base.DataInit` capability gets
+    ``data_init(batch)`` once, at the start of the first ``fit`` of a new run (never on
+    resume), on the first ``batch_size`` training examples.
     """
 
     def __init__(
@@ -164,7 +138,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         *,
         data_config: DataConfig | None = None,
-        callbacks: Sequence[Callable[[Trainer], None]] = (),
+        callbacks: Sequence[CallbackLike] = (),
         _resume_state: dict[str, Any] | None = None,
     ) -> None:
         self.config = config or TrainConfig()
@@ -178,12 +152,14 @@ class Trainer:
         self.run_dir = None if run_dir is None or not self.world.is_main else Path(run_dir)
         self.data_config = data_config or DataConfig(name=dataset.name)
         self.callbacks = list(callbacks)
+        hooks(self.callbacks, "on_step_end")  # a TypeError now for something that is no callback
         self.model_name = type(model).registered_name or type(model).__name__
         self.phases: list[Phase] = model.phases()
         self._check_phases()
         self._check_cuda_graph()
         graph = self.config.cuda_graph
-        self.optimizers = [build_optimizer(p.optimizer, p.parameters, self.device, graph) for p in self.phases]
+        # One torch param group per ParamGroup of the phase (its own weight decay).
+        self.optimizers = [build_optimizer(p.optimizer, p.groups, self.device, graph) for p in self.phases]
         self.base_lrs = [p.optimizer.lr for p in self.phases]
         self._lrs: list[float | None] = [None] * len(self.phases)  # the lr each optimizer holds now
         # CUDA graphs (TrainConfig.cuda_graph): every step runs on one side stream, where
@@ -202,9 +178,7 @@ class Trainer:
                 f"batch_size={self.config.batch_size} is larger than the {self.loader.n} training examples; under "
                 "torchrun the global batch must fit the data to split evenly over the processes."
             )
-        if self.world.size > 1 and _resume_state is None:
-            distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
-        self.ema = EMA(self.model, self.config.ema) if self.config.ema > 0 else None
+        self.ema = EMA(self.model, self.config.ema, self.config.ema_warmup) if self.config.ema > 0 else None
         # torch.compile of the loss (forward and, through AOTAutograd, backward): fewer,
         # fused kernels for launch-bound small models. Batches have one size (the loader
         # drops the tail), so static shapes: no dynamic-shape recompiles.
@@ -220,7 +194,13 @@ class Trainer:
         # Host-side history of the logged means of model.oscillation_keys (no extra sync).
         self._history: dict[str, deque[float]] = {k: deque(maxlen=self.config.osc_window) for k in model.oscillation_keys}
         self._resumed = _resume_state is not None
+        # A new run's weights are finished at its first fit (data_init, rank 0's broadcast).
+        self._initialised = self._resumed
         self._fit_start: float | None = None  # perf_counter at the (virtual) start of training
+        # What kind of step the last one was, for callbacks (deepgen.training.callbacks).
+        self.epoch_ended = False  # it finished an epoch
+        self.fit_ending = False  # it is the last step of this fit
+        self.sample_due = False  # a sample point: TrainConfig.sample_every, or an epoch end, or the last step
         if _resume_state is not None:
             self._restore(_resume_state)
         self._logger: RunLogger | None = None
@@ -288,6 +268,12 @@ class Trainer:
         """:meth:`fit` as a generator: yields the step count after each training step and
         returns the summary (``StopIteration.value``); :func:`fit_together` interleaves these."""
         cfg = self.config
+        step_hooks = hooks(self.callbacks, "on_step_end")
+        epoch_hooks = hooks(self.callbacks, "on_epoch_end")
+        fit_hooks = hooks(self.callbacks, "on_fit_end")
+        self.model.train()
+        if not self._initialised:
+            self._initialise()
         if self.run_dir is not None:
             self._write_config()
         if self.step == 0:
@@ -296,7 +282,6 @@ class Trainer:
         last_epochs_done = self.loader.epochs_done
         start = time.perf_counter() - self.seconds
         self._fit_start = start
-        self.model.train()
         bar = None
         self._logger = RunLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if self._resumed else None)
         try:
@@ -313,19 +298,26 @@ class Trainer:
                 epoch_ended = epochs_done > last_epochs_done
                 last_epochs_done = epochs_done
                 finished = self.finished
+                self.epoch_ended, self.fit_ending = epoch_ended, finished
+                self.sample_due = bool((cfg.sample_every and self.step % cfg.sample_every == 0) or (not cfg.sample_every and epoch_ended) or finished)
                 if self.step % cfg.log_every == 0 or epoch_ended or finished:
                     self.seconds = time.perf_counter() - start
                     self._flush_logs(bar)
-                if (cfg.sample_every and self.step % cfg.sample_every == 0) or (not cfg.sample_every and epoch_ended) or finished:
-                    self.save_samples()
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or (not cfg.checkpoint_every and epoch_ended) or finished:
                     self.seconds = time.perf_counter() - start
                     self.save_checkpoint()
-                if epoch_ended:
-                    self._join_default_stream()
-                    for callback in self.callbacks:
-                        callback(self)
+                if step_hooks or (epoch_ended and epoch_hooks):
+                    self._join_default_stream()  # callbacks may read the model: every step so far has run
+                    for hook in step_hooks:
+                        hook(self)
+                    if epoch_ended:
+                        for hook in epoch_hooks:
+                            hook(self)
                 yield self.step
+            if fit_hooks:
+                self._join_default_stream()
+                for hook in fit_hooks:
+                    hook(self)
         finally:
             if bar is not None:
                 bar.close()
@@ -333,6 +325,24 @@ class Trainer:
             self._join_default_stream()  # the caller's work after fit sees every step
         self.seconds = time.perf_counter() - start
         return TrainResult(self.step, self.loader.epochs_done, self.seconds, dict(self.last))
+
+    @torch.no_grad()
+    def _initialise(self) -> None:
+        """Finish a new run's weights before its first step: the model's data-dependent
+        initialisation (:class:`DataInit`) on the first ``batch_size`` training examples,
+        then, under torchrun, rank 0's weights for every rank; the EMA starts from the
+        result. The examples are read apart from the training loader (its batches, order
+        and random streams stay as they are) with a generator of their own."""
+        cfg = self.config
+        if isinstance(self.model, DataInit):
+            gen = torch.Generator(self.device).manual_seed(cfg.seed + 7)  # dynamic binarization, if any
+            batch = next(iterate(self.dataset, "train", cfg.batch_size, self.device, gen, limit=cfg.batch_size))
+            self.model.data_init(batch)
+        if self.world.size > 1:
+            distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
+        if self.ema is not None:
+            self.ema = EMA(self.model, cfg.ema, cfg.ema_warmup)
+        self._initialised = True
 
     @property
     def finished(self) -> bool:
@@ -361,7 +371,7 @@ class Trainer:
         cfg["train"] = self.config.to_dict()
         for key in RESUMABLE_DATA:
             cfg["data"][key] = getattr(self.data_config, key)
-        ckpt.write_json(self.run_dir / ckpt.CONFIG, cfg)
+        write_json(self.run_dir / ckpt.CONFIG, cfg)
 
     def _train_step(self) -> None:
         if self._stream is None:
@@ -402,7 +412,9 @@ class Trainer:
                 self._phase_update(phase, opt, batch)
                 self._counts[phase.name] = self._counts.get(phase.name, 0) + 1
         if self.ema is not None:
-            self.ema.update(self.model)
+            # The steps before this one: 0 at the first update, whose warm-up decay is 0
+            # (the average starts as the weights; diffusers' EMAModel counts the same way).
+            self.ema.update(self.model, self.step)
 
     def _phase_update(self, phase: Phase, opt: torch.optim.Optimizer, batch: Batch) -> None:
         """One optimizer step of ``phase`` on ``batch``: eager, or a CUDA graph's replay."""
@@ -494,7 +506,7 @@ class Trainer:
     def _kept_checkpoint(self) -> str:
         if self.run_dir is None:
             return "no run folder was written"
-        if (self.run_dir / ckpt.WEIGHTS).is_file():
+        if ckpt.has_checkpoint(self.run_dir):
             return f"the last good checkpoint in {self.run_dir} is kept"
         return "no checkpoint had been written yet"
 
@@ -511,33 +523,6 @@ class Trainer:
         """The model used for pictures and evaluation: the EMA copy when there is one."""
         return self.ema.model if self.ema is not None else self.model  # type: ignore[return-value]
 
-    @torch.no_grad()
-    def save_samples(self) -> Path | None:
-        """Write ``samples.png`` (and a per-step copy) from a fixed generator."""
-        if self.run_dir is None:
-            return None
-        self._join_default_stream()
-        spec = self.dataset.spec
-        n = self.config.picture_samples * (20 if spec.shape == (2,) else 1)
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        gen = torch.Generator(self.device).manual_seed(self.config.seed + 12345)
-        cond = None
-        if getattr(model.config, "conditional", False) and spec.num_classes:
-            cond = torch.arange(n, device=self.device) % spec.num_classes
-        samples = model.sample(n, generator=gen, cond=cond, mean=spec.is_image)
-        model.train(was_training)
-        if isinstance(model, HasHistograms):
-            save_histograms(model.histograms(), self.run_dir / "histograms.png", title=f"step {self.step}")
-        path = self.run_dir / "samples.png"
-        if save_samples(samples, spec, path, reference=self.dataset.meta.get("modes")):
-            (self.run_dir / "samples").mkdir(exist_ok=True)
-            step_path = self.run_dir / "samples" / f"step{self.step:07d}.png"
-            step_path.write_bytes(path.read_bytes())
-            return path
-        return None
-
     def save_checkpoint(self) -> None:
         """Weights, EMA, optimizers, step, RNG states and data position, written atomically."""
         self._flush_logs()  # the NaN guard sees every step before the checkpoint is written (every rank); joins the streams
@@ -552,9 +537,9 @@ class Trainer:
         if not (self.run_dir / ckpt.CONFIG).is_file():
             self._write_config()
         meta = {"step": str(self.step), "model": self.model_name}
-        ckpt.save_tensors(self.run_dir / ckpt.WEIGHTS, self.model.state_dict(), meta)
+        save_tensors(self.run_dir / ckpt.WEIGHTS, self.model.state_dict(), meta)
         if self.ema is not None:
-            ckpt.save_tensors(self.run_dir / ckpt.EMA_WEIGHTS, self.ema.model.state_dict(), meta)
+            save_tensors(self.run_dir / ckpt.EMA_WEIGHTS, self.ema.model.state_dict(), meta)
         state: dict[str, Any] = {
             "step": self.step,
             "seconds": self.seconds,
@@ -580,8 +565,13 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
-        for opt, sd in zip(self.optimizers, state["optimizers"]):
-            load_optimizer_state(opt, sd)
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise UserError(f"the checkpoint holds {len(state['optimizers'])} optimizers but {self.model_name} has {len(self.optimizers)} phases; it is from other code.")
+        for phase, opt, sd in zip(self.phases, self.optimizers, state["optimizers"]):
+            try:
+                load_optimizer_state(opt, sd)
+            except ValueError as e:  # torch: another number or size of parameter groups
+                raise UserError(f"the checkpoint's optimizer state does not fit phase {phase.name!r} ({e}); it is from other code.") from None
         self.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng_cpu"])
         for key, values in state.get("osc_history", {}).items():
@@ -616,7 +606,7 @@ class Trainer:
         cls,
         run_dir: str | Path,
         *,
-        callbacks: Sequence[Callable[[Trainer], None]] = (),
+        callbacks: Sequence[CallbackLike] = (),
         data_overrides: Mapping[str, Any] | None = None,
         **train_overrides: Any,
     ) -> Trainer:
@@ -641,13 +631,12 @@ class Trainer:
                 raise UserError(f"data settings {fixed} cannot change on resume; only {', '.join(RESUMABLE_DATA)} may.")
             data_config = data_config.replace(**data_overrides)
         dataset = load_dataset(data_config)
-        model_config = model_class(cfg["model"]).config_class.from_dict(cfg["model_config"])
-        model = create_model(cfg["model"], dataset, model_config)
+        model = ckpt.build_model(cfg, dataset)
         weights = run_dir / ckpt.WEIGHTS
         if ckpt.step_of(weights) != int(state["step"]):
             raise UserError(f"{run_dir}: {ckpt.WEIGHTS} and {ckpt.TRAINER_STATE}/ are from different steps; the checkpoint is incomplete.")
-        model.load_state_dict(ckpt.read_tensors(weights))
+        ckpt.load_weights(model, weights)
         trainer = cls(model, dataset, train_config, run_dir, data_config=data_config, callbacks=callbacks, _resume_state=state)
         if trainer.ema is not None and (run_dir / ckpt.EMA_WEIGHTS).is_file():
-            trainer.ema.model.load_state_dict(ckpt.read_tensors(run_dir / ckpt.EMA_WEIGHTS))
+            ckpt.load_weights(trainer.ema.model, run_dir / ckpt.EMA_WEIGHTS)  # type: ignore[arg-type]
         return trainer
