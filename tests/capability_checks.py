@@ -185,6 +185,18 @@ def check_complete(model: GenerativeModel, x: torch.Tensor, cond: torch.Tensor |
     _finite(out.double(), "complete")
 
 
+def check_generate(model: GenerativeModel, x: torch.Tensor, cond: torch.Tensor | None) -> None:
+    """Continuing a prompt keeps it and gives ``length`` ids, also past the model's context."""
+    flat = x.reshape(len(x), -1)
+    prompt = flat[:, : max(1, flat.shape[1] // 3)].long()
+    length = 2 * flat.shape[1] + 3  # past the context: the sliding window
+    with torch.no_grad():
+        out = model.generate_ids(prompt, length, generator=torch.Generator(x.device).manual_seed(0), **_kw(cond))
+    assert out.shape == (len(x), length), f"generate gives {tuple(out.shape)}, expected {(len(x), length)}"
+    assert torch.equal(out[:, : prompt.shape[1]], prompt), "generate changed the prompt"
+    assert int(out.min()) >= 0
+
+
 def check_data_init(model: GenerativeModel, x: torch.Tensor, cond: torch.Tensor | None) -> None:
     """data_init on a batch leaves a model whose losses are finite."""
     from deepgen.data.dataset import Batch
@@ -213,6 +225,7 @@ CHECKS: dict[str, Check] = {
     "complete": check_complete,
     "autoregressive": check_autoregressive,
     "cached_decoding": check_cached_decoding,
+    "generate_ids": check_generate,
     "data_init": check_data_init,
     "histograms": check_histograms,
 }

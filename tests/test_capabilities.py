@@ -76,7 +76,7 @@ def test_conditional_capabilities_take_cond(name, data_dir):
     ``num_classes`` is the base model's member."""
     ds = deepgen.load_dataset(_data_config("digits", data_dir))
     torch.manual_seed(0)
-    model = deepgen.create_model(name, ds, conditional=True)
+    model = deepgen.create_model(name, ds, conditional=True, **model_class(name).variants(ds.spec)[0])
     assert model.num_classes == 10 and model.conditional
     batch = next(iter_batches(ds, 6))
     ran = _run_checks(model, batch.x, batch.y)

@@ -127,8 +127,10 @@ def test_seed_save_load_and_resume(name, data, variant, data_dir, tmp_path):
     data_cfg = _data_config(data, data_dir)
 
     def run(folder: str, seed: int = 0, **train):
-        cfg = _train_config(seed=seed, **train)
-        model, ds = _build(name, data_cfg, variant, seed=cfg.seed)
+        model, ds = _build(name, data_cfg, variant, seed=seed)
+        # Enough epochs for every phase to run (a stacked autoencoder's stages take one each).
+        epochs = max(2, *(p.epochs[0] + 1 for p in model.phases()))
+        cfg = _train_config(seed=seed, epochs=epochs, **train)
         trainer = Trainer(model, ds, cfg, tmp_path / folder, data_config=data_cfg)
         trainer.fit()
         return trainer

@@ -495,9 +495,9 @@ def test_npy_with_nan_and_objects(tmp_path: Path) -> None:
 
 
 def test_unsupported_user_file(tmp_path: Path) -> None:
-    (tmp_path / "a.txt").write_text("hi")
+    (tmp_path / "a.json").write_text("hi")
     with pytest.raises(UserError, match=r"accepted user data is"):
-        load_dataset(str(tmp_path / "a.txt"))
+        load_dataset(str(tmp_path / "a.json"))
 
 
 # --------------------------------------------------------------------------- resident loader

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import devices  # noqa: F401, I001  (first: OpenMP's short spin is set before torch loads)
 from .data import DataConfig, Dataset, DataSpec, load_dataset
 from .errors import UserError
 from .models import GenerativeModel, create_model, model_names

@@ -16,6 +16,10 @@ file                   needs              shows
                                           5%..95% quantiles (for a VAE, close to the
                                           standard-normal prior's quantiles)
 ``interpolation.png``   ``interpolate``   decoded paths between pairs of test examples
+``completions.png``     ``complete``      test images (top row) above their lower halves
+                                          drawn given the upper halves
+``samples.txt``         token data with   samples decoded with the dataset's vocabulary
+                        a vocabulary      (character-level text)
 =====================  =================  ===============================================
 
 Everything runs under ``torch.no_grad()`` with the model in eval mode (its mode is
@@ -37,7 +41,9 @@ import torch
 
 from .data.dataset import Dataset, DataSpec
 from .data.resident import iterate
-from .models.base import Decoder, Encoder, GenerativeModel, Interpolator, Reconstructor
+from .data.text import decode_text
+from .io import atomic_path
+from .models.base import Completion, Decoder, Encoder, GenerativeModel, Interpolator, Reconstructor
 from .viz import save_image_grid, save_samples, save_scatter
 
 MAX_EXAMPLES = 2000  # test examples used for codes and quantiles
@@ -46,6 +52,7 @@ MANIFOLD_SIDE = 15  # manifold.png is a MANIFOLD_SIDE x MANIFOLD_SIDE grid
 INTERP_ROWS = 4  # pairs shown in interpolation.png
 INTERP_STEPS = 10  # decoded points per pair (endpoints included)
 SAMPLES = 64  # images in samples.png (2-D data: 20x as many points)
+TEXT_SAMPLES = 4  # token models: sequences decoded into samples.txt
 
 
 def to_unit(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
@@ -171,13 +178,31 @@ def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torc
         save_image_grid(to_unit(torch.cat([x[:k], recon.reshape(x[:k].shape)]), spec), path, nrow=k)
         written.append(path)
 
-    # samples.png: every model samples.
-    n = SAMPLES * (20 if spec.shape == (2,) else 1)
+    # samples.png: every model samples (token data: samples.txt below instead).
+    n = SAMPLES * (20 if spec.shape == (2,) else 1) if spec.kind != "tokens" else TEXT_SAMPLES
     gen = torch.Generator(device).manual_seed(seed + 12345)
     sample_cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
     samples = model.sample(n, generator=gen, cond=sample_cond, mean=spec.is_image)
     path = run_dir / "samples.png"
     if save_samples(samples, spec, path, reference=dataset.meta.get("modes")):
+        written.append(path)
+    vocab = dataset.meta.get("vocab")
+    if spec.kind == "tokens" and isinstance(vocab, str):
+        path = run_dir / "samples.txt"
+        text = "\n\n".join(f"--- sample {i + 1} ---\n" + decode_text(s, vocab) for i, s in enumerate(samples))
+        with atomic_path(path) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
+        written.append(path)
+
+    # completions.png: test images (top) and their lower halves drawn given the upper halves.
+    if isinstance(model, Completion) and spec.is_image and have_test:
+        k = min(RECON_COLUMNS, len(x))
+        known = torch.zeros(spec.shape, dtype=torch.bool, device=device)
+        known[:, : spec.shape[1] // 2] = True  # the upper half of every channel
+        lab = None if labels is None else labels[:k]
+        done = model.complete(x[:k], known, generator=torch.Generator(device).manual_seed(seed + 7), **({"cond": lab} if lab is not None else {}))
+        path = run_dir / "completions.png"
+        save_image_grid(to_unit(torch.cat([x[:k], done.reshape(x[:k].shape)]), spec), path, nrow=k)
         written.append(path)
 
     # latent.png: test codes coloured by label.

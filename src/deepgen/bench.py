@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,11 @@ from typing import Any
 import torch
 
 from .data import DataConfig, load_dataset
+from .devices import configure_threads
 from .errors import UserError, did_you_mean
 from .io import write_json
 from .metrics import evaluate
+from .metrics.progress import progress_bar, resolve_progress
 from .models import create_model
 from .models.base import LogProb, Reconstructor
 from .pictures import SamplePictures
@@ -57,6 +60,11 @@ IMAGE_PRESETS: tuple[Preset, ...] = (
     Preset("gan-mlp", "gan", {"network": "mlp", "noise_dim": 64, "g_hidden": (256, 512), "d_hidden": (512, 256)}),
     Preset("dcgan", "dcgan", {"noise_dim": 100}),
     Preset("wgan-gp-conv", "wgan-gp", {"network": "conv", "noise_dim": 100}),
+    # Autoregressive models: exact probabilities of the 8-bit pixels; sampling takes one
+    # network pass per pixel (784), so their sample metrics cost more time than the others'.
+    Preset("made", "made", {"hidden": (500,), "likelihood": "categorical"}),
+    Preset("pixelcnn", "pixelcnn", {"channels": 64, "layers": 8, "likelihood": "logistic-mixture"}),
+    Preset("transformer-pixels", "transformer", {"layers": 4, "heads": 4, "width": 256, "dropout": 0.0}),
 )
 
 PRESETS: dict[str, tuple[Preset, ...]] = {"mnist": IMAGE_PRESETS, "fashion-mnist": IMAGE_PRESETS}
@@ -104,12 +112,18 @@ def run_bench(
     seed: int = 0,
     eval_samples: int = 10000,
     batch_size: int = 128,
+    progress: bool | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train each preset for ``budget`` seconds, evaluate, and write the leaderboard.
 
     Writes ``out/leaderboard.md``, ``out/leaderboard.json`` and one run folder per preset
     under ``out/runs/`` (with its sample pictures). Returns the JSON record.
+    ``progress``: a bar of the models done, and the evaluator's bars (None = when stderr
+    is a terminal). ``threads``: CPU threads (:func:`deepgen.devices.configure_threads`;
+    None or 0 = deepgen's default).
     """
+    show = resolve_progress(progress)
     presets = select_presets(dataset, models)
     dev = resolve_device(device)
     if not budget > 0 or not math.isfinite(budget):
@@ -124,36 +138,47 @@ def run_bench(
         )
         for preset in presets
     ]
+    configure_threads(threads)
     data_config = DataConfig(name=dataset, data_dir=data_dir)
     ds = load_dataset(data_config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    floor = evaluate_floor(ds, device=dev, seed=seed, limit=eval_samples, data_dir=data_dir)
     rows = []
-    for preset, config in zip(presets, configs):
-        seed_all(seed)
-        model = create_model(preset.model, ds, **preset.settings)
-        trainer = Trainer(model, ds, config, out / "runs" / preset.label, data_config=data_config, callbacks=[SamplePictures()])
-        try:
-            result = trainer.fit()
-        finally:
-            trainer.loader.close()
-        names = metrics_for(trainer.eval_model)
-        t0 = time.perf_counter()
-        figures = evaluate(trainer.eval_model, ds, names, limit=eval_samples, seed=seed, device=dev, data_dir=data_dir)
-        rows.append(
-            {
-                "label": preset.label,
-                "model": preset.model,
-                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in preset.settings.items()},
-                "steps": result.steps,
-                "epochs": result.epochs,
-                "train_seconds": round(result.seconds, 1),
-                "eval_seconds": round(time.perf_counter() - t0, 1),
-                **figures,
-            }
-        )
-        print(f"{preset.label}: {_row_text(rows[-1])}", flush=True)
+    # leave=True: the bar of models done stays; each model's line prints above it.
+    with progress_bar(len(presets), f"bench {dataset}", enabled=show, unit="model", leave=True) as bar:
+        bar.set_postfix_str("the floor (real train vs test)")
+        floor = evaluate_floor(ds, device=dev, seed=seed, limit=eval_samples, data_dir=data_dir, progress=show)
+        for preset, config in zip(presets, configs):
+            bar.set_postfix_str(f"{preset.label}: training for {budget:g} s")
+            seed_all(seed)
+            model = create_model(preset.model, ds, **preset.settings)
+            trainer = Trainer(model, ds, config, out / "runs" / preset.label, data_config=data_config, callbacks=[SamplePictures()])
+            try:
+                result = trainer.fit()
+            finally:
+                trainer.loader.close()
+            names = metrics_for(trainer.eval_model)
+            bar.set_postfix_str(f"{preset.label}: evaluating {', '.join(names)}")
+            t0 = time.perf_counter()
+            figures = evaluate(
+                trainer.eval_model, ds, names, limit=eval_samples, seed=seed, device=dev, data_dir=data_dir, progress=show
+            )
+            rows.append(
+                {
+                    "label": preset.label,
+                    "model": preset.model,
+                    "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in preset.settings.items()},
+                    "steps": result.steps,
+                    "epochs": result.epochs,
+                    "train_seconds": round(result.seconds, 1),
+                    "eval_seconds": round(time.perf_counter() - t0, 1),
+                    **figures,
+                }
+            )
+            # Through the bar (above it when it shows; a plain line on stdout otherwise).
+            bar.write(f"{preset.label}: {_row_text(rows[-1])}", file=sys.stdout)
+            sys.stdout.flush()
+            bar.update(1)
     record = {
         "dataset": dataset,
         "budget_seconds": budget,
@@ -172,11 +197,13 @@ def run_bench(
     return record
 
 
-def evaluate_floor(ds: Any, *, device: torch.device, seed: int, limit: int, data_dir: str | None) -> dict[str, Any]:
+def evaluate_floor(
+    ds: Any, *, device: torch.device, seed: int, limit: int, data_dir: str | None, progress: bool | None = False
+) -> dict[str, Any]:
     """FID/KID/PR/DC of the real training set against the real test set: the floor."""
     from .metrics.quality import real_vs_real
 
-    return real_vs_real(ds, device=device, seed=seed, limit=limit, data_dir=data_dir)
+    return real_vs_real(ds, device=device, seed=seed, limit=limit, data_dir=data_dir, progress=progress)
 
 
 def _fmt(v: Any, digits: int = 2) -> str:

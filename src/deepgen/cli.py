@@ -33,6 +33,7 @@ import torch
 from . import __version__
 from .config import Config, parse_assignments, split_overrides
 from .data import RESUMABLE_DATA, DataConfig, dataset_descriptions, load_dataset
+from .devices import configure_threads
 from .errors import TrainingDiverged, UserError
 from .training import checkpoint as ckpt
 
@@ -108,6 +109,7 @@ class _TrainPlan:
     dataset: Any
     out: Path
     replace: bool  # an earlier run in ``out`` is replaced
+    note: str = ""  # said on stderr before training (an unfinished run is replaced)
 
 
 def _plan_train(
@@ -146,13 +148,17 @@ def _plan_train(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder.")
     replace = out.is_dir() and ckpt.is_run(out)
+    note = ""
     if replace and not overwrite:
-        raise UserError(
-            f"{out} already holds a run. Pass --overwrite to replace it, "
-            f"--resume {out} to continue it, or --out to choose another folder."
-        )
+        if ckpt.has_checkpoint(out):
+            raise UserError(
+                f"{out} already holds a run. Pass --overwrite to replace it, "
+                f"--resume {out} to continue it, or --out to choose another folder."
+            )
+        # Stopped (killed) before its first checkpoint: nothing there can be resumed.
+        note = f"{PROG}: {out} holds a run that stopped before its first checkpoint; starting it again from scratch."
     dataset = load_dataset(data_config)
-    return _TrainPlan(model_name, model_config, train_config, data_config, dataset, out, replace)
+    return _TrainPlan(model_name, model_config, train_config, data_config, dataset, out, replace, note)
 
 
 def _run_training(plan: _TrainPlan) -> int:
@@ -168,10 +174,14 @@ def _run_training(plan: _TrainPlan) -> int:
         trainer = Trainer(model, plan.dataset, plan.train_config, plan.out, data_config=plan.data_config)
         return _fit_and_report(trainer, write_analysis)
     created = not plan.out.exists()
+    # Built first: the trainer refuses what cannot run (a phase that would never train,
+    # devices) before an earlier run in the folder is replaced. It writes nothing yet.
+    trainer = Trainer(model, plan.dataset, plan.train_config, plan.out, data_config=plan.data_config, callbacks=_pictures())
+    if plan.note:
+        print(plan.note, file=sys.stderr)
     if plan.replace:
         ckpt.remove_run_files(plan.out)
     try:
-        trainer = Trainer(model, plan.dataset, plan.train_config, plan.out, data_config=plan.data_config, callbacks=_pictures())
         return _fit_and_report(trainer, write_analysis)
     except BaseException as e:
         # A run that never reached its first checkpoint is only half written: remove it.
@@ -231,11 +241,11 @@ def _resume(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} cannot change on --resume: the run keeps its data and folder.")
     if args.overwrite:
         raise UserError("--overwrite and --resume exclude each other.")
-    saved_train = TrainConfig.from_dict(cfg["train"])
+    saved_train = ckpt.saved_train_config(cfg)
     configs = {
         "model": ckpt.saved_model_config(cfg),
         "train": saved_train,
-        "data": DataConfig.from_dict(cfg["data"]),
+        "data": ckpt.saved_data_config(cfg),
     }
     routed = split_overrides({**_overrides(args.set), **_train_shortcuts(args)}, configs)
     # `workers` changes how fast a streamed folder is decoded, not what is trained.
@@ -254,6 +264,17 @@ def _resume(args: argparse.Namespace) -> int:
     trainer = Trainer.resume(run, callbacks=_pictures(), data_overrides={k: getattr(new_data, k) for k in RESUMABLE_DATA}, **changes)
     start = trainer.step
     if trainer.finished:
+        cfg_t = trainer.config
+        if trainer.loader.epochs_done < cfg_t.epochs and not (cfg_t.max_steps and start >= cfg_t.max_steps):
+            raise UserError(
+                f"{run} has already used its time budget: {trainer.seconds:.1f} s of max_seconds={cfg_t.max_seconds:g}, "
+                f"step {start}. Pass --set max_seconds=S with S > {trainer.seconds:.1f} (or 0: no limit) to train longer."
+            )
+        if cfg_t.max_steps and start >= cfg_t.max_steps:
+            raise UserError(
+                f"{run} has already finished: step {start} of max_steps={cfg_t.max_steps}. "
+                f"Pass --set max_steps=N with N > {start} (or 0: no limit) to train longer."
+            )
         raise UserError(
             f"{run} has already finished: {trainer.loader.epochs_done} of {trainer.config.epochs} epochs, "
             f"step {start}. Pass --epochs N with N > {trainer.loader.epochs_done} to train longer."
@@ -297,6 +318,23 @@ def _parse_cond(text: str | None, n: int, num_classes: int | None, device: torch
     return base.repeat((n + len(base) - 1) // len(base))[:n]
 
 
+def _which_checkpoint(text: str) -> str | int:
+    """``--checkpoint``: latest, best or a step number."""
+    if text in ("latest", "best"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--checkpoint is latest, best or a step number, got {text!r}.") from None
+
+
+def _is_points(value: Any) -> bool:
+    """True for a list of 2-D points (the true modes a 2-D toy's meta records)."""
+    return isinstance(value, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p) for p in value
+    )
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """``deepgen sample``: draw from a trained run and write a picture, array or table."""
     from .io import atomic_path
@@ -305,16 +343,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     suffix = out.suffix.lower()
-    if suffix not in (".png", ".npy", ".csv"):
-        raise UserError(f"--out must end in .png, .npy or .csv, got {str(out)!r}.")
+    if suffix not in (".png", ".npy", ".csv", ".txt"):
+        raise UserError(f"--out must end in .png, .npy, .csv or .txt, got {str(out)!r}.")
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}.")
+    if args.length is not None and args.length < 1:
+        raise UserError(f"--length must be >= 1, got {args.length}.")
     device = _device(args.device)
     settings = _model_settings(args.set)
-    run = load_run(args.run, device=device, model_overrides=settings or None)
+    run = load_run(args.run, device=device, model_overrides=settings or None, checkpoint=_which_checkpoint(args.checkpoint))
     spec = run.spec
     if suffix == ".png" and not (spec.is_image or spec.shape == (2,)):
         raise UserError(f"samples of shape {spec.shape} cannot be drawn as a picture; write .npy or .csv instead.")
+    if suffix == ".txt" and spec.kind != "tokens":
+        raise UserError(f"--out .txt is for token models (text); this run's data is {spec.kind}. Write .png, .npy or .csv.")
+    if args.prompt is not None or args.length is not None:
+        return _sample_text(args, run, out, device)
+    if args.complete:
+        return _sample_completions(args, run, out, device)
     cond = _parse_cond(args.cond, args.n, run.model.num_classes, device)
     dataset = run.load_dataset() if suffix == ".csv" else None
     gen = torch.Generator(device).manual_seed(args.seed)
@@ -322,10 +368,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with torch.no_grad():
         samples = run.model.sample(args.n, generator=gen, cond=cond, mean=mean)
     if suffix == ".png":
-        save_samples(samples, spec, out, reference=run.data_meta.get("modes"))
+        modes = run.data_meta.get("modes")
+        save_samples(samples, spec, out, reference=modes if _is_points(modes) else None)
     elif suffix == ".npy":
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, samples.detach().cpu().numpy())
+    elif suffix == ".txt":
+        _write_text(out, samples.reshape(args.n, -1), run)
     else:
         assert dataset is not None
         values = dataset.to_original(samples.detach().float().cpu()).reshape(args.n, -1).numpy()
@@ -347,6 +396,82 @@ def cmd_sample(args: argparse.Namespace) -> int:
             tmp.write_text(buf.getvalue())
     kind = "means of the output distribution" if mean else "draws"
     _say(f"wrote {args.n} samples ({kind}) from {run.path} (step {run.step}) to {out}")
+    return 0
+
+
+def _write_text(out: Path, ids: torch.Tensor, run: Any) -> None:
+    """Token samples (N, T) as text: decoded with the run's vocabulary, else ids separated by spaces."""
+    from .data.text import decode_text
+    from .io import atomic_path
+
+    vocab = run.data_meta.get("vocab")
+    rows = [decode_text(r, vocab) if isinstance(vocab, str) else " ".join(str(int(v)) for v in r) for r in ids.cpu()]
+    body = rows[0] + "\n" if len(rows) == 1 else "".join(f"--- sample {i + 1} ---\n{r}\n\n" for i, r in enumerate(rows))
+    with atomic_path(out) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+
+
+def _sample_text(args: argparse.Namespace, run: Any, out: Path, device: torch.device) -> int:
+    """``--prompt`` / ``--length``: continue a text prompt with a token model and write .txt."""
+    from .data.text import encode_text
+    from .models.base import Completion, Continuation
+
+    spec, model = run.spec, run.model
+    vocab = run.data_meta.get("vocab")
+    if spec.kind != "tokens" or not isinstance(vocab, str):
+        raise UserError("--prompt and --length are for models of text (token data with a vocabulary); this run is not one.")
+    if out.suffix.lower() != ".txt":
+        raise UserError(f"a text continuation is written to a .txt file; got {str(out)!r}.")
+    prompt = encode_text(args.prompt or "", vocab)
+    context = spec.dim
+    length = args.length if args.length is not None else max(context, len(prompt) + 1)
+    if len(prompt) > length:
+        raise UserError(f"the prompt has {len(prompt)} characters, more than --length {length}.")
+    cond = _parse_cond(args.cond, args.n, model.num_classes, device)
+    gen = torch.Generator(device).manual_seed(args.seed)
+    ids = prompt.to(device)[None].expand(args.n, -1)
+    with torch.no_grad():
+        if isinstance(model, Continuation):
+            drawn = model.generate_ids(ids, length, generator=gen, cond=cond)
+        elif isinstance(model, Completion) and length <= context:
+            x = torch.zeros(args.n, context, dtype=torch.long, device=device)
+            known = torch.zeros(context, dtype=torch.bool, device=device)
+            x[:, : len(prompt)] = ids
+            known[: len(prompt)] = True
+            drawn = model.complete(x, known, generator=gen, cond=cond)[:, :length]
+        else:
+            raise UserError(
+                f"the {run.model_name} cannot continue text past its {context}-character context; use --length <= {context}."
+            )
+    _write_text(out, drawn, run)
+    _say(f"wrote {args.n} continuation(s) of {len(prompt)} prompt characters to {length} characters from {run.path} to {out}")
+    return 0
+
+
+def _sample_completions(args: argparse.Namespace, run: Any, out: Path, device: torch.device) -> int:
+    """``--complete``: the lower half of test images drawn given the upper half, written
+    as a picture: the originals (top row) above their completions."""
+    from .data import iterate
+    from .models.base import Completion
+    from .viz import save_image_grid
+
+    spec, model = run.spec, run.model
+    if not isinstance(model, Completion) or not spec.is_image:
+        raise UserError("--complete needs an image model with the complete capability (made, pixelcnn, transformer on images).")
+    if out.suffix.lower() != ".png":
+        raise UserError(f"completions are written as a picture (.png); got {str(out)!r}.")
+    dataset = run.load_dataset()
+    batch = next(iter(iterate(dataset, "test", args.n, device, torch.Generator(device).manual_seed(args.seed), args.n)))
+    known = torch.zeros(spec.shape, dtype=torch.bool, device=device)
+    known[:, : spec.shape[1] // 2] = True
+    cond = batch.y if model.num_classes is not None else None
+    with torch.no_grad():
+        done = model.complete(batch.x, known, generator=torch.Generator(device).manual_seed(args.seed), cond=cond)
+    x = torch.cat([batch.x, done]).float()
+    if spec.kind == "discrete" and spec.num_levels:
+        x = x / (spec.num_levels - 1)
+    save_image_grid(x, out, nrow=len(batch.x))
+    _say(f"wrote {len(batch.x)} test images and their completed lower halves from {run.path} to {out}")
     return 0
 
 
@@ -383,44 +508,57 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise UserError(f"--limit must be >= 0 (0 = the whole split), got {args.limit}.")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    configure_threads(args.threads)
     settings = _model_settings(args.set)
-    run = load_run(args.run, device=device, model_overrides=settings or None)
+    run = load_run(args.run, device=device, model_overrides=settings or None, checkpoint=_which_checkpoint(args.checkpoint))
     check_metrics(run.model, names)
     dataset = run.load_dataset()
     table: dict[str, Any] = {}
     entries: dict[str, dict[str, Any]] = {}
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     command = shlex.join([PROG, *argv])
-    for name in names:
-        start = time.perf_counter()
-        result = evaluate(
-            run.model, dataset, [name], split=args.split, batch_size=args.batch_size,
-            limit=args.limit, seed=args.seed, device=device, data_dir=run.data_config.data_dir,
-        )
-        seconds = time.perf_counter() - start
-        if not table:
-            table.update({"split": result["split"], "n": result["n"]})
+    interrupted: str | None = None  # the metric Ctrl-C stopped
+
+    def record(name: str, result: dict[str, Any], seconds: float) -> None:
         values = {k: v for k, v in result.items() if k not in ("split", "n")}
+        split, n = result.get("split", args.split), result.get("n")
+        if not table:
+            table.update({"split": split, "n": n})
         table.update(values)
         table[f"{name}_seconds"] = round(seconds, 3)
         entries[name] = {
-            "values": values,
-            "split": result["split"],
-            "n": result["n"],
-            "seconds": round(seconds, 3),
-            "step": run.step,
-            "command": command,
-            "settings": settings,
-            "seed": args.seed,
-            "date": when,
+            "values": values, "split": split, "n": n, "seconds": round(seconds, 3), "step": run.step,
+            "command": command, "settings": settings, "seed": args.seed, "date": when,
         }
-    print(format_table(table))
+
+    for name in names:
+        start = time.perf_counter()
+        try:
+            result = evaluate(
+                run.model, dataset, [name], split=args.split, batch_size=args.batch_size,
+                limit=args.limit, seed=args.seed, device=device, data_dir=run.data_config.data_dir,
+                progress=False if args.quiet else None,
+            )
+        except KeyboardInterrupt as e:
+            # metrics.evaluate's EvaluationInterrupted carries the metrics it finished.
+            partial = getattr(e, "results", None)
+            if isinstance(partial, dict) and set(partial) - {"split", "n"}:
+                record(name, partial, time.perf_counter() - start)
+            interrupted = name
+            break
+        record(name, result, time.perf_counter() - start)
     path = run.path / ckpt.EVAL
-    merged = _read_eval(path)
-    for name, entry in entries.items():
-        by_split = merged.get(name) if isinstance(merged.get(name), dict) else {}
-        merged[name] = {**by_split, entry["split"]: entry}
-    write_json(path, merged)
+    if entries:
+        print(format_table(table))
+        merged = _read_eval(path)
+        for name, entry in entries.items():
+            by_split = merged.get(name) if isinstance(merged.get(name), dict) else {}
+            merged[name] = {**by_split, entry["split"]: entry}
+        write_json(path, merged)
+    if interrupted is not None:
+        kept = f"the finished metrics ({', '.join(entries)}) are in {path}" if entries else "no metric had finished"
+        print(f"\n{PROG}: interrupted during {interrupted}; {kept}.", file=sys.stderr)
+        return 130
     _say(f"wrote {path}")
     return 0
 
@@ -521,6 +659,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     record = run_bench(
         args.dataset, budget=args.budget, models=models, device=args.device, data_dir=args.data_dir,
         out=out, seed=args.seed, eval_samples=args.samples, batch_size=args.batch_size,
+        progress=False if args.quiet else None, threads=args.threads,
     )
     _say(f"leaderboard: {out / 'leaderboard.md'} ({len(record['rows'])} models)")
     return 0
@@ -558,20 +697,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         {
             "train.epochs": str(args.epochs), "train.batch_size": str(DEMO_BATCH),
             "train.device": args.device, "train.progress": "false" if args.quiet else "true",
-            "train.tensorboard": "false", **DEMO_TRAIN,
+            # A network this small runs fastest on one thread: more only add synchronisation.
+            "train.tensorboard": "false", "train.threads": "1", **DEMO_TRAIN,
         },
         out, overwrite=True,
     )
     _say(f"Training a VAE with a 2-D latent on the 8x8 digits ({plan.train_config.epochs} epochs on {args.device}) ...")
-    threads = torch.get_num_threads()
-    if plan.train_config.device == "cpu":
-        # A network this small runs fastest on one thread: more only add synchronisation
-        # (and stall badly when the cores are shared with other work).
-        torch.set_num_threads(1)
-    try:
-        code = _run_training(plan)
-    finally:
-        torch.set_num_threads(threads)
+    code = _run_training(plan)
     if code != 0:
         return code
     _say(
@@ -643,8 +775,11 @@ def _parser() -> argparse.ArgumentParser:
             f"{data_fields}\n"
             "\n"
             "Everything is checked before the run folder is created. A folder that\n"
-            "already holds a run needs --overwrite (or --resume to continue it).\n"
-            "On --resume only trainer settings may change."
+            "already holds a run needs --overwrite (or --resume to continue it); one\n"
+            "whose run stopped before its first checkpoint is started again.\n"
+            "On --resume only trainer settings may change. Checkpoints go to\n"
+            "RUN/checkpoints/step-N/ (keep_checkpoints of them, and with keep_best=KEY\n"
+            "the best by that logged value: sample/eval --checkpoint best)."
         ),
         formatter_class=_Formatter,
     )
@@ -680,18 +815,24 @@ def _parser() -> argparse.ArgumentParser:
             "examples:\n"
             f"  {PROG} sample runs/vae --n 100 --out samples.png\n"
             f"  {PROG} sample runs/cvae --cond 3 --out threes.png\n"
-            f"  {PROG} sample runs/table-vae --n 1000 --out synthetic.csv"
+            f"  {PROG} sample runs/table-vae --n 1000 --out synthetic.csv\n"
+            f"  {PROG} sample runs/shakespeare --prompt \"ROMEO:\" --length 500 --n 1 --out poem.txt\n"
+            f"  {PROG} sample runs/pixelcnn --complete --n 10 --out completions.png"
         ),
         formatter_class=_Formatter,
     )
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--out", default="samples.png", help="output file: .png, .npy or .csv (default samples.png)")
+    p.add_argument("--out", default="samples.png", help="output file: .png, .npy, .csv or .txt (token models) (default samples.png)")
+    p.add_argument("--prompt", default=None, help="text models: continue this text (written to a .txt --out)")
+    p.add_argument("--length", type=int, default=None, help="text models: characters in all, prompt included (default: the model's context)")
+    p.add_argument("--complete", action="store_true", help="image models: draw the lower half of --n test images given the upper half")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
     p.add_argument("--cond", metavar="LABELS", help="conditional models: a label, or labels 0,1,2,... repeated (default: 0..K-1 in turn)")
     p.add_argument("--draw", action="store_true", help="draw images from the output distribution instead of its mean")
     p.add_argument("--device", default="cpu", help="device to sample on (default cpu)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting for sampling (repeatable)")
+    p.add_argument("--checkpoint", default="latest", metavar="WHICH", help="latest (default), best (a run trained with keep_best) or a kept step")
     p.set_defaults(func=cmd_sample)
 
     # eval
@@ -722,6 +863,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's randomness (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting for evaluation, e.g. iwae_k=5000 (repeatable)")
+    p.add_argument("--checkpoint", default="latest", metavar="WHICH", help="latest (default), best (a run trained with keep_best) or a kept step")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: deepgen's choice, which does not stall beside busy processes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
     # models
@@ -787,6 +931,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--samples", type=int, default=10000, help="samples per sample-quality metric (default 10000)")
     p.add_argument("--batch-size", type=int, default=128, help="training batch (default 128)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: deepgen's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
 
     # report

@@ -123,6 +123,13 @@ class Dataset:
     the IWAE paper). ``state`` holds arrays a run must keep to undo the preprocessing
     (a CSV table's mean and standard deviation); ``meta`` holds JSON-able facts
     (column names, the true modes of a 2-D toy, the source path).
+
+    ``config`` is how the dataset was loaded: the full :class:`DataConfig`
+    :func:`deepgen.data.load_dataset` used, with user paths (``name``, ``data_dir``) made
+    absolute, so that ``load_dataset(ds.config)`` gives the same data (splits, spec,
+    labels, ``max_train`` subset) from any working directory. None for a dataset built by
+    hand. Data given in memory has ``config.name == MEMORY`` (``"<memory>"``): there is no
+    file to reload, and :meth:`memory_arrays` gives what must be stored instead.
     """
 
     name: str
@@ -133,6 +140,25 @@ class Dataset:
     binarize: bool = False
     state: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    config: DataConfig | None = None
+    # The raw arrays of data given in memory (see memory_arrays); None for every other source.
+    _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def memory_arrays(self) -> dict[str, np.ndarray] | None:
+        """What a run folder must store to rebuild data given in memory; None for data with a
+        source to reload from (a file, a folder, a registered name: ``config`` suffices).
+
+        ``{"x": x}`` or ``{"x": x, "y": y}``: the raw data and labels as given to
+        ``load_dataset`` (NumPy; a tensor's values on the CPU, bfloat16 as float32), before
+        the hold-out and before ``max_train``. ``x`` is numeric; ``y`` is numeric or, for
+        text labels, a unicode (``"U"``) array, so both store without pickle (``np.savez``
+        / ``np.load(allow_pickle=False)``; ``x`` and numeric ``y`` also as safetensors).
+        The split is not stored: it follows from ``len(x)``, ``config.test_fraction`` and
+        ``config.seed``. The arrays are the caller's, not copies: store them before
+        changing them. ``load_dataset_from_arrays(ds.memory_arrays(), ds.config)`` rebuilds
+        this dataset exactly (same splits, spec, labels, state).
+        """
+        return None if self._arrays is None else dict(self._arrays)
 
     def convert(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Raw values (B, *raw_shape) -> model space (B, *spec.shape) on ``raw``'s device."""
@@ -177,11 +203,13 @@ class DataConfig(Config):
     max_resident_mb: int = 4096  # image folders: decoded pixels above this many MiB stream from disk (0 = always)
     workers: int = -1  # streamed folders: DataLoader worker processes; -1 = min(8, CPU cores - 1)
     download: bool = False  # allow fetching a missing dataset that has a public source
+    block_size: int = 256  # text: characters per example (the Transformer's context)
 
     def validate(self) -> None:
         self.check(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         self.check(self.num_samples >= 10, f"num_samples must be >= 10, got {self.num_samples}")
         self.check(self.max_train >= 0, f"max_train must be >= 0, got {self.max_train}")
+        self.check(self.block_size >= 2, f"block_size must be >= 2, got {self.block_size}")
         self.check(self.max_resident_mb >= 0, f"max_resident_mb must be >= 0, got {self.max_resident_mb}")
         self.check(self.workers >= -1, f"workers must be >= 0, or -1 for one per CPU core but one (at most 8), got {self.workers}")
         self.check(self.image_channels in (None, 1, 3), f"image_channels must be 1, 3 or none, got {self.image_channels}")
@@ -191,6 +219,9 @@ class DataConfig(Config):
         )
         self.check(self.toy_noise is None or self.toy_noise >= 0, f"toy_noise must be >= 0, got {self.toy_noise}")
 
+
+# DataConfig.name of data given in memory (load_dataset(array)): nothing to reload from a path.
+MEMORY = "<memory>"
 
 # Data settings a resumed run may change: they change how fast the data arrives, not
 # which batches the run sees.

@@ -10,6 +10,7 @@ from . import modes, quality  # noqa: F401  (register the modes and sample-quali
 from .evaluate import (
     METRICS,
     EvalContext,
+    EvaluationInterrupted,
     check_metrics,
     evaluate,
     format_table,
@@ -17,11 +18,13 @@ from .evaluate import (
     metric_descriptions,
 )
 from .likelihood import bits_per_dim, mean_and_sem
+from .progress import progress_bar, resolve_progress
 from .reconstruction import bce, mse, psnr
 
 __all__ = [
     "METRICS",
     "EvalContext",
+    "EvaluationInterrupted",
     "bce",
     "bits_per_dim",
     "check_metrics",
@@ -31,5 +34,7 @@ __all__ = [
     "metric",
     "metric_descriptions",
     "mse",
+    "progress_bar",
     "psnr",
+    "resolve_progress",
 ]

@@ -23,18 +23,30 @@ Conditional models (``model.num_classes`` set) get the batch labels as ``cond=``
 call that scores data, and class labels 0, 1, ..., C-1, 0, 1, ... when a metric samples
 (:func:`sample_labels`).
 
+Progress: with ``progress`` on (``None``: when stderr is a terminal) every long loop shows
+a tqdm bar named after the running metric: batches scored, samples drawn, features
+extracted, feature-network training steps (:meth:`EvalContext.progress_bar`).
+
+Ctrl-C: a KeyboardInterrupt during a metric becomes :class:`EvaluationInterrupted`, which
+carries the figures of the metrics that finished (``.results``) and the name of the one
+that was running (``.interrupted``).
+
 Adding a metric::
 
     @metric("my-metric", needs="encode", description="...")
     def my_metric(model, dataset, ctx):
-        ...
+        with ctx.progress_bar(ctx.num_batches(dataset)) as bar:
+            for batch in ctx.batches(dataset):
+                ...
+                bar.update(1)
         return {"my_metric": value}
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -46,6 +58,7 @@ from ..errors import UserError
 from ..models.base import CAPABILITIES, GenerativeModel, Likelihood, ReconstructionNLL
 from ..registry import Registry
 from .likelihood import bits_per_dim, mean_and_sem
+from .progress import progress_bar, progress_switch, resolve_progress
 from .reconstruction import bce, mse, psnr
 
 Result = dict[str, Any]  # values are float | int | str
@@ -61,7 +74,9 @@ class EvalContext:
     with it: an IWAE bound with k samples evaluates ``batch_size * k`` decoder passes at
     once). ``limit``: use the first ``limit`` examples (0 = the whole split). ``device``:
     where batches are placed (the model's device). ``seed``: seeds :meth:`generator`
-    (dynamic binarization) and the global RNG the model samples from.
+    (dynamic binarization) and the global RNG the model samples from. ``progress``:
+    show progress bars (:meth:`progress_bar`); ``metric``: the running metric's name,
+    which labels them (:func:`evaluate` sets both).
     """
 
     split: str = "test"
@@ -70,6 +85,8 @@ class EvalContext:
     device: torch.device | str = "cpu"
     seed: int = 0
     data_dir: str | None = None  # where metrics that need other data files (feature networks) look
+    progress: bool = False  # tqdm bars on the long loops (evaluate(progress=None) turns them on at a terminal)
+    metric: str = ""  # the metric being run: the bars' label
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -96,6 +113,26 @@ class EvalContext:
         """How many examples of the split the metrics use."""
         n = len(dataset.split(self.split))
         return n if self.limit <= 0 else min(self.limit, n)
+
+    def num_batches(self, dataset: Dataset) -> int:
+        """How many batches :meth:`batches` yields."""
+        return math.ceil(self.num_examples(dataset) / self.batch_size)
+
+    def progress_bar(self, total: int | None, desc: str = "", unit: str = "batch") -> Any:
+        """A tqdm bar of ``total`` ``unit``s labelled ``"<metric>: <desc>"``, silent when
+        ``progress`` is off. Use it as a context manager and ``bar.update(k)`` with host
+        integers (never a device tensor: no synchronisation)::
+
+            with ctx.progress_bar(n, "sampling", unit="sample") as bar:
+                ...
+                bar.update(m)
+        """
+        label = ": ".join(part for part in (self.metric, desc) if part) or "eval"
+        return progress_bar(total, label, enabled=self.progress, unit=unit)
+
+    def with_metric(self, name: str) -> EvalContext:
+        """This context with ``metric=name`` (the bars' label)."""
+        return replace(self, metric=name)
 
     def batches(self, dataset: Dataset) -> Iterator[Batch]:
         """The split's first :meth:`num_examples` examples, in order, in model space on ``device``.
@@ -141,13 +178,15 @@ def _per_example(model: GenerativeModel, dataset: Dataset, ctx: EvalContext, fn:
     Values stay on the device until the caller reduces them (one host sync per metric).
     """
     parts = []
-    for batch in ctx.batches(dataset):
-        v = fn(batch)
-        if v.shape != (len(batch),):
-            raise ValueError(
-                f"{type(model).__name__} returned shape {tuple(v.shape)} for a batch of {len(batch)}; expected ({len(batch)},)"
-            )
-        parts.append(v.detach().double())
+    with ctx.progress_bar(ctx.num_batches(dataset)) as bar:
+        for batch in ctx.batches(dataset):
+            v = fn(batch)
+            if v.shape != (len(batch),):
+                raise ValueError(
+                    f"{type(model).__name__} returned shape {tuple(v.shape)} for a batch of {len(batch)}; expected ({len(batch)},)"
+                )
+            parts.append(v.detach().double())
+            bar.update(1)  # a host count: no sync (the values stay on the device)
     return torch.cat(parts)
 
 
@@ -335,18 +374,20 @@ def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
     conditional_classes(model, dataset)  # a conditional model on unlabelled data: one UserError up front
 
     cols: dict[str, list[torch.Tensor]] = {"mse": [], "sse": [], "psnr": [], "bce": [], "nll": []}
-    for batch in ctx.batches(dataset):
-        x = batch.x
-        labels = _labels(model, dataset, batch)  # {"cond": (B,)} for a conditional model
-        x_hat = model.reconstruct(x, **labels)  # (B, *shape)
-        cols["mse"].append(mse(x, x_hat, "mean").double())
-        cols["sse"].append(mse(x, x_hat, "sum").double())
-        if data_range is not None:
-            cols["psnr"].append(psnr(x, x_hat, data_range).double())
-        if spec.kind == "binary":
-            cols["bce"].append(bce(x, x_hat).double())
-        if head_nll is not None:
-            cols["nll"].append(head_nll(x, **labels).detach().double())
+    with ctx.progress_bar(ctx.num_batches(dataset)) as bar:
+        for batch in ctx.batches(dataset):
+            x = batch.x
+            labels = _labels(model, dataset, batch)  # {"cond": (B,)} for a conditional model
+            x_hat = model.reconstruct(x, **labels)  # (B, *shape)
+            cols["mse"].append(mse(x, x_hat, "mean").double())
+            cols["sse"].append(mse(x, x_hat, "sum").double())
+            if data_range is not None:
+                cols["psnr"].append(psnr(x, x_hat, data_range).double())
+            if spec.kind == "binary":
+                cols["bce"].append(bce(x, x_hat).double())
+            if head_nll is not None:
+                cols["nll"].append(head_nll(x, **labels).detach().double())
+            bar.update(1)
     out: Result = {}
     mean, sem = mean_and_sem(torch.cat(cols["mse"]))
     out["recon_mse"] = mean
@@ -359,6 +400,25 @@ def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
 
 
 # -- the evaluator --------------------------------------------------------------------------
+
+
+class EvaluationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`evaluate`: the figures of the metrics that finished survive.
+
+    ``results``: ``{"split", "n", <keys of each finished metric>...}``, what
+    :func:`evaluate` would have returned had only those metrics been asked for.
+    ``interrupted``: the name of the metric that was running (its partial work is
+    dropped). A subclass of KeyboardInterrupt, so code that does not know it still stops.
+    """
+
+    def __init__(self, results: dict[str, Any], interrupted: str) -> None:
+        self.results = results
+        self.interrupted = interrupted
+        done = [k for k in results if k not in ("split", "n")]
+        super().__init__(
+            f"evaluation interrupted during metric {interrupted!r}; "
+            + (f"{len(done)} figure(s) of the finished metrics kept" if done else "no metric had finished")
+        )
 
 
 def _parse_names(names: list[str] | tuple[str, ...] | str) -> list[str]:
@@ -418,12 +478,18 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str | None = None,
     data_dir: str | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Run metrics ``names`` (a list, or one comma-separated string) on ``model``.
 
     ``device=None`` evaluates where the model is; otherwise the model is moved there.
     The model runs in eval mode (its previous mode is restored afterwards) under
     ``torch.no_grad()``. The caller's global RNG state is left unchanged.
+    ``progress``: tqdm bars on stderr for every long loop (batches, sampling, feature
+    extraction, feature-network training); ``None`` = on when stderr is a terminal.
+
+    Ctrl-C raises :class:`EvaluationInterrupted` (a KeyboardInterrupt) whose ``.results``
+    hold the metrics finished so far and ``.interrupted`` the one that was running.
 
     Returns ``{"split": ..., "n": examples used, <each metric's keys>...}``; likelihoods
     are in nats per example. Unknown names, or metrics whose capability the model lacks,
@@ -438,7 +504,10 @@ def evaluate(
     dev = torch.device(device) if device is not None else model.device
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
-    ctx = EvalContext(split=split, batch_size=batch_size, limit=limit, device=dev, seed=seed, data_dir=data_dir)
+    ctx = EvalContext(
+        split=split, batch_size=batch_size, limit=limit, device=dev, seed=seed, data_dir=data_dir,
+        progress=resolve_progress(progress),
+    )
     n = ctx.num_examples(dataset)
     if n == 0:
         raise UserError(f"the {split} split of dataset {dataset.name!r} has no examples to evaluate.")
@@ -450,10 +519,18 @@ def evaluate(
         for name in metric_names:
             fn = METRICS.get(name)
             rng_devices = [dev] if dev.type == "cuda" else []
-            # Fork so that seeding for reproducible model sampling leaves the caller's RNG alone.
-            with torch.random.fork_rng(devices=rng_devices), torch.set_grad_enabled(fn.grad):  # type: ignore[attr-defined]
-                _seed_global_rng(seed, dev)
-                results.update(fn(model, dataset, ctx))
+            try:
+                # Fork so that seeding for reproducible model sampling leaves the caller's RNG alone.
+                with (
+                    torch.random.fork_rng(devices=rng_devices),
+                    torch.set_grad_enabled(fn.grad),  # type: ignore[attr-defined]
+                    progress_switch(ctx.progress),  # progress=None below (feature nets) follows this switch
+                ):
+                    _seed_global_rng(seed, dev)
+                    figures = fn(model, dataset, ctx.with_metric(name))
+            except KeyboardInterrupt as e:
+                raise EvaluationInterrupted(dict(results), name) from e
+            results.update(figures)
     finally:
         model.train(was_training)
     return results

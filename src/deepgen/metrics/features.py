@@ -39,6 +39,11 @@ the training and the cache. Training uses the bottom layer's optimizer and lr sc
 (:mod:`deepgen.optim`) and the data layer's loaders, never ``deepgen.training`` (which
 sits beside ``metrics/``, not below it); files go through :mod:`deepgen.io`.
 
+Progress: every entry point takes ``progress`` (True, False, or None = on when stderr is
+a terminal): a tqdm bar of the training steps while a network is trained on first use.
+The bar counts steps on the host; it never reads the loss, so it adds no host
+synchronisation to a step.
+
 Determinism: training is seeded (weights, data order, augmentation, dropout) without
 touching the caller's global RNG; on the CPU two trainings with the same seed, torch
 build and thread count give identical weights.
@@ -70,8 +75,6 @@ from ..errors import TrainingDiverged, UserError
 from ..io import read_tensors, save_tensors, tensor_metadata, write_json
 from ..optim import OptimizerSpec, build_optimizer, schedule_factor, set_lr
 from ..version import __version__
-
-# The networks, re-exported: callers import them from here (deepgen.metrics.features.*).
 from .feature_nets import (
     FEATURE_DIM,
     CNNArchitecture,
@@ -81,6 +84,9 @@ from .feature_nets import (
     _AECodes,
     _display,
 )
+
+# The networks, re-exported: callers import them from here (deepgen.metrics.features.*).
+from .progress import progress_bar, resolve_progress
 
 if TYPE_CHECKING:
     from ..models.base import GenerativeModel
@@ -244,6 +250,7 @@ def train_classifier(
     device: str | torch.device = "cpu",
     epochs: int | None = None,
     max_train: int = 0,
+    progress: bool | None = None,
 ) -> FeatureNet:
     """Train deepgen's classifier for ``dataset_name`` and return it as a :class:`FeatureNet`.
 
@@ -267,7 +274,7 @@ def train_classifier(
     if max_train < 0:
         raise UserError(f"max_train must be >= 0 (0 = all), got {max_train}")
     ds = _load_data(recipe.data, data_dir, max_train)
-    return _train_classifier(ds, recipe, seed, _device(device), max_train, data_sha256(ds.train))
+    return _train_classifier(ds, recipe, seed, _device(device), max_train, data_sha256(ds.train), progress=resolve_progress(progress))
 
 
 @torch.enable_grad()  # first use may come from the evaluator, which runs without gradients
@@ -279,6 +286,7 @@ def _train_classifier(
     max_train: int,
     sha: str,
     arch: CNNArchitecture | None = None,
+    progress: bool = False,
 ) -> FeatureNet:
     arch = arch or CNNArchitecture()
     if tuple(ds.spec.shape) != arch.input_shape or ds.train.y is None:
@@ -296,15 +304,20 @@ def _train_classifier(
         # Adam (fused on CUDA, foreach elsewhere), betas (0.9, 0.999), eps 1e-8, no decay.
         opt = build_optimizer(OptimizerSpec(name="adam", lr=recipe.lr), list(net.parameters()), device)
         net.train()
-        for step in range(steps):
-            # Linear warm-up over `warm` steps, then cosine decay to 0 at `steps`.
-            set_lr(opt, recipe.lr * schedule_factor("cosine", warm, step, steps))
-            batch = loader.next()
-            x = _augment(batch.x, recipe, aug_gen).contiguous(memory_format=fmt)
-            loss = F.cross_entropy(net(x), batch.y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        desc = f"training the {_display(recipe.data)} feature classifier (once)"
+        with progress_bar(steps, desc, enabled=progress, unit="step") as bar:
+            for step in range(steps):
+                # Linear warm-up over `warm` steps, then cosine decay to 0 at `steps`.
+                set_lr(opt, recipe.lr * schedule_factor("cosine", warm, step, steps))
+                batch = loader.next()
+                x = _augment(batch.x, recipe, aug_gen).contiguous(memory_format=fmt)
+                loss = F.cross_entropy(net(x), batch.y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(1)  # a host count; the loss is read once, after the loop
+                if (step + 1) % loader.steps_per_epoch == 0:
+                    bar.set_postfix_str(f"epoch {(step + 1) // loader.steps_per_epoch}/{recipe.epochs}", refresh=False)
         net.eval()
         # A quick run (max_train > 0) is scored on the first 1000 test images only.
         limit = QUICK_TEST if max_train else 0
@@ -351,7 +364,9 @@ def _is_stock(recipe: ClassifierRecipe) -> bool:
     return any(r == recipe for r in RECIPES.values())
 
 
-def _fit(model: GenerativeModel, ds: Dataset, epochs: int, batch_size: int, seed: int, device: torch.device) -> float:
+def _fit(
+    model: GenerativeModel, ds: Dataset, epochs: int, batch_size: int, seed: int, device: torch.device, progress: bool = False
+) -> float:
     """Train ``model`` on ``ds``'s train split for ``epochs`` epochs; the last loss.
 
     The model contract's plain loop, as the trainer runs it with its defaults (constant
@@ -365,6 +380,7 @@ def _fit(model: GenerativeModel, ds: Dataset, epochs: int, batch_size: int, seed
     loop replaced it. The whole model's gradients are cleared before each backward, as
     in the trainer, so a phase never steps on gradients left by another phase's
     backward. It lives here because ``metrics/`` may not import ``training/``.
+    ``progress``: a bar of the batches drawn (a host count, no sync).
     """
     model.to(device)
     phases = model.phases()
@@ -374,21 +390,26 @@ def _fit(model: GenerativeModel, ds: Dataset, epochs: int, batch_size: int, seed
     torch.manual_seed(seed + 1)  # the model's noise (the weights were seeded by the caller)
     model.train()
     loss = torch.zeros((), device=device)
-    while loader.epochs_done < epochs:
-        epoch = loader.epochs_done  # the epoch this step's batches come from
-        batch = loader.next()
-        for phase, opt in zip(phases, opts):
-            if not phase.active(epoch):
-                continue
-            for r in range(phase.repeats):
-                if r > 0 and phase.new_batch:
-                    batch = loader.next()
-                loss = model.loss(batch, phase.name).loss
-                model.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if phase.after_step is not None:
-                    phase.after_step()
+    desc = f"training the {ds.name} feature autoencoder (once)"
+    with progress_bar(epochs * loader.steps_per_epoch, desc, enabled=progress, unit="batch") as bar:
+        while loader.epochs_done < epochs:
+            epoch = loader.epochs_done  # the epoch this step's batches come from
+            batch = loader.next()
+            drawn = 1
+            for phase, opt in zip(phases, opts):
+                if not phase.active(epoch):
+                    continue
+                for r in range(phase.repeats):
+                    if r > 0 and phase.new_batch:
+                        batch = loader.next()
+                        drawn += 1
+                    loss = model.loss(batch, phase.name).loss
+                    model.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if phase.after_step is not None:
+                        phase.after_step()
+            bar.update(drawn)  # batches drawn: a host count, no sync
     model.eval()
     last = float(loss.detach())  # one host sync, at the end
     if not math.isfinite(last) or not all(bool(p.isfinite().all()) for p in model.parameters()):
@@ -398,7 +419,14 @@ def _fit(model: GenerativeModel, ds: Dataset, epochs: int, batch_size: int, seed
 
 @torch.enable_grad()  # first use may come from the evaluator, which runs without gradients
 def _train_autoencoder(
-    ds: Dataset, recipe: AERecipe, seed: int, device: torch.device, epochs: int | None, max_train: int, sha: str
+    ds: Dataset,
+    recipe: AERecipe,
+    seed: int,
+    device: torch.device,
+    epochs: int | None,
+    max_train: int,
+    sha: str,
+    progress: bool = False,
 ) -> FeatureNet:
     from ..models import create_model
 
@@ -408,7 +436,7 @@ def _train_autoencoder(
     with _fork_rng(device):
         torch.manual_seed(seed)  # the weights (_fit seeds the noise and data order)
         ae = create_model("ae", ds, network=network, latent_dim=recipe.latent_dim, lr=recipe.lr)
-        _fit(ae, ds, n_epochs, recipe.batch_size, seed, device)
+        _fit(ae, ds, n_epochs, recipe.batch_size, seed, device, progress=progress)
     ae.eval()
     with torch.no_grad():
         sq = n = 0.0
@@ -577,6 +605,7 @@ def feature_extractor(
     seed: int = 0,
     epochs: int | None = None,
     max_train: int = 0,
+    progress: bool | None = None,
 ) -> FeatureNet:
     """The feature network for a dataset's sample-quality metrics, cached after first use.
 
@@ -587,7 +616,8 @@ def feature_extractor(
     learns from grey MNIST.)
     ``cache_dir`` defaults to :func:`default_cache_dir`. ``epochs`` and ``max_train``
     shorten training (tests); they are part of what the cache checks. Returns a frozen
-    :class:`FeatureNet` on ``device``; ``.describe()`` says what it is.
+    :class:`FeatureNet` on ``device``; ``.describe()`` says what it is. ``progress``: a
+    bar while it trains (None = when stderr is a terminal).
     """
     name = dataset_name.name if isinstance(dataset_name, Dataset) else dataset_name
     if epochs is not None and epochs < 1:
@@ -596,7 +626,8 @@ def feature_extractor(
         raise UserError(f"max_train must be >= 0 (0 = all), got {max_train}")
     if name not in RECIPES:
         return autoencoder_features(
-            dataset_name, data_dir=data_dir, cache_dir=cache_dir, device=device, seed=seed, epochs=epochs, max_train=max_train
+            dataset_name, data_dir=data_dir, cache_dir=cache_dir, device=device, seed=seed, epochs=epochs, max_train=max_train,
+            progress=progress,
         )
     dev = _device(device)
     recipe = RECIPES[name]
@@ -629,7 +660,7 @@ def feature_extractor(
         )
 
     def train() -> FeatureNet:
-        return _train_classifier(ds, recipe, seed, dev, max_train, sha)
+        return _train_classifier(ds, recipe, seed, dev, max_train, sha, progress=resolve_progress(progress))
 
     return _cached(recipe.data, sha, seed, cache_dir, dev, want, build, train)
 
@@ -643,6 +674,7 @@ def autoencoder_features(
     seed: int = 0,
     epochs: int | None = None,
     max_train: int = 0,
+    progress: bool | None = None,
 ) -> FeatureNet:
     """Features from a deepgen ``ae`` trained on ``dataset``: its 32-d codes ``encode(x)``.
 
@@ -650,7 +682,8 @@ def autoencoder_features(
     tables). A conv autoencoder for images, an MLP otherwise, ``latent_dim=32``, about
     3000 Adam steps (at most 50 epochs; ``epochs`` overrides). ``kind="autoencoder"``,
     ``accuracy=None``; cached like the classifiers. Returns a frozen :class:`FeatureNet`
-    taking (N, *spec.shape) inputs in model space.
+    taking (N, *spec.shape) inputs in model space. ``progress``: a bar while it trains
+    (None = when stderr is a terminal).
     """
     dev = _device(device)
     if epochs is not None and epochs < 1:
@@ -690,7 +723,7 @@ def autoencoder_features(
         )
 
     def train() -> FeatureNet:
-        return _train_autoencoder(ds, recipe, seed, dev, n_epochs, max_train, sha)
+        return _train_autoencoder(ds, recipe, seed, dev, n_epochs, max_train, sha, progress=resolve_progress(progress))
 
     return _cached(_slug(ds.name), sha, seed, cache_dir, dev, want, build, train)
 
@@ -701,7 +734,11 @@ def _first_train(ds: Dataset, max_train: int) -> Dataset:
 
 
 def mnist_classifier(
-    *, data_dir: str | None = None, cache_dir: str | Path | None = None, device: str | torch.device = "cpu"
+    *,
+    data_dir: str | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
 ) -> FeatureNet:
     """The one MNIST classifier (seed 0): ``feature_extractor("mnist", ...)``.
 
@@ -712,7 +749,7 @@ def mnist_classifier(
     samples too; ``net.info["accuracy_binarized"]`` is its accuracy on binarized test
     images. Trained once (about a minute on two CPU cores) and cached.
     """
-    return feature_extractor("mnist", data_dir=data_dir, cache_dir=cache_dir, device=device, seed=0)
+    return feature_extractor("mnist", data_dir=data_dir, cache_dir=cache_dir, device=device, seed=0, progress=progress)
 
 
 __all__ = [

@@ -173,16 +173,18 @@ class DigitClassifier(Protocol):
 _CLASSIFIERS: dict[tuple[str, str], DigitClassifier] = {}
 
 
-def digit_classifier(dataset: Dataset, device: torch.device | str) -> DigitClassifier:
+def digit_classifier(dataset: Dataset, device: torch.device | str, *, progress: bool | None = None) -> DigitClassifier:
     """deepgen's own MNIST classifier (:func:`deepgen.metrics.features.mnist_classifier`,
     trained and cached by deepgen), found through the MNIST files ``dataset`` was built
-    from, on ``device``. Kept in-process per (source, device)."""
+    from, on ``device``. Kept in-process per (source, device). ``progress``: a bar while it
+    trains on first use (None = the running :func:`~deepgen.metrics.evaluate`'s switch,
+    else when stderr is a terminal)."""
     source = str(dataset.meta.get("source") or "")
     key = (source, str(device))
     if key not in _CLASSIFIERS:
         from .features import mnist_classifier  # imported here: trains on first use
 
-        _CLASSIFIERS[key] = mnist_classifier(data_dir=source or None, device=str(device))
+        _CLASSIFIERS[key] = mnist_classifier(data_dir=source or None, device=str(device), progress=progress)
     return _CLASSIFIERS[key]
 
 
@@ -215,13 +217,15 @@ def _draw(
     gen = ctx.generator()
     out = []
     done = 0
-    while done < n:
-        b = min(ctx.batch_size, n - done)
-        x = model.sample(b, generator=gen, cond=sample_labels(classes, done, b, ctx.device))
-        if tuple(x.shape) != (b, *shape):
-            raise ValueError(f"{type(model).__name__}.sample({b}) returned shape {tuple(x.shape)}; expected {(b, *shape)}")
-        out.append(fn(x))
-        done += b
+    with ctx.progress_bar(n, "sampling", unit="sample") as bar:
+        while done < n:
+            b = min(ctx.batch_size, n - done)
+            x = model.sample(b, generator=gen, cond=sample_labels(classes, done, b, ctx.device))
+            if tuple(x.shape) != (b, *shape):
+                raise ValueError(f"{type(model).__name__}.sample({b}) returned shape {tuple(x.shape)}; expected {(b, *shape)}")
+            out.append(fn(x))
+            done += b
+            bar.update(b)
     return out
 
 
@@ -265,7 +269,7 @@ def modes_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
         }
     if _is_stacked(dataset):
         n = STACKED_SAMPLES if ctx.limit <= 0 else min(ctx.limit, STACKED_SAMPLES)
-        classifier = digit_classifier(dataset, ctx.device)
+        classifier = digit_classifier(dataset, ctx.device)  # its training bar follows evaluate()'s switch
         parts = _draw(model, dataset, n, ctx, (3, 28, 28), lambda x: classify_stacked(x, classifier))
         r = stacked_mnist_modes(torch.cat(parts).cpu())
         return {"modes": r["modes"], "modes_total": r["modes_total"], "kl": r["kl"], "modes_samples": n}

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..models.base import GenerativeModel
 from .evaluate import EvalContext, Result, conditional_classes, metric, sample_labels
 from .features import RECIPES, FeatureNet, _slug, data_sha256, default_cache_dir, feature_extractor
+from .progress import resolve_progress
 from .sample_quality import (
     density_coverage,
     fid,
@@ -50,7 +51,7 @@ def feature_net(dataset: Dataset, ctx: EvalContext) -> FeatureNet:
     key = (dataset.name, str(ctx.device), ctx.data_dir)
     if key not in _NETS:
         source: str | Dataset = dataset.name if dataset.name in RECIPES else dataset
-        _NETS[key] = feature_extractor(source, data_dir=ctx.data_dir, device=ctx.device)
+        _NETS[key] = feature_extractor(source, data_dir=ctx.data_dir, device=ctx.device, progress=ctx.progress)
     return _NETS[key]
 
 
@@ -80,7 +81,12 @@ def real_features(dataset: Dataset, ctx: EvalContext, net: FeatureNet, split: st
         except UserError:
             pass  # stale or corrupt: recompute below
     gen = torch.Generator(torch.device(ctx.device)).manual_seed(ctx.seed)
-    feats = torch.cat([net.features(b.x) for b in iterate(dataset, split, ctx.batch_size, ctx.device, gen, n)])
+    parts = []
+    with ctx.progress_bar(n, f"features of the real {split} split", unit="example") as bar:
+        for b in iterate(dataset, split, ctx.batch_size, ctx.device, gen, n):
+            parts.append(net.features(b.x))
+            bar.update(len(b))
+    feats = torch.cat(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_reference(path, feats.float().cpu(), key=key)
     return feats.float()
@@ -96,10 +102,12 @@ def sample_features(model: GenerativeModel, dataset: Dataset, ctx: EvalContext, 
     gen = ctx.generator()
     classes = conditional_classes(model, dataset)  # C for a conditional model (labels cycle 0..C-1), else None
     parts = []
-    for start in range(0, n, ctx.batch_size):
-        m = min(ctx.batch_size, n - start)
-        x = model.sample(m, generator=gen, cond=sample_labels(classes, start, m, ctx.device))
-        parts.append(net.features(x.to(ctx.device).float()))
+    with ctx.progress_bar(n, "sampling", unit="sample") as bar:
+        for start in range(0, n, ctx.batch_size):
+            m = min(ctx.batch_size, n - start)
+            x = model.sample(m, generator=gen, cond=sample_labels(classes, start, m, ctx.device))
+            parts.append(net.features(x.to(ctx.device).float()))
+            bar.update(m)
     feats = torch.cat(parts)
     _SAMPLE_MEMO.clear()
     _SAMPLE_MEMO[key] = (weakref.ref(model), feats)
@@ -149,11 +157,23 @@ def dc_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Res
 
 
 def real_vs_real(
-    dataset: Dataset, *, device: torch.device | str = "cpu", seed: int = 0, limit: int = 0, data_dir: str | None = None, batch_size: int = 500
+    dataset: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    limit: int = 0,
+    data_dir: str | None = None,
+    batch_size: int = 500,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
-    """The floor: every sample metric of the real training set (its first n) against the test set."""
+    """The floor: every sample metric of the real training set (its first n) against the test set.
+
+    ``progress``: bars for feature training and extraction (None = when stderr is a terminal)."""
     _check_images(dataset)
-    ctx = EvalContext(split="test", batch_size=batch_size, limit=limit, device=device, seed=seed, data_dir=data_dir)
+    ctx = EvalContext(
+        split="test", batch_size=batch_size, limit=limit, device=device, seed=seed, data_dir=data_dir,
+        progress=resolve_progress(progress), metric="floor",
+    )
     net = feature_net(dataset, ctx)
     test = real_features(dataset, ctx, net, "test")
     train = real_features(dataset, ctx, net, "train")[: len(test)]

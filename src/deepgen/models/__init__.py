@@ -10,7 +10,7 @@ from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
 
 
 def _load_families() -> None:
-    from . import adversarial_ae, autoencoder, gan, vae  # noqa: F401  (registration by import)
+    from . import adversarial_ae, autoencoder, autoregressive, gan, vae  # noqa: F401  (registration by import)
 
 
 def model_class(name: str) -> type[GenerativeModel]:

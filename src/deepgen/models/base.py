@@ -26,7 +26,8 @@ Optional capabilities are small Protocols checked with ``isinstance`` (never by 
 all taking labels as ``cond=``: :class:`LogProb`, :class:`HasELBO`, :class:`Encoder`,
 :class:`Decoder`, :class:`Reconstructor`, :class:`ReconstructionNLL`,
 :class:`Interpolator`, :class:`Invertible`, :class:`Completion`,
-:class:`Autoregressive`, :class:`CachedDecoding`, :class:`HasHistograms`.
+:class:`Autoregressive`, :class:`CachedDecoding`, :class:`Continuation`, :class:`DataInit`,
+:class:`HasHistograms`.
 """
 
 from __future__ import annotations
@@ -303,9 +304,11 @@ class GenerativeModel(nn.Module):
 
     @classmethod
     def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
-        """Settings that build structurally different networks for data ``spec`` (e.g.
-        ``{"network": "mlp"}`` and ``{"network": "conv"}`` for images): the conformance
-        suites build the model once per variant. Default: the defaults alone."""
+        """Settings that cover the model's structure for data ``spec``: the conformance
+        suites build the model once per variant. Structurally different networks (e.g.
+        ``{"network": "mlp"}`` and ``{"network": "conv"}`` for images), at sizes small
+        enough for a test (a 10M-parameter default may declare a 2-layer variant of the
+        same architecture). Default: the defaults alone."""
         return [{}]
 
     @classmethod
@@ -436,6 +439,17 @@ class CachedDecoding(Protocol):
 
 
 @runtime_checkable
+class Continuation(Protocol):
+    """``generate_ids(prompt, length, generator=None, cond=None)`` -> (N, length): token ids
+    continuing ``prompt`` (N, P) past the model's own context where needed (a sliding
+    window); the prompt's ids are kept as the first P."""
+
+    def generate_ids(
+        self, prompt: torch.Tensor, length: int, *, generator: torch.Generator | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class DataInit(Protocol):
     """``data_init(batch)``: a data-dependent initialisation (Glow's actnorm, Kingma &
     Dhariwal 2018, sec. 3.1) that the trainer calls once before the first step of a new
@@ -457,6 +471,7 @@ CAPABILITIES: dict[str, type] = {
     "complete": Completion,
     "autoregressive": Autoregressive,
     "cached_decoding": CachedDecoding,
+    "generate_ids": Continuation,
     "data_init": DataInit,
     "histograms": HasHistograms,
 }

@@ -1,4 +1,4 @@
-"""Generative adversarial networks: GAN, DCGAN, WGAN, WGAN-GP and the remedies for mode collapse.
+"""Generative adversarial networks: GAN, DCGAN, WGAN, WGAN-GP, their losses, spectral normalisation and the remedies for mode collapse.
 
 A GAN trains a generator ``G(z)`` against a discriminator ``D(x)`` (Goodfellow et al.
 2014). In deepgen both are phases of the one trainer: a ``discriminator`` phase (a
@@ -14,11 +14,15 @@ The chapter, top to bottom:
    :class:`AdversarialConfig` (networks, optimiser, conditioning, the remedies);
 2. the losses as plain functions, each next to its formula, so that tests can check them
    and the adversarial autoencoder can share them: :func:`discriminator_loss`,
-   :func:`generator_loss`, :func:`critic_loss`, :func:`critic_generator_loss`,
-   :func:`gradient_penalty`, :func:`feature_matching_loss`;
+   :func:`generator_loss` (the games ``minimax``, ``non-saturating``, ``hinge``,
+   ``least-squares``: ``g_loss``), :func:`hinge_discriminator_loss`,
+   :func:`hinge_generator_loss`, :func:`least_squares_discriminator_loss`,
+   :func:`least_squares_generator_loss`, :func:`critic_loss`,
+   :func:`critic_generator_loss`, :func:`gradient_penalty`, :func:`feature_matching_loss`;
 3. the remedies for mode collapse that change what D sees: :func:`minibatch_stddev`
    (Karras et al. 2018) and :func:`pack` (PacGAN, Lin et al. 2018);
 4. the networks: MLPs, and the DCGAN architecture (Radford et al. 2016) for images;
+   ``spectral_norm`` wraps D's layers with :func:`spectral_normalize` (Miyato et al. 2018);
 5. :class:`GAN` (``gan``): data spaces, the two phases, unrolling (Metz et al. 2017),
    sampling; :class:`DCGAN`, :class:`WGAN` and :class:`WGANGP` override a few hooks.
 
@@ -47,7 +51,10 @@ from torch.func import functional_call
 from ..data.dataset import Batch, DataSpec
 from ..errors import UserError
 from ..nn.adversarial import (  # noqa: F401  (the losses and D are part of this chapter's API)
+    GAN_LOSSES,
     LEAKY_SLOPE,
+    PROBABILITY_LOSSES,
+    SPECTRAL_LAYERS,
     ConvDiscriminator,
     MLPDiscriminator,
     conv_stages,
@@ -57,9 +64,14 @@ from ..nn.adversarial import (  # noqa: F401  (the losses and D are part of this
     feature_matching_loss,
     generator_loss,
     gradient_penalty,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    least_squares_discriminator_loss,
+    least_squares_generator_loss,
     minibatch_stddev,
     norm1d,
     norm2d,
+    spectral_normalize,
     with_cond,
 )
 from ..registry import register
@@ -92,6 +104,9 @@ class AdversarialConfig(ModelConfig):
     unrolled_steps: int = 0  # Metz et al. 2017: G's loss against D unrolled k SGD steps
     unrolled_lr: float | None = None  # step size of the unrolled SGD; None: D's lr
     feature_matching: bool = False  # Salimans et al. 2016: G matches D's mean features
+    # Miyato et al. 2018: D's Linear/Conv weights divided by their largest singular value
+    # (one power iteration per D forward in training mode).
+    spectral_norm: bool = False
 
     def validate(self) -> None:
         self.check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -119,7 +134,10 @@ class AdversarialConfig(ModelConfig):
 class GANConfig(AdversarialConfig):
     """Settings of ``gan``: the original GAN, with MLP networks by default."""
 
-    g_loss: Literal["minimax", "non-saturating"] = "non-saturating"  # minimax: G minimises E log(1 - D(G(z))) (eq. 1); non-saturating: maximises E log D(G(z))
+    # The game: minimax / non-saturating share D's log-loss on logits, G minimises
+    # E log(1 - D(G(z))) (eq. 1) / -E log D(G(z)); hinge (Lim & Ye 2017, Miyato et al. 2018)
+    # and least-squares (LSGAN, Mao et al. 2017) set both D's and G's losses on raw scores.
+    g_loss: Literal["minimax", "non-saturating", "hinge", "least-squares"] = "non-saturating"
 
 
 @dataclass(frozen=True)
@@ -246,13 +264,23 @@ Params = dict[str, torch.Tensor]
 
 @register("gan")
 class GAN(GenerativeModel):
-    """GAN (Goodfellow et al. 2014): minimax or non-saturating loss, MLP or conv networks, conditional.
+    """GAN (Goodfellow et al. 2014): minimax, non-saturating, hinge or least-squares loss, MLP or conv networks, conditional.
 
     Phases: ``discriminator`` (D on real data and detached fakes, ``d_steps`` times, each
-    on a new batch) then ``generator`` (G through a frozen D). Logs D's loss, G's loss and
-    the mean probabilities D(x) (``d_real``) and D(G(z)) (``d_fake``). The remedies for
-    mode collapse (``minibatch_std``, ``pack``, ``unrolled_steps``, ``feature_matching``)
-    work with every GAN of this file.
+    on a new batch) then ``generator`` (G through a frozen D). Logs D's loss, G's loss and,
+    for the minimax and non-saturating games, the mean probabilities D(x) (``d_real``) and
+    D(G(z)) (``d_fake``); for hinge and least-squares (raw scores, no sigmoid) the mean
+    scores ``score_real`` and ``score_fake``. The remedies for mode collapse
+    (``minibatch_std``, ``pack``, ``unrolled_steps``, ``feature_matching``) and
+    ``spectral_norm`` work with every GAN of this file.
+
+    Spectral normalisation and the phases: every D forward in training mode runs one
+    power iteration, updating D's u, v buffers in place, in D's step (real, fake and
+    WGAN-GP's interpolates: one each) and in G's step through the frozen D (its
+    parameters detached, its buffers its own), as in Miyato et al.'s code and StudioGAN.
+    The update is deterministic (no random draw), in the state dict, and a fixed-address
+    in-place write: resume stays exact and the step stays capturable. The unrolled D runs
+    its power iterations on copies of u, v, like its batch-norm statistics.
     """
 
     config_class = GANConfig
@@ -272,12 +300,17 @@ class GAN(GenerativeModel):
         else:
             self.G = MLPGenerator(config.noise_dim + k, config.g_hidden, spec.shape, config.g_norm)
             self.D = MLPDiscriminator(m * (spec.dim + k), config.d_hidden, config.d_norm, config.minibatch_std)
+        if config.spectral_norm:
+            spectral_normalize(self.D)
 
     @classmethod
     def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
-        """MLP networks for any data; the DCGAN conv nets too for images of at least 8x8."""
+        """MLP networks for any data; the DCGAN conv nets too for images of at least 8x8, and
+        those with a spectrally normalised D (its Conv and Linear layers parametrized)."""
         convolvable = len(spec.shape) == 3 and min(spec.shape[1:]) >= 8
-        return [{"network": "mlp"}, {"network": "conv"}] if convolvable else [{}]
+        if not convolvable:
+            return [{}]
+        return [{"network": "mlp"}, {"network": "conv"}, {"network": "conv", "spectral_norm": True}]
 
     def choose_network(self) -> str:
         """``mlp`` or ``conv`` from the config's ``network`` and the data's shape."""
@@ -339,24 +372,39 @@ class GAN(GenerativeModel):
         return functional_call(self.D, params, (x, c))
 
     def frozen(self) -> Params:
-        """D's parameters detached: G's loss through them puts no gradient on D."""
+        """D's parameters detached: G's loss through them puts no gradient on D.
+
+        With ``spectral_norm`` the names are ``...parametrizations.weight.original``:
+        ``functional_call`` swaps in the detached originals and the parametrization
+        normalises them; D's own u, v buffers get that forward's power iteration.
+        """
         return {name: p.detach() for name, p in self.D.named_parameters()}
 
     # -- the objectives (the WGANs override these hooks) ------------------------------------------
+    @property
+    def game(self) -> str:
+        """The loss of the game (``g_loss``): one of :data:`GAN_LOSSES`."""
+        return self.config.g_loss  # type: ignore[attr-defined]
+
     def d_objective(self, real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
         """D's adversarial loss from its outputs on real and fake examples."""
-        return discriminator_loss(real_out, fake_out)
+        return discriminator_loss(real_out, fake_out, self.game)
 
     def g_objective(self, fake_out: torch.Tensor) -> torch.Tensor:
         """G's adversarial loss from D's outputs on its samples."""
-        return generator_loss(fake_out, self.config.g_loss)  # type: ignore[attr-defined]
+        return generator_loss(fake_out, self.game)
 
     def d_logs(self, real_out: torch.Tensor, fake_out: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Diagnostics of D's phase: the mean probabilities D(x) and D(G(z))."""
-        return {"d_real": torch.sigmoid(real_out).mean().detach(), "d_fake": torch.sigmoid(fake_out).mean().detach()}
+        """Diagnostics of D's phase: the mean probabilities D(x) and D(G(z)) where D's
+        outputs are logits of a probability, else the mean raw scores."""
+        if self.game in PROBABILITY_LOSSES:
+            return {"d_real": torch.sigmoid(real_out).mean().detach(), "d_fake": torch.sigmoid(fake_out).mean().detach()}
+        return {"score_real": real_out.mean().detach(), "score_fake": fake_out.mean().detach()}
 
     def g_logs(self, fake_out: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"d_fake": torch.sigmoid(fake_out).mean().detach()}
+        if self.game in PROBABILITY_LOSSES:
+            return {"d_fake": torch.sigmoid(fake_out).mean().detach()}
+        return {"score_fake": fake_out.mean().detach()}
 
     def penalty(self, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
         """An extra term of D's loss (WGAN-GP's gradient penalty), with its logs; None for none."""
@@ -441,7 +489,8 @@ class GAN(GenerativeModel):
         so that G's loss f(theta_G, theta_D^K(theta_G)) is differentiated through the updates.
         Plain SGD with step eta = ``unrolled_lr`` (default D's lr) stands in for D's real
         optimizer; D's adversarial loss is unrolled without WGAN-GP's penalty. Batch-norm
-        statistics are updated on copies: unrolling leaves D's buffers as they were.
+        statistics and spectral normalisation's u, v are updated on copies: unrolling
+        leaves D's buffers as they were.
         """
         cfg = self.config
         eta = cfg.unrolled_lr or cfg.d_lr or cfg.lr
@@ -534,8 +583,16 @@ class WGAN(GAN):
         torch._foreach_clamp_max_(params, c)
 
     def histograms(self) -> dict[str, torch.Tensor]:
-        """The critic's weight tensors, one entry per layer (``critic/<layer>``), for the trainer's plots."""
-        return {f"critic/{name.removesuffix('.weight')}": p.detach() for name, p in self.D.named_parameters() if name.endswith("weight") and p.dim() >= 2}
+        """The critic's weight tensors, one entry per layer (``critic/<layer>``), for the trainer's plots.
+
+        With ``spectral_norm`` these are the trained (and clipped) originals W, not W / sigma(W).
+        """
+        out = {}
+        for name, p in self.D.named_parameters():
+            layer = name.removesuffix(".parametrizations.weight.original").removesuffix(".weight")
+            if layer != name and p.dim() >= 2:
+                out[f"critic/{layer}"] = p.detach()
+        return out
 
 
 @register("wgan-gp")

@@ -1,12 +1,16 @@
 """Adversarial building blocks shared by the GANs and the adversarial autoencoder.
 
-The losses, each next to its formula (Goodfellow et al. 2014; Arjovsky et al. 2017;
-Gulrajani et al. 2017; Salimans et al. 2016), the minibatch-std feature (Karras et al.
-2018) and the discriminators (MLP, and DCGAN's conv net, Radford et al. 2016), with the
-normalisation and conditioning helpers the generators of ``models/gan.py`` use too.
+The losses, each next to its formula (Goodfellow et al. 2014; Lim & Ye 2017 and Miyato
+et al. 2018; Mao et al. 2017; Arjovsky et al. 2017; Gulrajani et al. 2017; Salimans et
+al. 2016), the minibatch-std feature (Karras et al. 2018), spectral normalisation
+(Miyato et al. 2018) and the discriminators (MLP, and DCGAN's conv net, Radford et al.
+2016), with the normalisation and conditioning helpers the generators of
+``models/gan.py`` use too.
 
-``D`` outputs logits l; D(x) = sigmoid(l). With log sigmoid(l) = -softplus(-l) and
-log(1 - sigmoid(l)) = -softplus(l), every log below is computed stably from logits.
+For the ``minimax`` and ``non-saturating`` games ``D`` outputs logits l; D(x) =
+sigmoid(l). With log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l),
+every log below is computed stably from logits. For ``hinge`` and ``least-squares`` D's
+output is a raw score (no sigmoid), as for the WGAN critic.
 
 Shapes: ``N`` batch, ``F`` features, ``K'`` label inputs (one-hot classes, packed).
 """
@@ -19,6 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from ..errors import UserError
 
@@ -28,23 +33,73 @@ LEAKY_SLOPE = 0.2
 # -- losses ---------------------------------------------------------------------------------
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """-E[log D(x)] - E[log(1 - D(G(z)))] (Goodfellow et al. 2014, eq. 1): logits (N,), (M,) -> 0-d."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+#: The games of the non-Wasserstein GANs (``GANConfig.g_loss``): D's and G's losses.
+GAN_LOSSES = ("minimax", "non-saturating", "hinge", "least-squares")
+#: The games whose D outputs the logit of a probability (its logs are sigmoid means).
+PROBABILITY_LOSSES = ("minimax", "non-saturating")
+
+
+def _unknown(kind: str) -> UserError:
+    return UserError(f"unknown GAN loss {kind!r}. Accepted: {', '.join(GAN_LOSSES)}.")
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
+    """D's loss in the game ``kind`` on its outputs (N,) for real and (M,) for fake examples -> 0-d.
+
+    ``minimax`` and ``non-saturating`` share D's loss, -E[log D(x)] - E[log(1 - D(G(z)))]
+    (Goodfellow et al. 2014, eq. 1), on logits; ``hinge``: :func:`hinge_discriminator_loss`;
+    ``least-squares``: :func:`least_squares_discriminator_loss`.
+    """
+    if kind in PROBABILITY_LOSSES:
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    if kind == "hinge":
+        return hinge_discriminator_loss(real_logits, fake_logits)
+    if kind == "least-squares":
+        return least_squares_discriminator_loss(real_logits, fake_logits)
+    raise _unknown(kind)
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
-    """G's loss on D's logits (M,) for its samples -> 0-d.
+    """G's loss in the game ``kind`` on D's outputs (M,) for its samples -> 0-d.
 
     ``minimax``: E[log(1 - D(G(z)))], eq. 1 itself; it saturates (vanishing gradient) when
     D rejects the samples confidently, early in training. ``non-saturating``:
     -E[log D(G(z))], the fix Goodfellow et al. recommend (sec. 3), same fixed point.
+    ``hinge``: :func:`hinge_generator_loss`; ``least-squares``:
+    :func:`least_squares_generator_loss`.
     """
     if kind == "minimax":
         return -F.softplus(fake_logits).mean()
     if kind == "non-saturating":
         return F.softplus(-fake_logits).mean()
-    raise UserError(f"unknown generator loss {kind!r}. Accepted: minimax, non-saturating.")
+    if kind == "hinge":
+        return hinge_generator_loss(fake_logits)
+    if kind == "least-squares":
+        return least_squares_generator_loss(fake_logits)
+    raise _unknown(kind)
+
+
+def hinge_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """E[relu(1 - D(x))] + E[relu(1 + D(G(z)))], the hinge loss (Lim & Ye 2017; Miyato et al. 2018, sec. 4) -> 0-d.
+
+    D's scores are raw (no sigmoid); the loss is 0 once real scores are >= 1 and fake ones <= -1.
+    """
+    return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+
+
+def hinge_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-E[D(G(z))], G's loss of the hinge game (Lim & Ye 2017; Miyato et al. 2018, sec. 4) -> 0-d."""
+    return -fake_scores.mean()
+
+
+def least_squares_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """1/2 E[(D(x) - 1)^2] + 1/2 E[D(G(z))^2]: LSGAN's D (Mao et al. 2017, eq. 2 with a = 0, b = 1) -> 0-d."""
+    return 0.5 * (real_scores - 1).pow(2).mean() + 0.5 * fake_scores.pow(2).mean()
+
+
+def least_squares_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """1/2 E[(D(G(z)) - 1)^2]: LSGAN's G (Mao et al. 2017, eq. 2 with c = 1), least at D(G(z)) = 1 -> 0-d."""
+    return 0.5 * (fake_scores - 1).pow(2).mean()
 
 
 def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -105,6 +160,30 @@ def minibatch_stddev(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     std = torch.sqrt(h.var(dim=0, unbiased=False) + eps)  # (F,) or (C, H, W)
     s = std.mean()
     return torch.cat([h, s.expand(len(h), 1, *h.shape[2:])], dim=1)
+
+
+# -- spectral normalisation ----------------------------------------------------------------
+
+#: The layers :func:`spectral_normalize` wraps (torch reshapes a conv weight to
+#: (out, in * kernel) for its power iteration; transposed convs along dim 1).
+SPECTRAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def spectral_normalize(net: nn.Module, n_power_iterations: int = 1) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every Linear / Conv layer of ``net``, in place.
+
+    Each weight W becomes W / sigma(W), sigma the largest singular value of W reshaped to
+    2-D, estimated as u^T W v with ``n_power_iterations`` power iterations (1, as the
+    paper) at every forward in training mode; in eval mode the stored u, v are used as
+    they are. With ``torch.nn.utils.parametrizations.spectral_norm``: the trained tensor
+    is ``<layer>.parametrizations.weight.original`` and u, v are the buffers
+    ``<layer>.parametrizations.weight.0._u`` / ``._v`` (in the state dict), updated in
+    place (``out=``, plain tensor ops: capturable in a CUDA graph). Returns ``net``.
+    """
+    for module in list(net.modules()):
+        if isinstance(module, SPECTRAL_LAYERS):
+            _spectral_norm(module, n_power_iterations=n_power_iterations)
+    return net
 
 
 # -- networks --------------------------------------------------------------------------------

@@ -146,6 +146,8 @@ class GaussianLearned(LikelihoodHead):
 
 
 def _levels(spec: DataSpec) -> int:
+    if spec.kind == "tokens" and spec.vocab_size:
+        return spec.vocab_size
     if spec.num_levels is None:
         raise UserError(
             f"dataset {spec.name!r} has no quantisation levels ({spec.kind} data): the categorical "
@@ -155,9 +157,11 @@ def _levels(spec: DataSpec) -> int:
 
 
 class Categorical(LikelihoodHead):
-    """Softmax over the data's L levels per element (PixelRNN's 256-way softmax)."""
+    """Softmax over the data's L levels per element (PixelRNN's 256-way softmax), or over
+    the V token ids of token data (whose ``mean`` is the most likely token, a value not an
+    average)."""
 
-    kinds = ("continuous", "discrete")
+    kinds = ("continuous", "discrete", "tokens")
     discrete = True
 
     def __init__(self, spec: DataSpec) -> None:
@@ -166,13 +170,17 @@ class Categorical(LikelihoodHead):
         self.num_params = self.levels
 
     def _to_index(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.kind == "tokens":
+            return x.long()
         if self.spec.kind == "discrete":
             return x.round().long()
         return (x * (self.levels - 1)).round().long()
 
     def _from_index(self, k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Level indices -> values in model space, in the parameters' ``dtype`` (float32 at
-        least: k / 255 needs more bits than bf16 has)."""
+        least: k / 255 needs more bits than bf16 has); token ids stay int64."""
+        if self.spec.kind == "tokens":
+            return k.long()
         k = k.to(torch.promote_types(dtype, torch.float32))
         return k if self.spec.kind == "discrete" else k / (self.levels - 1)
 
@@ -180,6 +188,8 @@ class Categorical(LikelihoodHead):
         return _sum_per_example(F.cross_entropy(params, self._to_index(x), reduction="none"))
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
+        if self.spec.kind == "tokens":
+            return params.argmax(dim=1)
         probs = params.softmax(dim=1)
         values = self._from_index(torch.arange(self.levels, device=params.device), probs.dtype)
         probs = probs.to(values.dtype)

@@ -26,13 +26,18 @@ class TrainConfig(Config):
     osc_window: int = 20  # log points in the moving window of the oscillation measure (<key>_osc)
     sample_every: int = 0  # steps between sample points (trainer.sample_due: pictures); 0 = at the end of each epoch
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
+    keep_checkpoints: int = 2  # newest complete checkpoints kept in run/checkpoints; older ones go once a newer one is current
+    keep_best: str = ""  # a logged value (e.g. loss): also keep the checkpoint where it was best; "" = off
+    best_mode: Literal["min", "max"] = "min"  # keep_best: the lowest (min) or highest (max) value is best
     max_steps: int = 0  # stop after this many steps in all (0 = no limit)
     max_seconds: float = 0.0  # stop at the first step boundary past this much training time (0 = no limit)
     picture_samples: int = 64  # examples in each sample picture of deepgen.pictures.SamplePictures (2-D data: 20x as many points)
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm progress bar (shown when stderr is a terminal)
+    threads: int = 0  # CPU threads; 0 = leave torch's (one per core; importing deepgen shortens OpenMP's spin-wait, so it does not stall beside busy processes)
     tensorboard: bool = True  # TensorBoard event files in run/tb (needs the tensorboard package)
 
     def validate(self) -> None:
+        self.check(self.threads >= 0, f"threads must be >= 0 (0 = deepgen's choice), got {self.threads}")
         self.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         self.check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         self.check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -46,6 +51,7 @@ class TrainConfig(Config):
         self.check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         self.check(self.osc_window >= 2, f"osc_window must be >= 2, got {self.osc_window}")
         self.check(self.max_seconds >= 0, f"max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}")
+        self.check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (the current checkpoint is always kept), got {self.keep_checkpoints}")
         for name in ("sample_every", "checkpoint_every", "max_steps"):
             self.check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         self.check(

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from ..data import RESUMABLE_DATA, Batch, DataConfig, Dataset, iterate, load_dataset, make_loader
-from ..devices import resolve_device
+from ..devices import configure_threads, resolve_device
 from ..errors import TrainingDiverged, UserError
-from ..io import save_tensors, write_json
+from ..io import write_json
 from ..models.base import DataInit, GenerativeModel, HasHistograms, Phase
 from ..optim import (
     EMA,
@@ -150,12 +150,15 @@ class Trainer:
         self.model = model.to(self.device)
         self.dataset = dataset
         self.run_dir = None if run_dir is None or not self.world.is_main else Path(run_dir)
-        self.data_config = data_config or DataConfig(name=dataset.name)
+        # How the dataset was loaded (max_train, label_column, ...): the caller's config, else
+        # the one the dataset carries, else its name alone.
+        self.data_config = data_config or getattr(dataset, "config", None) or DataConfig(name=dataset.name)
         self.callbacks = list(callbacks)
         hooks(self.callbacks, "on_step_end")  # a TypeError now for something that is no callback
         self.model_name = type(model).registered_name or type(model).__name__
         self.phases: list[Phase] = model.phases()
         self._check_phases()
+        self._check_phase_epochs()
         self._check_cuda_graph()
         graph = self.config.cuda_graph
         # One torch param group per ParamGroup of the phase (its own weight decay).
@@ -191,12 +194,14 @@ class Trainer:
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self.last: dict[str, float] = {}
+        self._figures: dict[str, float] = {}  # the latest logged value of every key (keep_best reads it)
         # Host-side history of the logged means of model.oscillation_keys (no extra sync).
         self._history: dict[str, deque[float]] = {k: deque(maxlen=self.config.osc_window) for k in model.oscillation_keys}
         self._resumed = _resume_state is not None
         # A new run's weights are finished at its first fit (data_init, rank 0's broadcast).
         self._initialised = self._resumed
         self._fit_start: float | None = None  # perf_counter at the (virtual) start of training
+        self._fit_start_step = 0  # the step this fit started from
         # What kind of step the last one was, for callbacks (deepgen.training.callbacks).
         self.epoch_ended = False  # it finished an epoch
         self.fit_ending = False  # it is the last step of this fit
@@ -213,6 +218,24 @@ class Trainer:
         for p in self.phases:
             if not p.parameters:
                 raise ValueError(f"{self.model_name}: phase {p.name!r} has no parameters")
+            start, stop = p.epochs
+            if start < 0 or (stop is not None and stop <= start):
+                raise ValueError(f"{self.model_name}: phase {p.name!r} has an empty epoch window {p.epochs}")
+
+    def _check_phase_epochs(self) -> None:
+        """Refuse up front a run whose ``epochs`` end before some phase's window opens
+        (greedy pretraining stages, then fine-tuning): that phase would never train."""
+        epochs = self.config.epochs
+        idle = [p for p in self.phases if p.epochs[0] >= epochs]
+        if idle:
+            needed = max(p.epochs[0] for p in self.phases) + 1
+            each = [f"{p.name!r} (from epoch {p.epochs[0] + 1})" for p in idle]
+            names = each[0] if len(each) == 1 else f"{', '.join(each[:-1])} and {each[-1]}"
+            raise UserError(
+                f"{self.model_name} would never train phase{'s' if len(idle) > 1 else ''} {names}: the run trains only "
+                f"{epochs} epoch{'' if epochs == 1 else 's'}. Train at least {needed} epochs (--epochs {needed}), "
+                "so that every phase runs."
+            )
 
     def _world_device(self, device: torch.device) -> torch.device:
         """Several processes: each takes its own GPU (cuda:LOCAL_RANK); the batch splits evenly."""
@@ -271,6 +294,8 @@ class Trainer:
         step_hooks = hooks(self.callbacks, "on_step_end")
         epoch_hooks = hooks(self.callbacks, "on_epoch_end")
         fit_hooks = hooks(self.callbacks, "on_fit_end")
+        if cfg.threads:
+            configure_threads(cfg.threads)
         self.model.train()
         if not self._initialised:
             self._initialise()
@@ -282,6 +307,7 @@ class Trainer:
         last_epochs_done = self.loader.epochs_done
         start = time.perf_counter() - self.seconds
         self._fit_start = start
+        self._fit_start_step = self.step
         bar = None
         self._logger = RunLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if self._resumed else None)
         try:
@@ -346,15 +372,20 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        """True once ``epochs`` are complete, ``max_steps`` steps are taken, or (during
-        ``fit``) ``max_seconds`` of training time have passed."""
+        """True once ``epochs`` are complete, ``max_steps`` steps are taken, or
+        ``max_seconds`` of training time have passed (each ``fit`` takes one step at least)."""
         cfg = self.config
         if self.loader.epochs_done >= cfg.epochs or (cfg.max_steps and self.step >= cfg.max_steps):
             return True
+        if not cfg.max_seconds:
+            return False
+        if self._fit_start is None:  # outside fit: the training time recorded so far
+            return self.step > 0 and self.seconds >= cfg.max_seconds
         # A time budget: host clock only, read at step boundaries (no device sync), so the
-        # last step may still be running on the GPU when it triggers.
-        late = bool(cfg.max_seconds and self._fit_start is not None and time.perf_counter() - self._fit_start >= cfg.max_seconds)
-        if self.world.size == 1 or not cfg.max_seconds:
+        # last step may still be running on the GPU when it triggers. Each fit takes at
+        # least one step, so even a budget shorter than one step ends with a checkpoint.
+        late = self.step > self._fit_start_step and time.perf_counter() - self._fit_start >= cfg.max_seconds
+        if self.world.size == 1:
             return late
         # Several processes must stop at the same step: they agree at log points only (one
         # small collective per log_every steps, none per step).
@@ -500,6 +531,7 @@ class Trainer:
                 "Lower the learning rate (--set lr=...), set grad_clip=1.0, or turn off bf16."
             )
         self.last = means
+        self._figures.update(means)
         if bar is not None:
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:4]}, refresh=False)
 
@@ -511,7 +543,7 @@ class Trainer:
         return "no checkpoint had been written yet"
 
     def _progress_bar(self) -> Any:
-        if not self.config.progress or not self.world.is_main:
+        if not self.config.progress or not self.world.is_main or not sys.stderr.isatty():
             return None
         from tqdm.auto import tqdm
 
@@ -532,14 +564,11 @@ class Trainer:
         if not bool(finite):
             raise TrainingDiverged(f"a weight became NaN/Inf by step {self.step}; {self._kept_checkpoint()}.")
         rank_rng = distributed.gather_objects(self._random_state()) if self.world.size > 1 else None
+        figure = self._checkpoint_figure()
         if self.run_dir is None:
             return
         if not (self.run_dir / ckpt.CONFIG).is_file():
             self._write_config()
-        meta = {"step": str(self.step), "model": self.model_name}
-        save_tensors(self.run_dir / ckpt.WEIGHTS, self.model.state_dict(), meta)
-        if self.ema is not None:
-            save_tensors(self.run_dir / ckpt.EMA_WEIGHTS, self.ema.model.state_dict(), meta)
         state: dict[str, Any] = {
             "step": self.step,
             "seconds": self.seconds,
@@ -548,12 +577,33 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             # The oscillation window, so that a resumed run's <key>_osc equals an uninterrupted run's.
             "osc_history": {key: list(history) for key, history in self._history.items()},
+            "examples": len(self.dataset.train),  # a resumed run's data must have as many
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if rank_rng is not None:
             state["rank_rng"] = rank_rng  # per rank: global CPU/CUDA generators, the loader's per-batch one
-        ckpt.save_trainer_state(self.run_dir, state)
+        ckpt.write_checkpoint(
+            self.run_dir, self.step, self.model.state_dict(), state,
+            ema=None if self.ema is None else self.ema.model.state_dict(),
+            metadata={"step": str(self.step), "model": self.model_name},
+            keep=self.config.keep_checkpoints, figure=figure, best_mode=self.config.best_mode,
+        )
+
+    def _checkpoint_figure(self) -> dict[str, Any] | None:
+        """``keep_best``'s figure for the checkpoint of this step: the key's latest logged
+        value (the mean over the log window that ends here, or a validation figure logged
+        since the last checkpoint). A key never logged is a :class:`UserError`."""
+        key = self.config.keep_best
+        if not key:
+            return None
+        if self._figures and key not in self._figures:
+            raise UserError(
+                f"keep_best={key!r} is not a value this run logs; it logs {', '.join(sorted(self._figures))}. "
+                "Set keep_best to one of them (keep_best=loss, with best_mode=min or max)."
+            )
+        value = self._figures.get(key)
+        return {"key": key, "value": value if value is not None and math.isfinite(value) else None, "mode": self.config.best_mode}
 
     def _random_state(self) -> dict[str, torch.Tensor]:
         """This process's random streams: torch's global generators and the loader's per-batch one."""
@@ -563,17 +613,31 @@ class Trainer:
         return out
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """Take a checkpoint's trainer state (checked for its fields' presence and types by
+        ``checkpoint.load_trainer_state``); one :class:`UserError` when it does not fit."""
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
+        examples = state.get("examples")
+        if examples is not None and examples != len(self.dataset.train):
+            raise UserError(
+                f"the checkpoint was trained on {examples} training examples, but the data now has "
+                f"{len(self.dataset.train)} (data settings or files changed since); it cannot go on from there."
+            )
         if len(state["optimizers"]) != len(self.optimizers):
             raise UserError(f"the checkpoint holds {len(state['optimizers'])} optimizers but {self.model_name} has {len(self.optimizers)} phases; it is from other code.")
         for phase, opt, sd in zip(self.phases, self.optimizers, state["optimizers"]):
             try:
                 load_optimizer_state(opt, sd)
-            except ValueError as e:  # torch: another number or size of parameter groups
+            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:  # torch: another number or size of parameter groups
                 raise UserError(f"the checkpoint's optimizer state does not fit phase {phase.name!r} ({e}); it is from other code.") from None
-        self.loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng_cpu"])
+        try:
+            self.loader.load_state_dict(state["loader"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            raise UserError(f"the checkpoint's data position does not fit this data ({type(e).__name__}: {e}); it is corrupt or from other code.") from None
+        try:
+            torch.set_rng_state(state["rng_cpu"])
+        except (TypeError, RuntimeError) as e:
+            raise UserError(f"the checkpoint's random generator state is corrupt ({e}).") from None
         for key, values in state.get("osc_history", {}).items():
             if key in self._history:
                 self._history[key].extend(float(v) for v in values)
@@ -620,23 +684,31 @@ class Trainer:
         """
         run_dir = Path(run_dir)
         cfg = ckpt.read_run_config(run_dir)
-        state = ckpt.load_trainer_state(run_dir)
-        train_config = TrainConfig.from_dict(cfg["train"])
+        train_config = ckpt.saved_train_config(cfg)
+        data_config = ckpt.saved_data_config(cfg)
+        saved_spec = ckpt.saved_spec(cfg)
+        found = ckpt.current_checkpoint(run_dir)
+        if found is None:
+            raise UserError(
+                f"cannot resume {run_dir}: the run stopped before its first checkpoint, so there is nothing to "
+                f"continue. Start it again with `deepgen train {cfg['model']} --data {data_config.name} --out {run_dir}` "
+                "(the unfinished run there is replaced)."
+            )
+        state = ckpt.load_trainer_state(found)
         if train_overrides:
             train_config = train_config.replace(**train_overrides)
-        data_config = DataConfig.from_dict(cfg["data"])
         if data_overrides:
             fixed = sorted(set(data_overrides) - set(RESUMABLE_DATA))
             if fixed:
                 raise UserError(f"data settings {fixed} cannot change on resume; only {', '.join(RESUMABLE_DATA)} may.")
             data_config = data_config.replace(**data_overrides)
         dataset = load_dataset(data_config)
+        differs = ckpt.same_data(saved_spec, dataset.spec)
+        if differs is not None:
+            raise UserError(f"cannot resume {run_dir}: the data {data_config.name!r} now has {differs}.")
         model = ckpt.build_model(cfg, dataset)
-        weights = run_dir / ckpt.WEIGHTS
-        if ckpt.step_of(weights) != int(state["step"]):
-            raise UserError(f"{run_dir}: {ckpt.WEIGHTS} and {ckpt.TRAINER_STATE}/ are from different steps; the checkpoint is incomplete.")
-        ckpt.load_weights(model, weights)
+        ckpt.load_weights(model, found)
         trainer = cls(model, dataset, train_config, run_dir, data_config=data_config, callbacks=callbacks, _resume_state=state)
-        if trainer.ema is not None and (run_dir / ckpt.EMA_WEIGHTS).is_file():
-            ckpt.load_weights(trainer.ema.model, run_dir / ckpt.EMA_WEIGHTS)  # type: ignore[arg-type]
+        if trainer.ema is not None and found.has(ckpt.EMA_WEIGHTS):
+            ckpt.load_weights(trainer.ema.model, found, ckpt.EMA_WEIGHTS)  # type: ignore[arg-type]
         return trainer
