@@ -159,3 +159,115 @@ def test_many_training_frames_are_thinned_evenly(runs: tuple[Path, Path], tmp_pa
     assert len(frames) == MAX_FRAMES and frames[0] == names[0] and frames[-1] == names[-1]
     assert frames == sorted(set(frames))
 
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_eval_figures_say_where_they_came_from_and_when_they_go_stale(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    from deepgen.report import read_run
+    from deepgen.training.checkpoint import current_checkpoint
+
+    a, _ = runs
+    step = current_checkpoint(a).step
+    fresh = read_run(a)
+    assert [f.label for f in fresh.figures] == ["elbo (test)", "recon (test)"]
+    assert all(f.step == step and not f.stale for f in fresh.figures)
+    assert main(["report", str(a), "--out", str(tmp_path / "fresh.html")]) == 0
+    page = (tmp_path / "fresh.html").read_text()
+    assert f"step {step}" in page and "stale" not in page and "deepgen eval " in page  # the command
+
+    run = _copy_run(a, tmp_path / "run")
+    saved = json.loads((run / "eval.json").read_text())
+    saved["elbo"]["test"]["step"] = step - 1  # computed before the run's current checkpoint
+    saved["fid"] = {"test": {"values": {"fid": 12.5, "quality_n": 500, "features": "deepgen digits classifier (seed 0)"},
+                             "split": "test", "n": 500, "step": step, "settings": {}, "seed": 3}}
+    saved["nll"] = {"test": {"values": {"nll": 90.1, "nll_note": "IWAE bound, k=5000 importance samples"},
+                             "split": "test", "n": 200, "settings": {"iwae_k": "5000"}, "seed": 0}}  # no step recorded
+    (run / "eval.json").write_text(json.dumps(saved))
+    figures = {f.label: f for f in read_run(run).figures}
+    assert figures["elbo (test)"].stale and not figures["fid (test)"].stale and not figures["nll (test)"].stale
+    assert figures["nll (test)"].state() == "step unknown"
+    assert figures["fid (test)"].features() == "deepgen digits classifier (seed 0)" and figures["fid (test)"].examples() == "500"
+    assert figures["nll (test)"].notes() == "nll: IWAE bound, k=5000 importance samples"
+    out = tmp_path / "stale.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert f"step {step - 1}, stale: the run&#x27;s current checkpoint is at step {step}" in page
+    assert "step unknown" in page and "Where the figures came from" in page
+    assert "deepgen digits classifier (seed 0)" in page and "IWAE bound, k=5000" in page and "iwae_k=5000" in page
+    assert "<td>quality_n</td>" not in page.split("Where the figures came from")[0]  # a count, not a figure column
+
+
+def test_cosmetic_settings_are_left_out_of_the_differences(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    from deepgen.report import COSMETIC_SETTINGS, read_run
+
+    a, _ = runs
+    assert COSMETIC_SETTINGS <= set(read_run(a).settings())  # every name is a real setting
+    run = _copy_run(a, tmp_path / "cosmetic")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"].update(progress=True, tensorboard=True, log_every=7, sample_every=3, picture_samples=16,
+                        checkpoint_every=5, keep_checkpoints=4, threads=2)
+    cfg["data"]["workers"] = 3
+    (run / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "c.html"
+    assert main(["report", str(a), str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    diff = page[page.index("Settings that differ") : page.index("Training curves, all runs")]
+    assert "Every setting is the same." in diff and "<td>train.log_every</td>" not in diff
+    assert "Left out, as they change nothing that is trained: " in diff and "train.log_every" in diff and "data.workers" in diff
+    cfg["train"]["grad_clip"] = 1.0  # this one changes what is trained
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["report", str(a), str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    diff = page[page.index("Settings that differ") : page.index("Training curves, all runs")]
+    assert "<td>train.grad_clip</td>" in diff and "<td>train.progress</td>" not in diff
+
+
+def test_validation_values_share_their_training_value_panel() -> None:
+    from deepgen.report import curve_panels, train_key_of
+
+    assert [train_key_of(k) for k in ("val_loss", "val/loss", "val/d/loss", "d/val_loss", "loss", "interval", "val_")] == [
+        "loss", "loss", "d/loss", "d/loss", None, None, None]
+    keys = ["loss", "kl", "lr", "grad_norm", "samples_per_s", "d/loss", "g/loss", "val_loss", "val/d/loss", "g/val_loss", "val_elbo"]
+    assert curve_panels(keys) == [["loss", "val_loss"], ["kl"], ["lr"], ["grad_norm"], ["samples_per_s"],
+                                  ["d/loss", "val/d/loss"], ["g/loss", "g/val_loss"], ["val_elbo"]]
+
+
+def test_every_logged_key_is_plotted_and_val_loss_overlays_loss(runs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deepgen.report as report
+
+    a, _ = runs
+    run = _copy_run(a, tmp_path / "logged")
+    records = [{"step": s, "epoch": 1, "seconds": 0.1 * s, "loss": 10.0 / s, "lr": 1e-3, "grad_norm": 2.0, "samples_per_s": 500.0}
+               for s in range(1, 11)]
+    records += [{"step": s, "epoch": s // 5, "val_loss": 3.0 + s / 10} for s in (5, 10)]  # once an epoch, records of their own
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: r["step"])))
+    figures = []
+    real = report._figure_png
+
+    def capture(fig):  # type: ignore[no-untyped-def]
+        figures.append({ax.get_title(): [(ln.get_label(), ln.get_linestyle(), len(ln.get_xdata())) for ln in ax.lines]
+                        for ax in fig.axes if ax.get_title()})
+        return real(fig)
+
+    monkeypatch.setattr(report, "_figure_png", capture)
+    summary = report.read_run(run)
+    assert summary.last_values()["val_loss"] == (4.0, 10) and summary.last_values()["lr"] == (1e-3, 10)
+    assert report.curves_png([summary], summary.curve_keys()) is not None
+    (panels,) = figures
+    assert set(panels) == {"loss vs val_loss", "lr", "grad_norm", "samples_per_s"}
+    assert panels["loss vs val_loss"] == [("loss", "-", 10), ("val_loss", "--", 2)]
+    # The page and the overlay of two runs draw the same panels.
+    figures.clear()
+    other = _copy_run(run, tmp_path / "logged-2")
+    assert main(["report", str(run), str(other), "--out", str(tmp_path / "p.html")]) == 0
+    overlay = figures[0]
+    assert set(overlay) == {"loss vs val_loss", "lr", "grad_norm", "samples_per_s"}
+    assert [label for label, _, _ in overlay["loss vs val_loss"]] == ["logged: loss", "logged: val_loss", "logged-2: loss", "logged-2: val_loss"]
+    # The last record is a validation one: the last logged values still hold every key, each with its step.
+    page = (tmp_path / "p.html").read_text()
+    last = page[page.index("Last logged values") :]
+    assert "<td>lr</td><td>0.001</td><td>10</td>" in last and "<td>val_loss</td><td>4</td><td>10</td>" in last

@@ -74,7 +74,7 @@ def test_train_sample_prompt_and_eval_from_the_command_line(tmp_path, capsys):
     assert main(["sample", str(run), "--prompt", "to be~", "--out", str(out)]) == 2
     assert "not in the model's vocabulary" in capsys.readouterr().err
     assert main(["eval", str(run), "--metrics", "nll", "--quiet"]) == 0
-    assert "nll_bpd" in capsys.readouterr().out
+    assert "nll (bits/dim)" in capsys.readouterr().out  # bits per character
 
 
 def test_image_completion_from_the_command_line(tmp_path):

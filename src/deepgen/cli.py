@@ -1,4 +1,4 @@
-"""The ``deepgen`` command line: train | sample | eval | models | datasets | demo.
+"""The ``deepgen`` command line: train | sample | eval | encode | score | models | datasets | demo | bench | report.
 
 Every subcommand checks everything it was asked for (names, settings, types, values, the
 data's presence) before it writes anything, so a mistake leaves nothing behind. Mistakes
@@ -79,13 +79,105 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-def _fmt_losses(last: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in last.items()) or "(none logged)"
+NEGATIVE_NOTE = "(negative: a density on continuous data can exceed 1, so its -log can be below 0)"
+# Printed names and units of the figures the models log (nats: per example, summed over its
+# dimensions). The ELBO is printed as -ELBO, a loss in positive nats, like every NLL.
+_LOSS_UNITS = {"recon": "nats", "kl": "nats", "nll": "nats", "nll_per_token": "nats/token", "bits_per_dim": "bits/dim"}
+
+
+def _loss_is_nats(model: Any) -> bool:
+    """True when the model's training loss is a negative log-likelihood (or -ELBO) in nats."""
+    return any(callable(getattr(model, m, None)) for m in ("elbo", "log_prob", "reconstruction_nll"))
+
+
+def _fmt_losses(last: dict[str, float], model: Any = None) -> str:
+    """The train summary's figures, one sign convention: losses and -ELBO as positive nats,
+    each with its unit, the ELBO not printed twice (as ``loss`` and as ``elbo``)."""
+    parts: list[str] = []
+    negative = False
+    nats_loss = _loss_is_nats(model)
+    for k, v in last.items():
+        # Keys: name, val_name, phase/name, val/phase/name, phase/val_name.
+        head, _, name = k.rpartition("/")
+        phase = head.removeprefix("val").strip("/")
+        pre, base = ("val_", name[4:]) if name.startswith("val_") else ("", name)
+        if base == "elbo":
+            if head + pre + "loss" in last and abs(last[head + pre + "loss"] + v) <= 1e-6 * max(1.0, abs(v)):
+                continue  # the loss is -ELBO: already printed
+            k, base, v = f"{head}{'/' if head else ''}-{pre}elbo", "-elbo", -v
+        loss_nats = base == "loss" and ((not phase and nats_loss) or phase == "reconstruction")
+        unit = _LOSS_UNITS.get(base) or ("nats" if base == "-elbo" or loss_nats else "")
+        label = "loss (-ELBO)" if k == "loss" and "elbo" in last else k
+        parts.append(f"{label} {v:.4g}" + (f" {unit}" if unit else ""))
+        negative |= unit.startswith("nats") and v < 0
+    text = ", ".join(parts) or "(none logged)"
+    return f"{text} {NEGATIVE_NOTE}" if negative else text
+
+
+def _eval_display(table: dict[str, Any]) -> dict[str, Any]:
+    """``eval``'s printed table: the same figures as eval.json, named with their units and one
+    sign convention (-ELBO and NLL as positive nats; the ELBO's bound said in its label)."""
+    labels = {
+        "recon_mse": "recon_mse (per element)", "recon_mse_sem": "recon_mse sem", "recon_sse": "recon_sse (per example)",
+        "recon_psnr": "recon_psnr (dB)", "recon_bce": "recon_bce (nats)", "recon_nll": "recon_nll (nats, -log p(x|code))",
+        "elbo": "-elbo (nats, >= nll)", "elbo_sem": "-elbo sem (nats)", "elbo_bpd": "-elbo (bits/dim)",
+        "elbo_bin_width": "-elbo bin width", "nll": "nll (nats)", "nll_sem": "nll sem (nats)", "nll_bpd": "nll (bits/dim)",
+        "nll_bin_width": "nll bin width",
+    }
+    out: dict[str, Any] = {}
+    negative = False
+    for k, v in table.items():
+        if k in ("elbo",) and isinstance(v, (int, float)):
+            v = -v
+        if k.endswith("_seconds"):
+            out[f"{k.removesuffix('_seconds')} time (s)"] = v
+            continue
+        if isinstance(v, str):
+            v = v.replace("a lower bound on log p(x)", "nll is an upper bound on -log p(x)")
+        label = labels.get(k, k)
+        negative |= "(nats" in label and isinstance(v, (int, float)) and v < 0
+        out[label] = v
+    if negative:
+        out["note"] = NEGATIVE_NOTE.strip("()")
+    return out
 
 
 def _model_settings(pairs: Sequence[str] | None) -> dict[str, str]:
     """``--set`` of ``eval`` and ``sample``: model settings, ``model.`` prefix optional."""
     return {k.removeprefix("model."): v for k, v in _overrides(pairs).items()}
+
+
+def _closest_settings(key: str, names: Sequence[str], n: int = 2) -> list[str]:
+    """The setting names closest to ``key``: difflib's ratio, plus a bonus for sharing the
+    last word (``latent_dim`` -> ``noise_dim`` before ``data_dir``)."""
+    import difflib
+
+    last = key.rsplit("_", 1)[-1]
+
+    def score(name: str) -> float:
+        ratio = difflib.SequenceMatcher(None, key, name).ratio()
+        return ratio + (0.3 if "_" in key and name.rsplit("_", 1)[-1] == last else 0.0)
+
+    ranked = sorted((score(c), c) for c in set(names))
+    return [c for sc, c in reversed(ranked) if sc >= 0.55][:n]
+
+
+def _check_setting_names(sets: dict[str, str], configs: dict[str, Config], model_name: str) -> None:
+    """An unknown ``--set`` name: one line naming the closest settings of the model, the
+    trainer and the data first, then every accepted name."""
+    every = sorted({n for cfg in configs.values() for n in cfg.field_names()} - {"name"})
+    for key in sets:
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in configs:
+            names, bare = [n for n in configs[prefix].field_names() if n != "name"], rest
+        else:
+            names, bare = every, key
+        if bare in names:
+            continue
+        close = _closest_settings(bare, names)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        where = {"model": f"the {model_name} model", "train": "the trainer", "data": "the data"}.get(prefix if dot else "", f"{model_name}, the trainer or the data")
+        raise UserError(f"unknown setting {key!r} for {where}.{hint} Accepted: {', '.join(sorted(names))}.")
 
 
 def _pictures() -> list[Any]:
@@ -134,6 +226,7 @@ def _plan_train(
     if data not in {n for n, _ in dataset_descriptions()} and Path(data).expanduser().exists():
         data = str(Path(data).expanduser().resolve())  # the run works from any folder later
     defaults = {"model": cls.config_class(), "train": TrainConfig(), "data": DataConfig(name=data)}
+    _check_setting_names({**sets, **shortcuts}, defaults, model_name)
     routed = split_overrides({**sets, **shortcuts}, defaults)
     data_over = dict(routed["data"])
     if data_dir is not None:
@@ -222,7 +315,7 @@ def _fit_and_report(trainer: Any, write_analysis: Any, resumed_from: int | None 
     _say(
         f"run folder: {out}",
         f"steps: {steps} ({result.epochs} epoch{'' if result.epochs == 1 else 's'}) in {_fmt_seconds(result.seconds)}",
-        f"last losses: {_fmt_losses(result.last)}",
+        f"last losses: {_fmt_losses(result.last, trainer.eval_model)}",
         f"files: {', '.join(names)}",
     )
     return 0
@@ -549,7 +642,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         record(name, result, time.perf_counter() - start)
     path = run.path / ckpt.EVAL
     if entries:
-        print(format_table(table))
+        print(format_table(_eval_display(table)))
         merged = _read_eval(path)
         for name, entry in entries.items():
             by_split = merged.get(name) if isinstance(merged.get(name), dict) else {}
@@ -560,6 +653,170 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"\n{PROG}: interrupted during {interrupted}; {kept}.", file=sys.stderr)
         return 130
     _say(f"wrote {path}")
+    return 0
+
+
+# -- encode / score --------------------------------------------------------------------------
+
+
+def _run_and_data(args: argparse.Namespace) -> tuple[Any, Any, torch.device]:
+    """The run (loaded on ``--device``) and the data to read: ``--data`` or the run's own,
+    checked against the run's data spec before anything is computed."""
+    from .training import load_run
+
+    if args.limit < 0:
+        raise UserError(f"--limit must be >= 0 (0 = the whole split), got {args.limit}.")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    device = _device(args.device)
+    configure_threads(args.threads)
+    settings = _model_settings(getattr(args, "set", None))
+    run = load_run(args.run, device=device, model_overrides=settings or None, checkpoint=_which_checkpoint(args.checkpoint))
+    if args.data is None:
+        dataset = run.load_dataset()
+    else:
+        name = args.data
+        if name not in {n for n, _ in dataset_descriptions()} and Path(name).expanduser().exists():
+            name = str(Path(name).expanduser().resolve())
+        over: dict[str, Any] = {"name": name}
+        if args.data_dir is not None:
+            over["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
+        dataset = run.load_dataset(**over)
+    want, got = run.spec, dataset.spec
+    if (tuple(want.shape), want.kind) != (tuple(got.shape), got.kind) or (
+        want.kind in ("discrete", "tokens") and (want.num_levels, want.vocab_size) != (got.num_levels, got.vocab_size)
+    ):
+        raise UserError(
+            f"--data {dataset.name!r} does not fit the run {run.path}: its examples are {got.kind} of shape {tuple(got.shape)}, "
+            f"the model takes {want.kind} of shape {tuple(want.shape)}."
+        )
+    return run, dataset, device
+
+
+def _check_out(out: Path, suffixes: tuple[str, ...]) -> None:
+    if out.suffix.lower() not in suffixes:
+        raise UserError(f"--out must end in {' or '.join(suffixes)}, got {str(out)!r}.")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name a file.")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """``deepgen encode``: the model's code of every example, as a .npy (N, L)."""
+    from .metrics.evaluate import EvalContext, _labels
+    from .models.base import Encoder
+
+    out = Path(args.out)
+    _check_out(out, (".npy",))
+    run, dataset, device = _run_and_data(args)
+    model = run.model
+    if not isinstance(model, Encoder):
+        raise UserError(f"the {run.model_name} model has no encoder (capability 'encode'); models with one: see `{PROG} models`.")
+    ctx = EvalContext(split=args.split, batch_size=args.batch_size, limit=args.limit, device=device, seed=args.seed)
+    codes, labels = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in ctx.batches(dataset):
+            z = model.encode(batch.x, **_labels(model, dataset, batch))
+            codes.append(z.detach().float().reshape(len(batch), -1).cpu())
+            if batch.y is not None:
+                labels.append(batch.y.detach().cpu())
+    if not codes:
+        raise UserError(f"the {args.split} split of {dataset.name!r} has no examples.")
+    z_all = torch.cat(codes).numpy()
+    label_path = out.with_name(out.name[: -len(out.suffix)] + ".labels.npy")
+    if labels:
+        _save_npy(label_path, torch.cat(labels).numpy())
+    try:
+        _save_npy(out, z_all)
+    except BaseException:
+        if labels:
+            label_path.unlink(missing_ok=True)  # no labels without their codes
+        raise
+    extra = f" and their labels to {label_path}" if labels else ""
+    _say(f"wrote the codes of {len(z_all)} {args.split} examples of {dataset.name!r} ({z_all.shape[1]} numbers each) to {out}{extra}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """``deepgen score``: per-example anomaly scores (NLL or reconstruction error)."""
+    from .metrics.evaluate import (
+        EvalContext,
+        _labels,
+        _scored_inputs,
+        dequantization_width,
+        likelihood_of,
+    )
+    from .metrics.likelihood import bits_per_dim
+    from .models.base import LogProb, ReconstructionNLL, Reconstructor
+
+    out = Path(args.out)
+    _check_out(out, (".csv", ".npy"))
+    run, dataset, device = _run_and_data(args)
+    model = run.model
+    has_nll, has_recon = isinstance(model, LogProb), isinstance(model, Reconstructor)
+    if not (has_nll or has_recon):
+        raise UserError(
+            f"the {run.model_name} model has neither a likelihood (capability 'log_prob') nor reconstructions "
+            "('reconstruct'): it cannot score examples."
+        )
+    by = args.by or ("nll" if has_nll else "recon")
+    if by == "nll" and not has_nll:
+        raise UserError(f"the {run.model_name} model has no likelihood (capability 'log_prob'); use --by recon" + ("." if has_recon else " (it cannot reconstruct either)."))
+    if by == "recon" and not has_recon:
+        raise UserError(f"the {run.model_name} model cannot reconstruct (capability 'reconstruct')" + ("; use --by nll." if has_nll else "."))
+    if by == "recon" and dataset.spec.kind == "tokens":
+        raise UserError("--by recon compares values element by element; it does not apply to token data. Use --by nll.")
+    ctx = EvalContext(split=args.split, batch_size=args.batch_size, limit=args.limit, device=device, seed=args.seed)
+    cols: dict[str, list[torch.Tensor]] = {}
+    labels: list[torch.Tensor] = []
+    model.eval()
+    torch.manual_seed(args.seed)  # a VAE's importance samples
+    inputs = _scored_inputs(model, dataset, ctx) if by == "nll" else (lambda b: b.x)
+    head_nll = model.reconstruction_nll if isinstance(model, ReconstructionNLL) else None
+    with torch.no_grad():
+        for batch in ctx.batches(dataset):
+            lab = _labels(model, dataset, batch)
+            if by == "nll":
+                cols.setdefault("nll_nats", []).append(-model.log_prob(inputs(batch), **lab).detach().double().cpu())
+            else:
+                x = batch.x.float()
+                x_hat = model.reconstruct(batch.x, **lab).float()
+                cols.setdefault("recon_mse", []).append(((x - x_hat) ** 2).reshape(len(batch), -1).mean(1).double().cpu())
+                if head_nll is not None:
+                    cols.setdefault("recon_nll_nats", []).append(head_nll(batch.x, **lab).detach().double().cpu())
+            if batch.y is not None:
+                labels.append(batch.y.detach().cpu())
+    if not cols:
+        raise UserError(f"the {args.split} split of {dataset.name!r} has no examples.")
+    table = {k: torch.cat(v) for k, v in cols.items()}
+    if by == "nll" and likelihood_of(model).normalised:
+        table["nll_bpd"] = bits_per_dim(table["nll_nats"], dataset.spec.dim, bin_width=dequantization_width(model, dataset))
+    first = next(iter(table.values()))
+    n = len(first)
+    if out.suffix.lower() == ".npy":
+        _save_npy(out, first.numpy())
+    else:
+        from .io import atomic_path
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = ["index", *(["label"] if labels else []), *table]
+        writer.writerow(header)
+        y = torch.cat(labels).tolist() if labels else None
+        rows = zip(*(t.tolist() for t in table.values()))
+        for i, row in enumerate(rows):
+            writer.writerow([i, *([y[i]] if y is not None else []), *(repr(float(v)) for v in row)])
+        with atomic_path(out) as tmp:
+            tmp.write_text(buf.getvalue())
+    what = {"nll_nats": "-log p(x) in nats", "recon_mse": "reconstruction mean squared error per element"}[next(iter(table))]
+    _say(f"wrote {n} scores ({what}; higher = more anomalous) of the {args.split} examples of {dataset.name!r} to {out}")
     return 0
 
 
@@ -608,6 +865,28 @@ def _describe_config(config: Config, title: str) -> list[str]:
     return lines
 
 
+# `deepgen models NAME`'s example: it runs as printed in a couple of minutes on 2 CPU cores
+# (tests/test_tour.py checks every one; README lists their times). A model without an entry
+# gets the generic line of _model_example.
+MODEL_EXAMPLES: dict[str, str] = {
+    "gan": "train gan --data ring8 --set lr=1e-3 --set minibatch_std=true --epochs 10 --out runs/gan",
+    "dcgan": "train dcgan --data digits --epochs 10 --set noise_dim=16 --out runs/dcgan",
+    "wgan": "train wgan --data ring8 --epochs 10 --out runs/wgan",
+    "wgan-gp": "train wgan-gp --data ring8 --epochs 10 --out runs/wgan-gp",
+    "transformer": "train transformer --data digits --set layers=2 --set heads=4 --set width=128 --epochs 5 --out runs/transformer",
+    "pixelcnn": "train pixelcnn --data digits --epochs 2 --out runs/pixelcnn",
+}
+
+
+def _model_example(name: str, cls: Any) -> str:
+    """The example ``deepgen models NAME`` prints: a setting the model really has."""
+    if name in MODEL_EXAMPLES:
+        return f"{PROG} {MODEL_EXAMPLES[name]}"
+    fields = cls.config_class.field_names()
+    knob = next((f"--set {k}=8" for k in ("latent_dim", "noise_dim") if k in fields), "")
+    return " ".join(p for p in (f"{PROG} train {name} --data digits --epochs 20", knob, f"--out runs/{name}") if p)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """``deepgen models [NAME]``: the registered models, or one model's settings."""
     from .models import model_class, model_names
@@ -628,7 +907,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     lines += _describe_config(cls.config_class(), "model settings (--set key=value, or model.key=value):")
     lines.append("")
     lines.append(f"Trainer and data settings: {PROG} train --help. Example:")
-    lines.append(f"  {PROG} train {args.name} --data digits --epochs 20 --set latent_dim=8")
+    lines.append(f"  {_model_example(args.name, cls)}")
     _say(*lines)
     return 0
 
@@ -745,6 +1024,8 @@ def _parser() -> argparse.ArgumentParser:
             f"  {PROG} train vae --data digits --epochs 50\n"
             f"  {PROG} sample runs/vae --out samples.png\n"
             f"  {PROG} eval runs/vae --metrics elbo,nll\n"
+            f"  {PROG} encode runs/vae --out codes.npy\n"
+            f"  {PROG} score runs/vae --out scores.csv   # per-example anomaly scores\n"
             f"  {PROG} report runs/vae runs/vae-beta4 --out compare.html\n"
             f"\nRun `{PROG} COMMAND --help` for a command's options."
         ),
@@ -867,6 +1148,56 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: deepgen's choice, which does not stall beside busy processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
+
+    # encode / score
+    for name, func in (("encode", cmd_encode), ("score", cmd_score)):
+        if name == "encode":
+            p = sub.add_parser(
+                "encode",
+                help="the model's code of every example, as a .npy array",
+                description="Encode every example of --data (default: the run's own data) with the run's encoder.",
+                epilog=(
+                    "--out codes.npy gets a float32 array (N, L), one row per example in the split's\n"
+                    "order; when the data has labels they go to codes.labels.npy beside it (N,).\n"
+                    "\nexamples:\n"
+                    f"  {PROG} encode runs/vae --out codes.npy\n"
+                    f"  {PROG} encode runs/ae --data mnist --split train --limit 10000 --out train-codes.npy"
+                ),
+                formatter_class=_Formatter,
+            )
+            p.add_argument("--out", required=True, help="the .npy file of codes (N, L)")
+        else:
+            p = sub.add_parser(
+                "score",
+                help="per-example anomaly scores: NLL or reconstruction error",
+                description="Score every example of --data (default: the run's own data); higher = more anomalous.",
+                epilog=(
+                    "--by nll (the default where the model has a likelihood): -log p(x) in nats\n"
+                    "(nll_nats) and bits/dim (nll_bpd); --by recon (the default otherwise): the\n"
+                    "mean squared error per element (recon_mse) and, where the model has a\n"
+                    "likelihood head, -log p(x | code) in nats (recon_nll_nats).\n"
+                    "--out scores.csv: a row per example (index, label if any, the scores);\n"
+                    "--out scores.npy: the first score only (nll_nats or recon_mse), shape (N,).\n"
+                    "\nexamples:\n"
+                    f"  {PROG} score runs/vae --limit 1000 --out scores.csv\n"
+                    f"  {PROG} score runs/ae --data my-test.npy --by recon --out scores.npy"
+                ),
+                formatter_class=_Formatter,
+            )
+            p.add_argument("--out", required=True, help="scores.csv (every score) or scores.npy (the first)")
+            p.add_argument("--by", choices=["nll", "recon"], default=None, help="nll or recon (default nll when the model has one)")
+            p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting for scoring, e.g. iwae_k=1000 (repeatable)")
+        p.add_argument("run", metavar="RUN", help="run folder")
+        p.add_argument("--data", metavar="NAME", default=None, help="dataset name or path (default: the run's own data)")
+        p.add_argument("--data-dir", metavar="DIR", default=None, help="folder searched first for the dataset's files")
+        p.add_argument("--split", default="test", choices=["train", "test"], help="split (default test)")
+        p.add_argument("--limit", type=int, default=0, help="the first N examples (default 0 = all)")
+        p.add_argument("--batch-size", type=int, default=256, help="examples per model call (default 256)")
+        p.add_argument("--seed", type=int, default=0, help="seed of binarization / importance samples (default 0)")
+        p.add_argument("--device", default="cpu", help="device (default cpu)")
+        p.add_argument("--checkpoint", default="latest", metavar="WHICH", help="latest (default), best or a kept step")
+        p.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: deepgen's choice)")
+        p.set_defaults(func=func)
 
     # models
     p = sub.add_parser(

@@ -1,14 +1,18 @@
 """``deepgen report``: one self-contained HTML page about one run or a comparison of several.
 
 What a page holds, per run folder: what was trained (model, data, steps, epochs, time),
-the figures of ``eval.json`` (every metric and split evaluated), training curves drawn
-from ``metrics.jsonl`` (one panel per logged value: losses and diagnostics), and
+the figures of ``eval.json`` (every metric and split evaluated) with where each came from
+(the checkpoint step, "stale" when the run has trained past it, the examples, the feature
+network, the likelihood's note such as the IWAE k, the ``--set`` settings, the seed),
+training curves drawn from ``metrics.jsonl`` (one panel per logged value: losses and
+diagnostics such as ``lr``, ``grad_norm``, ``samples_per_s``; a validation value shares
+the panel of its training value, ``val_loss`` beside ``loss``, so overfitting shows), and
 every picture the run wrote (samples, reconstructions, latent scatter, manifold, ...)
 with a strip of the sample pictures written during training (``samples/``: on 2-D data,
 mode hopping shows from frame to frame).
 With several runs, a table first compares them: the settings that differ between them
-(model, trainer and data), their last logged values and their evaluation figures, and an
-overlay of the curves they share.
+(model, trainer and data; :data:`COSMETIC_SETTINGS`, which change nothing that is trained,
+are left out), their evaluation figures, and an overlay of the curves they share.
 
 The page has no external assets: pictures are embedded as base64 PNGs, so it can be
 mailed or archived alone. It is written atomically (a temporary file, then a rename).
@@ -38,6 +42,7 @@ from .training.checkpoint import (
     RECONSTRUCTIONS,
     SAMPLES,
     SAMPLES_DIR,
+    current_checkpoint,
     read_run_config,
 )
 from .version import __version__
@@ -48,6 +53,124 @@ _NOT_CURVES = {"step", "epoch", "seconds"}
 MAX_OVERLAY_KEYS = 8
 MAX_FRAMES = 8  # pictures of samples/ shown as a strip (how the samples moved during training)
 
+# Settings (flattened as RunSummary.settings names them) that change nothing that is
+# trained: display, logging cadence, checkpoint bookkeeping, loader workers, where files
+# are looked for. "Settings that differ" leaves them out (a muted line names the ones
+# that differ); "All settings" of each run still lists them. (keep_best and best_mode are
+# not here: early_stop watches the keep_best figure, so they can change where training stops.)
+COSMETIC_SETTINGS = frozenset({
+    "train.progress",  # the tqdm bar
+    "train.tensorboard",  # TensorBoard event files
+    "train.log_every",  # how often logged values are read (the curves' resolution)
+    "train.osc_window",  # the window of the logged <key>_osc measure
+    "train.sample_every",  # how often sample pictures are drawn
+    "train.picture_samples",  # examples per sample picture
+    "train.checkpoint_every",  # how often checkpoints are written
+    "train.keep_checkpoints",  # how many are kept
+    "train.threads",  # CPU threads
+    "data.workers",  # DataLoader worker processes
+    "data.max_resident_mb",  # decoded pixels in memory or streamed: the same examples
+    "data.data_dir",  # where the dataset is looked for first
+    "data.download",  # whether a missing dataset may be fetched
+})
+
+# Prefixes of a validation value: val_loss, val/loss and val/<phase>/loss pair with
+# loss and <phase>/loss (<phase>/val_loss too) in one panel of the curves.
+_VAL_PREFIXES = ("val_", "val/")
+
+
+def train_key_of(key: str) -> str | None:
+    """The training value a logged validation value is the counterpart of (None when
+    ``key`` is no validation value): ``val_loss`` and ``val/loss`` -> ``loss``,
+    ``val/d/loss`` and ``d/val_loss`` -> ``d/loss``."""
+    head, sep, tail = key.rpartition("/")
+    for prefix in _VAL_PREFIXES:
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return key[len(prefix):]
+        if sep and tail.startswith(prefix) and len(tail) > len(prefix):
+            return f"{head}/{tail[len(prefix):]}"
+    return None
+
+
+def curve_panels(keys: Sequence[str]) -> list[list[str]]:
+    """The panels of the curves: one per key, in ``keys``' order, except that a
+    validation value whose training value is in ``keys`` is drawn in that value's panel
+    (``[["loss", "val_loss"], ["kl"], ["lr"], ...]``: the training value first)."""
+    present = set(keys)
+    panels: dict[str, list[str]] = {}
+    for key in keys:
+        train = train_key_of(key)
+        if train is not None and train in present:
+            panels.setdefault(train, [train]).append(key)
+        else:
+            panels.setdefault(key, [key])
+    return list(panels.values())
+
+
+@dataclass
+class EvalFigures:
+    """One entry of ``eval.json``: a metric's figures on one split and where they came
+    from. ``step``: the checkpoint step they were computed at (None when eval.json does
+    not say); ``current_step``: the run's current checkpoint step when the report was
+    written (None when unknown)."""
+
+    metric: str
+    split: str
+    values: dict[str, Any]
+    n: Any = None
+    step: int | None = None
+    current_step: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    seed: Any = None
+    date: str | None = None
+    command: str | None = None
+    checkpoint: Any = None  # which checkpoint `deepgen eval --checkpoint` chose, when recorded
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric} ({self.split})"
+
+    @property
+    def stale(self) -> bool:
+        """True when the run's current checkpoint is later than the figures' step."""
+        return self.step is not None and self.current_step is not None and self.current_step > self.step
+
+    def state(self) -> str:
+        """``step 120``, ``step 120, stale: the run is at step 240 now`` or ``step unknown``."""
+        if self.step is None:
+            return "step unknown"
+        text = f"step {self.step}"
+        if self.stale:
+            text += f", stale: the run's current checkpoint is at step {self.current_step}"
+            if self.checkpoint not in (None, "latest"):
+                text += f" (computed at checkpoint {self.checkpoint} by choice)"
+        return text
+
+    def examples(self) -> str:
+        """How many examples: ``n`` and the metric's own counts (``quality_n``, ``modes_samples``)."""
+        parts = [str(self.n)] if self.n is not None else []
+        parts += [f"{k} {v}" for k, v in self.values.items() if _is_count_key(k) and v != self.n]
+        return ", ".join(parts) or "-"
+
+    def features(self) -> str:
+        """The feature network of a sample-quality figure (fid, kid, pr, dc, floor)."""
+        return "; ".join(str(v) for k, v in self.values.items() if k == "features" or k.endswith("_features")) or "-"
+
+    def notes(self) -> str:
+        """The likelihood's note (``nll_note``: exact, or the IWAE bound and its k) and any other note."""
+        return "; ".join(f"{k.removesuffix('_note')}: {v}" for k, v in self.values.items() if k.endswith("_note")) or "-"
+
+    def settings_text(self) -> str:
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(self.settings.items())) if self.settings else "saved settings"
+
+
+def _is_count_key(key: str) -> bool:
+    return key.endswith("_n") or key.endswith("_samples")
+
+
+def _step_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
 
 @dataclass
 class RunSummary:
@@ -57,6 +180,9 @@ class RunSummary:
     config: dict[str, Any]
     records: list[dict[str, Any]]
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # "metric (split)" -> {key: value}
+    figures: list[EvalFigures] = field(default_factory=list)  # the same entries, with where they came from
+    current_step: int | None = None  # the run's current checkpoint step (None: no checkpoint, or unreadable)
+    checkpoint_problem: str = ""  # why current_step is unknown, when reading the checkpoint failed
     pictures: list[Path] = field(default_factory=list)
     frames: list[Path] = field(default_factory=list)  # samples/ pictures written during training
     name: str = ""  # shown instead of the folder's name when set
@@ -77,6 +203,16 @@ class RunSummary:
                 if k not in _NOT_CURVES and isinstance(v, (int, float)) and not isinstance(v, bool):
                     keys.setdefault(k)
         return list(keys)
+
+    def last_values(self) -> dict[str, tuple[Any, Any]]:
+        """Each logged key's last value and the step it was logged at (a value logged
+        less often, such as ``val_loss`` once an epoch, is not in every record)."""
+        out: dict[str, tuple[Any, Any]] = {}
+        for r in self.records:
+            for k, v in r.items():
+                if k not in _NOT_CURVES:
+                    out[k] = (v, r.get("step", "?"))
+        return out
 
     def settings(self) -> dict[str, Any]:
         """Every setting, flattened: ``model.latent_dim``, ``train.lr``, ``data.name``, ..."""
@@ -113,6 +249,11 @@ def read_run(path: str | Path) -> RunSummary:
     path = Path(path)
     config = read_run_config(path)
     run = RunSummary(path, config, _read_log(path / METRICS))
+    try:
+        ck = current_checkpoint(path)
+        run.current_step = ck.step if ck is not None else None
+    except UserError as e:  # a corrupt manifest: the page is still written, and says so
+        run.checkpoint_problem = str(e)
     eval_path = path / EVAL
     if eval_path.is_file():
         try:
@@ -122,7 +263,15 @@ def read_run(path: str | Path) -> RunSummary:
         for metric, by_split in saved.items() if isinstance(saved, dict) else []:
             for split, entry in by_split.items() if isinstance(by_split, dict) else []:
                 if isinstance(entry, dict) and isinstance(entry.get("values"), dict):
-                    run.evals[f"{metric} ({split}, step {entry.get('step', '?')})"] = entry["values"]
+                    settings = entry.get("settings")
+                    fig = EvalFigures(
+                        str(metric), str(split), entry["values"], n=entry.get("n"), step=_step_or_none(entry.get("step")),
+                        current_step=run.current_step, settings=settings if isinstance(settings, dict) else {},
+                        seed=entry.get("seed"), date=entry.get("date"), command=entry.get("command"),
+                        checkpoint=entry.get("checkpoint"),
+                    )
+                    run.figures.append(fig)
+                    run.evals[fig.label] = fig.values
     pngs = {p.name: p for p in path.glob("*.png")}
     run.pictures = [pngs.pop(n) for n in PICTURE_ORDER if n in pngs] + [pngs[n] for n in sorted(pngs)]
     frames = sorted((path / SAMPLES_DIR).glob("*.png"))
@@ -154,7 +303,9 @@ def _finite(x: Any) -> bool:
 
 def curves_png(runs: Sequence[RunSummary], keys: Sequence[str]) -> bytes | None:
     """One panel per logged key (scales differ: a KL of 0.1 beside a loss of 160), a line
-    per run, against the step, four panels to a row; None when nothing was logged."""
+    per run, against the step, four panels to a row; None when nothing was logged. A
+    validation value shares its training value's panel (:func:`curve_panels`), dashed
+    with markers, in the run's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,21 +313,27 @@ def curves_png(runs: Sequence[RunSummary], keys: Sequence[str]) -> bytes | None:
 
     if not keys:
         return None
-    cols = min(4, len(keys))
-    rows = math.ceil(len(keys) / cols)
+    panels = curve_panels(keys)
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        for run in runs:
-            pts = [(r["step"], r[key]) for r in run.records if "step" in r and _finite(r.get(key))]
-            if pts:
+    colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    for ax, panel in zip(axes.flat, panels):
+        for i, run in enumerate(runs):
+            for j, key in enumerate(panel):
+                pts = [(r["step"], r[key]) for r in run.records if "step" in r and _finite(r.get(key))]
+                if not pts:
+                    continue
                 steps, values = zip(*pts)
-                ax.plot(steps, values, label=run.label, lw=1.2)
-        ax.set_title(key, fontsize=9)
+                label = run.label if len(panel) == 1 else (f"{run.label}: {key}" if len(runs) > 1 else key)
+                style = {} if j == 0 else {"ls": "--", "marker": "o", "ms": 3}
+                ax.plot(steps, values, label=label, lw=1.2, color=colours[i % len(colours)], **style)
+        ax.set_title(" vs ".join(panel), fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if len(runs) > 1 and ax.lines:
+        if (len(runs) > 1 or len(panel) > 1) and ax.lines:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(keys) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes[-1][0].set_xlabel("step", fontsize=8)
     fig.tight_layout()
@@ -216,25 +373,42 @@ def _overview_rows(runs: Sequence[RunSummary]) -> list[list[Any]]:
 
 
 def _eval_rows(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows): one row per run and evaluated metric, every numeric figure a column."""
+    """(header, rows): one row per run and evaluated metric, its checkpoint step (and
+    "stale"), every numeric figure a column (counts of examples are in :func:`_source_rows`)."""
     keys: dict[str, None] = {}
     for run in runs:
-        for values in run.evals.values():
-            for k, v in values.items():
-                if _finite(v):
+        for f in run.figures:
+            for k, v in f.values.items():
+                if _finite(v) and not _is_count_key(k):
                     keys.setdefault(k)
     rows = []
     for run in runs:
-        for what, values in run.evals.items():
-            rows.append([run.label, what, *[values.get(k, "-") for k in keys]])
-    return ["run", "evaluation", *keys], rows
+        for f in run.figures:
+            rows.append([run.label, f.label, f.state(), *[f.values.get(k, "-") for k in keys]])
+    return ["run", "evaluation", "computed at", *keys], rows
+
+
+def _source_rows(runs: Sequence[RunSummary]) -> list[list[Any]]:
+    """Where each evaluation came from: examples, feature network, likelihood note, settings, seed, date, command."""
+    return [[run.label, f.label, f.examples(), f.features(), f.notes(), f.settings_text(), _fmt(f.seed) if f.seed is not None else "-",
+             f.date or "-", f.command or "-"] for run in runs for f in run.figures]
+
+
+def _differing_keys(runs: Sequence[RunSummary]) -> tuple[list[list[Any]], list[str]]:
+    """(rows, cosmetic): the settings whose values are not the same in every run,
+    ``[key, value in run 1, ...]``, :data:`COSMETIC_SETTINGS` left out; and the names of
+    the cosmetic ones that differ."""
+    flat = [r.settings() for r in runs]
+    keys = sorted(set().union(*flat))
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    rows = [[k, *[f.get(k, "-") for f in flat]] for k in differ if k not in COSMETIC_SETTINGS]
+    return rows, [k for k in differ if k in COSMETIC_SETTINGS]
 
 
 def _differing(runs: Sequence[RunSummary]) -> list[list[Any]]:
-    """Settings whose values are not the same in every run: [key, value in run 1, ...]."""
-    flat = [r.settings() for r in runs]
-    keys = sorted(set().union(*flat))
-    return [[k, *[f.get(k, "-") for f in flat]] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    """Settings that change what is trained whose values are not the same in every run:
+    [key, value in run 1, ...] (:data:`COSMETIC_SETTINGS` left out)."""
+    return _differing_keys(runs)[0]
 
 
 STYLE = """
@@ -280,12 +454,27 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     header, rows = _eval_rows(runs)
     parts.append("<h3>Evaluation (eval.json)</h3>")
     parts.append(_table(header, rows) if rows else "<p class='muted'>No run has been evaluated yet: <code>deepgen eval RUN</code>.</p>")
+    if rows:
+        if any(f.stale for r in runs for f in r.figures):
+            parts.append("<p class='muted'>A <b>stale</b> figure was computed at an earlier checkpoint than the run's "
+                         "current one: <code>deepgen eval RUN</code> again to bring it up to date.</p>")
+        parts.append("<h3>Where the figures came from</h3>" + _table(
+            ["run", "evaluation", "examples", "feature network", "likelihood", "settings (--set)", "seed", "date", "command"],
+            _source_rows(runs)))
+    for run in runs:
+        if run.checkpoint_problem:
+            parts.append(f"<p class='muted'>{html.escape(run.label)}: current checkpoint unknown ("
+                         f"{html.escape(run.checkpoint_problem)}); no figure is marked stale.</p>")
     if len(runs) > 1:
-        diff = _differing(runs)
+        diff, cosmetic = _differing_keys(runs)
         parts.append("<h3>Settings that differ</h3>")
         parts.append(_table(["setting", *labels], diff) if diff else "<p class='muted'>Every setting is the same.</p>")
+        if cosmetic:
+            parts.append("<p class='muted'>Left out, as they change nothing that is trained: "
+                         + html.escape(", ".join(cosmetic)) + ".</p>")
         shared = [k for k in runs[0].curve_keys() if not k.endswith("_osc") and all(k in r.curve_keys() for r in runs[1:])]
-        png = curves_png(runs, shared[:MAX_OVERLAY_KEYS])
+        panels = curve_panels(shared)[:MAX_OVERLAY_KEYS]  # a validation value rides in its training value's panel
+        png = curves_png(runs, [k for panel in panels for k in panel])
         if png is not None:
             parts.append("<h3>Training curves, all runs</h3>" + _img(_data_uri(png), "curves of every run", wide=True))
     for run in runs:
@@ -293,9 +482,9 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         parts.append(f"<p class='muted'>{html.escape(str(run.path))}: {html.escape(run.config['model'])} on "
                      f"{html.escape(str(run.config['data'].get('name', '?')))}, deepgen "
                      f"{html.escape(str(run.config.get('deepgen_version', '?')))}</p>")
-        last = {k: v for k, v in run.last.items() if k not in _NOT_CURVES}
+        last = run.last_values()
         if last:
-            parts.append("<h3>Last logged values</h3>" + _table(["value", "at step " + str(run.last.get("step"))], sorted(last.items())))
+            parts.append("<h3>Last logged values</h3>" + _table(["value", "last", "at step"], [[k, v, s] for k, (v, s) in sorted(last.items())]))
         png = curves_png([run], run.curve_keys())
         if png is not None:
             parts.append("<h3>Training curves</h3>" + _img(_data_uri(png), f"{run.label}: logged values against the step", wide=True))

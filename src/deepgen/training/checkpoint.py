@@ -533,10 +533,56 @@ def write_run_config(
             "train": train_config.to_dict(),
             "spec": dataset.spec.to_dict(),
             "data_meta": dataset.meta,
+            "provenance": provenance(),
         },
     )
     if dataset.state:
         save_tensors(run_dir / DATA_STATE, {k: torch.from_numpy(np.asarray(v)) for k, v in dataset.state.items()})
+
+
+def git_commit(folder: str | Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` in ``folder`` (deepgen's source folder by default), with a 2 s
+    timeout; None on any failure (no git, not a repository, a slow file system)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=str(folder or Path(__file__).resolve().parent),
+            capture_output=True, text=True, timeout=2, check=False,
+        )
+    except Exception:  # noqa: BLE001 - provenance is best effort: no git, no permission, a timeout
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def provenance() -> dict[str, Any]:
+    """Where and how a run was made: the command line, deepgen's version and git commit,
+    the host, platform, Python, torch and CUDA devices, and the date (UTC, ISO 8601)."""
+    import datetime
+    import platform
+    import socket
+    import sys
+
+    try:
+        cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    except Exception:  # noqa: BLE001 - a broken driver makes no run unrecordable
+        cuda = []
+    try:
+        host = socket.gethostname()
+    except OSError:
+        host = None
+    return {
+        "argv": list(sys.argv),
+        "deepgen_version": __version__,
+        "git_commit": git_commit(),
+        "hostname": host,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_devices": cuda,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _corrupt_config(path: Path, why: str) -> UserError:

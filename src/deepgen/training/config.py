@@ -35,6 +35,10 @@ class TrainConfig(Config):
     progress: bool = True  # tqdm progress bar (shown when stderr is a terminal)
     threads: int = 0  # CPU threads; 0 = leave torch's (one per core; importing deepgen shortens OpenMP's spin-wait, so it does not stall beside busy processes)
     tensorboard: bool = True  # TensorBoard event files in run/tb (needs the tensorboard package)
+    grad_accum: int = 1  # micro-batches per optimizer step: each batch is split in this many equal parts, their gradients summed
+    weight_decay: float | None = None  # every phase's weight decay (param groups with their own keep it); None = each phase's own
+    val_limit: int = 10000  # test examples in the validation loss (val_loss) at each epoch's end and the fit's; 0 = off
+    early_stop: int = 0  # patience in epochs on the validation figure (keep_best, default val_loss); 0 = off
 
     def validate(self) -> None:
         self.check(self.threads >= 0, f"threads must be >= 0 (0 = deepgen's choice), got {self.threads}")
@@ -57,5 +61,18 @@ class TrainConfig(Config):
         self.check(
             not (self.compile and self.cuda_graph),
             "compile and cuda_graph cannot both be on: choose compile=true (fused kernels) or cuda_graph=true (captured launches)",
+        )
+        self.check(self.grad_accum >= 1, f"grad_accum must be >= 1 (1 = off), got {self.grad_accum}")
+        self.check(
+            self.batch_size % self.grad_accum == 0,
+            f"batch_size={self.batch_size} must split into grad_accum={self.grad_accum} equal micro-batches; "
+            f"use a batch_size that is a multiple of {self.grad_accum}",
+        )
+        self.check(self.weight_decay is None or self.weight_decay >= 0, f"weight_decay must be >= 0 (or None = each phase's own), got {self.weight_decay}")
+        self.check(self.val_limit >= 0, f"val_limit must be >= 0 (0 = off), got {self.val_limit}")
+        self.check(self.early_stop >= 0, f"early_stop must be >= 0 (0 = off), got {self.early_stop}")
+        self.check(
+            not (self.early_stop and not self.val_limit),
+            f"early_stop={self.early_stop} watches the validation loss, but val_limit=0 (off); set val_limit (e.g. 10000) as well",
         )
         self.check(self.picture_samples >= 1, f"picture_samples must be >= 1, got {self.picture_samples}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..io import atomic_path
 from .checkpoint import METRICS, TENSORBOARD
 
 if TYPE_CHECKING:
@@ -19,7 +21,10 @@ class RunLogger:
     to TensorBoard event files under ``run_dir/tb``.
 
     ``resume_step``: lines of an earlier attempt logged after this step (written after the
-    checkpoint the run resumes from) are dropped, so the log matches the resumed run.
+    checkpoint the run resumes from) are dropped, so the log matches the resumed run; so
+    are the values a line marks ``interim`` (the validation at the end of a fit that
+    stopped mid-epoch, which an uninterrupted run does not have). The log is rewritten
+    atomically (a kill leaves the old log or the trimmed one).
     """
 
     def __init__(self, run_dir: Path | None, tensorboard: bool = True, resume_step: int | None = None) -> None:
@@ -28,8 +33,9 @@ class RunLogger:
         if self.path is None:
             return
         if resume_step is not None and self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            keep = [_without_interim(line) for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()  # a fresh run in an old folder starts a fresh log
         if tensorboard:
@@ -40,8 +46,11 @@ class RunLogger:
             except ImportError:
                 warnings.warn("tensorboard is not installed: TensorBoard logs are off (pip install tensorboard)", stacklevel=2)
 
-    def log(self, step: int, values: dict[str, float], **extra: Any) -> None:
+    def log(self, step: int, values: dict[str, float], interim: Sequence[str] = (), **extra: Any) -> None:
+        """One record; ``interim``: keys of ``values`` that a resumed run drops from it."""
         record = {"step": step, **extra, **{k: _json_float(v) for k, v in values.items()}}
+        if interim:
+            record["interim"] = list(interim)
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -71,6 +80,18 @@ class RunLogger:
 
 def _json_float(v: float) -> float | str:
     return v if math.isfinite(v) else str(v)  # JSON has no NaN/Inf
+
+
+def _without_interim(line: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return line
+    if not isinstance(record, dict) or not isinstance(record.get("interim"), list):
+        return line
+    for key in record.pop("interim"):
+        record.pop(key, None)
+    return json.dumps(record)
 
 
 def _step(line: str) -> int:

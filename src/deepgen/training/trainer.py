@@ -12,6 +12,7 @@ checkpoint is always a good one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -31,6 +32,7 @@ from ..io import write_json
 from ..models.base import DataInit, GenerativeModel, HasHistograms, Phase
 from ..optim import (
     EMA,
+    ParamGroup,
     build_optimizer,
     load_optimizer_state,
     optimizer_state,
@@ -103,6 +105,40 @@ def fit_together(trainers: Sequence[Trainer]) -> list[TrainResult]:
     return [r for r in results if r is not None]
 
 
+def _micro_batches(batch: Batch, parts: int) -> list[Batch]:
+    """``batch`` split into ``parts`` equal, consecutive micro-batches (views, no copies)."""
+    if parts == 1:
+        return [batch]
+    size = len(batch) // parts
+    return [
+        Batch(batch.x[k * size:(k + 1) * size], None if batch.y is None else batch.y[k * size:(k + 1) * size])
+        for k in range(parts)
+    ]
+
+
+def _weight_decay_override(phase: Phase, weight_decay: float) -> tuple[Any, list[ParamGroup]]:
+    """``phase``'s optimizer spec and groups with ``weight_decay`` as the phase's weight decay.
+
+    Groups that take the phase's decay (None) follow it, and so do groups that merely
+    repeat the phase's own nonzero decay (nanoGPT's decayed matrices, which
+    :func:`~deepgen.optim.decay_groups` gives the value explicitly); groups that declare
+    another value, 0 for biases and norm gains above all, keep theirs."""
+    own = phase.optimizer.weight_decay
+    groups = [
+        ParamGroup(g.params, None if g.weight_decay is None or (g.weight_decay == own and g.weight_decay != 0) else g.weight_decay)
+        for g in phase.groups
+    ]
+    return dataclasses.replace(phase.optimizer, weight_decay=weight_decay), groups
+
+
+def _grad_norm(params: Sequence[torch.nn.Parameter], device: torch.device) -> torch.Tensor:
+    """The global 2-norm of the parameters' gradients, a 0-d device tensor (no sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+
+
 @dataclass
 class TrainResult:
     """What ``fit`` returns: steps taken, epochs completed, seconds, and the last logged values."""
@@ -160,9 +196,18 @@ class Trainer:
         self._check_phases()
         self._check_phase_epochs()
         self._check_cuda_graph()
+        # The validation figures (TrainConfig.val_limit): val_loss, or <phase>/val_loss per phase.
+        multi = len(self.phases) > 1
+        self.val_keys = {p.name: f"{p.name}/val_loss" if multi else "val_loss" for p in self.phases}
+        self._check_early_stop()
         graph = self.config.cuda_graph
-        # One torch param group per ParamGroup of the phase (its own weight decay).
-        self.optimizers = [build_optimizer(p.optimizer, p.groups, self.device, graph) for p in self.phases]
+        # One torch param group per ParamGroup of the phase (its own weight decay);
+        # TrainConfig.weight_decay replaces each phase's own (see _weight_decay_override).
+        wd = self.config.weight_decay
+        self.optimizers = [
+            build_optimizer(*(_weight_decay_override(p, wd) if wd is not None else (p.optimizer, p.groups)), self.device, graph)
+            for p in self.phases
+        ]
         self.base_lrs = [p.optimizer.lr for p in self.phases]
         self._lrs: list[float | None] = [None] * len(self.phases)  # the lr each optimizer holds now
         # CUDA graphs (TrainConfig.cuda_graph): every step runs on one side stream, where
@@ -181,6 +226,11 @@ class Trainer:
                 f"batch_size={self.config.batch_size} is larger than the {self.loader.n} training examples; under "
                 "torchrun the global batch must fit the data to split evenly over the processes."
             )
+        if self.loader.batch_size % self.config.grad_accum:
+            raise UserError(
+                f"grad_accum={self.config.grad_accum} must split each process's batch of {self.loader.batch_size} examples "
+                f"into equal micro-batches; use a batch_size (per process) that is a multiple of {self.config.grad_accum}."
+            )
         self.ema = EMA(self.model, self.config.ema, self.config.ema_warmup) if self.config.ema > 0 else None
         # torch.compile of the loss (forward and, through AOTAutograd, backward): fewer,
         # fused kernels for launch-bound small models. Batches have one size (the loader
@@ -197,6 +247,13 @@ class Trainer:
         self._figures: dict[str, float] = {}  # the latest logged value of every key (keep_best reads it)
         # Host-side history of the logged means of model.oscillation_keys (no extra sync).
         self._history: dict[str, deque[float]] = {k: deque(maxlen=self.config.osc_window) for k in model.oscillation_keys}
+        # Throughput (samples_per_s): training examples drawn (all ranks), and the host clock
+        # and count at the last log point.
+        self._examples_seen = 0
+        self._log_mark: tuple[float, int] | None = None
+        # Early stopping (TrainConfig.early_stop): the best validation figure, its epoch,
+        # epochs since it improved, and whether the run has stopped; kept in checkpoints.
+        self._early: dict[str, Any] = {"best": None, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
         self._resumed = _resume_state is not None
         # A new run's weights are finished at its first fit (data_init, rank 0's broadcast).
         self._initialised = self._resumed
@@ -237,6 +294,22 @@ class Trainer:
                 "so that every phase runs."
             )
 
+    def _check_early_stop(self) -> None:
+        """early_stop watches keep_best's figure, which must be a validation figure; with
+        keep_best unset it is the last phase's (val_loss), so the best epoch's checkpoint is kept."""
+        cfg = self.config
+        if cfg.keep_best in self.val_keys.values() and not cfg.val_limit:
+            raise UserError(f"keep_best={cfg.keep_best!r} is the validation loss, but val_limit=0 (off); set val_limit (e.g. 10000).")
+        if not cfg.early_stop:
+            return
+        if not cfg.keep_best:
+            self.config = cfg.replace(keep_best=self.val_keys[self.phases[-1].name])
+        elif cfg.keep_best not in self.val_keys.values():
+            raise UserError(
+                f"early_stop={cfg.early_stop} stops on the validation figure that keep_best names, but keep_best={cfg.keep_best!r}; "
+                f"set keep_best to one of {', '.join(self.val_keys.values())} (or leave it empty)."
+            )
+
     def _world_device(self, device: torch.device) -> torch.device:
         """Several processes: each takes its own GPU (cuda:LOCAL_RANK); the batch splits evenly."""
         if self.world.size == 1:
@@ -258,6 +331,11 @@ class Trainer:
             return
         if self.device.type != "cuda":
             raise UserError(f"cuda_graph=true needs a CUDA device, but this run is on {self.device}. Set cuda_graph=false or device=cuda.")
+        if cfg.grad_accum > 1:
+            raise UserError(
+                f"cuda_graph=true captures one batch per optimizer step, but grad_accum={cfg.grad_accum}; "
+                "set grad_accum=1 (a larger batch_size), or cuda_graph=false."
+            )
         fixed_lr = cfg.schedule == "constant" and not cfg.warmup_steps
         sgd = [p.name for p in self.phases if p.optimizer.name == "sgd"]
         if sgd and not fixed_lr:
@@ -307,6 +385,7 @@ class Trainer:
         last_epochs_done = self.loader.epochs_done
         start = time.perf_counter() - self.seconds
         self._fit_start = start
+        self._log_mark = (time.perf_counter(), self._examples_seen)
         self._fit_start_step = self.step
         bar = None
         self._logger = RunLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if self._resumed else None)
@@ -324,11 +403,18 @@ class Trainer:
                 epoch_ended = epochs_done > last_epochs_done
                 last_epochs_done = epochs_done
                 finished = self.finished
+                # The validation loss: at each epoch's end and the fit's; early stopping
+                # decides on it at epoch ends. A fit's end mid-epoch gives an interim figure,
+                # which a resumed run drops from the log (an uninterrupted run has none there).
+                # The phases validated: those that trained in the epoch that ended (or this one).
+                val = self.validate(epochs_done - 1 if epoch_ended else epochs_done) if (epoch_ended or finished) and cfg.val_limit else None
+                if val and epoch_ended and cfg.early_stop and self._early_stopping(val):
+                    finished = True
                 self.epoch_ended, self.fit_ending = epoch_ended, finished
                 self.sample_due = bool((cfg.sample_every and self.step % cfg.sample_every == 0) or (not cfg.sample_every and epoch_ended) or finished)
                 if self.step % cfg.log_every == 0 or epoch_ended or finished:
                     self.seconds = time.perf_counter() - start
-                    self._flush_logs(bar)
+                    self._flush_logs(bar, val=val, interim=bool(val) and not epoch_ended)
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or (not cfg.checkpoint_every and epoch_ended) or finished:
                     self.seconds = time.perf_counter() - start
                     self.save_checkpoint()
@@ -370,11 +456,77 @@ class Trainer:
             self.ema = EMA(self.model, cfg.ema, cfg.ema_warmup)
         self._initialised = True
 
+    @torch.no_grad()
+    def validate(self, epoch: int | None = None) -> dict[str, float]:
+        """The model's loss of every phase (active in ``epoch``; None: all) averaged over the
+        test split's first ``val_limit`` examples, in eval mode: ``{val_loss: ...}``
+        (``<phase>/val_loss`` for several phases); empty without test examples. The same examples and conversion
+        draws every time (a generator of its own); torch's random streams are forked
+        around it, so training goes on exactly as without it. Under torchrun every rank
+        computes it and the ranks' mean is taken (one collective), so all agree."""
+        cfg = self.config
+        self._join_default_stream()  # graph mode: every step so far has run
+        devices = [self.device] if self.device.type == "cuda" else []
+        was_training = self.model.training
+        gen = torch.Generator(self.device).manual_seed(cfg.seed + 11)
+        phases = [p for p in self.phases if epoch is None or p.active(epoch)]
+        sums: torch.Tensor | None = None
+        n = 0
+        if not phases:
+            return {}
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            # The model's own noise from fixed seeds too, so the figure moves only with the weights.
+            torch.random.default_generator.manual_seed(cfg.seed + 13)
+            if self.device.type == "cuda":
+                torch.cuda.default_generators[torch.cuda.current_device() if self.device.index is None else self.device.index].manual_seed(cfg.seed + 13)
+            self.model.eval()
+            try:
+                for batch in iterate(self.dataset, "test", cfg.batch_size, self.device, gen, limit=cfg.val_limit):
+                    with autocast:
+                        losses = torch.stack([self.model.loss(batch, p.name).loss.detach().float().reshape(()) for p in phases])
+                    sums = losses * len(batch) if sums is None else sums + losses * len(batch)
+                    n += len(batch)
+            finally:
+                self.model.train(was_training)
+        if sums is None or n == 0:
+            return {}
+        if self.world.size > 1:
+            sums = distributed.sum_over_ranks(sums) / self.world.size
+        values = (sums / n).tolist()  # one sync
+        return {self.val_keys[p.name]: v for p, v in zip(phases, values)}
+
+    def _early_stopping(self, val: Mapping[str, float]) -> bool:
+        """Count the epochs since keep_best's validation figure improved; True (and the
+        run is stopped for good) when they reach ``early_stop``. Epochs where the figure's
+        phase did not train (greedy pretraining) do not count."""
+        cfg = self.config
+        if cfg.keep_best not in val:
+            return bool(self._early["stopped"])
+        value = val[cfg.keep_best]
+        state = self._early
+        best = state["best"]
+        if value is not None and math.isfinite(value) and (best is None or (value < best if cfg.best_mode == "min" else value > best)):
+            state.update(best=value, best_epoch=self.loader.epochs_done, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        if state["bad_epochs"] >= cfg.early_stop:
+            state["stopped"] = True
+        return bool(state["stopped"])
+
+    @property
+    def stopped_early(self) -> bool:
+        """True once early stopping has ended the run (it stays ended on resume)."""
+        return bool(self._early["stopped"])
+
     @property
     def finished(self) -> bool:
-        """True once ``epochs`` are complete, ``max_steps`` steps are taken, or
-        ``max_seconds`` of training time have passed (each ``fit`` takes one step at least)."""
+        """True once ``epochs`` are complete, ``max_steps`` steps are taken, ``max_seconds``
+        of training time have passed (each ``fit`` takes one step at least), or early
+        stopping has ended the run."""
         cfg = self.config
+        if self.stopped_early and cfg.early_stop:
+            return True
         if self.loader.epochs_done >= cfg.epochs or (cfg.max_steps and self.step >= cfg.max_steps):
             return True
         if not cfg.max_seconds:
@@ -431,6 +583,7 @@ class Trainer:
         epoch = self.loader.epochs_done  # the epoch this step's batches come from
         factor = lr_factor(cfg, self.step, self.total_steps)
         batch = self.loader.next()
+        drawn = 1
         for i, (phase, opt, base_lr) in enumerate(zip(self.phases, self.optimizers, self.base_lrs)):
             if not phase.active(epoch):
                 continue
@@ -440,8 +593,10 @@ class Trainer:
             for r in range(phase.repeats):
                 if r > 0 and phase.new_batch:
                     batch = self.loader.next()
+                    drawn += 1
                 self._phase_update(phase, opt, batch)
                 self._counts[phase.name] = self._counts.get(phase.name, 0) + 1
+        self._examples_seen += drawn * self.loader.batch_size * self.world.size
         if self.ema is not None:
             # The steps before this one: 0 at the first update, whose warm-up decay is 0
             # (the average starts as the weights; diffusers' EMAModel counts the same way).
@@ -464,19 +619,34 @@ class Trainer:
         graph.replay(batch)
 
     def _phase_step(self, phase: Phase, opt: torch.optim.Optimizer, batch: Batch) -> None:
-        """Loss, backward, clip, optimizer step, after-step hook, log accumulation: all device work."""
+        """Loss, backward, clip, optimizer step, after-step hook, log accumulation: all device work.
+
+        With ``grad_accum`` > 1 the batch is split into that many equal micro-batches whose
+        gradients of ``loss / grad_accum`` are summed before the one optimizer step (the
+        same step as on the whole batch for a loss that is a mean over examples); the
+        logged values are the micro-batches' means. Under torchrun the gradients are
+        averaged over the ranks once, before the step."""
         cfg = self.config
         # A captured step may not cache bf16 weight copies across replays (autocast's cache).
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not cfg.cuda_graph) if cfg.bf16 else nullcontext()
-        with autocast:
-            out = self._loss(batch, phase.name)
-        self.model.zero_grad(set_to_none=True)
-        out.loss.backward()
+        parts = cfg.grad_accum
+        logs: dict[str, torch.Tensor] = {}
+        for k, micro in enumerate(_micro_batches(batch, parts)):
+            with autocast:
+                out = self._loss(micro, phase.name)
+            if k == 0:
+                self.model.zero_grad(set_to_none=True)
+            (out.loss if parts == 1 else out.loss / parts).backward()
+            these = {"loss": out.loss, **out.logs}
+            logs = {n: v.detach() if k == 0 else logs[n] + v.detach() for n, v in these.items()}
+        if parts > 1:
+            logs = {n: v / parts for n, v in logs.items()}
         if self.world.size > 1:
             distributed.average_gradients(phase.parameters, self.world.size)
-        logs = {"loss": out.loss, **out.logs}
         if cfg.grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(phase.parameters, cfg.grad_clip, foreach=True)
+        else:  # the same global norm, on the device (no sync): read at log points like the rest
+            logs["grad_norm"] = _grad_norm(phase.parameters, self.device)
         opt.step()
         if phase.after_step is not None:
             phase.after_step()
@@ -495,35 +665,53 @@ class Trainer:
         self._sums[phase] = values
         self._counts[phase] = 0
 
-    def _flush_logs(self, bar: Any = None) -> None:
-        """Read the summed device tensors (one sync), log their means, guard against NaN."""
+    def _flush_logs(self, bar: Any = None, *, val: Mapping[str, float] | None = None, interim: bool = False) -> None:
+        """Read the summed device tensors (one sync), log their means, guard against NaN.
+
+        ``val``: validation figures to log with them (``interim``: a resumed run drops
+        them from the log). Logged beside the means, host-side: each phase's lr and the
+        throughput since the last log point (``samples_per_s``)."""
         self._join_default_stream()
         phases = [p for p in self._sums if self._counts.get(p, 0) > 0]
-        if not phases:
+        if not phases and not val:
             return
         prefix = len(self.phases) > 1
-        stacked = torch.cat([self._sums[p] for p in phases])
-        if self.world.size > 1:  # every rank logs (and guards) the mean over all ranks
-            stacked = distributed.sum_over_ranks(stacked) / self.world.size
-        values = stacked.tolist()
         means: dict[str, float] = {}
-        for phase in phases:
-            for name in self._log_names[phase]:
-                means[f"{phase}/{name}" if prefix else name] = values.pop(0) / self._counts[phase]
-        # Zeroed in place: a captured step keeps adding to these very tensors.
-        torch._foreach_zero_(list(self._sums.values()))
-        self._counts.clear()
+        if phases:
+            stacked = torch.cat([self._sums[p] for p in phases])
+            if self.world.size > 1:  # every rank logs (and guards) the mean over all ranks
+                stacked = distributed.sum_over_ranks(stacked) / self.world.size
+            values = stacked.tolist()
+            for phase in phases:
+                for name in self._log_names[phase]:
+                    means[f"{phase}/{name}" if prefix else name] = values.pop(0) / self._counts[phase]
+            # Zeroed in place: a captured step keeps adding to these very tensors.
+            torch._foreach_zero_(list(self._sums.values()))
+            self._counts.clear()
+        if val:
+            means.update(val)
         for key, history in self._history.items():
             if key in means:
                 history.append(means[key])
                 # "The loss oscillates" as a number: half the range over a moving window.
                 means[f"{key}_osc"] = (max(history) - min(history)) / 2
         extra = {"epoch": self.loader.epochs_done, "seconds": round(self.seconds, 3)}
+        host: dict[str, float] = {}
+        for phase, lr in zip(self.phases, self._lrs):
+            if lr is not None and phase.name in phases:  # the phases that stepped since the last log point
+                host[f"{phase.name}/lr" if prefix else "lr"] = lr
+        now = time.perf_counter()
+        if self._log_mark is not None:
+            then, seen = self._log_mark
+            if now > then and self._examples_seen > seen:
+                host["samples_per_s"] = (self._examples_seen - seen) / (now - then)
+        self._log_mark = (now, self._examples_seen)
         if self._logger is not None:
-            self._logger.log(self.step, means, **extra)
+            self._logger.log(self.step, {**means, **host}, interim=list(val) if val and interim else (), **extra)
             if isinstance(self.model, HasHistograms):
                 self._logger.histograms(self.step, self.model.histograms())
-        bad = [n for n, v in means.items() if not math.isfinite(v)]
+        # The guard watches training; a validation loss may be infinite (a density model on an unseen example).
+        bad = [n for n, v in means.items() if not math.isfinite(v) and not (val and n in val)]
         if bad:
             kept = self._kept_checkpoint()
             raise TrainingDiverged(
@@ -579,6 +767,8 @@ class Trainer:
             "osc_history": {key: list(history) for key, history in self._history.items()},
             "examples": len(self.dataset.train),  # a resumed run's data must have as many
         }
+        if self.config.early_stop:
+            state["early_stop"] = dict(self._early)  # the patience goes on where it stopped
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if rank_rng is not None:
@@ -597,7 +787,7 @@ class Trainer:
         key = self.config.keep_best
         if not key:
             return None
-        if self._figures and key not in self._figures:
+        if self._figures and key not in self._figures and key not in self.val_keys.values():
             raise UserError(
                 f"keep_best={key!r} is not a value this run logs; it logs {', '.join(sorted(self._figures))}. "
                 "Set keep_best to one of them (keep_best=loss, with best_mode=min or max)."
@@ -638,6 +828,15 @@ class Trainer:
             torch.set_rng_state(state["rng_cpu"])
         except (TypeError, RuntimeError) as e:
             raise UserError(f"the checkpoint's random generator state is corrupt ({e}).") from None
+        early = state.get("early_stop")
+        if isinstance(early, dict) and self.config.early_stop:
+            best = early.get("best")
+            self._early = {
+                "best": float(best) if isinstance(best, (int, float)) and not isinstance(best, bool) else None,
+                "best_epoch": int(early.get("best_epoch", 0) or 0),
+                "bad_epochs": int(early.get("bad_epochs", 0) or 0),
+                "stopped": bool(early.get("stopped", False)),
+            }
         for key, values in state.get("osc_history", {}).items():
             if key in self._history:
                 self._history[key].extend(float(v) for v in values)

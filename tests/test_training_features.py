@@ -1,0 +1,240 @@
+"""Trainer settings and records: gradient accumulation, weight decay, lr / gradient norm /
+throughput logging, the validation loss, early stopping, the atomic log trim, provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import subprocess
+
+import pytest
+import torch
+
+import deepgen
+from deepgen.data import DataConfig
+from deepgen.errors import UserError
+from deepgen.models.base import Phase
+from deepgen.optim import OptimizerSpec, ParamGroup, build_optimizer
+from deepgen.training import TrainConfig, Trainer, load_run, read_metrics, seed_all
+from deepgen.training import checkpoint as ckpt
+from deepgen.training import logging as run_logging
+from deepgen.training.trainer import _weight_decay_override
+
+DATA = DataConfig(name="digits", max_train=128)
+SMALL = {"hidden": (32,), "latent_dim": 4}
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(epochs=2, batch_size=32, device="cpu", log_every=1, progress=False, tensorboard=False, val_limit=64)
+    return dataclasses.replace(base, **changes)
+
+
+def _trainer(run_dir=None, model_name="vae", data=DATA, model_args=SMALL, **train) -> Trainer:
+    ds = deepgen.load_dataset(data)
+    seed_all(0)
+    model = deepgen.create_model(model_name, ds, **model_args)
+    return Trainer(model, ds, _config(**train), run_dir, data_config=data)
+
+
+# -- 1. gradient accumulation ------------------------------------------------------------------
+
+
+def test_grad_accum_gives_the_step_of_the_whole_batch():
+    """The ae's loss is a mean over examples: 4 micro-batches of 8 sum to the gradient of the batch of 32."""
+    whole, parts = _trainer(model_name="ae"), _trainer(model_name="ae", grad_accum=4)
+    batch = whole.loader.next()
+    for t in (whole, parts):
+        t.optimizers[0] = torch.optim.SGD(t.phases[0].parameters, lr=0.5)  # one plain step: weights follow the gradient
+        t._phase_step(t.phases[0], t.optimizers[0], batch)
+    before = _trainer(model_name="ae").model
+    assert any(not torch.equal(p, q) for p, q in zip(whole.model.parameters(), before.parameters()))  # the step moved them
+    for p, q in zip(whole.model.parameters(), parts.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    for key in whole._log_names["main"]:
+        i, j = whole._log_names["main"].index(key), parts._log_names["main"].index(key)
+        torch.testing.assert_close(whole._sums["main"][i], parts._sums["main"][j], rtol=1e-5, atol=1e-6)
+
+
+def test_grad_accum_trains_and_refuses_an_uneven_split():
+    result = _trainer(grad_accum=4, max_steps=3, epochs=1).fit()
+    assert result.steps == 3 and math.isfinite(result.last["loss"])
+    with pytest.raises(UserError, match="grad_accum"):
+        _config(batch_size=30, grad_accum=4)
+
+
+# -- 2. weight decay -----------------------------------------------------------------------------
+
+
+def test_weight_decay_overrides_every_phase_and_keeps_declared_groups():
+    assert {g["weight_decay"] for g in _trainer().optimizers[0].param_groups} == {0.0}  # the phase's own
+    assert {g["weight_decay"] for g in _trainer(weight_decay=0.05).optimizers[0].param_groups} == {0.05}
+    w, b, c = (torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2)))
+    phase = Phase("main", [ParamGroup([w], 0.1), ParamGroup([b], 0.0), ParamGroup([c], 0.3)], OptimizerSpec(name="adamw", weight_decay=0.1))
+    spec, groups = _weight_decay_override(phase, 0.02)
+    opt = build_optimizer(spec, groups, torch.device("cpu"))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.02, 0.0, 0.3]
+    with pytest.raises(UserError, match="weight_decay"):
+        _config(weight_decay=-1.0)
+
+
+# -- 3. lr, gradient norm, throughput --------------------------------------------------------------
+
+
+def test_logs_lr_grad_norm_and_throughput(tmp_path):
+    _trainer(tmp_path / "run", schedule="linear", epochs=1, tensorboard=True).fit()
+    records = read_metrics(tmp_path / "run")
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records)
+    assert all(r["samples_per_s"] > 0 for r in records)
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == pytest.approx(1e-3, rel=0.5) and lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert {"lr", "grad_norm", "samples_per_s", "val_loss"} <= set(events.Tags()["scalars"])
+
+
+def test_grad_norm_is_the_clipped_norm_when_clipping():
+    trainer = _trainer(grad_clip=1e-3, max_steps=2, epochs=1)
+    trainer.fit()
+    assert trainer.last["grad_norm"] > 1e-3  # the norm before clipping, as clip_grad_norm_ returns it
+
+
+# -- 4. validation loss -----------------------------------------------------------------------------
+
+
+def test_val_loss_at_epoch_ends_without_touching_the_training(tmp_path):
+    with_val = _trainer(tmp_path / "a", epochs=2)
+    with_val.fit()
+    without = _trainer(tmp_path / "b", epochs=2, val_limit=0)
+    without.fit()
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # the VAE's noise streams are untouched
+    for p, q in zip(with_val.model.parameters(), without.model.parameters()):
+        assert torch.equal(p, q)
+    vals = [r for r in a if "val_loss" in r]
+    per_epoch = with_val.loader.steps_per_epoch
+    assert [r["step"] for r in vals] == [per_epoch, 2 * per_epoch] and not any("val_loss" in r for r in b)
+    assert with_val.validate()["val_loss"] == with_val.validate()["val_loss"] == pytest.approx(vals[-1]["val_loss"])
+    assert with_val.model.training
+
+
+def test_val_loss_keeps_resume_exact(tmp_path):
+    full = _trainer(tmp_path / "full", epochs=2)
+    full.fit()
+    _trainer(tmp_path / "part", epochs=2, max_steps=full.step // 2 + 1).fit()  # stops mid-epoch: an interim val_loss
+    part = read_metrics(tmp_path / "part")
+    assert "val_loss" in part[-1] and part[-1]["interim"] == ["val_loss"]
+    resumed = Trainer.resume(tmp_path / "part", max_steps=0)
+    resumed.fit()
+    drop = ("seconds", "samples_per_s")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "full")) == strip(read_metrics(tmp_path / "part"))
+    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_multi_phase_models_log_val_per_phase_and_lr_per_phase(tmp_path):
+    trainer = _trainer(tmp_path / "run", model_name="gan", model_args={}, epochs=1, max_steps=2)
+    trainer.fit()
+    last = read_metrics(tmp_path / "run")[-1]
+    names = [p.name for p in trainer.phases]
+    assert len(names) > 1
+    for name in names:
+        assert f"{name}/val_loss" in last and f"{name}/lr" in last and f"{name}/grad_norm" in last
+
+
+# -- 5. early stopping ------------------------------------------------------------------------------
+
+
+def test_early_stop_on_an_overfitting_model_keeps_the_best_epoch(tmp_path):
+    """32 training examples, a wide autoencoder: the test loss turns up after a few epochs."""
+    data = DataConfig(name="digits", max_train=32)
+    trainer = _trainer(
+        tmp_path / "run", model_name="ae", data=data, model_args={"hidden": (512,), "latent_dim": 32, "lr": 3e-3},
+        epochs=400, early_stop=3, val_limit=200, log_every=50,
+    )
+    result = trainer.fit()
+    assert trainer.stopped_early and result.epochs < 400
+    vals = [(r["epoch"], r["val_loss"]) for r in read_metrics(tmp_path / "run") if "val_loss" in r]
+    best_epoch, best = min(vals, key=lambda t: t[1])
+    assert result.epochs == best_epoch + 3 and trainer.config.keep_best == "val_loss"
+    loaded = load_run(tmp_path / "run", checkpoint="best")
+    assert loaded.step == best_epoch * trainer.loader.steps_per_epoch
+    assert ckpt.find_checkpoint(tmp_path / "run", "best").figure["value"] == pytest.approx(best)
+    # The run is over: resuming it takes no step.
+    again = Trainer.resume(tmp_path / "run")
+    assert again.stopped_early and again.fit().steps == result.steps
+
+
+def test_early_stop_patience_survives_resume(tmp_path, monkeypatch):
+    figures = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
+
+    def fake(self, epoch=None):
+        return {"val_loss": next(figures)}
+
+    monkeypatch.setattr(Trainer, "validate", fake)
+    run = tmp_path / "run"
+    first = _trainer(run, epochs=3, early_stop=3)
+    first.fit()  # epochs 1-3: best at 2, one bad epoch
+    assert not first.stopped_early and first._early["bad_epochs"] == 1
+    resumed = Trainer.resume(run, epochs=20)
+    assert resumed._early == {"best": 2.0, "best_epoch": 2, "bad_epochs": 1, "stopped": False}
+    result = resumed.fit()
+    assert resumed.stopped_early and result.epochs == 5  # bad epochs 3, 4, 5
+    assert load_run(run, checkpoint="best").step == 2 * resumed.loader.steps_per_epoch
+
+
+def test_early_stop_refuses_a_figure_that_is_no_validation_loss():
+    with pytest.raises(UserError, match="keep_best"):
+        _trainer(early_stop=2, keep_best="loss")
+    with pytest.raises(UserError, match="val_limit"):
+        _config(early_stop=2, val_limit=0)
+
+
+# -- 6. the log trim on resume is atomic --------------------------------------------------------------
+
+
+def test_resume_trims_the_log_atomically(tmp_path, monkeypatch):
+    log = tmp_path / ckpt.METRICS
+    log.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9, "val_loss": 1.2, "interim": ["val_loss"]}, {"step": 3, "loss": 0.8},
+    )))
+    used = []
+    real = run_logging.atomic_path
+
+    def spy(path, **kw):
+        used.append(path)
+        return real(path, **kw)
+
+    monkeypatch.setattr(run_logging, "atomic_path", spy)
+    run_logging.RunLogger(tmp_path, tensorboard=False, resume_step=2).close()
+    assert used == [log]
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.METRICS]
+
+
+# -- 7. provenance ----------------------------------------------------------------------------------
+
+
+def test_config_records_provenance(tmp_path):
+    _trainer(tmp_path / "run", max_steps=1, epochs=1).fit()
+    prov = json.loads((tmp_path / "run" / ckpt.CONFIG).read_text())["provenance"]
+    assert set(prov) >= {"argv", "deepgen_version", "git_commit", "hostname", "platform", "python", "torch", "cuda_devices", "date"}
+    assert prov["deepgen_version"] == deepgen.__version__ and prov["torch"] == torch.__version__
+    assert prov["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40,64}", prov["git_commit"])
+    assert isinstance(prov["argv"], list) and isinstance(prov["cuda_devices"], list)
+
+
+def test_provenance_without_git(tmp_path, monkeypatch):
+    assert ckpt.git_commit(tmp_path) is None  # not a repository
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert ckpt.git_commit() is None
+    _trainer(tmp_path / "run", max_steps=1, epochs=1).fit()
+    assert json.loads((tmp_path / "run" / ckpt.CONFIG).read_text())["provenance"]["git_commit"] is None
