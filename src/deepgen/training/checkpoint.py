@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import DataConfig, Dataset, DataSpec, load_dataset
+from ..data import MEMORY, DataConfig, Dataset, DataSpec, load_dataset, load_dataset_from_arrays
 from ..errors import UserError
 from ..io import file_sha256, fsync_dir, read_tensors, save_tensors, tensor_metadata, write_json
 from ..models import create_model, model_class
@@ -74,6 +74,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
 DATA_STATE = "data_state.safetensors"
+DATA_ARRAYS = "data_arrays.npz"  # data given in memory (load_dataset(array)): the arrays, so the run reloads by itself
 TRAINER_STATE = "trainer_state"
 STATE_JSON = "state.json"  # in trainer_state/: everything but the tensors
 STATE_TENSORS = "tensors.safetensors"  # in trainer_state/: the tensors state.json refers to
@@ -107,7 +108,7 @@ REQUIRED_FILES = (WEIGHTS, STATE_TENSORS_FILE, STATE_JSON_FILE)
 # removing one that never reached a checkpoint deletes exactly these, and nothing else
 # the user keeps in the folder.
 RUN_FILES = (
-    CONFIG, CHECKPOINTS, WEIGHTS, EMA_WEIGHTS, DATA_STATE, TRAINER_STATE, METRICS, TENSORBOARD, EVAL, REPORT,
+    CONFIG, CHECKPOINTS, WEIGHTS, EMA_WEIGHTS, DATA_STATE, DATA_ARRAYS, TRAINER_STATE, METRICS, TENSORBOARD, EVAL, REPORT,
     SAMPLES_DIR, *PICTURES,
 )
 
@@ -538,6 +539,28 @@ def write_run_config(
     )
     if dataset.state:
         save_tensors(run_dir / DATA_STATE, {k: torch.from_numpy(np.asarray(v)) for k, v in dataset.state.items()})
+    arrays = dataset.memory_arrays()
+    if arrays is not None:  # data given in memory has no file to reload from: keep it in the run
+        from ..io import atomic_path
+
+        with atomic_path(run_dir / DATA_ARRAYS) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def reload_dataset(run_dir: str | Path, data_config: DataConfig) -> Dataset:
+    """The dataset a run was trained on: ``load_dataset(data_config)``, or for data given in
+    memory the arrays kept in the run folder (:data:`DATA_ARRAYS`, read without pickle)."""
+    if data_config.name != MEMORY:
+        return load_dataset(data_config)
+    path = Path(run_dir) / DATA_ARRAYS
+    if not path.is_file():
+        raise UserError(f"{run_dir} was trained on data given in memory, but {DATA_ARRAYS} is missing; the run cannot reload its data.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}. The file is corrupt.") from None
+    return load_dataset_from_arrays(arrays, data_config)
 
 
 def git_commit(folder: str | Path | None = None) -> str | None:
@@ -691,7 +714,7 @@ class Run:
     def load_dataset(self, **data_overrides: Any) -> Dataset:
         """The dataset the run was trained on (its saved preprocessing state restored)."""
         cfg = self.data_config.replace(**data_overrides) if data_overrides else self.data_config
-        ds = load_dataset(cfg)
+        ds = reload_dataset(self.path, cfg)
         if ds.spec.shape != self.spec.shape or ds.spec.kind != self.spec.kind:
             raise UserError(
                 f"dataset {cfg.name!r} now has shape {ds.spec.shape} ({ds.spec.kind}) but the run was "

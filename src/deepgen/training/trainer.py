@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..data import RESUMABLE_DATA, Batch, DataConfig, Dataset, iterate, load_dataset, make_loader
+from ..data import RESUMABLE_DATA, Batch, DataConfig, Dataset, iterate, make_loader
 from ..devices import configure_threads, resolve_device
 from ..errors import TrainingDiverged, UserError
 from ..io import write_json
@@ -901,7 +901,7 @@ class Trainer:
             if fixed:
                 raise UserError(f"data settings {fixed} cannot change on resume; only {', '.join(RESUMABLE_DATA)} may.")
             data_config = data_config.replace(**data_overrides)
-        dataset = load_dataset(data_config)
+        dataset = ckpt.reload_dataset(run_dir, data_config)
         differs = ckpt.same_data(saved_spec, dataset.spec)
         if differs is not None:
             raise UserError(f"cannot resume {run_dir}: the data {data_config.name!r} now has {differs}.")
