@@ -56,9 +56,13 @@ IMAGE_PRESETS: tuple[Preset, ...] = (
     Preset("vae-conv", "vae", {"network": "conv", "channels": (32, 64), "latent_dim": 32, "likelihood": "logistic-mixture"}),
     Preset("ae-conv", "ae", {"network": "conv", "latent_dim": 32}),
     Preset("denoising-ae-conv", "denoising-ae", {"network": "conv", "latent_dim": 32}),
+    Preset("sparse-ae-conv", "sparse-ae", {"network": "conv", "latent_dim": 32}),
+    Preset("contractive-ae-mlp", "contractive-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32}),
+    Preset("stacked-ae-mlp", "stacked-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32, "pretrain_epochs": 1}),
     Preset("aae-conv", "aae", {"network": "conv", "latent_dim": 16}),
     Preset("gan-mlp", "gan", {"network": "mlp", "noise_dim": 64, "g_hidden": (256, 512), "d_hidden": (512, 256)}),
     Preset("dcgan", "dcgan", {"noise_dim": 100}),
+    Preset("wgan-conv", "wgan", {"network": "conv", "noise_dim": 100}),
     Preset("wgan-gp-conv", "wgan-gp", {"network": "conv", "noise_dim": 100}),
     # Autoregressive models: exact probabilities of the 8-bit pixels; sampling takes one
     # network pass per pixel (784), so their sample metrics cost more time than the others'.
