@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
 
 from deepgen.data.dataset import Batch
 from deepgen.models.base import GenerativeModel
+from deepgen.training import checkpoint as ckpt
+from deepgen.training import read_metrics
 
 
 def fit_one_phase(
@@ -30,3 +35,33 @@ def fit_one_phase(
         opt.zero_grad()
         out.loss.backward()
         opt.step()
+
+
+# Logged figures that measure wall-clock time: they differ from run to run.
+WALL_CLOCK = ("seconds", "samples_per_s")
+
+
+def assert_same_metrics(a_dir: Path, b_dir: Path) -> None:
+    """Two runs logged the same steps and the same values at each (wall-clock figures aside)."""
+    a, b = read_metrics(a_dir), read_metrics(b_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        ra, rb = dict(ra), dict(rb)
+        for clock in WALL_CLOCK:
+            ra.pop(clock, None), rb.pop(clock, None)
+        assert ra == rb, f"step {ra['step']}: {ra} != {rb}"
+
+
+def to_old_layout(run: Path) -> None:
+    """Rewrite a run folder as deepgen wrote it before checkpoints/: real files at the top."""
+    ck = ckpt.current_checkpoint(run)
+    for name in ckpt.VIEWS:
+        view = run / name
+        if view.is_symlink():
+            view.unlink()
+        src = ck.path / name
+        if src.is_dir():
+            shutil.copytree(src, view)
+        elif src.is_file():
+            shutil.copy2(src, view)
+    shutil.rmtree(run / ckpt.CHECKPOINTS)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import to_old_layout
 from safetensors.torch import load_file
 
 import deepgen
@@ -393,26 +394,11 @@ def test_every_file_follows_the_umask(tmp_path, umask):
         os.umask(old)
 
 
-def _to_old_layout(run: Path) -> None:
-    """Rewrite a run folder as deepgen wrote it before checkpoints/: real files at the top."""
-    ck = ckpt.current_checkpoint(run)
-    for name in ckpt.VIEWS:
-        view = run / name
-        if view.is_symlink():
-            view.unlink()
-        src = ck.path / name
-        if src.is_dir():
-            shutil.copytree(src, view)
-        elif src.is_file():
-            shutil.copy2(src, view)
-    shutil.rmtree(run / ckpt.CHECKPOINTS)
-
-
 def test_old_run_folders_load_and_resume_bitwise(tmp_path):
     _trainer(tmp_path / "full", ema=0.9, epochs=2).fit()
     _trainer(tmp_path / "part", ema=0.9, epochs=1).fit()
     part = tmp_path / "part"
-    _to_old_layout(part)
+    to_old_layout(part)
     assert ckpt.current_checkpoint(part).legacy and load_run(part).step == 8
     resumed = Trainer.resume(part, epochs=2)
     assert resumed.step == 8
@@ -424,7 +410,7 @@ def test_old_run_folders_load_and_resume_bitwise(tmp_path):
     # An old folder killed between its weights and its trainer state: a clear refusal.
     _trainer(tmp_path / "torn", epochs=1).fit()
     torn = tmp_path / "torn"
-    _to_old_layout(torn)
+    to_old_layout(torn)
     state = json.loads((torn / "trainer_state" / "state.json").read_text())
     state["step"] = 3
     (torn / "trainer_state" / "state.json").write_text(json.dumps(state))

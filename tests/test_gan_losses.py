@@ -15,6 +15,8 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import assert_same_metrics
+from test_gan import NAMES, REAL, SMALL, batch, build  # noqa: F401  (the GAN tests' builders)
 from torch import nn
 
 import deepgen
@@ -22,27 +24,12 @@ from deepgen.data import DataConfig, ResidentLoader
 from deepgen.data.dataset import Batch, DataSpec
 from deepgen.errors import UserError
 from deepgen.models import create_model, gan
-from deepgen.registry import MODELS
 from deepgen.training import TrainConfig, Trainer, load_run, read_metrics, seed_all
 
-REAL = DataSpec(shape=(2,), kind="real", num_classes=8, name="points")
 IMAGE = DataSpec(shape=(1, 8, 8), kind="continuous", num_levels=17, num_classes=10, name="img")
-SMALL = {"noise_dim": 4, "g_hidden": (16,), "d_hidden": (16, 8), "conv_width": 4}
-NAMES = ["gan", "dcgan", "wgan", "wgan-gp"]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def build(name: str, spec: DataSpec = REAL, seed: int = 0, **overrides) -> gan.GAN:
-    torch.manual_seed(seed)
-    cls = MODELS.get(name)
-    return cls(cls.config_class(**{**SMALL, **overrides}), spec)
-
-
-def batch(spec: DataSpec, n: int = 8, seed: int = 0, labels: bool = False) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *spec.shape, generator=g) if spec.kind == "real" else torch.rand(n, *spec.shape, generator=g)
-    y = torch.randint(0, spec.num_classes, (n,), generator=g) if labels else None
-    return Batch(x, y)
 
 
 def train_config(**changes) -> TrainConfig:
@@ -393,13 +380,7 @@ def test_a_resumed_spectral_norm_run_equals_an_uninterrupted_one(name, args, tmp
     _run(name, RING, tmp_path / "part", model_args=args, max_steps=steps // 2 + 1, **train)
     resumed = Trainer.resume(tmp_path / "part", max_steps=0)
     resumed.fit()
-    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        ra, rb = dict(ra), dict(rb)
-        for clock in ("seconds", "samples_per_s"):  # wall-clock figures differ run to run
-            ra.pop(clock, None), rb.pop(clock, None)
-        assert ra == rb, f"step {ra['step']}: {ra} != {rb}"
+    assert_same_metrics(tmp_path / "full", tmp_path / "part")
     sa, sb = full.model.state_dict(), resumed.model.state_dict()
     assert any(k.endswith("._u") for k in sa)
     for k in sa:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import to_old_layout
 
 import deepgen.analysis
 import deepgen.cli
@@ -49,23 +50,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main(["train", *TRAIN, "--out", str(run)]) == 0
     old = root / "old"
     shutil.copytree(run, old, symlinks=True)
-    _to_old_layout(old)
+    to_old_layout(old)
     return {"new": run, "old": old}
-
-
-def _to_old_layout(run: Path) -> None:
-    """Rewrite a run folder as deepgen wrote it before checkpoints/: real files at the top."""
-    ck = ckpt.current_checkpoint(run)
-    for name in ckpt.VIEWS:
-        view = run / name
-        if view.is_symlink():
-            view.unlink()
-        src = ck.path / name
-        if src.is_dir():
-            shutil.copytree(src, view)
-        elif src.is_file():
-            shutil.copy2(src, view)
-    shutil.rmtree(run / ckpt.CHECKPOINTS)
 
 
 @pytest.fixture(autouse=True)
