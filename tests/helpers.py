@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -65,3 +68,17 @@ def to_old_layout(run: Path) -> None:
         elif src.is_file():
             shutil.copy2(src, view)
     shutil.rmtree(run / ckpt.CHECKPOINTS)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(folder: str, name: str, prefix: str) -> ModuleType:
+    """Import ``ROOT/folder/name.py`` (a benchmark or example script, not a package) as
+    module ``prefix_name``."""
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", ROOT / folder / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

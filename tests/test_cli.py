@@ -171,6 +171,17 @@ def test_existing_run_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (run / "notes.txt").read_text() == "mine"  # the user's are not
 
 
+def test_overwrite_removes_every_picture_of_the_old_run(tmp_path: Path) -> None:
+    """A run of another model over an autoregressive one leaves none of its files
+    (completions.png was once left behind)."""
+    run = tmp_path / "run"
+    small = ["--epochs", "1", "--set", "max_train=64", "--set", "progress=false", "--set", "tensorboard=false"]
+    assert main(["train", "pixelcnn", "--data", "digits", "--out", str(run), *small, "--set", "channels=8", "--set", "layers=2", "--set", "out_hidden=8"]) == 0
+    assert (run / "completions.png").is_file()
+    assert main(["train", "vae", "--data", "digits", "--out", str(run), *TINY, "--overwrite"]) == 0
+    assert not (run / "completions.png").exists()
+
+
 def test_interrupt_before_first_checkpoint_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from deepgen.training import Trainer
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import FrozenInstanceError, dataclass
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Literal
 
 import pytest
@@ -107,3 +107,98 @@ def test_train_config_validation():
         TrainConfig(ema=1.0)
     with pytest.raises(UserError, match="Accepted: constant, cosine, linear"):
         TrainConfig().with_overrides({"schedule": "step"})
+
+
+# -- issue 16: from_dict never raises a raw TypeError ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Needs(Config):
+    size: int
+    depth: int
+    rate: float = 0.5
+
+
+def test_missing_required_settings_are_one_user_error_naming_them():
+    with pytest.raises(UserError) as e:
+        Needs.from_dict({"rate": 0.1})
+    msg = str(e.value)
+    assert not isinstance(e.value, TypeError)
+    assert msg.startswith("Needs needs settings 'size', 'depth'")
+    assert "Accepted settings: size (int, required), depth (int, required), rate (float)." in msg
+    with pytest.raises(UserError, match=r"^Needs needs setting 'depth', which has no default"):
+        Needs.from_dict({"size": 3})
+    assert Needs.required_fields() == ["size", "depth"] and Toy.required_fields() == []
+
+
+@pytest.mark.parametrize(
+    "values,pattern",
+    [
+        (None, r"Needs is built from a mapping of settings to values, got NoneType None\. Accepted settings: size"),
+        ([1, 2], r"got list \[1, 2\]"),
+        ("size=3", r"got str 'size=3'"),
+        ({1: 2, "size": 3, "depth": 4}, r"Needs: setting names are strings, got 1\. Accepted: depth, rate, size\."),
+        ({"size": 3, "depth": 4, "sise": 5}, r"Needs has no setting 'sise'\. Accepted: .* Did you mean 'size'\?"),
+        ({"size": "3", "depth": 4}, r"Needs\.size must be an integer, got '3'"),
+    ],
+)
+def test_from_dict_rejects_every_bad_mapping_with_a_user_error(values, pattern):
+    with pytest.raises(UserError, match=pattern):
+        Needs.from_dict(values)
+
+
+def test_replace_and_with_overrides_take_the_same_path():
+    cfg = Needs(size=1, depth=2)
+    assert cfg.replace(rate=1) == Needs(size=1, depth=2, rate=1.0)
+    assert Needs.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(UserError, match=r"Needs has no setting 'dpeth'.*Did you mean 'depth'"):
+        cfg.replace(dpeth=3)
+    with pytest.raises(UserError, match=r"Needs\.depth must be an integer"):
+        cfg.replace(depth="deep")
+    assert cfg.with_overrides({"depth": "5"}).depth == 5
+    with pytest.raises(UserError, match=r"Needs has no setting 'dpeth'.*Did you mean 'depth'"):
+        cfg.with_overrides({"dpeth": "5"})
+    with pytest.raises(UserError, match=r"Needs\.depth: with_overrides takes text .* use replace\(depth=\.\.\.\)"):
+        cfg.with_overrides({"depth": 5})  # type: ignore[dict-item]
+
+
+@dataclass(frozen=True)
+class Derived(Config):
+    width: int = 4
+    area: int = field(default=0, init=False)  # computed from width
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "area", self.width * self.width)
+        super().__post_init__()
+
+
+def test_a_computed_field_round_trips_and_cannot_be_set():
+    cfg = Derived(width=3)
+    assert Derived.from_dict(cfg.to_dict()) == cfg and cfg.replace(width=2).area == 4
+    with pytest.raises(UserError, match=r"Derived\.area is computed from the other settings \(9 here\), not set: got 10"):
+        Derived.from_dict({"width": 3, "area": 10})
+    assert "area" not in Derived.accepted_settings()
+
+
+class Custom(Toy):
+    """A subclass whose own __init__ takes other arguments than its fields."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__(width=scale)
+
+
+def test_a_constructor_that_refuses_the_mapping_is_a_user_error():
+    with pytest.raises(UserError, match=r"^Custom cannot be built from \{'width': 3\}: missing a required argument: 'scale'\. Accepted settings: width \(int\)"):
+        Custom.from_dict({"width": 3})
+
+
+def test_a_type_error_inside_validate_is_not_dressed_up():
+    @dataclass(frozen=True)
+    class Buggy(Config):
+        width: int = 1
+
+        def validate(self) -> None:
+            self.check(self.width > None, "never")  # type: ignore[operator]  (a bug, not a user's mistake)
+
+    with pytest.raises(TypeError):
+        Buggy.from_dict({"width": 2})

@@ -136,6 +136,39 @@ def test_val_loss_keeps_resume_exact(tmp_path):
         assert torch.equal(p, q)
 
 
+def test_validation_split_is_held_out_of_training_and_validates(tmp_path):
+    """validation=N holds the last N training examples out (before max_train): training
+    never sees them, val_loss and early stopping read them, the test split is untouched,
+    and a resumed run reloads the same split."""
+    whole = deepgen.load_dataset(DataConfig(name="digits"))
+    data = DataConfig(name="digits", validation=100, max_train=128)
+    ds = deepgen.load_dataset(data)
+    n = len(whole.train)
+    assert len(ds.val) == 100 and torch.equal(ds.val.x, whole.train.x[n - 100 :]) and torch.equal(ds.val.y, whole.train.y[n - 100 :])
+    assert torch.equal(ds.train.x, whole.train.x[:128]) and torch.equal(ds.test.x, whole.test.x)
+    assert ds.validation_split == "val" and whole.validation_split == "test"
+    trainer = _trainer(tmp_path / "run", data=data, epochs=2, val_limit=100, max_steps=6)
+    trainer.fit()
+    # val_loss is the model's loss on the held-out examples (the trainer's seeded draws).
+    gen = torch.Generator().manual_seed(trainer.config.seed + 11)
+    torch.manual_seed(trainer.config.seed + 13)
+    trainer.model.eval()
+    batches = list(deepgen.data.iterate(ds, "val", 32, torch.device("cpu"), gen, limit=100))
+    with torch.no_grad():
+        manual = sum(float(trainer.model.loss(b).loss) * len(b) for b in batches) / 100
+    assert trainer.validate()["val_loss"] == pytest.approx(manual, rel=1e-6)
+    on_test = _trainer(tmp_path / "other", epochs=2, val_limit=100, max_steps=6)
+    on_test.model.load_state_dict(trainer.model.state_dict())
+    assert on_test.validate()["val_loss"] != pytest.approx(trainer.validate()["val_loss"], rel=1e-9)
+    resumed = Trainer.resume(tmp_path / "run", max_steps=8)
+    assert torch.equal(resumed.dataset.val.x, ds.val.x) and resumed.dataset.validation_split == "val"
+    resumed.fit()
+    with pytest.raises(UserError, match="validation=2000"):
+        deepgen.load_dataset(DataConfig(name="digits", validation=2000))
+    with pytest.raises(UserError, match="no validation split"):
+        whole.split("val")
+
+
 def test_multi_phase_models_log_val_per_phase_and_lr_per_phase(tmp_path):
     trainer = _trainer(tmp_path / "run", model_name="gan", model_args={}, epochs=1, max_steps=2)
     trainer.fit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import devices  # noqa: F401, I001  (first: OpenMP's short spin is set before torch loads)
 from .data import DataConfig, Dataset, DataSpec, load_dataset
 from .errors import UserError
-from .models import GenerativeModel, create_model, model_names
+from .models import GenerativeModel, Network, create_model, model_names, network
 from .pictures import SamplePictures
 from .training import Run, TrainConfig, Trainer, load_run, seed_all
 from .version import __version__
@@ -15,6 +15,7 @@ __all__ = [
     "DataSpec",
     "Dataset",
     "GenerativeModel",
+    "Network",
     "Run",
     "SamplePictures",
     "TrainConfig",
@@ -25,5 +26,6 @@ __all__ = [
     "load_dataset",
     "load_run",
     "model_names",
+    "network",
     "seed_all",
 ]

@@ -34,7 +34,7 @@ from . import __version__
 from .config import Config, parse_assignments, split_overrides
 from .data import RESUMABLE_DATA, DataConfig, dataset_descriptions, load_dataset
 from .devices import configure_threads
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, UserError, closest_names
 from .training import checkpoint as ckpt
 
 PROG = "deepgen"
@@ -79,87 +79,9 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-NEGATIVE_NOTE = "(negative: a density on continuous data can exceed 1, so its -log can be below 0)"
-# Printed names and units of the figures the models log (nats: per example, summed over its
-# dimensions). The ELBO is printed as -ELBO, a loss in positive nats, like every NLL.
-_LOSS_UNITS = {"recon": "nats", "kl": "nats", "nll": "nats", "nll_per_token": "nats/token", "bits_per_dim": "bits/dim"}
-
-
-def _loss_is_nats(model: Any) -> bool:
-    """True when the model's training loss is a negative log-likelihood (or -ELBO) in nats."""
-    return any(callable(getattr(model, m, None)) for m in ("elbo", "log_prob", "reconstruction_nll"))
-
-
-def _fmt_losses(last: dict[str, float], model: Any = None) -> str:
-    """The train summary's figures, one sign convention: losses and -ELBO as positive nats,
-    each with its unit, the ELBO not printed twice (as ``loss`` and as ``elbo``)."""
-    parts: list[str] = []
-    negative = False
-    nats_loss = _loss_is_nats(model)
-    for k, v in last.items():
-        # Keys: name, val_name, phase/name, val/phase/name, phase/val_name.
-        head, _, name = k.rpartition("/")
-        phase = head.removeprefix("val").strip("/")
-        pre, base = ("val_", name[4:]) if name.startswith("val_") else ("", name)
-        if base == "elbo":
-            if head + pre + "loss" in last and abs(last[head + pre + "loss"] + v) <= 1e-6 * max(1.0, abs(v)):
-                continue  # the loss is -ELBO: already printed
-            k, base, v = f"{head}{'/' if head else ''}-{pre}elbo", "-elbo", -v
-        loss_nats = base == "loss" and ((not phase and nats_loss) or phase == "reconstruction")
-        unit = _LOSS_UNITS.get(base) or ("nats" if base == "-elbo" or loss_nats else "")
-        label = "loss (-ELBO)" if k == "loss" and "elbo" in last else k
-        parts.append(f"{label} {v:.4g}" + (f" {unit}" if unit else ""))
-        negative |= unit.startswith("nats") and v < 0
-    text = ", ".join(parts) or "(none logged)"
-    return f"{text} {NEGATIVE_NOTE}" if negative else text
-
-
-def _eval_display(table: dict[str, Any]) -> dict[str, Any]:
-    """``eval``'s printed table: the same figures as eval.json, named with their units and one
-    sign convention (-ELBO and NLL as positive nats; the ELBO's bound said in its label)."""
-    labels = {
-        "recon_mse": "recon_mse (per element)", "recon_mse_sem": "recon_mse sem", "recon_sse": "recon_sse (per example)",
-        "recon_psnr": "recon_psnr (dB)", "recon_bce": "recon_bce (nats)", "recon_nll": "recon_nll (nats, -log p(x|code))",
-        "elbo": "-elbo (nats, >= nll)", "elbo_sem": "-elbo sem (nats)", "elbo_bpd": "-elbo (bits/dim)",
-        "elbo_bin_width": "-elbo bin width", "nll": "nll (nats)", "nll_sem": "nll sem (nats)", "nll_bpd": "nll (bits/dim)",
-        "nll_bin_width": "nll bin width",
-    }
-    out: dict[str, Any] = {}
-    negative = False
-    for k, v in table.items():
-        if k in ("elbo",) and isinstance(v, (int, float)):
-            v = -v
-        if k.endswith("_seconds"):
-            out[f"{k.removesuffix('_seconds')} time (s)"] = v
-            continue
-        if isinstance(v, str):
-            v = v.replace("a lower bound on log p(x)", "nll is an upper bound on -log p(x)")
-        label = labels.get(k, k)
-        negative |= "(nats" in label and isinstance(v, (int, float)) and v < 0
-        out[label] = v
-    if negative:
-        out["note"] = NEGATIVE_NOTE.strip("()")
-    return out
-
-
 def _model_settings(pairs: Sequence[str] | None) -> dict[str, str]:
     """``--set`` of ``eval`` and ``sample``: model settings, ``model.`` prefix optional."""
     return {k.removeprefix("model."): v for k, v in _overrides(pairs).items()}
-
-
-def _closest_settings(key: str, names: Sequence[str], n: int = 2) -> list[str]:
-    """The setting names closest to ``key``: difflib's ratio, plus a bonus for sharing the
-    last word (``latent_dim`` -> ``noise_dim`` before ``data_dir``)."""
-    import difflib
-
-    last = key.rsplit("_", 1)[-1]
-
-    def score(name: str) -> float:
-        ratio = difflib.SequenceMatcher(None, key, name).ratio()
-        return ratio + (0.3 if "_" in key and name.rsplit("_", 1)[-1] == last else 0.0)
-
-    ranked = sorted((score(c), c) for c in set(names))
-    return [c for sc, c in reversed(ranked) if sc >= 0.55][:n]
 
 
 def _check_setting_names(sets: dict[str, str], configs: dict[str, Config], model_name: str) -> None:
@@ -174,7 +96,7 @@ def _check_setting_names(sets: dict[str, str], configs: dict[str, Config], model
             names, bare = every, key
         if bare in names:
             continue
-        close = _closest_settings(bare, names)
+        close = closest_names(bare, names, n=2)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         where = {"model": f"the {model_name} model", "train": "the trainer", "data": "the data"}.get(prefix if dot else "", f"{model_name}, the trainer or the data")
         raise UserError(f"unknown setting {key!r} for {where}.{hint} Accepted: {', '.join(sorted(names))}.")
@@ -309,13 +231,18 @@ def _fit_and_report(trainer: Any, write_analysis: Any, resumed_from: int | None 
             return 130
         print(f"\n{PROG}: interrupted before the first checkpoint; the run folder {out} is not kept.", file=sys.stderr)
         raise
+    from .metrics.units import format_logged
+
     files = write_analysis(out, trainer.eval_model, trainer.dataset, device=trainer.device, seed=trainer.config.seed)
     steps = f"{result.steps}" if resumed_from is None else f"{resumed_from} -> {result.steps}"
+    val_split = trainer.dataset.validation_split
+    val_n = min(trainer.config.val_limit, len(trainer.dataset.split(val_split)))
+    val_examples: int | str = val_n if val_split == "test" else f"the first {val_n} validation examples (held out from training)"
     names = sorted({p.name for p in files} | {p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")})
     _say(
         f"run folder: {out}",
         f"steps: {steps} ({result.epochs} epoch{'' if result.epochs == 1 else 's'}) in {_fmt_seconds(result.seconds)}",
-        f"last losses: {_fmt_losses(result.last, trainer.eval_model)}",
+        f"last losses: {format_logged(result.last, val_examples=val_examples)}",
         f"files: {', '.join(names)}",
     )
     return 0
@@ -592,7 +519,7 @@ def _read_eval(path: Path) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``deepgen eval``: metrics of a run; print a table and merge them into ``eval.json``."""
     from .io import write_json
-    from .metrics import check_metrics, evaluate, format_table
+    from .metrics import check_metrics, eval_figures, evaluate, format_table
     from .training import load_run
 
     names = _metric_names(args.metrics)
@@ -642,7 +569,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         record(name, result, time.perf_counter() - start)
     path = run.path / ckpt.EVAL
     if entries:
-        print(format_table(_eval_display(table)))
+        print(format_table(eval_figures(table)))
         merged = _read_eval(path)
         for name, entry in entries.items():
             by_split = merged.get(name) if isinstance(merged.get(name), dict) else {}
@@ -709,7 +636,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     """``deepgen encode``: the model's code of every example, as a .npy (N, L)."""
-    from .metrics.evaluate import EvalContext, _labels
+    from .metrics import EvalContext, label_kwargs
     from .models.base import Encoder
 
     out = Path(args.out)
@@ -723,7 +650,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     model.eval()
     with torch.no_grad():
         for batch in ctx.batches(dataset):
-            z = model.encode(batch.x, **_labels(model, dataset, batch))
+            z = model.encode(batch.x, **label_kwargs(model, dataset, batch))
             codes.append(z.detach().float().reshape(len(batch), -1).cpu())
             if batch.y is not None:
                 labels.append(batch.y.detach().cpu())
@@ -746,14 +673,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """``deepgen score``: per-example anomaly scores (NLL or reconstruction error)."""
-    from .metrics.evaluate import (
+    from .metrics import (
         EvalContext,
-        _labels,
-        _scored_inputs,
+        bits_per_dim,
         dequantization_width,
+        label_kwargs,
         likelihood_of,
+        scored_inputs,
     )
-    from .metrics.likelihood import bits_per_dim
     from .models.base import LogProb, ReconstructionNLL, Reconstructor
 
     out = Path(args.out)
@@ -778,11 +705,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     labels: list[torch.Tensor] = []
     model.eval()
     torch.manual_seed(args.seed)  # a VAE's importance samples
-    inputs = _scored_inputs(model, dataset, ctx) if by == "nll" else (lambda b: b.x)
+    inputs = scored_inputs(model, dataset, ctx) if by == "nll" else (lambda b: b.x)
     head_nll = model.reconstruction_nll if isinstance(model, ReconstructionNLL) else None
     with torch.no_grad():
         for batch in ctx.batches(dataset):
-            lab = _labels(model, dataset, batch)
+            lab = label_kwargs(model, dataset, batch)
             if by == "nll":
                 cols.setdefault("nll_nats", []).append(-model.log_prob(inputs(batch), **lab).detach().double().cpu())
             else:

@@ -5,7 +5,10 @@ Every config in deepgen (each model family's, the trainer's, the data's) subclas
 
 * checks the type of every field and then its own invariants at construction
   (``validate``), so a bad value fails where it is written, not deep inside training;
-* round-trips through JSON (``to_dict`` / ``from_dict``; tuples come back as tuples);
+* round-trips through JSON (``to_dict`` / ``from_dict``; tuples come back as tuples); a
+  mapping ``from_dict`` cannot build (a missing required setting, an unknown key, not a
+  mapping) is one :class:`~deepgen.errors.UserError` naming the config, the key(s) and
+  every accepted setting, never a raw ``TypeError``;
 * accepts ``key=value`` strings from the command line (``with_overrides``), parsing each
   value by the field's annotation; unknown keys and values of the wrong type are
   :class:`~deepgen.errors.UserError` s that list what is accepted.
@@ -17,6 +20,7 @@ Supported field types: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import types
@@ -174,17 +178,76 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
+    def required_fields(cls) -> list[str]:
+        """The fields without a default: every mapping given to :meth:`from_dict` needs them."""
+        return [
+            f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+
+    @classmethod
+    def accepted_settings(cls) -> str:
+        """``"a (int, required), b (float) ..."``: the settings and their types, for messages."""
+        hints = typing.get_type_hints(cls)
+        required = set(cls.required_fields())
+        return ", ".join(
+            f"{f.name} ({_type_name(hints[f.name])}{', required' if f.name in required else ''})"
+            for f in dataclasses.fields(cls) if f.init
+        )
+
+    @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
-        """Build from a mapping; unknown keys are an error that lists the accepted ones."""
+        """Build from a mapping of field names to values.
+
+        Everything the mapping can get wrong is one :class:`UserError` naming this config:
+        not a mapping, a key that is not a string or not a setting (with the closest
+        names), a required setting missing (each one named, with every accepted setting and
+        its type), a value of the wrong type, a failed invariant.
+        """
+        name = cls.__name__
+        if not isinstance(values, Mapping):
+            raise UserError(
+                f"{name} is built from a mapping of settings to values, got {type(values).__name__} "
+                f"{_short_repr(values)}. Accepted settings: {cls.accepted_settings()}."
+            )
         names = cls.field_names()
         for key in values:
+            if not isinstance(key, str):
+                raise UserError(f"{name}: setting names are strings, got {key!r}. {did_you_mean(str(key), names)}")
             if key not in names:
-                raise UserError(f"{cls.__name__} has no setting {key!r}. {did_you_mean(key, names)}")
-        return cls(**dict(values))
+                raise UserError(f"{name} has no setting {key!r}. {did_you_mean(key, names)}")
+        missing = [n for n in cls.required_fields() if n not in values]
+        if missing:
+            raise UserError(
+                f"{name} needs {'setting' if len(missing) == 1 else 'settings'} "
+                f"{', '.join(repr(m) for m in missing)}, which {'has' if len(missing) == 1 else 'have'} no default. "
+                f"Accepted settings: {cls.accepted_settings()}."
+            )
+        computed = {f.name for f in dataclasses.fields(cls) if not f.init}
+        given = {k: v for k, v in values.items() if k not in computed}
+        try:
+            inspect.signature(cls).bind(**given)
+        except TypeError as e:
+            # The constructor refuses the mapping some other way (a subclass's own __init__):
+            # still one message naming the config. Checked before
+            # the call, so that a TypeError inside validate() (a bug) is not dressed up as one.
+            raise UserError(
+                f"{name} cannot be built from {_short_repr(given)}: {e}. Accepted settings: {cls.accepted_settings()}."
+            ) from None
+        built = cls(**given)
+        hints = typing.get_type_hints(cls)
+        for key in sorted(computed & set(values)):  # to_dict() writes them: fine when they agree
+            if _coerce(values[key], hints[key], f"{name}.{key}") != getattr(built, key):
+                raise UserError(
+                    f"{name}.{key} is computed from the other settings ({getattr(built, key)!r} here), "
+                    f"not set: got {values[key]!r}. Leave it out."
+                )
+        return built
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with some fields changed (validated again)."""
-        return self.from_dict({**self.to_dict(), **changes})
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return self.from_dict({**own, **changes})
 
     def with_overrides(self: C, overrides: Mapping[str, str]) -> C:
         """A copy with ``key -> "text"`` overrides parsed by each field's type."""
@@ -193,7 +256,12 @@ class Config:
         parsed = {}
         for key, text in overrides.items():
             if key not in names:
-                raise UserError(f"{type(self).__name__} has no setting {key!r}. {did_you_mean(key, names)}")
+                raise UserError(f"{type(self).__name__} has no setting {key!r}. {did_you_mean(str(key), names)}")
+            if not isinstance(text, str):
+                raise UserError(
+                    f"{type(self).__name__}.{key}: with_overrides takes text (key=value from a command line), "
+                    f"got {type(text).__name__} {_short_repr(text)}; use replace({key}=...) for a value."
+                )
             parsed[key] = _parse(text, hints[key], f"{type(self).__name__}.{key}")
         return self.replace(**parsed)
 
@@ -201,6 +269,11 @@ class Config:
         """(name, type, current value) for each field; used by ``deepgen models``."""
         hints = typing.get_type_hints(type(self))
         return [(f.name, _type_name(hints[f.name]), getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_assignments(pairs: Iterable[str]) -> dict[str, str]:

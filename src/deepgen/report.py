@@ -33,6 +33,8 @@ from typing import Any
 
 from .errors import UserError
 from .io import atomic_path
+from .metrics.evaluate import format_value
+from .metrics.units import display_key, eval_figures, logged_figures, logged_legend, logged_unit
 from .training.checkpoint import (
     EVAL,
     INTERPOLATION,
@@ -157,8 +159,15 @@ class EvalFigures:
         return "; ".join(str(v) for k, v in self.values.items() if k == "features" or k.endswith("_features")) or "-"
 
     def notes(self) -> str:
-        """The likelihood's note (``nll_note``: exact, or the IWAE bound and its k) and any other note."""
-        return "; ".join(f"{k.removesuffix('_note')}: {v}" for k, v in self.values.items() if k.endswith("_note")) or "-"
+        """The likelihood's note (``nll_note``: exact, or the IWAE bound and its k) and any
+        other note, worded as ``deepgen eval`` prints them (:func:`~deepgen.metrics.units.eval_figures`)."""
+        shown = eval_figures({k: v for k, v in self.values.items() if k.endswith("_note")})
+        return "; ".join(f"{k.removesuffix('_note')}: {v}" for k, v in shown.items() if k.endswith("_note")) or "-"
+
+    def printed(self) -> dict[str, Any]:
+        """The figures as ``deepgen eval`` prints them: labels with units, -ELBO for the raw
+        ``elbo`` (:func:`~deepgen.metrics.units.eval_figures`); counts of examples left out."""
+        return eval_figures({k: v for k, v in self.values.items() if not _is_count_key(k)})
 
     def settings_text(self) -> str:
         return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(self.settings.items())) if self.settings else "saved settings"
@@ -318,17 +327,22 @@ def curves_png(runs: Sequence[RunSummary], keys: Sequence[str]) -> bytes | None:
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    logged = set(keys) | set(runs[0].curve_keys())  # what the units are read from
     for ax, panel in zip(axes.flat, panels):
         for i, run in enumerate(runs):
             for j, key in enumerate(panel):
-                pts = [(r["step"], r[key]) for r in run.records if "step" in r and _finite(r.get(key))]
+                name, sign = display_key(key)  # a logged elbo is drawn as -elbo, as it is printed
+                pts = [(r["step"], sign * r[key]) for r in run.records if "step" in r and _finite(r.get(key))]
                 if not pts:
                     continue
                 steps, values = zip(*pts)
-                label = run.label if len(panel) == 1 else (f"{run.label}: {key}" if len(runs) > 1 else key)
+                label = run.label if len(panel) == 1 else (f"{run.label}: {name}" if len(runs) > 1 else name)
                 style = {} if j == 0 else {"ls": "--", "marker": "o", "ms": 3}
                 ax.plot(steps, values, label=label, lw=1.2, color=colours[i % len(colours)], **style)
-        ax.set_title(" vs ".join(panel), fontsize=9)
+        ax.set_title(" vs ".join(display_key(k)[0] for k in panel), fontsize=9)
+        units = sorted({logged_unit(k, logged) for k in panel} - {""})
+        if units:
+            ax.set_ylabel(", ".join(units), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if (len(runs) > 1 or len(panel) > 1) and ax.lines:
@@ -374,18 +388,50 @@ def _overview_rows(runs: Sequence[RunSummary]) -> list[list[Any]]:
 
 def _eval_rows(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[Any]]]:
     """(header, rows): one row per run and evaluated metric, its checkpoint step (and
-    "stale"), every numeric figure a column (counts of examples are in :func:`_source_rows`)."""
+    "stale"), every numeric figure a column, named, signed and with the unit as ``deepgen
+    eval`` prints it (-ELBO in nats for the raw ``elbo``: :meth:`EvalFigures.printed`);
+    counts of examples are in :func:`_source_rows`."""
     keys: dict[str, None] = {}
     for run in runs:
         for f in run.figures:
-            for k, v in f.values.items():
-                if _finite(v) and not _is_count_key(k):
+            for k, v in f.printed().items():
+                if _finite(v):
                     keys.setdefault(k)
     rows = []
     for run in runs:
         for f in run.figures:
-            rows.append([run.label, f.label, f.state(), *[f.values.get(k, "-") for k in keys]])
+            shown = f.printed()  # numbers as `deepgen eval` prints them, to the digit
+            rows.append([run.label, f.label, f.state(), *[format_value(shown[k]) if k in shown else "-" for k in keys]])
     return ["run", "evaluation", "computed at", *keys], rows
+
+
+def _negative_note(runs: Sequence[RunSummary]) -> str | None:
+    """``deepgen eval``'s note when a printed likelihood figure is negative, else None."""
+    for run in runs:
+        for f in run.figures:
+            note = f.printed().get("note")
+            if isinstance(note, str):
+                return note
+    return None
+
+
+def _logged_rows(run: RunSummary) -> tuple[list[list[Any]], list[str]]:
+    """The last logged values as the end of training prints them: [name, value, step,
+    unit] rows, by key (:func:`~deepgen.metrics.units.logged_figures`: a logged ``elbo``
+    as ``-elbo``, or once as ``loss (-ELBO)``), and the legend lines that say where they
+    were computed and what their units are."""
+    last = run.last_values()
+    figures = logged_figures({k: v for k, (v, _) in last.items()})
+    shown = {f.key for f in figures}
+    rows = [[f.label, f.value, last[f.key][1], f.unit] for f in sorted(figures, key=lambda f: f.key)]
+    rows += [[k, v, s, ""] for k, (v, s) in sorted(last.items()) if k not in shown and not _is_number(v)]
+    val_limit = run.config.get("train", {}).get("val_limit")
+    where = f"the test split (its first val_limit={val_limit} examples at most)" if isinstance(val_limit, int) else None
+    return rows, logged_legend(figures, val_examples=where)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _source_rows(runs: Sequence[RunSummary]) -> list[list[Any]]:
@@ -455,6 +501,11 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     parts.append("<h3>Evaluation (eval.json)</h3>")
     parts.append(_table(header, rows) if rows else "<p class='muted'>No run has been evaluated yet: <code>deepgen eval RUN</code>.</p>")
     if rows:
+        parts.append("<p class='muted'>Figures as <code>deepgen eval</code> prints them: likelihoods in nats per example "
+                     "or bits/dim; -elbo is -ELBO, an upper bound on -log p(x) (eval.json keeps the ELBO itself).</p>")
+        note = _negative_note(runs)
+        if note:
+            parts.append(f"<p class='muted'>{html.escape(note)}.</p>")
         if any(f.stale for r in runs for f in r.figures):
             parts.append("<p class='muted'>A <b>stale</b> figure was computed at an earlier checkpoint than the run's "
                          "current one: <code>deepgen eval RUN</code> again to bring it up to date.</p>")
@@ -482,9 +533,10 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         parts.append(f"<p class='muted'>{html.escape(str(run.path))}: {html.escape(run.config['model'])} on "
                      f"{html.escape(str(run.config['data'].get('name', '?')))}, deepgen "
                      f"{html.escape(str(run.config.get('deepgen_version', '?')))}</p>")
-        last = run.last_values()
-        if last:
-            parts.append("<h3>Last logged values</h3>" + _table(["value", "last", "at step"], [[k, v, s] for k, (v, s) in sorted(last.items())]))
+        logged, legend = _logged_rows(run)
+        if logged:
+            parts.append("<h3>Last logged values</h3>" + _table(["value", "last", "at step", "unit"], logged)
+                         + "".join(f"<p class='muted'>{html.escape(line)}.</p>" for line in legend))
         png = curves_png([run], run.curve_keys())
         if png is not None:
             parts.append("<h3>Training curves</h3>" + _img(_data_uri(png), f"{run.label}: logged values against the step", wide=True))

@@ -146,7 +146,8 @@ def _absolute(path: str) -> str:
 
 
 def _load(config: DataConfig, arrays: dict[str, Any] | None = None) -> Dataset:
-    """The one loading path: every source, then ``max_train``, then the record of how."""
+    """The one loading path: every source, then the validation hold-out and ``max_train``,
+    then the record of how."""
     _load_sources()
     _check_image_options(config)
     if config.data_dir:
@@ -178,6 +179,14 @@ def _load(config: DataConfig, arrays: dict[str, Any] | None = None) -> Dataset:
         raise UserError(
             f"block_size applies to text (token) data only; {config.name!r} holds {ds.spec.kind} data. Leave it unset for this dataset."
         )
+    if config.validation:
+        n = len(ds.train)
+        if config.validation >= n:
+            raise UserError(f"validation={config.validation} would hold out every training example: {config.name!r} has {n}. Use fewer.")
+        # The last examples, taken before max_train: the yardstick stays the same when
+        # max_train changes. (Sources without a test split shuffled before splitting.)
+        ds.val = ds.train.slice(n - config.validation, None)
+        ds.train = ds.train.slice(0, n - config.validation)
     if config.max_train:
         ds.train = ds.train.subset(config.max_train)
     ds.config = config

@@ -94,8 +94,13 @@ class Split:
 
     def subset(self, n: int) -> Split:
         """The first ``n`` examples (still lazy when ``x`` is)."""
-        x = self.x[:n] if isinstance(self.x, torch.Tensor) else self.x.select(slice(0, n))
-        return Split(x, None if self.y is None else self.y[:n])
+        return self.slice(0, n)
+
+    def slice(self, start: int, stop: int | None) -> Split:
+        """Examples ``start:stop`` (still lazy when ``x`` is)."""
+        part = slice(start, stop)
+        x = self.x[part] if isinstance(self.x, torch.Tensor) else self.x.select(part)
+        return Split(x, None if self.y is None else self.y[part])
 
     @property
     def resident(self) -> bool:
@@ -141,6 +146,8 @@ class Dataset:
     state: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     config: DataConfig | None = None
+    # The validation split (DataConfig.validation): the last training examples, held out.
+    val: Split | None = None
     # The raw arrays of data given in memory (see memory_arrays); None for every other source.
     _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
@@ -172,9 +179,21 @@ class Dataset:
         return x
 
     def split(self, name: str) -> Split:
+        if name == "val":
+            if self.val is None:
+                raise UserError(
+                    f"{self.name!r} has no validation split: set the data setting validation=N to hold out the last N training examples."
+                )
+            return self.val
         if name not in ("train", "test"):
-            raise UserError(f"unknown split {name!r}. Accepted: train, test.")
+            raise UserError(f"unknown split {name!r}. Accepted: train, test{', val' if self.val is not None else ''}.")
         return self.train if name == "train" else self.test
+
+    @property
+    def validation_split(self) -> str:
+        """The split that validation (the trainer's ``val_loss``, early stopping, the best
+        checkpoint) reads: ``"val"`` when the data holds one out, else ``"test"``."""
+        return "val" if self.val is not None else "test"
 
     def to_original(self, x: torch.Tensor) -> torch.Tensor:
         """Undo standardisation for tables (``state`` has ``mean`` and ``std``); else identity."""
@@ -200,6 +219,7 @@ class DataConfig(Config):
     toy_noise: float | None = None  # 2-D toys: std / noise level; None = the dataset's published default
     label_column: str | None = None  # CSV tables: a column to use as labels, not as data
     max_train: int = 0  # 0 = all; otherwise keep the first N training examples (quick runs)
+    validation: int = 0  # hold out the last N training examples (before max_train) for validation; 0 = validate on the test split
     max_resident_mb: int = 4096  # image folders: decoded pixels above this many MiB stream from disk (0 = always)
     workers: int = -1  # streamed folders: DataLoader worker processes; -1 = min(8, CPU cores - 1)
     download: bool = False  # allow fetching a missing dataset that has a public source
@@ -209,6 +229,7 @@ class DataConfig(Config):
         self.check(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         self.check(self.num_samples >= 10, f"num_samples must be >= 10, got {self.num_samples}")
         self.check(self.max_train >= 0, f"max_train must be >= 0, got {self.max_train}")
+        self.check(self.validation >= 0, f"validation must be >= 0 (0 = none), got {self.validation}")
         self.check(self.block_size >= 2, f"block_size must be >= 2, got {self.block_size}")
         self.check(self.max_resident_mb >= 0, f"max_resident_mb must be >= 0, got {self.max_resident_mb}")
         self.check(self.workers >= -1, f"workers must be >= 0, or -1 for one per CPU core but one (at most 8), got {self.workers}")

@@ -224,9 +224,16 @@ def sample_labels(classes: int | None, start: int, n: int, device: torch.device 
     return torch.arange(start, start + n, device=device) % classes
 
 
-def _labels(model: GenerativeModel, dataset: Dataset, batch: Batch) -> dict[str, torch.Tensor]:
-    """``{"cond": labels (B,)}`` for a conditional model, ``{}`` otherwise: the keyword every
-    capability method (``log_prob``, ``elbo``, ``reconstruct``, ...) takes labels by."""
+def label_kwargs(model: GenerativeModel, dataset: Dataset, batch: Batch) -> dict[str, torch.Tensor]:
+    """The labels keyword of a capability call on ``batch``: ``{"cond": batch.y}`` with
+    ``batch.y`` int64 (B,) for a conditional model, ``{}`` for an unconditional one.
+
+    Every capability method (``log_prob``, ``elbo``, ``encode``, ``reconstruct``,
+    ``reconstruction_nll``, ...) takes labels by that one keyword, so scoring code writes
+    ``model.log_prob(x, **label_kwargs(model, dataset, batch))`` for any model. A
+    conditional model on a dataset without labels, with another number of classes, or on a
+    batch without labels is one :class:`UserError` (:func:`conditional_classes`).
+    """
     if conditional_classes(model, dataset) is None:
         return {}
     if batch.y is None:
@@ -266,10 +273,16 @@ def dequantization_width(model: GenerativeModel, dataset: Dataset) -> float | No
     return dataset.spec.bin_width
 
 
-def _scored_inputs(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Callable[[Batch], torch.Tensor]:
-    """A function batch -> the inputs (B, *shape) the likelihood metrics score: ``batch.x``,
-    or ``batch.x`` dequantized (:func:`deepgen.data.dequantize`) with one noise stream per
-    metric (:meth:`EvalContext.noise_generator`)."""
+def scored_inputs(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Callable[[Batch], torch.Tensor]:
+    """The function ``batch -> x`` giving the inputs the likelihood metrics score.
+
+    ``x`` has the batch's shape (B, *dataset.spec.shape), in model space on the batch's
+    device: ``batch.x`` itself, or, for a density of quantised data
+    (:func:`dequantization_width` not None), ``batch.x`` dequantized to (k + u) / L
+    (:func:`deepgen.data.dequantize`, float) with u from one noise stream per call of this
+    function (:meth:`EvalContext.noise_generator`): call it once per pass over the data and
+    apply it to the batches in order, and the draws are those of ``nll`` and ``elbo``.
+    """
     if dequantization_width(model, dataset) is None:
         return lambda b: b.x
     gen = ctx.noise_generator()
@@ -301,10 +314,10 @@ def nll_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Re
     * A likelihood of kind ``"none"`` (a Bernoulli decoder on [0, 1]-valued data): ``nll``
       is its loss at the data, and no ``nll_bpd`` is reported.
     """
-    inputs = _scored_inputs(model, dataset, ctx)
+    inputs = scored_inputs(model, dataset, ctx)
 
     def nll(b: Batch) -> torch.Tensor:  # (B,)
-        return -model.log_prob(inputs(b), **_labels(model, dataset, b))  # type: ignore[attr-defined]
+        return -model.log_prob(inputs(b), **label_kwargs(model, dataset, b))  # type: ignore[attr-defined]
 
     values = _per_example(model, dataset, ctx, nll)  # (N,)
     mean, sem = mean_and_sem(values)
@@ -315,7 +328,7 @@ def nll_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Re
 
 
 def _bpd_keys(prefix: str, model: GenerativeModel, dataset: Dataset, nll_nats: float) -> Result:
-    """``{prefix_bpd, [prefix_bin_width]}`` for a mean NLL (nats) scored as :func:`_scored_inputs` does;
+    """``{prefix_bpd, [prefix_bin_width]}`` for a mean NLL (nats) scored as :func:`scored_inputs` does;
     ``{}`` for a model whose likelihood is not normalised."""
     if not likelihood_of(model).normalised:
         return {}
@@ -326,10 +339,13 @@ def _bpd_keys(prefix: str, model: GenerativeModel, dataset: Dataset, nll_nats: f
     return out
 
 
-@metric("elbo", needs="elbo", description="evidence lower bound (nats, SEM) and -ELBO in bits/dim")
+@metric("elbo", needs="elbo", description="-ELBO, an upper bound on -log p(x) (nats, SEM, bits/dim); eval.json keeps the ELBO itself")
 def elbo_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Result:
     """Mean ELBO, E_q[log p(x, z) - log q(z | x)] (Kingma & Welling 2014, eq. 3), per example.
     Conditional models get the examples' labels (the ELBO of log p(x | y)).
+
+    Printed (``deepgen eval``, the report, the examples: :func:`deepgen.metrics.units.eval_figures`)
+    as -ELBO in nats, an upper bound on -log p(x) beside ``nll``; the result keeps the raw bound.
 
     Keys: ``elbo`` (nats; a lower bound on log p(x), so usually negative), ``elbo_sem``,
     ``elbo_bpd`` (-ELBO in bits per dimension: an upper bound on the NLL's bpd). A density
@@ -338,10 +354,10 @@ def elbo_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> R
     gives the bin width; see :func:`nll_metric`). A model whose likelihood is of kind
     ``"none"`` gets no ``elbo_bpd`` but an ``elbo_note`` saying why.
     """
-    inputs = _scored_inputs(model, dataset, ctx)
+    inputs = scored_inputs(model, dataset, ctx)
 
     def elbo(b: Batch) -> torch.Tensor:  # (B,)
-        return model.elbo(inputs(b), **_labels(model, dataset, b))  # type: ignore[attr-defined]
+        return model.elbo(inputs(b), **label_kwargs(model, dataset, b))  # type: ignore[attr-defined]
 
     values = _per_example(model, dataset, ctx, elbo)  # (N,)
     mean, sem = mean_and_sem(values)
@@ -377,7 +393,7 @@ def recon_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
     with ctx.progress_bar(ctx.num_batches(dataset)) as bar:
         for batch in ctx.batches(dataset):
             x = batch.x
-            labels = _labels(model, dataset, batch)  # {"cond": (B,)} for a conditional model
+            labels = label_kwargs(model, dataset, batch)  # {"cond": (B,)} for a conditional model
             x_hat = model.reconstruct(x, **labels)  # (B, *shape)
             cols["mse"].append(mse(x, x_hat, "mean").double())
             cols["sse"].append(mse(x, x_hat, "sum").double())
@@ -536,7 +552,9 @@ def evaluate(
     return results
 
 
-def _format_value(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """One figure as :func:`format_table` (``deepgen eval``) prints it: floats with 4
+    decimals (scientific notation outside [1e-3, 1e6)), everything else as ``str``."""
     if isinstance(v, bool) or isinstance(v, int) or isinstance(v, str):
         return str(v)
     if isinstance(v, float):
@@ -557,7 +575,7 @@ def format_table(results: dict[str, Any]) -> str:
     if not results:
         return ""
     keys = [str(k) for k in results]
-    values = [_format_value(v) for v in results.values()]
+    values = [format_value(v) for v in results.values()]
     kw = max(len(k) for k in keys)
     num_w = max((len(s) for s, v in zip(values, results.values()) if not isinstance(v, str)), default=0)
     lines = []

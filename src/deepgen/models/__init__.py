@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from ..data.dataset import Dataset, DataSpec
 from ..registry import MODELS
 from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
+from .networks import Network, network
 
 
 def _load_families() -> None:
@@ -33,14 +36,27 @@ def create_model(
     """Build registered model ``name`` for data ``data`` (a spec or a dataset).
 
     ``config`` defaults to the family's defaults; keyword ``overrides`` replace fields
-    (``create_model("vae", ds, latent_dim=2)``).
+    (``create_model("vae", ds, latent_dim=2)``). A keyword whose value is a
+    :func:`deepgen.network` replaces one of the family's networks by the user's module
+    (``create_model("vae", ds, encoder=deepgen.network(MyEncoder, hidden=64))``; the
+    family's ``replaceable_networks`` lists the names and what each must map).
     """
     cls = model_class(name)
     spec = data.spec if isinstance(data, Dataset) else data
+    networks = {k: v for k, v in overrides.items() if _is_network(v)}
+    settings = {k: v for k, v in overrides.items() if k not in networks}
     cfg = config if config is not None else cls.config_class()
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    return cls(cfg, spec)
+    if settings:
+        cfg = cfg.replace(**settings)
+    if not networks:
+        return cls(cfg, spec)
+    cls.check_network_names(networks)
+    return cls(cfg, spec, networks=networks)  # type: ignore[call-arg]
+
+
+def _is_network(value: Any) -> bool:
+    """A network spec, or a module or module class given where a spec belongs."""
+    return isinstance(value, (Network, nn.Module)) or (isinstance(value, type) and issubclass(value, nn.Module))
 
 
 __all__ = [
@@ -48,8 +64,10 @@ __all__ = [
     "LossOutput",
     "ModelConfig",
     "OptimizerSpec",
+    "Network",
     "Phase",
     "create_model",
     "model_class",
     "model_names",
+    "network",
 ]

@@ -28,6 +28,7 @@ Shapes: ``N`` examples, ``L = latent_dim``, ``P`` head parameters per data eleme
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,7 @@ from ..nn.likelihoods import make_head
 from ..registry import register
 from .base import GenerativeModel, LossOutput, OptimizerSpec, Phase, all_parameters
 from .latent import EncoderDecoderConfig, LatentCodeMixin
+from .networks import Network, Shape
 
 MIXTURE_COMPONENTS = 10
 MIXTURE_RADIUS = 4.0
@@ -109,14 +111,29 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
     config_class = AAEConfig
     config: AAEConfig
     oscillation_keys = ("discriminator/loss", "regularization/loss")
+    replaceable_networks = {
+        "encoder": "x (N, *data_shape) to the code (N, latent_dim)",
+        "decoder": "z (N, latent_dim) to (N, P, *data_shape): the likelihood head's P parameters per data element",
+        "discriminator": "codes z (N, latent_dim) to (logits (N,), features (N, F)), a tuple (the features may be any size)",
+    }
 
-    def __init__(self, config: AAEConfig, spec: DataSpec) -> None:
-        super().__init__(config, spec)
+    def __init__(self, config: AAEConfig, spec: DataSpec, *, networks: Mapping[str, Network] | None = None) -> None:
+        super().__init__(config, spec, networks=networks)
         c = config
         self.head = make_head(c.likelihood, spec, sigma=c.sigma, components=c.components)
-        self.encoder = make_encoder(c.network, spec.shape, c.hidden, c.channels, c.latent_dim, c.activation)
-        self.decoder = make_decoder(c.network, c.latent_dim, c.hidden, c.channels, spec.shape, self.head.num_params, c.activation)
-        self.discriminator = MLPDiscriminator(c.latent_dim, c.d_hidden)
+        self.encoder = self.replaceable("encoder", lambda: make_encoder(c.network, spec.shape, c.hidden, c.channels, c.latent_dim, c.activation))
+        self.decoder = self.replaceable(
+            "decoder", lambda: make_decoder(c.network, c.latent_dim, c.hidden, c.channels, spec.shape, self.head.num_params, c.activation)
+        )
+        self.discriminator = self.replaceable("discriminator", lambda: MLPDiscriminator(c.latent_dim, c.d_hidden))
+
+    def network_io(self, name: str, n: int) -> tuple[tuple[torch.Tensor, ...], Shape | tuple[Shape, ...]]:
+        k = self.config.latent_dim
+        if name == "encoder":
+            return (torch.zeros(n, *self.spec.shape),), (n, k)
+        if name == "decoder":
+            return (torch.zeros(n, k),), (n, self.head.num_params, *self.spec.shape)
+        return (torch.zeros(n, k),), ((n,), (n, None))
 
     # -- the contract ---------------------------------------------------------------------------
     def phases(self) -> list[Phase]:

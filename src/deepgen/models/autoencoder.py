@@ -30,7 +30,7 @@ Before any training step the fit is ``N(0, I)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -44,6 +44,7 @@ from ..nn.likelihoods import make_head
 from ..registry import register
 from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
 from .latent import EncoderDecoderConfig, LatentCodeMixin
+from .networks import Network
 
 # -- 1. configs ----------------------------------------------------------------------------
 
@@ -201,9 +202,13 @@ class Autoencoder(LatentCodeMixin, GenerativeModel):
     config: AEConfig
     #: True when the regulariser differentiates the code w.r.t. the input (contractive).
     input_grad: ClassVar[bool] = False
+    replaceable_networks: ClassVar[Mapping[str, str]] = {
+        "encoder": "x (N, *data_shape) to the code (N, latent_dim) (before the model's squash: sparse-ae's kl sigmoid)",
+        "decoder": "z (N, latent_dim) to (N, P, *data_shape): the likelihood head's P parameters per data element",
+    }
 
-    def __init__(self, config: AEConfig, spec: DataSpec) -> None:
-        super().__init__(config, spec)
+    def __init__(self, config: AEConfig, spec: DataSpec, *, networks: Mapping[str, Network] | None = None) -> None:
+        super().__init__(config, spec, networks=networks)
         self.head = make_head(config.likelihood, spec, sigma=config.sigma, components=config.components)
         self.encoder, self.decoder = self.build_networks()
         k = config.latent_dim
@@ -214,11 +219,20 @@ class Autoencoder(LatentCodeMixin, GenerativeModel):
 
     # -- networks ---------------------------------------------------------------------
     def build_networks(self) -> tuple[nn.Module, nn.Module]:
-        """Encoder (N, *shape) -> (N, K) and decoder (N, K) -> (N, P, *shape) head parameters."""
+        """Encoder (N, *shape) -> (N, K) and decoder (N, K) -> (N, P, *shape) head parameters
+        (the user's, where given)."""
         c, s = self.config, self.spec.shape
-        encoder = make_encoder(c.network, s, c.hidden, c.channels, c.latent_dim, c.activation)
-        decoder = make_decoder(c.network, c.latent_dim, c.hidden, c.channels, s, self.head.num_params, c.activation)
+        encoder = self.replaceable("encoder", lambda: make_encoder(c.network, s, c.hidden, c.channels, c.latent_dim, c.activation))
+        decoder = self.replaceable(
+            "decoder", lambda: make_decoder(c.network, c.latent_dim, c.hidden, c.channels, s, self.head.num_params, c.activation)
+        )
         return encoder, decoder
+
+    def network_io(self, name: str, n: int) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        k = self.config.latent_dim
+        if name == "encoder":
+            return (torch.zeros(n, *self.spec.shape),), (n, k)
+        return (torch.zeros(n, k),), (n, self.head.num_params, *self.spec.shape)
 
     # -- hooks the relatives override ---------------------------------------------------
     def squash(self, h: torch.Tensor) -> torch.Tensor:
@@ -396,6 +410,8 @@ class StackedAutoencoder(Autoencoder):
 
     config_class = StackedAEConfig
     config: StackedAEConfig
+    # Its stages are pairs of layers that pretrain one at a time: no network to swap whole.
+    replaceable_networks: ClassVar[Mapping[str, str]] = {}
 
     # The encoder is nn.Sequential(down_0, ..., down_{L-1}) and the decoder
     # nn.Sequential(up_{L-1}, ..., up_0): stage k is (down_k, up_k), a one-layer autoencoder

@@ -32,9 +32,9 @@ all taking labels as ``cond=``: :class:`LogProb`, :class:`HasELBO`, :class:`Enco
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -44,6 +44,7 @@ from ..data.dataset import KINDS, Batch, DataSpec, Kind
 from ..errors import UserError
 from ..optim import OptimizerSpec, ParamGroup
 from ..registry import MODELS
+from .networks import Network, Shape, check_network
 
 #: The label that stands for "no label" in ``cond=`` for models that declare
 #: ``null_label`` (classifier-free guidance, Ho & Salimans 2022: the unconditional model
@@ -152,11 +153,32 @@ class GenerativeModel(nn.Module):
     #: oscillation the trainer reports as ``<key>_osc``: half the range of the key's
     #: logged means over the last ``TrainConfig.osc_window`` log points.
     oscillation_keys: ClassVar[tuple[str, ...]] = ()
+    #: The networks a user may replace with a module of their own (``create_model(...,
+    #: encoder=deepgen.network(MyEncoder, ...))``): name -> what it must map, in shapes.
+    #: The family builds each through :meth:`replaceable` and says in :meth:`network_io`
+    #: what a small batch of inputs is and what output shape its own network returns.
+    replaceable_networks: ClassVar[Mapping[str, str]] = {}
 
-    def __init__(self, config: ModelConfig, spec: DataSpec, *, conditional: bool = False, null_label: bool = False) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        spec: DataSpec,
+        *,
+        conditional: bool = False,
+        null_label: bool = False,
+        networks: Mapping[str, Network] | None = None,
+    ) -> None:
         """``conditional``: the model takes the data's class labels (``spec.num_classes``
-        must be set); ``null_label``: it also accepts :data:`NULL_LABEL` ("no label")."""
+        must be set); ``null_label``: it also accepts :data:`NULL_LABEL` ("no label");
+        ``networks``: the user's networks by name (:attr:`replaceable_networks`), which the
+        family builds in place of its own (:meth:`replaceable`)."""
         super().__init__()
+        networks = dict(networks or {})
+        type(self).check_network_names(networks)
+        self._user_networks = networks
+        #: name -> ``{"class": "module:QualName", "kwargs": {...}}`` of each user network:
+        #: what the run folder's config.json records under "networks" to rebuild them.
+        self.network_records: dict[str, dict[str, Any]] = {name: net.record() for name, net in networks.items()}
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
@@ -181,6 +203,48 @@ class GenerativeModel(nn.Module):
         raise UserError(
             f"the {name} models {', '.join(self.data_kinds)} data; {spec.name or 'this dataset'!r} holds {spec.kind}.{others}"
         )
+
+    # -- user networks ----------------------------------------------------------------
+    @classmethod
+    def check_network_names(cls, networks: Mapping[str, object]) -> None:
+        """One :class:`UserError` for a name this family does not let the user replace
+        (listing those it does), or a value that is no :func:`deepgen.network` spec."""
+        name = cls.registered_name or cls.__name__
+        accepted = list(cls.replaceable_networks)
+        for key, value in networks.items():
+            if key not in cls.replaceable_networks:
+                takes = f"lets you replace {', '.join(accepted)}" if accepted else "lets you replace none of its networks"
+                raise UserError(f"the {name} model has no network {key!r} to replace: it {takes}.")
+            if not isinstance(value, Network):
+                what = value.__name__ if isinstance(value, type) else type(value).__name__
+                raise UserError(
+                    f"{key}= takes deepgen.network(...), got {what}: write {key}=deepgen.network({what}, **kwargs) "
+                    "(a class and its constructor arguments) or deepgen.network(module, **kwargs) (a built module and "
+                    "the arguments that built it), so that the run folder records how to rebuild it."
+                )
+
+    def replaceable(self, name: str, default: Callable[[], nn.Module]) -> nn.Module:
+        """The user's network ``name`` when one was given, else ``default()`` (the family's own).
+
+        A user's module is called once on :meth:`network_io`'s small batch of zeros (eval
+        mode, no grad), so that an output of the wrong shape is one :class:`UserError` now.
+        """
+        if name not in self.replaceable_networks:
+            raise ValueError(f"{type(self).__name__} builds {name!r} with replaceable() but does not declare it in replaceable_networks")
+        user = self._user_networks.pop(name, None)
+        if user is None:
+            return default()
+        module = user.build()
+        inputs, expected = self.network_io(name, 2)
+        model = type(self).registered_name or type(self).__name__
+        check_network(module, name, model, user.path, self.replaceable_networks[name], inputs, expected)
+        return module
+
+    def network_io(self, name: str, n: int) -> tuple[tuple[torch.Tensor, ...], Shape | tuple[Shape, ...]]:
+        """For replaceable network ``name``: inputs of a batch of ``n`` (zeros, as the
+        family calls the network: no labels for an unconditional model) and the output
+        shape its own network returns (None: any size; a tuple of shapes: a tuple)."""
+        raise NotImplementedError(f"{type(self).__name__} declares replaceable networks but no network_io")
 
     # -- the contract ---------------------------------------------------------------
     def phases(self) -> list[Phase]:

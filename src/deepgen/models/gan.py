@@ -40,7 +40,7 @@ Shapes: ``N`` batch, ``Z = noise_dim``, ``K`` classes, ``m`` the PacGAN packing 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -76,6 +76,7 @@ from ..nn.adversarial import (  # noqa: F401  (the losses and D are part of this
 )
 from ..registry import register
 from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
+from .networks import Network, Shape
 
 # -- 1. configs ------------------------------------------------------------------------------
 
@@ -288,20 +289,41 @@ class GAN(GenerativeModel):
     #: The name of D's phase ("critic" for the Wasserstein GANs).
     d_phase: ClassVar[str] = "discriminator"
     oscillation_keys = ("discriminator/loss", "generator/loss")
+    replaceable_networks: ClassVar[Mapping[str, str]] = {
+        "generator": "z (N, noise_dim) [and, when conditional, one-hot labels c (N, K)] to (N, *data_shape) before the "
+        "output activation (the model applies tanh for image data, nothing for real data)",
+        "discriminator": "x (N, pack * C, ...) in model space ([-1, 1] for images; pack examples concatenated along the "
+        "first feature axis, so (N, *data_shape) when pack=1) [and, when conditional, c (N, pack * K)] to (logits or "
+        "scores (N,), features (N, F)), a tuple (the features, for feature matching, may be any size)",
+    }
 
-    def __init__(self, config: AdversarialConfig, spec: DataSpec) -> None:
-        super().__init__(config, spec, conditional=config.conditional)
+    def __init__(self, config: AdversarialConfig, spec: DataSpec, *, networks: Mapping[str, Network] | None = None) -> None:
+        super().__init__(config, spec, conditional=config.conditional, networks=networks)
         k, m = self.num_classes or 0, config.pack
         self.network = self.choose_network()
         if self.network == "conv":
             c, h, w = spec.shape
-            self.G = ConvGenerator(config.noise_dim + k, spec.shape, config.conv_width, config.g_norm)
-            self.D = ConvDiscriminator((m * c, h, w), m * k, config.conv_width, conv_stages(h, w), config.d_norm, config.minibatch_std)
+            self.G = self.replaceable("generator", lambda: ConvGenerator(config.noise_dim + k, spec.shape, config.conv_width, config.g_norm))
+            self.D = self.replaceable("discriminator", lambda: ConvDiscriminator(
+                (m * c, h, w), m * k, config.conv_width, conv_stages(h, w), config.d_norm, config.minibatch_std
+            ))
         else:
-            self.G = MLPGenerator(config.noise_dim + k, config.g_hidden, spec.shape, config.g_norm)
-            self.D = MLPDiscriminator(m * (spec.dim + k), config.d_hidden, config.d_norm, config.minibatch_std)
+            self.G = self.replaceable("generator", lambda: MLPGenerator(config.noise_dim + k, config.g_hidden, spec.shape, config.g_norm))
+            self.D = self.replaceable(
+                "discriminator", lambda: MLPDiscriminator(m * (spec.dim + k), config.d_hidden, config.d_norm, config.minibatch_std)
+            )
         if config.spectral_norm:
             spectral_normalize(self.D)
+
+    def network_io(self, name: str, n: int) -> tuple[tuple[torch.Tensor, ...], Shape | tuple[Shape, ...]]:
+        c = self.one_hot(0, n) if self.conditional else None
+        shape, m = self.spec.shape, self.config.pack
+        if name == "generator":
+            x, out = torch.zeros(n, self.config.noise_dim), (n, *shape)
+        else:  # what discriminate() passes: n packed inputs
+            x, out = torch.zeros(n, m * shape[0], *shape[1:]), ((n,), (n, None))
+            c = None if c is None else c.repeat(1, m)
+        return ((x,) if c is None else (x, c)), out
 
     @classmethod
     def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
@@ -352,7 +374,7 @@ class GAN(GenerativeModel):
 
     def generate(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """G(z): (N, Z) [+ one-hot (N, K)] -> (N, *shape) in model space."""
-        a = self.G(z, c)
+        a = self.G(z) if c is None else self.G(z, c)
         return a if self.spec.kind == "real" else torch.tanh(a)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
@@ -366,10 +388,10 @@ class GAN(GenerativeModel):
         unrolled ones. Examples (and their labels) are packed m at a time.
         """
         x = self.pack(x)
-        c = None if c is None else self.pack(c)
+        args = (x,) if c is None else (x, self.pack(c))  # labels only for a conditional D
         if params is None:
-            return self.D(x, c)
-        return functional_call(self.D, params, (x, c))
+            return self.D(*args)
+        return functional_call(self.D, params, args)
 
     def frozen(self) -> Params:
         """D's parameters detached: G's loss through them puts no gradient on D.

@@ -18,6 +18,7 @@ Shapes: ``N`` examples, ``L = latent_dim``, ``P`` head parameters per data eleme
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ from ..nn.likelihoods import make_head
 from ..registry import register
 from .base import GenerativeModel, Likelihood, LossOutput
 from .latent import EncoderDecoderConfig, LatentCodeMixin
+from .networks import Network
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -100,24 +102,39 @@ class VAE(LatentCodeMixin, GenerativeModel):
 
     config_class = VAEConfig
     config: VAEConfig
+    replaceable_networks = {
+        "encoder": "x (N, *data_shape) [and, when conditional, one-hot labels c (N, C)] to (N, 2 * latent_dim): "
+        "the mean and log-variance of q(z | x)",
+        "decoder": "z (N, latent_dim) [and, when conditional, c (N, C)] to (N, P, *data_shape): the likelihood head's "
+        "P parameters per data element",
+    }
 
-    def __init__(self, config: VAEConfig, spec: DataSpec) -> None:
-        super().__init__(config, spec, conditional=config.conditional)
+    def __init__(self, config: VAEConfig, spec: DataSpec, *, networks: Mapping[str, Network] | None = None) -> None:
+        super().__init__(config, spec, conditional=config.conditional, networks=networks)
         cond_dim = self.num_classes or 0
         self.head = make_head(config.likelihood, spec, sigma=config.sigma, components=config.components)
         # The encoder outputs [mu, logvar] (N, 2L); the decoder outputs head parameters (N, P, *shape).
-        self.encoder = make_encoder(
+        self.encoder = self.replaceable("encoder", lambda: make_encoder(
             config.network, spec.shape, config.hidden, config.channels, 2 * config.latent_dim, config.activation, cond_dim
-        )
-        self.decoder = make_decoder(
+        ))
+        self.decoder = self.replaceable("decoder", lambda: make_decoder(
             config.network, config.latent_dim, config.hidden, config.channels, spec.shape,
             self.head.num_params, config.activation, cond_dim,
-        )
+        ))
+
+    def network_io(self, name: str, n: int) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        c = self.one_hot(0, n) if self.conditional else None
+        if name == "encoder":
+            x, out = torch.zeros(n, *self.spec.shape), (n, 2 * self.config.latent_dim)
+        else:
+            x, out = torch.zeros(n, self.config.latent_dim), (n, self.head.num_params, *self.spec.shape)
+        return (x,) if c is None else (x, c), out
 
     # -- inputs --------------------------------------------------------------------------
     def posterior(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x): x (N, *shape), one-hot c (N, C) or None -> mu (N, L), logvar (N, L)."""
-        mu, logvar = self.encoder(self.encoder_input(x), c).chunk(2, dim=1)
+        x = self.encoder_input(x)
+        mu, logvar = (self.encoder(x) if c is None else self.encoder(x, c)).chunk(2, dim=1)
         return mu, logvar
 
     @property

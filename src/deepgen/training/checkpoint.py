@@ -3,7 +3,9 @@
 ::
 
     run/
-      config.json          model name and config, data config, train config, data spec
+      config.json          model name and config, data config, train config, data spec;
+                           "networks": the class ("module:QualName") and constructor
+                           arguments of each user network (deepgen.network), if any
       data_state.safetensors  arrays needed to undo preprocessing (a CSV scaler)
       checkpoints/
         step-0000120/      one complete checkpoint, written whole, then renamed into place:
@@ -41,7 +43,13 @@ the new one is current, keeping ``TrainConfig.keep_checkpoints`` of them and, wi
 Run folders of earlier versions (``model.safetensors`` and ``trainer_state/`` at the top,
 no ``checkpoints/``) load and resume as they are; their next checkpoint is written in the
 new layout. Every other file is written to a temporary name and renamed into place.
-Loading reads safetensors and JSON only, so a run folder from anywhere cannot execute code.
+Loading reads safetensors and JSON only: nothing is unpickled and no code is read from
+the folder. One exception to "no code runs": a run with user networks names their classes
+(``"networks"``), and loading imports those modules from the import path (running their
+top-level code, as ``import`` does) and calls the classes with the recorded JSON
+arguments once they are checked to be ``nn.Module`` classes. So a run folder with a
+``networks`` entry can make deepgen import any installed module: load those only from
+people whose code you would import.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ from ..errors import UserError
 from ..io import file_sha256, fsync_dir, read_tensors, save_tensors, tensor_metadata, write_json
 from ..models import create_model, model_class
 from ..models.base import GenerativeModel, ModelConfig
+from ..models.networks import Network, from_record
 from ..version import __version__
 from .config import TrainConfig
 
@@ -94,7 +103,9 @@ RECONSTRUCTIONS = "reconstructions.png"
 LATENT = "latent.png"
 MANIFOLD = "manifold.png"
 INTERPOLATION = "interpolation.png"
-PICTURES = (SAMPLES, RECONSTRUCTIONS, MANIFOLD, LATENT, INTERPOLATION, HISTOGRAMS)
+COMPLETIONS = "completions.png"
+SAMPLES_TEXT = "samples.txt"  # text samples of token data with a vocabulary
+PICTURES = (SAMPLES, RECONSTRUCTIONS, MANIFOLD, LATENT, INTERPOLATION, HISTOGRAMS, COMPLETIONS)
 
 # The files of one checkpoint, relative to its folder; the views at the top of the run
 # folder have the names of the first three.
@@ -109,7 +120,7 @@ REQUIRED_FILES = (WEIGHTS, STATE_TENSORS_FILE, STATE_JSON_FILE)
 # the user keeps in the folder.
 RUN_FILES = (
     CONFIG, CHECKPOINTS, WEIGHTS, EMA_WEIGHTS, DATA_STATE, DATA_ARRAYS, TRAINER_STATE, METRICS, TENSORBOARD, EVAL, REPORT,
-    SAMPLES_DIR, *PICTURES,
+    SAMPLES_DIR, SAMPLES_TEXT, *PICTURES,
 )
 
 # A committed checkpoint folder: step-N, or step-N.old (a same-step checkpoint moved aside
@@ -519,24 +530,29 @@ def write_run_config(
     data_config: DataConfig,
     train_config: TrainConfig,
     dataset: Dataset,
+    *,
+    networks: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Write ``config.json`` (model, data and trainer configs, the data spec and meta,
     deepgen's version) atomically, and the dataset's fitted state (a table's scaler) as
-    ``data_state.safetensors``: what :func:`load_run` needs to rebuild the run."""
+    ``data_state.safetensors``: what :func:`load_run` needs to rebuild the run.
+
+    ``networks``: the model's ``network_records`` (the class and constructor arguments of
+    each user network), kept as ``"networks"`` when there are any."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(
-        run_dir / CONFIG,
-        {
-            "deepgen_version": __version__,
-            "model": model_name,
-            "model_config": model_config.to_dict(),
-            "data": data_config.to_dict(),
-            "train": train_config.to_dict(),
-            "spec": dataset.spec.to_dict(),
-            "data_meta": dataset.meta,
-            "provenance": provenance(),
-        },
-    )
+    cfg: dict[str, Any] = {
+        "deepgen_version": __version__,
+        "model": model_name,
+        "model_config": model_config.to_dict(),
+        "data": data_config.to_dict(),
+        "train": train_config.to_dict(),
+        "spec": dataset.spec.to_dict(),
+        "data_meta": dataset.meta,
+        "provenance": provenance(),
+    }
+    if networks:
+        cfg["networks"] = {name: dict(record) for name, record in networks.items()}
+    write_json(run_dir / CONFIG, cfg)
     if dataset.state:
         save_tensors(run_dir / DATA_STATE, {k: torch.from_numpy(np.asarray(v)) for k, v in dataset.state.items()})
     arrays = dataset.memory_arrays()
@@ -693,6 +709,16 @@ def saved_spec(cfg: Mapping[str, Any]) -> DataSpec:
     return _parsed("spec", DataSpec, cfg["spec"])
 
 
+def saved_networks(cfg: Mapping[str, Any]) -> dict[str, Network]:
+    """The user networks recorded in ``config.json`` (``"networks"``; none for most runs),
+    their classes imported by name: a :class:`UserError` saying which class cannot be
+    imported and how to make it importable."""
+    records = cfg.get("networks", {})
+    if not isinstance(records, dict):
+        raise UserError(f"the run's {CONFIG} has 'networks' = {_short(records)}, which is not an object; the run folder is corrupt.")
+    return {name: from_record(name, record) for name, record in records.items()}
+
+
 # -- loading a run --------------------------------------------------------------------------
 
 
@@ -737,7 +763,7 @@ def build_model(
     :func:`load_run` and ``Trainer.resume`` both come here.
     """
     spec_or_data = saved_spec(cfg) if data is None else data
-    return create_model(cfg["model"], spec_or_data, saved_model_config(cfg, model_overrides))
+    return create_model(cfg["model"], spec_or_data, saved_model_config(cfg, model_overrides), **saved_networks(cfg))
 
 
 def same_data(saved: DataSpec, now: DataSpec) -> str | None:
@@ -760,15 +786,20 @@ def _mismatch(model: GenerativeModel, state: Mapping[str, torch.Tensor]) -> str 
     return None
 
 
+def _no_longer_describes(model: GenerativeModel) -> str:
+    """The end of a "weights do not fit" message: what may have changed since."""
+    if model.network_records:
+        classes = ", ".join(r["class"] for r in model.network_records.values())
+        return f"The run's {CONFIG} no longer describes the model they were trained as, or its network classes ({classes}) changed since."
+    return f"The run's {CONFIG} no longer describes the model they were trained as."
+
+
 def load_weights(model: GenerativeModel, checkpoint: Checkpoint, name: str = WEIGHTS) -> None:
     """Load the weights file ``name`` of ``checkpoint`` (checked against its sha256) into
     ``model``; a :class:`UserError` when the file is unreadable or does not fit the model."""
     why = _mismatch(model, checkpoint.read_tensors(name))
     if why is not None:
-        raise UserError(
-            f"the weights in {checkpoint.path / name} do not fit the model config: {why}. "
-            f"The run's {CONFIG} no longer describes the model they were trained as."
-        )
+        raise UserError(f"the weights in {checkpoint.path / name} do not fit the model config: {why}. {_no_longer_describes(model)}")
 
 
 def load_run(
@@ -813,10 +844,7 @@ def load_run(
                 f"model's parameters ({why}). A loaded run may change only settings that leave the parameters "
                 "as they are (sampling and evaluation knobs)."
             )
-        raise UserError(
-            f"the weights in {ck.path / name} do not fit the model config: {why}. "
-            f"The run's {CONFIG} no longer describes the model they were trained as."
-        )
+        raise UserError(f"the weights in {ck.path / name} do not fit the model config: {why}. {_no_longer_describes(model)}")
     model.to(device).eval()
     return Run(
         path=run_dir,

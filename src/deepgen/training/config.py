@@ -37,7 +37,7 @@ class TrainConfig(Config):
     tensorboard: bool = True  # TensorBoard event files in run/tb (needs the tensorboard package)
     grad_accum: int = 1  # micro-batches per optimizer step: each batch is split in this many equal parts, their gradients summed
     weight_decay: float | None = None  # every phase's weight decay (param groups with their own keep it); None = each phase's own
-    val_limit: int = 10000  # test examples in the validation loss (val_loss) at each epoch's end and the fit's; 0 = off
+    val_limit: int = 10000  # examples in the validation loss (val_loss) at each epoch's end and the fit's: the data's validation split (data setting validation=N), else the test split; 0 = off
     early_stop: int = 0  # patience in epochs on the validation figure (keep_best, default val_loss); 0 = off
 
     def validate(self) -> None:

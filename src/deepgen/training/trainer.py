@@ -459,7 +459,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self, epoch: int | None = None) -> dict[str, float]:
         """The model's loss of every phase (active in ``epoch``; None: all) averaged over the
-        test split's first ``val_limit`` examples, in eval mode: ``{val_loss: ...}``
+        validation split's (``dataset.validation_split``: the held-out training examples,
+        else the test split) first ``val_limit`` examples, in eval mode: ``{val_loss: ...}``
         (``<phase>/val_loss`` for several phases); empty without test examples. The same examples and conversion
         draws every time (a generator of its own); torch's random streams are forked
         around it, so training goes on exactly as without it. Under torchrun every rank
@@ -482,7 +483,7 @@ class Trainer:
                 torch.cuda.default_generators[torch.cuda.current_device() if self.device.index is None else self.device.index].manual_seed(cfg.seed + 13)
             self.model.eval()
             try:
-                for batch in iterate(self.dataset, "test", cfg.batch_size, self.device, gen, limit=cfg.val_limit):
+                for batch in iterate(self.dataset, self.dataset.validation_split, cfg.batch_size, self.device, gen, limit=cfg.val_limit):
                     with autocast:
                         losses = torch.stack([self.model.loss(batch, p.name).loss.detach().float().reshape(()) for p in phases])
                     sums = losses * len(batch) if sums is None else sums + losses * len(batch)
@@ -548,7 +549,10 @@ class Trainer:
         (and the data settings of ``RESUMABLE_DATA``, which do not change the batches) change."""
         assert self.run_dir is not None
         if not self._resumed:
-            ckpt.write_run_config(self.run_dir, self.model_name, self.model.config, self.data_config, self.config, self.dataset)
+            ckpt.write_run_config(
+                self.run_dir, self.model_name, self.model.config, self.data_config, self.config, self.dataset,
+                networks=self.model.network_records,
+            )
             return
         cfg = ckpt.read_run_config(self.run_dir)
         cfg["train"] = self.config.to_dict()
