@@ -2,19 +2,30 @@
 
 Trains ``--model`` (made, pixelcnn, transformer) on ``mnist-binarized`` (dynamic
 binarization by default, as pytorch-generative's table; ``--binarization static`` for the
-papers' fixed binarization) for a wall-clock budget with the project's trainer, then
-reports ``deepgen.metrics.evaluate(model, ds, "nll")`` on the test images: the exact
--log p(x) averaged over the test set (every image binarized once, from the evaluation's
-seed), in nats and bits/dim.
+papers' fixed binarization) with the project's trainer, then reports
+``deepgen.metrics.evaluate(model, ds, "nll")`` on the test images: the exact -log p(x)
+averaged over the test set (every image binarized once, from the evaluation's seed), in
+nats and bits/dim.
+
+Model selection never looks at the test set: the last ``--validation`` training images are
+held out (the data setting ``validation``), the trainer's ``val_loss`` is computed on them
+at each epoch's end, and the weights of the best epoch are the ones tested. Without
+``--epochs`` a 20 s throw-away probe measures steps/s and the cosine schedule is sized to
+end inside ``--total-budget`` seconds of training (default: ``--time-budget``).
+
+A run longer than one device call: ``--run-dir DIR`` writes the run there (a checkpoint at
+each epoch's end, the best one kept); ``--resume`` continues it for another
+``--time-budget`` seconds on the same schedule, and every call evaluates the best
+checkpoint so far.
 
 Published (../shared/BENCHMARKS.md): pytorch-generative (dynamic) MADE 84.87, PixelCNN 81.45,
 ImageGPT 79.17; the PixelCNN paper (static) 81.30; MADE paper (static) 88.04, 32-mask
 ensemble 86.64.
 
-    python benchmarks/ar_mnist_nll.py --model made --settings hidden=(2000,2000) --train cuda_graph=true \\
-        --time-budget 400 --data-dir .data --device cuda --out $OUT/made.json
+    python benchmarks/ar_mnist_nll.py --model made --settings "hidden=(8000,)" --train bf16=true cuda_graph=true \\
+        schedule=cosine --time-budget 170 --data-dir .data --device cuda --out $OUT/made.json
 
-CPU smoke test (tests/test_benchmark_scripts.py): ``--time-budget 2 --limit-test 50 --max-train 500 --tiny``.
+CPU smoke test (tests/test_benchmark_scripts.py): ``--tiny`` with tiny budgets.
 """
 
 from __future__ import annotations
@@ -30,8 +41,12 @@ import torch
 import deepgen
 from deepgen.bench import hardware
 from deepgen.config import parse_assignments
+from deepgen.data import DataConfig, iterate
+from deepgen.data.dataset import Dataset
 from deepgen.metrics import evaluate
 from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
+from deepgen.training import checkpoint as ckpt
+from deepgen.viz import save_image_grid
 
 PUBLISHED = {
     "made": "pytorch-generative 84.87 (dynamic); Germain et al. 88.04 / 86.64 with 32 masks (static)",
@@ -41,12 +56,41 @@ PUBLISHED = {
 TINY = {"made": {"hidden": (16,)}, "pixelcnn": {"channels": 8, "layers": 2, "out_hidden": 8}, "transformer": {"layers": 1, "heads": 2, "width": 16}}
 
 
-def main(argv: list[str] | None = None) -> int:
+class BestWeights:
+    """Keeps a CPU copy of the weights at the epoch with the lowest ``val_loss`` (runs
+    without a run folder: checkpointing a 12M-parameter MADE at each of its sub-second
+    epochs would cost more than its training)."""
+
+    def __init__(self) -> None:
+        self.best: float | None = None
+        self.epoch = 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, trainer) -> None:
+        value = trainer.last.get("val_loss")
+        if value is not None and (self.best is None or value < self.best):
+            self.best, self.epoch = float(value), trainer.loader.epochs_done
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+
+
+def build(args, ds: Dataset):
+    seed_all(args.seed)
+    model = deepgen.create_model(args.model, ds, **(TINY[args.model] if args.tiny else {}))
+    if args.settings:
+        model = deepgen.create_model(args.model, ds, model.config.with_overrides(parse_assignments(args.settings)))
+    return model
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=sorted(PUBLISHED), default="made")
     p.add_argument("--settings", nargs="*", default=[], help="model settings key=value")
-    p.add_argument("--train", nargs="*", default=[], help="trainer settings key=value (bf16, cuda_graph, lr schedule...)")
-    p.add_argument("--time-budget", type=float, default=400.0, help="training seconds")
+    p.add_argument("--train", nargs="*", default=[], help="trainer settings key=value (bf16, cuda_graph, schedule...)")
+    p.add_argument("--time-budget", type=float, default=400.0, help="training seconds in this call (a hard stop)")
+    p.add_argument("--total-budget", type=float, default=0.0, help="training seconds the schedule is sized for, over all calls (0 = --time-budget)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs of the lr schedule; 0 = as many as the probe says fit the total budget")
+    p.add_argument("--probe-seconds", type=float, default=20.0, help="--epochs 0: seconds of a throw-away run that measures steps/s")
+    p.add_argument("--validation", type=int, default=10000, help="last N training images held out for model selection (0 = none: final weights)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--binarization", choices=["dynamic", "static"], default="dynamic")
     p.add_argument("--data-dir", default=None)
@@ -55,36 +99,117 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-test", type=int, default=0, help="first N test images (0 = all 10,000)")
     p.add_argument("--max-train", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="a tiny network (CPU smoke test)")
+    p.add_argument("--run-dir", default=None, help="write the run here (checkpoints, the best kept), so that --resume can continue it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir for another --time-budget seconds")
+    p.add_argument("--samples", default=None, help="write a grid of 64 samples and 8 lower-half completions (PNG) here")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    device = resolve_device(args.device)
-    ds = deepgen.load_dataset("mnist-binarized", data_dir=args.data_dir, binarization=args.binarization, max_train=args.max_train)
-    seed_all(args.seed)
-    settings = {**(TINY[args.model] if args.tiny else {})}
-    model = deepgen.create_model(args.model, ds, **settings)
-    if args.settings:
-        model = deepgen.create_model(args.model, ds, model.config.with_overrides(parse_assignments(args.settings)))
-    cfg = TrainConfig(
-        epochs=10**6, batch_size=args.batch_size, seed=args.seed, device=str(device), max_seconds=args.time_budget,
-        progress=False, tensorboard=False, log_every=200,
-    ).with_overrides(parse_assignments(args.train))
+    if args.resume and not args.run_dir:
+        p.error("--resume continues the run in --run-dir: give --run-dir")
+    return args
+
+
+WARMUP = 20
+
+
+def _probe(args, ds: Dataset, base: TrainConfig) -> dict:
+    """Steps/s of the training configuration ``base`` after :data:`WARMUP` steps, over
+    ``--probe-seconds`` (epoch-end validations included), and the warm-up's seconds."""
+    trainer = Trainer(build(args, ds), ds, base.replace(max_steps=WARMUP, max_seconds=0.0), run_dir=None)
     t0 = time.perf_counter()
-    result = Trainer(model, ds, cfg, run_dir=None).fit()
-    train_s = time.perf_counter() - t0
+    trainer.fit()
+    warm = time.perf_counter() - t0
+    trainer.config = base.replace(max_steps=0, max_seconds=args.probe_seconds)
     t1 = time.perf_counter()
-    r = evaluate(model, ds, ["nll"], batch_size=500, limit=args.limit_test, seed=args.seed, device=device)
+    trainer.fit()
+    seconds = time.perf_counter() - t1
+    steps = trainer.step - WARMUP
+    return {"warmup_steps": WARMUP, "warmup_seconds": round(warm, 1), "steps": steps, "seconds": round(seconds, 1),
+            "steps_per_s": round(steps / max(seconds, 1e-9), 1)}
+
+
+def fresh_trainer(args, device: torch.device) -> tuple[Trainer, dict | None, BestWeights | None]:
+    data = DataConfig(name="mnist-binarized", data_dir=args.data_dir, binarization=args.binarization, max_train=args.max_train, validation=args.validation)
+    ds = deepgen.load_dataset(data)
+    base = TrainConfig(
+        epochs=10**6, batch_size=args.batch_size, seed=args.seed, device=str(device), max_seconds=args.time_budget,
+        progress=False, tensorboard=False, log_every=200, val_limit=args.validation,
+    ).with_overrides(parse_assignments(args.train))
+    if args.run_dir and args.validation:
+        base = base.replace(keep_best="val_loss", keep_checkpoints=1)
+    steps_per_epoch = max(1, len(ds.train) // base.batch_size)
+    probe, epochs = None, args.epochs
+    if not epochs:
+        # The schedule must end inside the budget: a throw-away copy takes WARMUP steps
+        # (compilation, graph capture, autotuning), then trains for the probe's seconds;
+        # steps/s after the warm-up sizes the schedule for the budget less the warm-up.
+        try:
+            probe = _probe(args, ds, base)
+        except Exception as e:  # a fast path that fails here is reported, not fatal: the run goes on without it
+            if not (base.cuda_graph or base.compile):
+                raise
+            print(f"probe failed with cuda_graph/compile ({type(e).__name__}: {e}); training without them", flush=True)
+            base = base.replace(cuda_graph=False, compile=False)
+            probe = _probe(args, ds, base)
+        total = args.total_budget or args.time_budget
+        epochs = max(1, int(0.97 * max(total - probe["warmup_seconds"], 1.0) * probe["steps_per_s"] / steps_per_epoch))
+    keeper = BestWeights() if args.validation and not args.run_dir else None
+    trainer = Trainer(build(args, ds), ds, base.replace(epochs=epochs), run_dir=args.run_dir, data_config=data, callbacks=[keeper] if keeper else [])
+    return trainer, probe, keeper
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    device = resolve_device(args.device)
+    if args.resume:
+        trainer, probe, keeper = Trainer.resume(args.run_dir, max_seconds=args.time_budget), None, None
+    else:
+        trainer, probe, keeper = fresh_trainer(args, device)
+    model, cfg = trainer.model, trainer.config
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    call_s = time.perf_counter() - t0
+    best_val, best_epoch = None, None
+    if keeper is not None and keeper.state is not None:
+        model.load_state_dict(keeper.state)
+        best_val, best_epoch = keeper.best, keeper.epoch
+    elif args.run_dir and cfg.keep_best:
+        best = ckpt.find_checkpoint(args.run_dir, "best")
+        ckpt.load_weights(model, best)
+        best_val = (best.figure or {}).get("value")
+        best_epoch = None if best.step is None else best.step // max(1, trainer.loader.steps_per_epoch)  # checkpoints at epoch ends
+    full = deepgen.load_dataset(trainer.data_config.replace(validation=0, max_train=0))
+    t1 = time.perf_counter()
+    r = evaluate(model, full, ["nll"], batch_size=500, limit=args.limit_test, seed=args.seed, device=device)
     row = {
-        "model": args.model, "settings": model.config.to_dict(), "train": cfg.to_dict(), "binarization": args.binarization,
+        "model": args.model, "settings": model.config.to_dict(), "train": cfg.to_dict(), "binarization": trainer.data_config.binarization,
         "nll": r["nll"], "nll_sem": r["nll_sem"], "nll_bpd": r["nll_bpd"], "test_images": r["n"], "note": r["nll_note"],
-        "steps": result.steps, "epochs": result.epochs, "train_seconds": round(train_s, 1), "eval_seconds": round(time.perf_counter() - t1, 1),
+        "validation_images": trainer.data_config.validation, "best_val_nll": best_val, "best_epoch": best_epoch,
+        "steps": result.steps, "epochs": result.epochs, "schedule_epochs": cfg.epochs, "probe": probe, "resumed": args.resume,
+        "train_seconds": round(result.seconds, 1), "this_call_seconds": round(call_s, 1), "eval_seconds": round(time.perf_counter() - t1, 1),
         "parameters": sum(q.numel() for q in model.parameters()), "published": PUBLISHED[args.model],
         "hardware": hardware(device), "torch": torch.__version__, "command": "python " + shlex.join(sys.argv),
     }
-    print(json.dumps(row, indent=2))
+    print(json.dumps(row, indent=2), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(row, f, indent=2)
+    if args.samples:
+        write_samples(model, full, args.samples, device, args.seed)
     return 0
+
+
+@torch.no_grad()
+def write_samples(model, ds: Dataset, path: str, device: torch.device, seed: int) -> None:
+    """64 samples, then 8 test images, their upper halves completed, side by side."""
+    model.eval()
+    gen = torch.Generator(device).manual_seed(seed)
+    samples = model.sample(64, generator=gen).float().cpu()
+    x = next(iterate(ds, "test", 8, device, gen, limit=8)).x
+    known = torch.zeros_like(x, dtype=torch.bool)
+    known[..., : x.shape[-2] // 2, :] = True
+    done = model.complete(x, known, generator=gen).float().cpu()
+    save_image_grid(torch.cat([samples, x.float().cpu(), done]), path, nrow=8)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_steps(step, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds that ``steps`` calls of ``step()`` take after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def time_fit(trainers: Sequence[Trainer], warmup: int, steps: int, device: torch.device) -> float:
     """Seconds that ``steps`` more training steps of every trainer take (``fit_together``),
     after ``warmup`` untimed steps (compilation, CUDA-graph capture, cuDNN autotuning)."""

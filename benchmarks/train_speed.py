@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
 import torch.nn.functional as F
-from timing import sync, time_fit, write_record
+from timing import time_fit, time_steps, write_record
 from torch import nn
 
 import deepgen
@@ -89,14 +88,7 @@ def time_plain(x_u8: torch.Tensor, batch: int, steps: int, warmup: int, device: 
             static_x.copy_(next_batch())
             captured.replay()
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * batch / (time.perf_counter() - t0)
+    return steps * batch / time_steps(step, warmup, steps, device)
 
 
 def time_deepgen(ds: deepgen.Dataset, batch: int, steps: int, warmup: int, device: torch.device, compile: bool = False, graph: bool = False) -> float:

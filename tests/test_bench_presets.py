@@ -13,3 +13,15 @@ def test_every_model_has_a_preset_with_valid_settings():
         for p in presets:
             model_class(p.model).config_class(**p.settings)  # a wrong name or value raises
         assert len({p.label for p in presets}) == len(presets)
+
+
+def test_every_preset_is_sized_for_its_budget():
+    """On 8-bit 28x28 images no preset is a 100M-parameter network (an MLP decoder with a
+    256-way output per pixel was one): each stays under 20M parameters."""
+    import deepgen
+    from deepgen.data.dataset import DataSpec
+
+    spec = DataSpec((1, 28, 28), "discrete", num_levels=256, name="mnist")
+    for p in bench.IMAGE_PRESETS:
+        n = sum(q.numel() for q in deepgen.create_model(p.model, spec, **p.settings).parameters())
+        assert n < 20_000_000, f"{p.label}: {n:,} parameters"

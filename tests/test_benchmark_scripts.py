@@ -4,24 +4,19 @@ GPU and recorded in benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks", name, "bench")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +78,6 @@ def test_kinds_trains_only_the_runs_asked_for(mc: ModuleType) -> None:
 def test_runs_dir_resumes_to_more_steps(mc: ModuleType, tmp_path: Path) -> None:
     """A second call with --runs-dir continues each run from its checkpoint: the split run's
     final weights equal those of one uninterrupted run of the same length (CPU)."""
-    import torch
     from safetensors.torch import load_file
 
     common = ["--device", "cpu", "--datasets", "ring8", "--seeds", "1", "--arch", "deepgen", "--no-data-row", "--remedy", "pack=2"]
@@ -102,7 +96,6 @@ def test_runs_dir_resumes_to_more_steps(mc: ModuleType, tmp_path: Path) -> None:
 def test_per_process_trains_runs_together(mc: ModuleType, tmp_path: Path) -> None:
     """Four runs trained together in one process: each trains its own steps, the group is
     reproducible, and the runs stay distinct (no run's weights are another's)."""
-    import torch
     from safetensors.torch import load_file
 
     args = ["--device", "cpu", "--datasets", "ring8", "--seeds", "2", "--steps", "4", "--arch", "deepgen", "--no-data-row"]
@@ -142,3 +135,46 @@ def test_stream_speed_runs_and_reuses_its_folder(real_data_dir: Path, tmp_path: 
     stamp = pngs[0].stat().st_mtime_ns
     ss.main(args)  # the folder is written once
     assert pngs[0].stat().st_mtime_ns == stamp and json.loads((tmp_path / "s.json").read_text())["rows"]
+
+
+def test_ar_nll_selects_on_held_out_training_images(real_data_dir: Path, tmp_path: Path) -> None:
+    """The NLL benchmark validates on the last training images (never the test set), keeps
+    the best epoch's weights, sizes its schedule from the probe, and writes its picture."""
+    nll = _load("ar_mnist_nll")
+    out = tmp_path / "row.json"
+    args = ["--model", "made", "--tiny", "--time-budget", "1", "--probe-seconds", "0.5", "--limit-test", "20", "--max-train", "300",
+            "--validation", "100", "--data-dir", str(real_data_dir), "--device", "cpu", "--samples", str(tmp_path / "s.png"), "--out", str(out)]
+    assert nll.main(args) == 0
+    row = json.loads(out.read_text())
+    assert row["test_images"] == 20 and row["validation_images"] == 100 and row["probe"]["steps"] > 0
+    assert row["best_epoch"] is not None and 1 <= row["best_epoch"] <= row["epochs"] <= row["schedule_epochs"]
+    assert row["train"]["epochs"] == row["schedule_epochs"] and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_ar_sampling_and_training_speed_scripts_run(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sampling = _load("ar_sampling")
+    assert sampling.main(["--tiny", "--device", "cpu", "--out", str(tmp_path / "a.json")]) == 0
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert {r.get("sampler") for r in rows} >= {"cached", "naive"} and all(r.get("images_per_s", 1) > 0 for r in rows)
+    speed = _load("ar_train_speed")
+    assert speed.main(["--tiny", "--device", "cpu", "--data-dir", str(real_data_dir), "--steps", "2", "--warmup", "1", "--out", str(tmp_path / "b.json")]) == 0
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["made", "pixelcnn", "transformer"] and all(r["plain"] > 0 and r["deepgen_eager"] > 0 for r in rows)
+
+
+def test_ar_nll_run_dir_resumes_on_its_schedule(real_data_dir: Path, tmp_path: Path) -> None:
+    """A run longer than one device call: the first call sizes the schedule for the total
+    budget and stops at its own; --resume continues on the same schedule, and both calls
+    test the best checkpoint chosen on the held-out images."""
+    nll = _load("ar_mnist_nll")
+    run, out = tmp_path / "run", tmp_path / "row.json"
+    common = ["--model", "pixelcnn", "--tiny", "--limit-test", "20", "--max-train", "64", "--validation", "100", "--batch-size", "16",
+              "--data-dir", str(real_data_dir), "--device", "cpu", "--run-dir", str(run), "--out", str(out)]
+    assert nll.main([*common, "--epochs", "4", "--time-budget", "0.01"]) == 0
+    first = json.loads(out.read_text())
+    assert first["epochs"] < 4 and first["schedule_epochs"] == 4 and first["train"]["keep_best"] == "val_loss"
+    assert nll.main([*common, "--resume", "--time-budget", "600"]) == 0
+    second = json.loads(out.read_text())
+    assert second["resumed"] and second["epochs"] == 4 and second["steps"] == 4 * (64 // 16) and second["best_val_nll"] is not None
+    assert 1 <= second["best_epoch"] <= 4 and second["validation_images"] == 100

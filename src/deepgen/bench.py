@@ -57,8 +57,10 @@ IMAGE_PRESETS: tuple[Preset, ...] = (
     Preset("ae-conv", "ae", {"network": "conv", "latent_dim": 32}),
     Preset("denoising-ae-conv", "denoising-ae", {"network": "conv", "latent_dim": 32}),
     Preset("sparse-ae-conv", "sparse-ae", {"network": "conv", "latent_dim": 32}),
-    Preset("contractive-ae-mlp", "contractive-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32}),
-    Preset("stacked-ae-mlp", "stacked-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32, "pretrain_epochs": 1}),
+    # MLP decoders output D * P units: the logistic mixture keeps them at 6.7M parameters
+    # where the automatic 256-way categorical would make them 104M.
+    Preset("contractive-ae-mlp", "contractive-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32, "likelihood": "logistic-mixture"}),
+    Preset("stacked-ae-mlp", "stacked-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32, "pretrain_epochs": 1, "likelihood": "logistic-mixture"}),
     Preset("aae-conv", "aae", {"network": "conv", "latent_dim": 16}),
     Preset("gan-mlp", "gan", {"network": "mlp", "noise_dim": 64, "g_hidden": (256, 512), "d_hidden": (512, 256)}),
     Preset("dcgan", "dcgan", {"noise_dim": 100}),
@@ -66,7 +68,9 @@ IMAGE_PRESETS: tuple[Preset, ...] = (
     Preset("wgan-gp-conv", "wgan-gp", {"network": "conv", "noise_dim": 100}),
     # Autoregressive models: exact probabilities of the 8-bit pixels; sampling takes one
     # network pass per pixel (784), so their sample metrics cost more time than the others'.
-    Preset("made", "made", {"hidden": (500,), "likelihood": "categorical"}),
+    # MADE's output layer has D * P units: a 256-way categorical would make it 100M
+    # parameters at hidden 500; the logistic mixture needs 3 per component.
+    Preset("made", "made", {"hidden": (500,), "likelihood": "logistic-mixture"}),
     Preset("pixelcnn", "pixelcnn", {"channels": 64, "layers": 8, "likelihood": "logistic-mixture"}),
     Preset("transformer-pixels", "transformer", {"layers": 4, "heads": 4, "width": 256, "dropout": 0.0}),
 )

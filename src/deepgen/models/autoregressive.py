@@ -118,6 +118,7 @@ class TransformerConfig(AutoregressiveConfig):
     weight_decay: float = 0.1  # AdamW, on matrices and embeddings only (nanoGPT's split)
     betas: tuple[float, ...] = (0.9, 0.99)
     levels: int = 0  # pixel tokens: quantise each pixel's levels to this many ids (0 = all)
+    decode_graph: bool = True  # on CUDA, sampling replays the one-position decoding step as a CUDA graph
 
     def validate(self) -> None:
         super().validate()
@@ -227,17 +228,24 @@ class Autoregressive(GenerativeModel):
         """Fill the elements where ``known`` is False, group by group in the model's order,
         each drawn given everything before it: x (N, *shape), known bool (N, *shape) or
         (*shape) -> (N, *shape); known elements are returned unchanged. One network pass
-        per group (D for MADE, H*W for the PixelCNN)."""
+        per group (D for MADE; the PixelCNN overrides this with its cached sampler)."""
+        return self._complete(x, known, self.one_hot(cond, len(x)), self.head_params, self.steps(), generator)
+
+    def _complete(
+        self, x: torch.Tensor, known: torch.Tensor, c: torch.Tensor | None, params, groups: list[torch.Tensor],
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """:meth:`complete` with the network ``params(x, c) -> (N, P, *shape)`` and the
+        sampling ``groups`` given (MADE draws each mask's examples in that mask's order)."""
         n = len(x)
         known = known.to(torch.bool).expand(x.shape).reshape(n, -1)
         out = x.clone()
         flat = out.view(n, -1)
-        c = self.one_hot(cond, n)
-        for group in self.steps():
+        for group in groups:
             todo = ~known[:, group]  # (N, |group|)
             if not bool(todo.any()):
                 continue
-            drawn = self._draw(self.head_params(out, c), generator).reshape(n, -1)[:, group].to(out.dtype)
+            drawn = self._draw(params(out, c), generator).reshape(n, -1)[:, group].to(out.dtype)
             flat[:, group] = torch.where(todo, drawn, flat[:, group])
         return out
 
@@ -327,18 +335,16 @@ class MADEModel(Autoregressive):
         pick = torch.randint(k, (n,), generator=generator, device=self.device) if k > 1 else torch.zeros(n, dtype=torch.long, device=self.device)
         out = torch.zeros((n, *self.spec.shape), device=self.device, dtype=torch.long if self.spec.kind == "tokens" else self.dtype)
         c = self.one_hot(labels, n) if labels is not None else None
-        flat = out.view(n, -1)
         for mask in range(k):
             rows = (pick == mask).nonzero().reshape(-1)
             if len(rows) == 0:
                 continue
             index = torch.tensor(mask, device=self.device)
-            part, cp = out[rows], None if c is None else c[rows]
-            pflat = part.view(len(rows), -1)
-            for dim in self.made.order(mask).tolist():
-                drawn = self._draw(self._params(part, cp, index), generator).reshape(len(rows), -1)
-                pflat[:, dim] = drawn[:, dim].to(part.dtype)
-            flat[rows] = pflat
+            part = out[rows]
+            out[rows] = self._complete(
+                part, torch.zeros_like(part, dtype=torch.bool), None if c is None else c[rows],
+                lambda x_, c_, i=index: self._params(x_, c_, i), list(self.made.order(mask).to(self.device).split(1)), generator,
+            )
         return out
 
 
@@ -447,8 +453,158 @@ class GatedPixelCNN(Autoregressive):
         pixels = torch.arange(h * w, device=self.device)
         return list((pixels[:, None] + h * w * torch.arange(ch, device=self.device)[None, :]).unbind(0))
 
+    # -- the cached sampler (Ramachandran et al. 2017) -----------------------------------------------
+    # The naive sampler re-runs the whole network for each of the H*W pixels. Here every
+    # layer's activations are kept in buffers and only what a new pixel changes is computed:
+    # at the start of row i the vertical stack's row i of every layer (it sees rows < i of
+    # the input only), then for each pixel (i, j) the horizontal stack at that one position
+    # in every layer, and the output network there. Each layer's work over a whole image is
+    # then done once instead of H*W times (Ramachandran et al. 2017, "Fast generation for
+    # convolutional autoregressive models", sec. 3), and the figures are the same.
+
+    @torch.no_grad()
+    def _cached_pass(self, x: torch.Tensor, c: torch.Tensor | None, pixel_done) -> None:
+        """Walk the pixels of x (N, C, H, W) in raster order with cached activations. At each
+        pixel (i, j), ``pixel_done(i, j, params)`` gets its head parameters (N, P, C), which
+        depend on the pixels before it only, and may write pixel (i, j) of ``x`` (a draw)
+        before the walk reads it."""
+        n, ch, height, width = x.shape
+        f, layers = self.config.channels, list(self.gated)
+        pad = max(layer.vertical.kernel_size[1] // 2 for layer in layers)  # zero border: every slice is a view
+        dt = self.dtype
+
+        def buffer() -> torch.Tensor:
+            return x.new_zeros((n, f, height + pad, width + 2 * pad), dtype=dt)
+
+        def at(buf: torch.Tensor, i: int, j: int) -> torch.Tensor:  # buf's value at pixel (i, j): (N, F)
+            return buf[:, :, pad + i, pad + j]
+
+        def embed(i: int, j: int) -> torch.Tensor:  # the 1x1 embedding of pixel (i, j): (N, F)
+            return F.linear(_as_inputs(x[:, :, i, j], self.spec).to(dt), self.embed.weight[:, :, 0, 0], self.embed.bias)
+
+        # Layer l's inputs: v_in[l], h_in[l]; layer 0 reads the embedding in both stacks.
+        emb = buffer()
+        v_in = [emb] + [buffer() for _ in layers[1:]]
+        h_in = [emb] + [buffer() for _ in layers[1:]] + [buffer()]
+        weights = []
+        for layer in layers:
+            wv = layer.vertical.weight * layer.vmask if layer.mask_a else layer.vertical.weight
+            wh = layer.horizontal.weight * layer.hmask if layer.mask_a else layer.horizontal.weight
+            bias = 0 if layer.cond is None or c is None else layer.cond(c)[:, :, None]  # (N, 2F, 1)
+            weights.append((wv, wh.reshape(2 * f, -1), bias))
+        out1, out2 = self.out[1], self.out[3]
+        vh_rows: list[torch.Tensor] = []
+        for i in range(height):
+            # The vertical stacks' row i, layer by layer: input rows i - k//2 .. i (zero rows
+            # above the image; mask A's kernel ignores row i).
+            vh_rows = []
+            for l_, (layer, (wv, _, bias)) in enumerate(zip(layers, weights)):
+                half = layer.vertical.kernel_size[1] // 2
+                rows = v_in[l_][:, :, pad + i - half : pad + i + 1, pad - half : pad + width + half]
+                v_pre = F.conv2d(rows, wv, layer.vertical.bias)[:, :, 0]  # (N, 2F, W)
+                if l_ + 1 < len(layers):
+                    v_in[l_ + 1][:, :, pad + i, pad : pad + width] = layer._gate(v_pre + bias)
+                vh_rows.append(F.conv1d(v_pre, layer.v_to_h.weight[:, :, 0], layer.v_to_h.bias) + bias)  # (N, 2F, W)
+            for j in range(width):
+                h = None
+                for l_, (layer, (_, wh, _)) in enumerate(zip(layers, weights)):
+                    half = layer.horizontal.kernel_size[1] - 1
+                    window = h_in[l_][:, :, pad + i, pad + j - half : pad + j + 1]  # (N, F, half + 1)
+                    gated = layer._gate(F.linear(window.reshape(n, -1), wh, layer.horizontal.bias) + vh_rows[l_][:, :, j])
+                    h = F.linear(gated, layer.h_out.weight[:, :, 0, 0], layer.h_out.bias)
+                    if not layer.mask_a:
+                        h = h + at(h_in[l_], i, j)
+                    h_in[l_ + 1][:, :, pad + i, pad + j] = h
+                params = F.linear(F.relu(F.linear(F.relu(h), out1.weight[:, :, 0, 0], out1.bias)), out2.weight[:, :, 0, 0], out2.bias)
+                pixel_done(i, j, params.reshape(n, self.head.num_params, ch))
+                emb[:, :, pad + i, pad + j] = embed(i, j)
+
+    @torch.no_grad()
+    def cached_head_params(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`head_params` computed pixel by pixel through the sampler's caches:
+        x (N, C, H, W) -> (N, P, C, H, W) (the check that the cached sampler is exact)."""
+        n, ch, height, width = x.shape
+        out = x.new_zeros((n, self.head.num_params, ch, height, width), dtype=self.dtype)
+
+        def keep(i: int, j: int, params: torch.Tensor) -> None:
+            out[:, :, :, i, j] = params
+
+        self._cached_pass(x, self.one_hot(cond, n), keep)
+        return out
+
+    @torch.no_grad()
+    def complete(
+        self, x: torch.Tensor, known: torch.Tensor, *, generator: torch.Generator | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fill the pixels where ``known`` is False in raster order with the cached sampler
+        (a pixel's channels drawn together): x (N, C, H, W), known (N, C, H, W) or (C, H, W)
+        -> (N, C, H, W); known elements are returned unchanged."""
+        n = len(x)
+        known = known.to(torch.bool).expand(x.shape)
+        out = x.clone()
+
+        def draw(i: int, j: int, params: torch.Tensor) -> None:
+            todo = ~known[:, :, i, j]  # (N, C)
+            if bool(todo.any()):
+                drawn = self._draw(params[..., None, None], generator)[..., 0, 0].to(out.dtype)  # (N, C)
+                out[:, :, i, j] = torch.where(todo, drawn, out[:, :, i, j])
+
+        self._cached_pass(out, self.one_hot(cond, n), draw)
+        return out
+
 
 # -- 5. the Transformer ------------------------------------------------------------------------------
+
+
+class StepDecoder:
+    """The Transformer's one-position decoding step at fixed shapes, replayed as a CUDA graph.
+
+    Calling it with the ids at position ``pos - 1`` (N, 1) returns the logits (N, V) of
+    position ``pos`` and writes that position's keys/values into :attr:`cache`; position 0
+    reads the start embeddings ``first`` (N, E) instead of an id. The position is a 0-d
+    device tensor and attention covers the whole cache under a mask (see
+    :class:`~deepgen.nn.transformer.CausalSelfAttention`), so one capture serves every
+    position: a token then costs one graph launch instead of a few launches per layer (the
+    sampler is launch-bound at these sizes). ``graph=False`` runs the same step eagerly.
+    Positions may be prefilled through :meth:`TransformerModel._cached_step` into the same
+    cache; the capture happens at construction, before any prefill, because its warm-up
+    writes slot 0. The returned logits are the graph's output buffer: read them before
+    the next call.
+    """
+
+    def __init__(self, model: TransformerModel, first: torch.Tensor, graph: bool) -> None:
+        n = len(first)
+        self.model = model
+        self.cache = model.new_cache(n)
+        self.prev = torch.zeros(n, 1, dtype=torch.long, device=model.device)
+        self.pos = torch.zeros((), dtype=torch.long, device=model.device)
+        self.first = first.detach().clone()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if graph:
+            side = torch.cuda.Stream(model.device)
+            side.wait_stream(torch.cuda.current_stream(model.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up outside the capture: kernel selection, allocations
+                    self._step()
+            torch.cuda.current_stream(model.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._step()
+
+    def _step(self) -> torch.Tensor:
+        m = self.model
+        h = torch.where(self.pos == 0, self.first[:, None], m.tok(self.prev)) + m.pos(self.pos.reshape(1))  # (N, 1, E)
+        for i, block in enumerate(m.blocks):
+            h = block(h, self.cache, i, self.pos)
+        return m._logits(h)[:, 0]
+
+    def __call__(self, prev: torch.Tensor, pos: int) -> torch.Tensor:
+        self.prev.copy_(prev)
+        self.pos.fill_(pos)
+        if self.graph is None:
+            return self._step()
+        self.graph.replay()
+        return self.out
 
 
 @register("transformer")
@@ -595,6 +751,18 @@ class TransformerModel(GenerativeModel):
         c = self.config
         return KVCache(c.layers, n, c.heads, self.length, c.width // c.heads, self.device, self.dtype)
 
+    def decoder(self, first: torch.Tensor) -> StepDecoder:
+        """A :class:`StepDecoder` for start embeddings ``first`` (N, E): CUDA-graphed on a
+        CUDA device in eval mode with ``decode_graph`` (dropout would be frozen into a
+        graph), eager otherwise."""
+        graph = self.config.decode_graph and self.device.type == "cuda" and not self.training
+        return StepDecoder(self, first, graph)
+
+    def _draw_ids(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One id per row from logits (N, V), tempered: (N,)."""
+        probs = F.softmax(_temper(logits.float(), self.config.temperature, self.config.top_k, dim=-1), dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
     def _cached_step(self, cache: KVCache, ids_in: torch.Tensor, start: int, first: torch.Tensor) -> torch.Tensor:
         """Logits (N, t, V) of positions start..start+t-1, their keys/values written into the cache."""
         h = self._embed(ids_in, start, first)
@@ -624,20 +792,18 @@ class TransformerModel(GenerativeModel):
         known = known.to(torch.bool).expand(x.shape).reshape(n, -1)
         ids = self.to_ids(x).clone()
         first = self._starts(self.labels(cond, n), n)
-        cache = self.new_cache(n)
+        step = self.decoder(first)
         all_known = known.all(dim=0)
         prefix = int(all_known.long().cumprod(0).sum())  # positions 0..prefix-1 known everywhere
         prefix = min(prefix, self.length - 1)
         inp = torch.cat([ids.new_zeros(n, 1), ids[:, :-1]], dim=1)
-        logits = self._cached_step(cache, inp[:, : prefix + 1], 0, first)[:, -1]  # position `prefix`
+        logits = self._cached_step(step.cache, inp[:, : prefix + 1], 0, first)[:, -1]  # position `prefix`
         for t in range(prefix, self.length):
             if t > prefix:
-                logits = self._cached_step(cache, ids[:, t - 1 : t], t, first)[:, -1]
+                logits = step(ids[:, t - 1 : t], t)
             todo = ~known[:, t]
             if bool(todo.any()):
-                probs = F.softmax(_temper(logits.float(), self.config.temperature, self.config.top_k, dim=-1), dim=-1)
-                drawn = torch.multinomial(probs, 1, generator=generator)[:, 0]
-                ids[:, t] = torch.where(todo, drawn, ids[:, t])
+                ids[:, t] = torch.where(todo, self._draw_ids(logits, generator), ids[:, t])
         out = self.from_ids(ids, generator)
         return torch.where(known.reshape(x.shape), x.to(out.dtype), out)
 
@@ -663,24 +829,25 @@ class TransformerModel(GenerativeModel):
         ids = torch.zeros(n, max(length, p), dtype=torch.long, device=self.device)
         ids[:, :p] = prompt.to(self.device)
         first = self._starts(self.labels(cond, n), n)
-        t_max, pos, window, cache = self.length, p, 0, None
+        t_max, pos, window, step = self.length, p, 0, None
         while pos < length:
-            if cache is None or pos - window + 1 > t_max:
-                # (Re)fill: inputs [start, ids[window:pos]], at most T of them.
-                window = max(0, pos - (t_max - 1)) if cache is None else pos - t_max // 2
-                cache = self.new_cache(n)
+            if step is None or pos - window + 1 > t_max:
+                # (Re)fill: inputs [start, ids[window:pos]], at most T of them, into the same
+                # cache (slots past the window's end are masked until rewritten).
+                window = max(0, pos - (t_max - 1)) if step is None else pos - t_max // 2
+                step = step or self.decoder(first)
                 inp = torch.cat([ids.new_zeros(n, 1), ids[:, window:pos]], dim=1)
-                logits = self._cached_step(cache, inp, 0, first)[:, -1]
+                logits = self._cached_step(step.cache, inp, 0, first)[:, -1]
             else:  # ids[pos - 1] is input position pos - window of the window
-                logits = self._cached_step(cache, ids[:, pos - 1 : pos], pos - window, first)[:, -1]
-            probs = F.softmax(_temper(logits.float(), self.config.temperature, self.config.top_k, dim=-1), dim=-1)
-            ids[:, pos] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                logits = step(ids[:, pos - 1 : pos], pos - window)
+            ids[:, pos] = self._draw_ids(logits, generator)
             pos += 1
         return ids[:, :length]
 
 
 __all__ = [
     "Autoregressive",
+    "StepDecoder",
     "AutoregressiveConfig",
     "GatedPixelCNN",
     "MADEConfig",

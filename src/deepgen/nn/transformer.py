@@ -44,15 +44,28 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int | torch.Tensor = 0) -> torch.Tensor:
         """Without a cache: causal attention over the T positions of x. With one: x holds
         positions start..start+T-1; their keys/values are written into ``cache`` (layer
-        ``layer``) and each query attends to every cached position up to its own."""
+        ``layer``) and each query attends to every cached position up to its own.
+
+        ``start`` as a 0-d int64 tensor (one position, T = 1) is the fixed-shape decoding
+        step: the key/value go to that cache slot and the query attends to the whole cache
+        under a mask of the slots <= start, so the shapes, and a CUDA graph of the step, do
+        not depend on the position."""
         b, t, e = x.shape
         q, k, v = self.qkv(x).split(e, dim=2)
         q, k, v = (z.view(b, t, self.heads, e // self.heads).transpose(1, 2) for z in (q, k, v))  # (B, H, T, hd)
         p = self.dropout if self.training else 0.0
-        if cache is None:
+        if isinstance(start, torch.Tensor):
+            if cache is None or t != 1:
+                raise ValueError("a tensor start is the one-position cached step: pass a cache and one position")
+            slot = start.reshape(1)
+            cache.k[layer, :b].index_copy_(2, slot, k)
+            cache.v[layer, :b].index_copy_(2, slot, v)
+            allowed = torch.arange(cache.length, device=x.device) <= start  # (S,): the slots written so far
+            y = F.scaled_dot_product_attention(q, cache.k[layer, :b], cache.v[layer, :b], attn_mask=allowed.view(1, 1, 1, -1))
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             cache.k[layer, :b, :, start : start + t] = k
@@ -80,7 +93,7 @@ class Block(nn.Module):
             nn.Linear(width, 4 * width, bias=bias), nn.GELU(), nn.Linear(4 * width, width, bias=bias), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int | torch.Tensor = 0) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache, layer, start)
         return x + self.mlp(self.ln2(x))
 

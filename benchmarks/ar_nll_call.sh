@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device call: the autoregressive models named as arguments (made, pixelcnn,
+# transformer; default all three) trained on binarized MNIST at once on one GPU. Each
+# process has the whole GPU's memory; they share its time, so each figure's training time
+# is an upper bound on what it needs alone. JSON rows, logs and sample grids go to $OUT.
+#     BUDGET=500 bash benchmarks/ar_nll_call.sh pixelcnn transformer
+#     BUDGET=520 TOTAL=1040 bash benchmarks/ar_nll_call.sh pixelcnn-long   # then, at once:
+#     BUDGET=520 bash benchmarks/ar_nll_call.sh pixelcnn-resume             # (repeat while epochs remain)
+set -u
+export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
+B=${BUDGET:-470}
+common="--data-dir .data --device cuda --probe-seconds 20"
+fast="bf16=true cuda_graph=true schedule=cosine"
+for model in "${@:-made pixelcnn transformer}"; do
+  case $model in
+    made) python benchmarks/ar_mnist_nll.py --model made --settings "hidden=(8000,)" --train $fast \
+            --time-budget 170 $common --out $OUT/made.json > $OUT/made.log 2>&1 & ;;
+    pixelcnn) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=10 --train $fast \
+            --time-budget $B $common --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
+    transformer) python benchmarks/ar_mnist_nll.py --model transformer --settings layers=8 width=256 heads=8 dropout=0.1 \
+            --batch-size 128 --train $fast warmup_steps=200 \
+            --time-budget $B $common --samples $OUT/transformer.png --out $OUT/transformer.json > $OUT/transformer.log 2>&1 & ;;
+    # The PixelCNN alone with compile, on a schedule sized for TOTAL seconds over several
+    # calls on one warm machine: pixelcnn-long starts it (runs/ is kept between calls while
+    # the machine stays warm), pixelcnn-resume continues it; each call tests the best epoch.
+    pixelcnn-long) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=10 \
+            --train bf16=true compile=true schedule=cosine --time-budget $B --total-budget ${TOTAL:-1040} $common \
+            --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
+    pixelcnn-resume) python benchmarks/ar_mnist_nll.py --model pixelcnn --resume --run-dir runs/ar-pixelcnn --time-budget $B \
+            --data-dir .data --device cuda --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
+    *) echo "unknown model $model"; exit 2 ;;
+  esac
+done
+wait
+grep -h '"nll"\|best_epoch\|train_seconds' $OUT/*.json
