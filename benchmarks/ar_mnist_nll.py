@@ -119,7 +119,7 @@ def _probe(args, ds: Dataset, base: TrainConfig) -> dict:
     t0 = time.perf_counter()
     trainer.fit()
     warm = time.perf_counter() - t0
-    trainer.config = base.replace(max_steps=0, max_seconds=args.probe_seconds)
+    trainer.config = base.replace(max_steps=0, max_seconds=trainer.seconds + args.probe_seconds)  # max_seconds counts the run's whole time
     t1 = time.perf_counter()
     trainer.fit()
     seconds = time.perf_counter() - t1
@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     device = resolve_device(args.device)
     if args.resume:
-        trainer, probe, keeper = Trainer.resume(args.run_dir, max_seconds=args.time_budget), None, None
+        trainer, probe, keeper = Trainer.resume(args.run_dir), None, None
+        # max_seconds counts the run's training time over every call: this call adds its budget.
+        trainer.config = trainer.config.replace(max_seconds=trainer.seconds + args.time_budget)
     else:
         trainer, probe, keeper = fresh_trainer(args, device)
     model, cfg = trainer.model, trainer.config
@@ -182,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     r = evaluate(model, full, ["nll"], batch_size=500, limit=args.limit_test, seed=args.seed, device=device)
     row = {
-        "model": args.model, "settings": model.config.to_dict(), "train": cfg.to_dict(), "binarization": trainer.data_config.binarization,
+        "model": trainer.model_name, "settings": model.config.to_dict(), "train": cfg.to_dict(), "binarization": trainer.data_config.binarization,
         "nll": r["nll"], "nll_sem": r["nll_sem"], "nll_bpd": r["nll_bpd"], "test_images": r["n"], "note": r["nll_note"],
         "validation_images": trainer.data_config.validation, "best_val_nll": best_val, "best_epoch": best_epoch,
         "steps": result.steps, "epochs": result.epochs, "schedule_epochs": cfg.epochs, "probe": probe, "resumed": args.resume,
         "train_seconds": round(result.seconds, 1), "this_call_seconds": round(call_s, 1), "eval_seconds": round(time.perf_counter() - t1, 1),
-        "parameters": sum(q.numel() for q in model.parameters()), "published": PUBLISHED[args.model],
+        "parameters": sum(q.numel() for q in model.parameters()), "published": PUBLISHED[trainer.model_name],
         "hardware": hardware(device), "torch": torch.__version__, "command": "python " + shlex.join(sys.argv),
     }
     print(json.dumps(row, indent=2), flush=True)

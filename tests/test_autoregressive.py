@@ -258,3 +258,12 @@ def test_transformer_fixed_shape_decoding_step_gives_the_logits():
     fresh = model.decoder(first)
     for t in range(10):
         torch.testing.assert_close(fresh(inp[:, t : t + 1], t), full[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_samples_under_autocast():
+    """bf16 autocast around sampling: the cache keeps the model's dtype (keys and values are
+    cast as they are written)."""
+    model = _model("transformer", DataSpec((6,), "tokens", vocab_size=4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ids = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (3, 6) and int(ids.max()) < 4

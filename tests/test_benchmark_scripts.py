@@ -178,3 +178,5 @@ def test_ar_nll_run_dir_resumes_on_its_schedule(real_data_dir: Path, tmp_path: P
     second = json.loads(out.read_text())
     assert second["resumed"] and second["epochs"] == 4 and second["steps"] == 4 * (64 // 16) and second["best_val_nll"] is not None
     assert 1 <= second["best_epoch"] <= 4 and second["validation_images"] == 100
+    # max_seconds counts the run's whole training time: the resumed call adds its own budget to it.
+    assert second["train"]["max_seconds"] == pytest.approx(first["train_seconds"] + 600, abs=0.5)

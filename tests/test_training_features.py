@@ -169,6 +169,34 @@ def test_validation_split_is_held_out_of_training_and_validates(tmp_path):
         whole.split("val")
 
 
+def test_text_validation_shares_no_character_with_training(tmp_path):
+    """Text windows start at every offset: the hold-out leaves block_size - 1 windows out
+    between the splits, so the last training window ends before the first validation one."""
+    path = tmp_path / "notes.txt"
+    path.write_text("".join(chr(97 + (i * 7) % 26) for i in range(3000)), encoding="utf-8")
+    whole = deepgen.load_dataset(DataConfig(name=str(path), block_size=16))
+    ds = deepgen.load_dataset(DataConfig(name=str(path), block_size=16, validation=50))
+    assert len(ds.val) == 50 and len(ds.train) == len(whole.train) - 50 - 15
+    assert torch.equal(ds.val.x, whole.train.x[-50:]) and torch.equal(ds.train.x, whole.train.x[: len(ds.train)])
+    # Window i covers characters i .. i + 15 of the training text.
+    last_train_char = len(ds.train) - 1 + 15
+    first_val_char = len(whole.train) - 50
+    assert last_train_char < first_val_char
+
+
+def test_eval_and_score_read_the_validation_split(tmp_path, capsys):
+    from deepgen.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "vae", "--data", "digits", "--set", "validation=100", "--set", "max_train=100", "--set", "hidden=16",
+            "--epochs", "1", "--set", "progress=false", "--set", "tensorboard=false", "--out", str(run)]
+    assert main(args) == 0
+    assert main(["eval", str(run), "--metrics", "recon", "--split", "val", "--quiet"]) == 0
+    assert "100" in capsys.readouterr().out
+    assert main(["score", str(run), "--split", "val", "--by", "recon", "--out", str(tmp_path / "s.csv")]) == 0
+    assert len((tmp_path / "s.csv").read_text().strip().splitlines()) == 101  # a header and 100 rows
+
+
 def test_multi_phase_models_log_val_per_phase_and_lr_per_phase(tmp_path):
     trainer = _trainer(tmp_path / "run", model_name="gan", model_args={}, epochs=1, max_steps=2)
     trainer.fit()

@@ -605,7 +605,7 @@ def _run_and_data(args: argparse.Namespace) -> tuple[Any, Any, torch.device]:
         name = args.data
         if name not in {n for n, _ in dataset_descriptions()} and Path(name).expanduser().exists():
             name = str(Path(name).expanduser().resolve())
-        over: dict[str, Any] = {"name": name}
+        over: dict[str, Any] = {"name": name, "validation": 0}  # the run's hold-out size is about its own data
         if args.data_dir is not None:
             over["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
         dataset = run.load_dataset(**over)
@@ -1065,7 +1065,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument("--metrics", default="recon,elbo,nll", help="comma-separated metric names (default recon,elbo,nll)")
-    p.add_argument("--split", default="test", choices=["train", "test"], help="split to evaluate (default test)")
+    p.add_argument("--split", default="test", choices=["train", "test", "val"], help="split to evaluate (default test; val: the run's held-out validation split)")
     p.add_argument("--limit", type=int, default=0, help="use the first N examples (default 0 = all)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per model call (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's randomness (default 0)")
@@ -1117,7 +1117,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("run", metavar="RUN", help="run folder")
         p.add_argument("--data", metavar="NAME", default=None, help="dataset name or path (default: the run's own data)")
         p.add_argument("--data-dir", metavar="DIR", default=None, help="folder searched first for the dataset's files")
-        p.add_argument("--split", default="test", choices=["train", "test"], help="split (default test)")
+        p.add_argument("--split", default="test", choices=["train", "test", "val"], help="split (default test; val: the run's held-out validation split)")
         p.add_argument("--limit", type=int, default=0, help="the first N examples (default 0 = all)")
         p.add_argument("--batch-size", type=int, default=256, help="examples per model call (default 256)")
         p.add_argument("--seed", type=int, default=0, help="seed of binarization / importance samples (default 0)")

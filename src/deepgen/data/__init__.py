@@ -181,12 +181,18 @@ def _load(config: DataConfig, arrays: dict[str, Any] | None = None) -> Dataset:
         )
     if config.validation:
         n = len(ds.train)
-        if config.validation >= n:
-            raise UserError(f"validation={config.validation} would hold out every training example: {config.name!r} has {n}. Use fewer.")
+        # Examples that share values with their neighbours (text windows at every offset)
+        # leave a gap of that many between the two splits, so no value is in both.
+        gap = int(ds.meta.get("train_overlap", 0))
+        if config.validation + gap >= n:
+            raise UserError(
+                f"validation={config.validation} would hold out every training example: {config.name!r} has {n}"
+                + (f" (and {gap} more are left out between the splits)" if gap else "") + ". Use fewer."
+            )
         # The last examples, taken before max_train: the yardstick stays the same when
         # max_train changes. (Sources without a test split shuffled before splitting.)
         ds.val = ds.train.slice(n - config.validation, None)
-        ds.train = ds.train.slice(0, n - config.validation)
+        ds.train = ds.train.slice(0, n - config.validation - gap)
     if config.max_train:
         ds.train = ds.train.subset(config.max_train)
     ds.config = config

@@ -79,7 +79,10 @@ def text_dataset(text: str, name: str, config: DataConfig, meta: dict | None = N
             f"({len(train)} train, {len(test)} validation). Use a smaller block_size or more text."
         )
     spec = DataSpec(shape=(length,), kind="tokens", vocab_size=len(vocab), name=name)
-    info = {"vocab": vocab, "characters": len(ids), "train_characters": len(train), "test_characters": len(test)}
+    info = {"vocab": vocab, "characters": len(ids), "train_characters": len(train), "test_characters": len(test),
+            # Consecutive training windows share block_size - 1 characters: a validation
+            # hold-out (DataConfig.validation) leaves that many windows out between the two.
+            "train_overlap": length - 1}
     info.update(meta or {})
     return Dataset(name, spec, Split(_windows(train, length, 1)), Split(_windows(test, length, length)), meta=info)
 

@@ -70,7 +70,7 @@ _NOISE_STREAM = 0x5EED_DE0  # offset of the dequantization-noise seed from EvalC
 class EvalContext:
     """Where and how a metric reads its data.
 
-    ``split``: "train" or "test". ``batch_size``: examples per model call (bound memory
+    ``split``: "train", "test" or "val" (the held-out validation split of data loaded with ``validation=N``). ``batch_size``: examples per model call (bound memory
     with it: an IWAE bound with k samples evaluates ``batch_size * k`` decoder passes at
     once). ``limit``: use the first ``limit`` examples (0 = the whole split). ``device``:
     where batches are placed (the model's device). ``seed``: seeds :meth:`generator`
@@ -89,8 +89,8 @@ class EvalContext:
     metric: str = ""  # the metric being run: the bars' label
 
     def __post_init__(self) -> None:
-        if self.split not in ("train", "test"):
-            raise UserError(f"unknown split {self.split!r}. Accepted: train, test.")
+        if self.split not in ("train", "test", "val"):
+            raise UserError(f"unknown split {self.split!r}. Accepted: train, test, val (data with validation=N).")
         if self.batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.limit < 0:

@@ -241,9 +241,10 @@ class Autoregressive(GenerativeModel):
         known = known.to(torch.bool).expand(x.shape).reshape(n, -1)
         out = x.clone()
         flat = out.view(n, -1)
+        partly_known = bool(known.any())  # one sync; sampling (nothing known) then needs no other
         for group in groups:
             todo = ~known[:, group]  # (N, |group|)
-            if not bool(todo.any()):
+            if partly_known and not bool(todo.any()):
                 continue
             drawn = self._draw(params(out, c), generator).reshape(n, -1)[:, group].to(out.dtype)
             flat[:, group] = torch.where(todo, drawn, flat[:, group])
@@ -581,15 +582,19 @@ class StepDecoder:
         self.first = first.detach().clone()
         self.graph: torch.cuda.CUDAGraph | None = None
         if graph:
-            side = torch.cuda.Stream(model.device)
-            side.wait_stream(torch.cuda.current_stream(model.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up outside the capture: kernel selection, allocations
-                    self._step()
-            torch.cuda.current_stream(model.device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = self._step()
+            # On the model's device (not the current one), on a side stream; thread-local
+            # capture, as the trainer's, so that other threads (a loader's pin-memory
+            # thread) may use CUDA meanwhile; no autocast inside (the weights' dtype).
+            with torch.cuda.device(model.device), torch.autocast("cuda", enabled=False):
+                side = torch.cuda.Stream(model.device)
+                side.wait_stream(torch.cuda.current_stream(model.device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):  # warm-up outside the capture: kernel selection, allocations
+                        self._step()
+                torch.cuda.current_stream(model.device).wait_stream(side)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+                    self.out = self._step()
 
     def _step(self) -> torch.Tensor:
         m = self.model

@@ -61,8 +61,8 @@ class CausalSelfAttention(nn.Module):
             if cache is None or t != 1:
                 raise ValueError("a tensor start is the one-position cached step: pass a cache and one position")
             slot = start.reshape(1)
-            cache.k[layer, :b].index_copy_(2, slot, k)
-            cache.v[layer, :b].index_copy_(2, slot, v)
+            cache.k[layer, :b].index_copy_(2, slot, k.to(cache.k.dtype))  # under autocast k is bf16, the cache the model's dtype
+            cache.v[layer, :b].index_copy_(2, slot, v.to(cache.v.dtype))
             allowed = torch.arange(cache.length, device=x.device) <= start  # (S,): the slots written so far
             y = F.scaled_dot_product_attention(q, cache.k[layer, :b], cache.v[layer, :b], attn_mask=allowed.view(1, 1, 1, -1))
         elif cache is None:
