@@ -37,6 +37,7 @@ import sys
 import time
 
 import torch
+from timing import BestWeights
 
 import deepgen
 from deepgen.bench import hardware
@@ -54,23 +55,6 @@ PUBLISHED = {
     "transformer": "pytorch-generative ImageGPT 79.17 (dynamic)",
 }
 TINY = {"made": {"hidden": (16,)}, "pixelcnn": {"channels": 8, "layers": 2, "out_hidden": 8}, "transformer": {"layers": 1, "heads": 2, "width": 16}}
-
-
-class BestWeights:
-    """Keeps a CPU copy of the weights at the epoch with the lowest ``val_loss`` (runs
-    without a run folder: checkpointing a 12M-parameter MADE at each of its sub-second
-    epochs would cost more than its training)."""
-
-    def __init__(self) -> None:
-        self.best: float | None = None
-        self.epoch = 0
-        self.state: dict[str, torch.Tensor] | None = None
-
-    def on_epoch_end(self, trainer) -> None:
-        value = trainer.last.get("val_loss")
-        if value is not None and (self.best is None or value < self.best):
-            self.best, self.epoch = float(value), trainer.loader.epochs_done
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
 
 
 def build(args, ds: Dataset):

@@ -1,4 +1,5 @@
-"""Timing helpers shared by the speed benchmarks (train_speed.py, gan_speed.py)."""
+"""Helpers shared by the benchmarks: timing (train_speed.py, gan_speed.py, ar_train_speed.py)
+and keeping the best validation epoch's weights (ar_mnist_nll.py, flow_tables.py)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,21 @@ def write_record(path: str, rows: list[dict], hardware: str) -> None:
     """The measured rows as JSON, with the hardware, torch and Python versions and the command."""
     record = {"rows": rows, "hardware": hardware, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}
     Path(path).write_text(json.dumps(record, indent=2))
+
+
+class BestWeights:
+    """A trainer callback that keeps a CPU copy of the weights at the epoch with the lowest
+    ``val_loss`` (the trainer's validation figure): model selection on held-out data in
+    runs without a run folder (checkpointing a large model at each of its sub-second epochs
+    would cost more than its training)."""
+
+    def __init__(self) -> None:
+        self.best: float | None = None
+        self.epoch = 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        value = trainer.last.get("val_loss")
+        if value is not None and (self.best is None or value < self.best):
+            self.best, self.epoch = float(value), trainer.loader.epochs_done
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}

@@ -75,7 +75,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def load_script(folder: str, name: str, prefix: str) -> ModuleType:
     """Import ``ROOT/folder/name.py`` (a benchmark or example script, not a package) as
-    module ``prefix_name``."""
+    module ``prefix_name``, with its folder on ``sys.path`` as when it runs as a script
+    (the benchmarks import their shared ``timing`` module)."""
+    if str(ROOT / folder) not in sys.path:
+        sys.path.append(str(ROOT / folder))
     spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", ROOT / folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

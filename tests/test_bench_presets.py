@@ -21,7 +21,7 @@ def test_every_preset_is_sized_for_its_budget():
     import deepgen
     from deepgen.data.dataset import DataSpec
 
-    spec = DataSpec((1, 28, 28), "discrete", num_levels=256, name="mnist")
+    spec = DataSpec((1, 28, 28), "continuous", num_levels=256, num_classes=10, name="mnist")  # what load_dataset("mnist") gives
     for p in bench.IMAGE_PRESETS:
         n = sum(q.numel() for q in deepgen.create_model(p.model, spec, **p.settings).parameters())
         assert n < 20_000_000, f"{p.label}: {n:,} parameters"

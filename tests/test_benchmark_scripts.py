@@ -5,6 +5,7 @@ GPU and recorded in benchmarks/RESULTS.md."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import ModuleType
 
@@ -180,3 +181,18 @@ def test_ar_nll_run_dir_resumes_on_its_schedule(real_data_dir: Path, tmp_path: P
     assert 1 <= second["best_epoch"] <= 4 and second["validation_images"] == 100
     # max_seconds counts the run's whole training time: the resumed call adds its own budget to it.
     assert second["train"]["max_seconds"] == pytest.approx(first["train_seconds"] + 600, abs=0.5)
+
+
+def test_flow_tables_compares_flows_with_a_mixture_on_held_out_data(tmp_path: Path) -> None:
+    """The tabular benchmark: one GaussianMixture row and one row per flow for each data set,
+    all on the same standardised splits; selection on the validation split."""
+    ft = _load("flow_tables")
+    out = tmp_path / "t.json"
+    assert ft.main(["--tiny", "--datasets", "wine,moons", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["dataset"], r["model"]) for r in rows] == [
+        (d, m) for d in ("wine", "moons") for m in ("gaussian-mixture", "maf", "nsf", "realnvp")
+    ]
+    assert all(math.isfinite(r["test_ll"]) for r in rows) and rows[0]["components"] >= 1
+    wine = ft.table("wine", 0)
+    assert len(wine.val) == 36 and len(wine.test) == 36 and abs(float(wine.train.x.mean())) < 0.3  # standardised

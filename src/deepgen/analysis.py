@@ -18,6 +18,10 @@ file                   needs              shows
 ``interpolation.png``   ``interpolate``   decoded paths between pairs of test examples
 ``completions.png``     ``complete``      test images (top row) above their lower halves
                                           drawn given the upper halves
+``density.png``         ``log_prob``      2-D points: an exact density as a heat map beside
+                        (exact), 2-D      the test points, samples drawn over it
+``temperatures.png``    a ``temperature`` images: rows of samples at temperatures 0.5 .. 1
+                        setting, images
 ``samples.txt``         token data with   samples decoded with the dataset's vocabulary
                         a vocabulary      (character-level text)
 =====================  =================  ===============================================
@@ -43,8 +47,16 @@ from .data.dataset import Dataset, DataSpec
 from .data.resident import iterate
 from .data.text import decode_text
 from .io import atomic_path
-from .models.base import Completion, Decoder, Encoder, GenerativeModel, Interpolator, Reconstructor
-from .viz import save_image_grid, save_samples, save_scatter
+from .models.base import (
+    Completion,
+    Decoder,
+    Encoder,
+    GenerativeModel,
+    Interpolator,
+    LogProb,
+    Reconstructor,
+)
+from .viz import save_density, save_image_grid, save_samples, save_scatter
 
 MAX_EXAMPLES = 2000  # test examples used for codes and quantiles
 RECON_COLUMNS = 10  # inputs shown in reconstructions.png
@@ -53,6 +65,8 @@ INTERP_ROWS = 4  # pairs shown in interpolation.png
 INTERP_STEPS = 10  # decoded points per pair (endpoints included)
 SAMPLES = 64  # images in samples.png (2-D data: 20x as many points)
 TEXT_SAMPLES = 4  # token models: sequences decoded into samples.txt
+DENSITY_GRID = 200  # density.png: the density on a DENSITY_GRID x DENSITY_GRID grid
+TEMPERATURES = (0.5, 0.7, 0.85, 1.0)  # temperatures.png: one row of samples per sampling temperature
 
 
 def to_unit(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
@@ -192,6 +206,37 @@ def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torc
         text = "\n\n".join(f"--- sample {i + 1} ---\n" + decode_text(s, vocab) for i, s in enumerate(samples))
         with atomic_path(path) as tmp:
             tmp.write_text(text + "\n", encoding="utf-8")
+        written.append(path)
+
+    # density.png: an exact density of 2-D points as a heat map beside the data, samples over it.
+    if isinstance(model, LogProb) and spec.shape == (2,) and spec.kind == "real" and have_test and model.likelihood_info().kind == "exact":
+        lo, hi = x.min(dim=0).values, x.max(dim=0).values
+        pad = 0.15 * (hi - lo).clamp_min(1e-3)
+        lo, hi = (lo - pad).tolist(), (hi + pad).tolist()
+        gx = torch.linspace(lo[0], hi[0], DENSITY_GRID, device=device)
+        gy = torch.linspace(lo[1], hi[1], DENSITY_GRID, device=device)
+        yy, xx = torch.meshgrid(gy, gx, indexing="ij")  # rows along y
+        points = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1).to(x.dtype)
+        lab = torch.zeros(len(points), dtype=torch.long, device=device) if cond else None
+        logp = torch.cat([_with_labels(model.log_prob, points[i : i + 10000], None if lab is None else lab[i : i + 10000]) for i in range(0, len(points), 10000)])
+        path = run_dir / "density.png"
+        title = "model log density" + (" of class 0" if cond else "") + " (8 nats shown), samples in white"
+        save_density(logp.reshape(DENSITY_GRID, DENSITY_GRID), (lo[0], hi[0], lo[1], hi[1]), x, samples[: 20 * SAMPLES], path, title)
+        written.append(path)
+
+    # temperatures.png: samples at a few sampling temperatures, one row each (images).
+    if spec.is_image and hasattr(model.config, "temperature"):
+        config = model.config
+        rows = []
+        try:
+            for t in TEMPERATURES:
+                model.config = config.replace(temperature=t)
+                row_cond = torch.arange(8, device=device) % model.num_classes if model.num_classes else None
+                rows.append(model.sample(8, generator=torch.Generator(device).manual_seed(seed + 99), cond=row_cond))
+        finally:
+            model.config = config
+        path = run_dir / "temperatures.png"
+        save_image_grid(to_unit(torch.cat(rows).reshape(-1, *spec.shape), spec), path, nrow=8)
         written.append(path)
 
     # completions.png: test images (top) and their lower halves drawn given the upper halves.

@@ -57,10 +57,8 @@ IMAGE_PRESETS: tuple[Preset, ...] = (
     Preset("ae-conv", "ae", {"network": "conv", "latent_dim": 32}),
     Preset("denoising-ae-conv", "denoising-ae", {"network": "conv", "latent_dim": 32}),
     Preset("sparse-ae-conv", "sparse-ae", {"network": "conv", "latent_dim": 32}),
-    # MLP decoders output D * P units: the logistic mixture keeps them at 6.7M parameters
-    # where the automatic 256-way categorical would make them 104M.
-    Preset("contractive-ae-mlp", "contractive-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32, "likelihood": "logistic-mixture"}),
-    Preset("stacked-ae-mlp", "stacked-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32, "pretrain_epochs": 1, "likelihood": "logistic-mixture"}),
+    Preset("contractive-ae-mlp", "contractive-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32}),
+    Preset("stacked-ae-mlp", "stacked-ae", {"network": "mlp", "hidden": (512, 256), "latent_dim": 32, "pretrain_epochs": 1}),
     Preset("aae-conv", "aae", {"network": "conv", "latent_dim": 16}),
     Preset("gan-mlp", "gan", {"network": "mlp", "noise_dim": 64, "g_hidden": (256, 512), "d_hidden": (512, 256)}),
     Preset("dcgan", "dcgan", {"noise_dim": 100}),
@@ -73,6 +71,11 @@ IMAGE_PRESETS: tuple[Preset, ...] = (
     Preset("made", "made", {"hidden": (500,), "likelihood": "logistic-mixture"}),
     Preset("pixelcnn", "pixelcnn", {"channels": 64, "layers": 8, "likelihood": "logistic-mixture"}),
     Preset("transformer-pixels", "transformer", {"layers": 4, "heads": 4, "width": 256, "dropout": 0.0}),
+    # Normalizing flows: exact densities of the dequantized pixels (bits/dim with the bin width).
+    Preset("realnvp", "realnvp", {"scales": 3, "couplings": 3, "channels": 64}),
+    Preset("glow", "glow", {"levels": 2, "steps": 8, "channels": 128}),
+    Preset("maf", "maf", {"layers": 5, "hidden": (1024,)}),
+    Preset("nsf", "nsf", {"layers": 5, "hidden": (256, 256)}),
 )
 
 PRESETS: dict[str, tuple[Preset, ...]] = {"mnist": IMAGE_PRESETS, "fashion-mnist": IMAGE_PRESETS}

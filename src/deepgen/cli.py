@@ -802,6 +802,10 @@ MODEL_EXAMPLES: dict[str, str] = {
     "wgan-gp": "train wgan-gp --data ring8 --epochs 10 --out runs/wgan-gp",
     "transformer": "train transformer --data digits --set layers=2 --set heads=4 --set width=128 --epochs 5 --out runs/transformer",
     "pixelcnn": "train pixelcnn --data digits --epochs 2 --out runs/pixelcnn",
+    "realnvp": "train realnvp --data digits --epochs 10 --out runs/realnvp",
+    "glow": "train glow --data digits --set steps=4 --set channels=32 --epochs 10 --out runs/glow",
+    "maf": "train maf --data moons --epochs 20 --out runs/maf",
+    "nsf": "train nsf --data moons --epochs 20 --out runs/nsf",
 }
 
 

@@ -120,3 +120,39 @@ def save_histograms(values: dict[str, torch.Tensor], path: str | Path, bins: int
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def save_density(
+    log_density: torch.Tensor,
+    extent: tuple[float, float, float, float],
+    data: torch.Tensor,
+    samples: torch.Tensor,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Two panels: the data (N, 2) as points, and a model's log density on a (G, G) grid
+    over ``extent`` = (x0, x1, y0, y1) (rows along y) as a heat map, clipped to the 8 nats
+    below its maximum (a peaked density would show its top alone), with ``samples`` (M, 2)
+    drawn over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logd = log_density.detach().double().cpu()
+    top = float(logd[torch.isfinite(logd)].max()) if bool(torch.isfinite(logd).any()) else 0.0
+    dens = logd.nan_to_num(nan=top - 8, neginf=top - 8).clamp(top - 8, top).numpy()
+    d, s = data.detach().float().cpu().numpy(), samples.detach().float().cpu().numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), dpi=100)
+    axes[0].scatter(d[:, 0], d[:, 1], s=3, alpha=0.6)
+    axes[0].set_title(f"{len(d)} test points")
+    axes[1].imshow(dens, origin="lower", extent=extent, cmap="viridis", aspect="auto")
+    axes[1].scatter(s[:, 0], s[:, 1], s=2, c="white", alpha=0.5)
+    axes[1].set_title(title or "model log density (8 nats shown), samples in white")
+    for ax in axes:
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

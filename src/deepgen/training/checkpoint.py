@@ -104,8 +104,10 @@ LATENT = "latent.png"
 MANIFOLD = "manifold.png"
 INTERPOLATION = "interpolation.png"
 COMPLETIONS = "completions.png"
+DENSITY = "density.png"
+TEMPERATURES = "temperatures.png"
 SAMPLES_TEXT = "samples.txt"  # text samples of token data with a vocabulary
-PICTURES = (SAMPLES, RECONSTRUCTIONS, MANIFOLD, LATENT, INTERPOLATION, HISTOGRAMS, COMPLETIONS)
+PICTURES = (SAMPLES, RECONSTRUCTIONS, MANIFOLD, LATENT, INTERPOLATION, HISTOGRAMS, COMPLETIONS, DENSITY, TEMPERATURES)
 
 # The files of one checkpoint, relative to its folder; the views at the top of the run
 # folder have the names of the first three.

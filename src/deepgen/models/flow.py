@@ -1,0 +1,440 @@
+"""Normalizing flows: RealNVP, Glow, MAF and neural spline flows, with exact log-likelihoods.
+
+A flow is an invertible map f from data x to codes z of the same size, with a standard
+normal base density: log p(x) = log N(f(x); 0, I) + log |det df/dx| (Dinh et al. 2017,
+eq. 3). Everything here is that formula over the bijections of :mod:`deepgen.nn.flows`
+and :mod:`deepgen.nn.splines`; the models differ only in which bijections they stack.
+
+The chapter, top to bottom:
+
+1. configs: :class:`FlowConfig` (what all four share: conditioning, the logit transform's
+   alpha, the sampling temperature), then one per model;
+2. :class:`Flow` (not registered): the shared part: the preprocessing of [0, 1] data
+   (the logit transform, its log-determinant counted), ``forward``/``inverse`` (the
+   contract's invertible capability), the exact ``log_prob``, the loss on dequantized
+   data, sampling at a temperature, encode / decode / interpolate in z;
+3. the multi-scale architecture of RealNVP and Glow (:class:`MultiScale`: squeeze, steps,
+   factor half the channels out, repeat);
+4. the four registered models: ``realnvp`` (Dinh et al. 2017), ``glow`` (Kingma &
+   Dhariwal 2018), ``maf`` (Papamakarios et al. 2017) and ``nsf`` (Durkan et al. 2019).
+
+Data. ``continuous`` data in [0, 1] (8-bit images: the trainer's batches are dequantized
+to y = (k + u) / 256 first, :func:`deepgen.data.dequantize`) goes through
+y -> logit(alpha + (1 - 2 alpha) y), whose log-determinant is part of every log-likelihood,
+so bits/dim follow the flow papers' convention (BENCHMARKS.md: bits/dim = (NLL / D + ln 256)
+/ ln 2 on dequantized data). ``real`` data (standardised tables, 2-D points) is modelled
+as it is. Images keep their shape through RealNVP and Glow; MAF and NSF see flattened
+vectors.
+
+Shapes: ``N`` batch, ``D`` values per example, images (N, C, H, W), codes z (N, D).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..data.dataset import Batch, DataSpec, Kind
+from ..data.dequantize import dequantize, quantize
+from ..errors import UserError
+from ..nn import flows as fl
+from ..nn import splines as sp
+from ..registry import register
+from .base import GenerativeModel, Likelihood, LossOutput, ModelConfig
+
+LOG_2PI = math.log(2 * math.pi)
+
+# -- 1. configs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowConfig(ModelConfig):
+    """What every flow shares."""
+
+    conditional: bool = False  # class-conditional p(x | y): labels enter every coupling network
+    logit_alpha: float = 0.05  # [0, 1] data: y -> logit(alpha + (1 - 2 alpha) y) (RealNVP sec. 4.1)
+    temperature: float = 1.0  # sampling: z ~ N(0, T^2 I) (Glow sec. 5); 1 = the model's own density
+
+    def validate(self) -> None:
+        super().validate()
+        self.check(0 < self.logit_alpha < 0.5, f"logit_alpha must be in (0, 0.5), got {self.logit_alpha}")
+        self.check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class RealNVPConfig(FlowConfig):
+    """Settings of ``realnvp``."""
+
+    scales: int = 3  # images: scales of the multi-scale architecture (each but the last squeezes and factors out half)
+    couplings: int = 3  # images: checkerboard couplings per scale (and as many channel couplings after each squeeze)
+    channels: int = 64  # images: width of the coupling networks' convolutions
+    layers: int = 8  # vectors: affine couplings (halves alternate)
+    hidden: tuple[int, ...] = (256, 256)  # vectors: the coupling MLPs' hidden layers
+
+    def validate(self) -> None:
+        super().validate()
+        self.check(self.scales >= 1 and self.couplings >= 1 and self.channels >= 1 and self.layers >= 1, "scales, couplings, channels and layers must be >= 1")
+        self.check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), f"hidden must be one or more sizes >= 1, got {self.hidden}")
+
+
+@dataclass(frozen=True)
+class GlowConfig(FlowConfig):
+    """Settings of ``glow``."""
+
+    levels: int = 2  # images: levels L (each squeezes; each but the last factors out half the channels)
+    steps: int = 8  # flow steps K per level (vectors: in all): actnorm, invertible 1x1 conv, affine coupling
+    channels: int = 128  # images: width of the coupling networks' convolutions
+    hidden: tuple[int, ...] = (256, 256)  # vectors: the coupling MLPs' hidden layers
+
+    def validate(self) -> None:
+        super().validate()
+        self.check(self.levels >= 1 and self.steps >= 1 and self.channels >= 1, "levels, steps and channels must be >= 1")
+        self.check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), f"hidden must be one or more sizes >= 1, got {self.hidden}")
+
+
+@dataclass(frozen=True)
+class MAFConfig(FlowConfig):
+    """Settings of ``maf``."""
+
+    layers: int = 5  # MADE layers (Papamakarios et al.'s MNIST model: 5), each followed by a reversal of the order
+    hidden: tuple[int, ...] = (1024,)  # each MADE's hidden layers
+
+    def validate(self) -> None:
+        super().validate()
+        self.check(self.layers >= 1, f"layers must be >= 1, got {self.layers}")
+        self.check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), f"hidden must be one or more sizes >= 1, got {self.hidden}")
+
+
+@dataclass(frozen=True)
+class NSFConfig(FlowConfig):
+    """Settings of ``nsf``."""
+
+    layers: int = 5  # spline transforms, each followed by an invertible linear map (LU)
+    hidden: tuple[int, ...] = (256, 256)  # the conditioners' hidden layers
+    bins: int = 8  # rational-quadratic bins K per dimension
+    tail_bound: float = 5.0  # the splines act on [-B, B]; linear (identity) tails outside
+    autoregressive: bool = False  # MADE conditioners (RQ-NSF (AR)) instead of couplings (RQ-NSF (C))
+
+    def validate(self) -> None:
+        super().validate()
+        self.check(self.layers >= 1 and self.bins >= 2, "layers must be >= 1 and bins >= 2")
+        self.check(self.tail_bound > 0, f"tail_bound must be > 0, got {self.tail_bound}")
+        self.check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), f"hidden must be one or more sizes >= 1, got {self.hidden}")
+
+
+# -- 2. what the four share -----------------------------------------------------------------------
+
+
+class Flow(GenerativeModel):
+    """Shared part of the flows (not registered): a subclass builds :attr:`body`, a
+    :class:`~deepgen.nn.flows.Bijection` over the preprocessed data (images (N, C, H, W)
+    when :attr:`image_body` is True, else vectors (N, D)), that returns codes (N, D)."""
+
+    config: FlowConfig
+    data_kinds: ClassVar[tuple[Kind, ...]] = ("continuous", "real")
+
+    def __init__(self, config: FlowConfig, spec: DataSpec) -> None:
+        super().__init__(config, spec, conditional=config.conditional)
+        self.cond_dim = self.num_classes or 0
+        # [0, 1] data is unbounded after the logit; real data is already.
+        self.pre = fl.Logit(config.logit_alpha) if spec.kind == "continuous" else None
+        self.body = self.build_body()
+
+    def build_body(self) -> fl.Bijection:
+        raise NotImplementedError
+
+    #: True for the multi-scale flows: images keep their shape through the body.
+    keeps_images: ClassVar[bool] = False
+
+    @property
+    def image_body(self) -> bool:
+        """True when the body takes images (N, C, H, W); False: flattened vectors (N, D)."""
+        return self.keeps_images and self.spec.is_image
+
+    @property
+    def body_shape(self) -> tuple[int, ...]:
+        return tuple(self.spec.shape) if self.image_body else (self.spec.dim,)
+
+    # -- the invertible map (the contract) ---------------------------------------------------
+    def forward(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, *shape) in model space -> (z (N, D), log |det dz/dx| (N,)), the logit's
+        log-determinant included."""
+        return self._forward(x, self.one_hot(cond, len(x)))
+
+    def _forward(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(x)
+        x = x.to(self.dtype)  # the weights' dtype (float64 in the maths tests)
+        log_det = x.new_zeros(n, dtype=fl.logdet_dtype(x))
+        if self.pre is not None:
+            x, log_det = self.pre(x, None)
+        z, ld = self.body(x.reshape(n, *self.body_shape), c)
+        return z.reshape(n, -1), log_det + ld
+
+    def inverse(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """z (N, D) -> x (N, *shape), the exact inverse of :meth:`forward`."""
+        n = len(z)
+        x = self.body.inverse(z.to(self.dtype), self.one_hot(cond, n)).reshape(n, *self.spec.shape)
+        return x if self.pre is None else self.pre.inverse(x, None)
+
+    # -- likelihood and loss --------------------------------------------------------------------
+    def likelihood_info(self) -> Likelihood:
+        note = "exact density" + (" of dequantized data: bits/dim count the bin width, an upper bound on the discrete NLL" if self.spec.bin_width else "")
+        return Likelihood("exact", False, note)
+
+    def _log_prob(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        z, log_det = self._forward(x, c)
+        z = z.to(log_det.dtype)  # the density in float32 (or float64) under bf16 autocast too
+        return -0.5 * (z * z).sum(dim=1) - 0.5 * z.shape[1] * LOG_2PI + log_det
+
+    def log_prob(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x) per example (N,), exact, in nats: a density of the model-space values
+        (dequantized values for quantised data)."""
+        return self._log_prob(x, self.one_hot(cond, len(x)))
+
+    def loss(self, batch: Batch, phase: str = "main") -> LossOutput:
+        """Mean -log p(y) over the batch (nats per example) at dequantized y for quantised
+        data (uniform noise from torch's generator: graph-safe); logs ``nll`` and
+        ``bits_per_dim`` (with the bin width: the papers' figure)."""
+        x = dequantize(batch.x, self.spec) if self.spec.bin_width else batch.x
+        nll = -self._log_prob(x, self.one_hot(batch.y, len(x), checked=False)).mean()
+        d = self.spec.dim
+        bits = (nll.detach() / d - math.log(self.spec.bin_width or 1.0)) / math.log(2)
+        return LossOutput(nll, {"nll": nll.detach(), "bits_per_dim": bits})
+
+    # -- sampling and the code space ----------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, cond: torch.Tensor | int | None = None, mean: bool = False
+    ) -> torch.Tensor:
+        """``n`` examples (n, *shape): z ~ N(0, T^2 I) (T = ``temperature``; ``mean``: z = 0,
+        the mode of the base density), mapped back; quantised data is put back on its levels."""
+        labels = self.labels(cond, n)
+        z = torch.randn((n, self.spec.dim), generator=generator, device=self.device, dtype=self.dtype)
+        z = z * (0.0 if mean else self.config.temperature)
+        x = self.inverse(z, cond=labels)
+        if self.spec.kind == "continuous":
+            x = x.clamp(0.0, 1.0)
+            if self.spec.num_levels:
+                x = quantize(x.clamp(max=1.0 - 1e-6), self.spec)
+        return x
+
+    def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The code z = f(x): (N, *shape) -> (N, D)."""
+        return self.forward(x, cond=cond)[0]
+
+    def decode(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The inverse map: (N, D) -> (N, *shape)."""
+        return self.inverse(z, cond=cond)
+
+    @torch.no_grad()
+    def interpolate(
+        self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8, *, cond: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """Decoded points along the straight line between the codes of x1 and x2 (one
+        example each): (steps, *shape), the first row x1 and the last x2."""
+        shape = self.spec.shape
+        labels = None if cond is None else torch.as_tensor(cond, device=self.device).reshape(-1)[:1].expand(2)
+        z = self.encode(torch.cat([x1.reshape(1, *shape), x2.reshape(1, *shape)]), cond=labels)  # (2, D)
+        t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype).unsqueeze(1)  # (steps, 1)
+        return self.decode(torch.lerp(z[:1], z[1:], t), cond=None if labels is None else labels[:1].expand(steps))
+
+
+# -- 3. the multi-scale architecture -----------------------------------------------------------------------
+
+
+class MultiScale(fl.Bijection):
+    """RealNVP's multi-scale architecture (Dinh et al. 2017, sec. 3.6): each level's
+    bijections run on (N, C, H, W); after every level but the last, half the channels are
+    factored out (they go to z as they are) and the rest go on. Returns z (N, D): the
+    factored parts of each level, then the last level's output, flattened."""
+
+    def __init__(self, levels: list[fl.Bijection], shapes: list[tuple[int, int, int]]) -> None:
+        """``shapes``: each level's output shape (C, H, W), known at construction."""
+        super().__init__()
+        self.levels = nn.ModuleList(levels)
+        self.shapes = shapes
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(x)
+        log_det = x.new_zeros(n, dtype=fl.logdet_dtype(x))
+        parts = []
+        for i, level in enumerate(self.levels):
+            x, ld = level(x, cond)
+            log_det = log_det + ld
+            if i < len(self.levels) - 1:
+                out, x = x.chunk(2, dim=1)
+                parts.append(out.reshape(n, -1))
+        parts.append(x.reshape(n, -1))
+        return torch.cat(parts, dim=1), log_det
+
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        n = len(z)
+        sizes = []
+        for i, (c, h, w) in enumerate(self.shapes):
+            sizes.append((c // 2 if i < len(self.shapes) - 1 else c) * h * w)
+        parts = list(z.split(sizes, dim=1))
+        c, h, w = self.shapes[-1]
+        x = self.levels[-1].inverse(parts[-1].reshape(n, c, h, w), cond)
+        for i in range(len(self.levels) - 2, -1, -1):
+            c, h, w = self.shapes[i]
+            x = torch.cat([parts[i].reshape(n, c // 2, h, w), x], dim=1)
+            x = self.levels[i].inverse(x, cond)
+        return x
+
+
+def _check_squeezable(spec: DataSpec, squeezes: int, setting: str, model: str) -> None:
+    _, h, w = spec.shape
+    f = 2**squeezes
+    if h % f or w % f:
+        raise UserError(
+            f"{model} squeezes {squeezes} times ({setting}): the image's height and width ({h} x {w}) must be multiples of {f}. "
+            f"Use fewer ({setting}=1 needs even sizes)."
+        )
+
+
+# -- 4. the models ------------------------------------------------------------------------------------
+
+
+@register("realnvp")
+class RealNVP(Flow):
+    """RealNVP (Dinh et al. 2017): affine couplings with checkerboard and channel masks, multi-scale; MLP couplings for vectors."""
+
+    config_class = RealNVPConfig
+    config: RealNVPConfig
+    keeps_images = True
+
+    @classmethod
+    def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
+        """Small networks; two scales on images."""
+        if spec.is_image:
+            return [{"scales": 2, "couplings": 2, "channels": 8}]
+        return [{"layers": 4, "hidden": (16,)}]
+
+    def build_body(self) -> fl.Bijection:
+        c = self.config
+        if not self.spec.is_image:
+            d = self.spec.dim
+            return fl.Sequential(fl.AffineCoupling((d,), "half", i % 2 == 1, c.hidden, self.cond_dim) for i in range(c.layers))
+        _check_squeezable(self.spec, c.scales - 1, "scales", "realnvp")
+        ch, h, w = self.spec.shape
+        levels, shapes = [], []
+        for s in range(c.scales):
+            steps: list[fl.Bijection] = [
+                fl.AffineCoupling((ch, h, w), "checkerboard", i % 2 == 1, c.channels, self.cond_dim)
+                for i in range(c.couplings if s < c.scales - 1 else c.couplings + 1)
+            ]
+            if s < c.scales - 1:
+                steps.append(fl.Squeeze())
+                ch, h, w = 4 * ch, h // 2, w // 2
+                steps += [fl.AffineCoupling((ch, h, w), "channel", i % 2 == 1, c.channels, self.cond_dim) for i in range(c.couplings)]
+            levels.append(fl.Sequential(steps))
+            shapes.append((ch, h, w))
+            if s < c.scales - 1:
+                ch //= 2
+        return MultiScale(levels, shapes)
+
+
+@register("glow")
+class Glow(Flow):
+    """Glow (Kingma & Dhariwal 2018): actnorm, invertible 1x1 convolutions and affine couplings, multi-scale; sampling temperature."""
+
+    config_class = GlowConfig
+    config: GlowConfig
+    keeps_images = True
+
+    @classmethod
+    def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
+        if spec.is_image:
+            return [{"levels": 2, "steps": 2, "channels": 8}]
+        return [{"steps": 3, "hidden": (16,)}]
+
+    def build_body(self) -> fl.Bijection:
+        c = self.config
+        if not self.spec.is_image:
+            d = self.spec.dim
+            steps: list[fl.Bijection] = []
+            for i in range(c.steps):
+                steps += [fl.ActNorm(d, image=False), fl.InvConv1x1(d), fl.AffineCoupling((d,), "half", i % 2 == 1, c.hidden, self.cond_dim)]
+            return fl.Sequential(steps)
+        _check_squeezable(self.spec, c.levels, "levels", "glow")
+        ch, h, w = self.spec.shape
+        levels, shapes = [], []
+        for lv in range(c.levels):
+            ch, h, w = 4 * ch, h // 2, w // 2
+            steps = [fl.Squeeze()]
+            for i in range(c.steps):
+                steps += [
+                    fl.ActNorm(ch, image=True), fl.InvConv1x1(ch),
+                    fl.AffineCoupling((ch, h, w), "channel", i % 2 == 1, c.channels, self.cond_dim),
+                ]
+            levels.append(fl.Sequential(steps))
+            shapes.append((ch, h, w))
+            if lv < c.levels - 1:
+                ch //= 2
+        return MultiScale(levels, shapes)
+
+    @torch.no_grad()
+    def data_init(self, batch: Batch) -> None:
+        """Actnorm's data-dependent initialisation (Kingma & Dhariwal 2018, sec. 3.1): one
+        forward pass on a batch of dequantized training data, in which every actnorm layer
+        sets its scale and bias so that its outputs have zero mean and unit variance per
+        channel."""
+        x = dequantize(batch.x, self.spec) if self.spec.bin_width else batch.x
+        for m in self.modules():
+            if isinstance(m, fl.ActNorm):
+                m.initialized.fill_(False)
+        was = self.training
+        self.train()
+        self._forward(x, self.one_hot(batch.y, len(x), checked=False))
+        self.train(was)
+
+
+@register("maf")
+class MAF(Flow):
+    """MAF (Papamakarios et al. 2017): masked autoregressive flow on MADE layers with order reversals; vectors and flattened images."""
+
+    config_class = MAFConfig
+    config: MAFConfig
+
+    @classmethod
+    def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
+        return [{"layers": 2, "hidden": (32,)}]
+
+    def build_body(self) -> fl.Bijection:
+        c, d = self.config, self.spec.dim
+        steps: list[fl.Bijection] = []
+        for _ in range(c.layers):
+            steps += [fl.MaskedAffineAutoregressive(d, c.hidden, self.cond_dim), fl.Reverse()]
+        return fl.Sequential(steps)
+
+
+@register("nsf")
+class NSF(Flow):
+    """Neural spline flow (Durkan et al. 2019): rational-quadratic spline couplings or autoregressive splines with linear tails."""
+
+    config_class = NSFConfig
+    config: NSFConfig
+
+    @classmethod
+    def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
+        return [{"layers": 2, "hidden": (16,)}, {"layers": 2, "hidden": (16,), "autoregressive": True}]
+
+    def build_body(self) -> fl.Bijection:
+        c, d = self.config, self.spec.dim
+        if d < 2 and not c.autoregressive:
+            raise UserError("nsf's couplings split the dimensions in two: one-dimensional data needs autoregressive=true.")
+        steps: list[fl.Bijection] = []
+        for i in range(c.layers):
+            if c.autoregressive:
+                steps.append(sp.AutoregressiveSpline(d, c.hidden, bins=c.bins, tail_bound=c.tail_bound, context=self.cond_dim))
+            else:
+                steps.append(sp.SplineCoupling(d, c.hidden, bins=c.bins, tail_bound=c.tail_bound, flip=i % 2 == 1, context=self.cond_dim))
+            steps.append(fl.InvConv1x1(d))
+        return fl.Sequential(steps)
+
+
+__all__ = ["MAF", "NSF", "Flow", "FlowConfig", "Glow", "GlowConfig", "MAFConfig", "MultiScale", "NSFConfig", "RealNVP", "RealNVPConfig"]

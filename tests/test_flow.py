@@ -1,0 +1,202 @@
+"""The flow family as models: densities that integrate to one, the logit transform's
+log-determinant counted, Glow's actnorm initialised from data once (never on resume),
+sampling at a temperature, encode/decode/interpolate, training lowers the NLL, and
+`deepgen eval --metrics nll` in nats and bits/dim. (Every layer's inverse and
+log-determinant: tests/test_flow_layers.py, tests/test_splines.py; every model through the
+capability conformance suite: tests/test_capabilities.py.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import deepgen
+from deepgen.data import DataConfig
+from deepgen.data.dataset import Batch, DataSpec
+from deepgen.errors import UserError
+from deepgen.training import TrainConfig, Trainer, seed_all
+
+FLOWS = ["realnvp", "glow", "maf", "nsf"]
+SMALL = {
+    "realnvp": {"layers": 4, "hidden": (16,)},
+    "glow": {"steps": 3, "hidden": (16,)},
+    "maf": {"layers": 3, "hidden": (16,)},
+    "nsf": {"layers": 2, "hidden": (16,), "tail_bound": 4.0},
+}
+
+
+def _perturbed(name: str, spec: DataSpec, seed: int = 0, scale: float = 0.2, **kw) -> deepgen.GenerativeModel:
+    torch.manual_seed(seed)
+    model = deepgen.create_model(name, spec, **{**SMALL[name], **kw}).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
+def _grid(lo: float, hi: float, n: int) -> tuple[torch.Tensor, float]:
+    step = (hi - lo) / n
+    c = torch.linspace(lo + step / 2, hi - step / 2, n, dtype=torch.float64)
+    xx, yy = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1), step * step
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_density_on_the_plane_integrates_to_one(name):
+    """Random non-trivial weights: exp(log p) summed over a fine grid of [-9, 9]^2 is 1."""
+    model = _perturbed(name, DataSpec((2,), "real"))
+    x, area = _grid(-9.0, 9.0, 400)
+    with torch.no_grad():
+        mass = (model.log_prob(x).exp() * area).sum().item()
+    assert mass == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_density_on_the_unit_square_counts_the_logit(name):
+    """[0, 1] data goes through y = logit(a + (1 - 2a) x) (RealNVP sec. 4.1), and its
+    log-determinant is part of log p: the mass of the unit square under p(x) is the mass
+    of the logit's box [logit(a), logit(1 - a)]^2 under the body's density of y. (It is
+    below 1 by the base mass outside the box: a sub-normalised density, whose -log p and
+    bits/dim are upper bounds, as every flow with this transform.)"""
+    model = _perturbed(name, DataSpec((2,), "continuous"), scale=0.1)
+    x, area = _grid(0.0, 1.0, 600)
+    with torch.no_grad():
+        mass_x = (model.log_prob(x).exp() * area).sum().item()
+        a = model.config.logit_alpha
+        edge = math.log(a / (1 - a))
+        y, area_y = _grid(edge, -edge, 600)
+        z, log_det = model.body(y)
+        mass_y = ((-0.5 * (z * z).sum(1) - math.log(2 * math.pi) + log_det).exp() * area_y).sum().item()
+    assert mass_x == pytest.approx(mass_y, abs=3e-3) and 0.5 < mass_x <= 1.0
+
+
+def test_conditional_densities_integrate_to_one_per_class():
+    spec = DataSpec((2,), "real", num_classes=3)
+    for name in FLOWS:
+        model = _perturbed(name, spec, scale=0.1, conditional=True)
+        x, area = _grid(-16.0, 16.0, 500)
+        masses = []
+        with torch.no_grad():
+            for k in range(3):
+                masses.append((model.log_prob(x, cond=torch.full((len(x),), k)).exp() * area).sum().item())
+        assert masses == pytest.approx([1.0] * 3, abs=3e-3), name
+        near = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # inside the splines' bounds
+        with torch.no_grad():
+            a = model.log_prob(near, cond=torch.zeros(5, dtype=torch.long))
+            b = model.log_prob(near, cond=torch.ones(5, dtype=torch.long))
+        assert not torch.allclose(a, b), f"{name}: the label changes nothing"
+
+
+def test_image_flows_invert_and_count_every_log_determinant():
+    """On 8-bit-like images, log p(x) = log N(z) + log|det|, with the logit's part: the
+    figure equals the change of variables computed from autograd's Jacobian."""
+    spec = DataSpec((1, 4, 4), "continuous", num_levels=256)
+    for name, kw in (("realnvp", {"scales": 2, "couplings": 1, "channels": 4}), ("glow", {"levels": 2, "steps": 1, "channels": 4})):
+        torch.manual_seed(0)
+        model = deepgen.create_model(name, spec, **kw).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        model.eval()
+        x = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 0.9 + 0.05
+        jac = torch.autograd.functional.jacobian(lambda v, m=model: m(v.reshape(1, 1, 4, 4))[0].reshape(-1), x[0].reshape(-1))
+        z, _ = model(x[:1])
+        expected = -0.5 * (z * z).sum() - 8 * math.log(2 * math.pi) + torch.linalg.slogdet(jac)[1]
+        assert model.log_prob(x[:1]).item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-8), name
+
+
+def test_glow_actnorm_is_initialised_from_data_once_and_restored_on_resume(tmp_path):
+    data = DataConfig(name="digits", max_train=128)
+    ds = deepgen.load_dataset(data)
+    seed_all(0)
+    model = deepgen.create_model("glow", ds, levels=1, steps=2, channels=8)
+    cfg = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False, tensorboard=False, log_every=1, max_steps=2)
+    trainer = Trainer(model, ds, cfg, tmp_path / "run", data_config=data)
+    trainer.fit()
+    norms = [m for m in model.modules() if type(m).__name__ == "ActNorm"]
+    assert norms and all(bool(m.initialized) for m in norms)
+    # The first actnorm's outputs on the first batch were standardised (before any step):
+    fresh = deepgen.create_model("glow", ds, levels=1, steps=2, channels=8)
+    batch = Batch(ds.convert(ds.train.x[:32]), ds.train.y[:32])
+    torch.manual_seed(5)
+    fresh.data_init(batch)
+    first = norms[0]
+    torch.manual_seed(5)  # the same dequantization noise as data_init drew
+    x = deepgen.data.dequantize(batch.x, ds.spec)
+    pre, _ = fresh.pre(x, None)
+    out, _ = fresh.body.levels[0].layers[1](fresh.body.levels[0].layers[0](pre)[0])
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-4 and (out.std(dim=(0, 2, 3), unbiased=False) - 1).abs().max() < 1e-3
+    assert first is not fresh.body.levels[0].layers[1]
+    # Resume restores the scales: the trainer does not initialise again.
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    resumed = Trainer.resume(tmp_path / "run", max_steps=2)
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_sampling_temperature_encode_decode_and_interpolate(name):
+    spec = DataSpec((3,), "real")
+    model = _perturbed(name, spec)
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    a = model.sample(500, generator=gen())
+    model.config = model.config.replace(temperature=0.5)
+    b = model.sample(500, generator=gen())
+    assert a.shape == (500, 3) and b.std() < a.std()
+    with torch.no_grad():
+        z = model.encode(a[:4])
+        assert torch.allclose(model.decode(z), a[:4], atol=1e-8)
+        path = model.interpolate(a[0], a[1], steps=5)
+    assert path.shape == (5, 3) and torch.allclose(path[0], a[0], atol=1e-8) and torch.allclose(path[-1], a[1], atol=1e-8)
+    mode = model.sample(2, mean=True)
+    assert torch.allclose(mode[0], mode[1])
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_training_lowers_the_nll_on_a_two_d_mixture(name):
+    data = DataConfig(name="ring8", num_samples=512)
+    ds = deepgen.load_dataset(data)
+    seed_all(0)
+    model = deepgen.create_model(name, ds, **SMALL[name], lr=3e-3)
+    x = ds.convert(ds.test.x[:256])
+    with torch.no_grad():
+        before = -model.log_prob(x).mean().item()
+    cfg = TrainConfig(epochs=20, batch_size=64, device="cpu", progress=False, tensorboard=False, val_limit=0, log_every=10)
+    Trainer(model, ds, cfg, None, data_config=data).fit()
+    with torch.no_grad():
+        after = -model.log_prob(x).mean().item()
+    assert math.isfinite(after) and after < before - 0.3, (before, after)
+
+
+def test_eval_reports_nats_and_bits_per_dim(tmp_path, capsys):
+    from deepgen.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "realnvp", "--data", "digits", "--set", "max_train=128", "--set", "scales=2", "--set", "couplings=1",
+            "--set", "channels=8", "--epochs", "1", "--set", "progress=false", "--set", "tensorboard=false", "--out", str(run)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--metrics", "nll", "--limit", "64", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "nll" in out and "bits/dim" in out
+    import json
+
+    figures = json.loads((run / "eval.json").read_text())["nll"]["test"]["values"]
+    run_model = deepgen.load_run(run).model
+    # bits/dim = (NLL / D - ln(bin width)) / ln 2, D = 64 pixels, 17 levels: the bin width counted.
+    assert figures["nll_bin_width"] == pytest.approx(1 / 17)
+    assert figures["nll_bpd"] == pytest.approx((figures["nll"] / 64 + math.log(17)) / math.log(2), rel=1e-6)
+    assert run_model.likelihood_info().kind == "exact" and not run_model.likelihood_info().discrete
+
+
+def test_mistakes_are_user_errors():
+    with pytest.raises(UserError, match="multiples of 8"):
+        deepgen.create_model("glow", DataSpec((1, 28, 28), "continuous", num_levels=256), levels=3)
+    with pytest.raises(UserError, match="autoregressive=true"):
+        deepgen.create_model("nsf", DataSpec((1,), "real"))
+    with pytest.raises(UserError):
+        deepgen.create_model("maf", DataSpec((4,), "binary"))
+    with pytest.raises(UserError, match="logit_alpha"):
+        deepgen.create_model("maf", DataSpec((4,), "real"), logit_alpha=0.7)
