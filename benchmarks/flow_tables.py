@@ -89,7 +89,7 @@ def flow_row(name: str, ds: Dataset, settings: dict, args) -> dict:
     batch = min(args.batch_size, max(16, n // 4))
     cfg = TrainConfig(
         epochs=args.max_epochs, batch_size=batch, seed=args.seed, device="cpu", progress=False, tensorboard=False,
-        log_every=10**6, val_limit=10**6, early_stop=args.patience, grad_clip=5.0,
+        log_every=10**6, val_limit=10**6, early_stop=args.patience, grad_clip=5.0, weight_decay=args.weight_decay or None,
     )
     keeper = BestWeights()
     t0 = time.perf_counter()
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--hidden", default=None, help="every flow's hidden layers, e.g. 32,32 (default: each flow's own)")
+    p.add_argument("--layers", type=int, default=0, help="every flow's layers (0: each flow's own)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's weight decay (L2) for the flows")
     p.add_argument("--tiny", action="store_true", help="tiny networks and data (CPU smoke test)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -128,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         info = {"dataset": data, "dim": ds.spec.dim, "train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
         found = [gmm_row(ds, args.seed, args.tiny)]
         for name in args.models.split(","):
-            found.append(flow_row(name, ds, (TINY if args.tiny else FLOWS)[name], args))
+            settings = dict((TINY if args.tiny else FLOWS)[name])
+            if args.hidden:
+                settings["hidden"] = tuple(int(h) for h in args.hidden.split(","))
+            if args.layers:
+                settings["layers"] = args.layers
+            found.append(flow_row(name, ds, settings, args))
         for r in found:
             rows.append({**info, **r})
             print(json.dumps(rows[-1]), flush=True)
