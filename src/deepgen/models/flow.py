@@ -219,7 +219,7 @@ class Flow(GenerativeModel):
         if self.spec.kind == "continuous":
             x = x.clamp(0.0, 1.0)
             if self.spec.num_levels:
-                x = quantize(x.clamp(max=1.0 - 1e-6), self.spec)
+                x = quantize(x, self.spec)  # clamps 1.0's level to the top one
         return x
 
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
