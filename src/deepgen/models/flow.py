@@ -45,6 +45,7 @@ from ..nn import flows as fl
 from ..nn import splines as sp
 from ..registry import register
 from .base import GenerativeModel, Likelihood, LossOutput, ModelConfig
+from .latent import interpolate_codes
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -236,11 +237,7 @@ class Flow(GenerativeModel):
     ) -> torch.Tensor:
         """Decoded points along the straight line between the codes of x1 and x2 (one
         example each): (steps, *shape), the first row x1 and the last x2."""
-        shape = self.spec.shape
-        labels = None if cond is None else torch.as_tensor(cond, device=self.device).reshape(-1)[:1].expand(2)
-        z = self.encode(torch.cat([x1.reshape(1, *shape), x2.reshape(1, *shape)]), cond=labels)  # (2, D)
-        t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype).unsqueeze(1)  # (steps, 1)
-        return self.decode(torch.lerp(z[:1], z[1:], t), cond=None if labels is None else labels[:1].expand(steps))
+        return interpolate_codes(self, x1, x2, steps, cond)
 
 
 # -- 3. the multi-scale architecture -----------------------------------------------------------------------

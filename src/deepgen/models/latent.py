@@ -108,8 +108,17 @@ class LatentCodeMixin:
         (conditional models). Returns (steps, *shape), the first row decoding x1's code and
         the last x2's.
         """
-        shape = self.spec.shape
-        x = torch.cat([x1.reshape(1, *shape), x2.reshape(1, *shape)])  # (2, *shape)
-        z = self.encode(x, cond=None if cond is None else torch.as_tensor(cond).reshape(-1)[:1].expand(2))  # (2, L)
-        t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype).unsqueeze(1)  # (steps, 1)
-        return self.decode(torch.lerp(z[:1], z[1:], t), cond=cond)
+        return interpolate_codes(self, x1, x2, steps, cond)
+
+
+def interpolate_codes(model: Any, x1: torch.Tensor, x2: torch.Tensor, steps: int, cond: torch.Tensor | int | None) -> torch.Tensor:
+    """``model.decode`` along the straight line between ``model.encode`` of x1 and of x2
+    (one example each, (*shape) or (1, *shape)), with one label ``cond`` for the whole path
+    (conditional models): (steps, *shape). Shared by every model with a code space (the
+    latent-variable families and the flows)."""
+    shape = model.spec.shape
+    x = torch.cat([x1.reshape(1, *shape), x2.reshape(1, *shape)])  # (2, *shape)
+    label = None if cond is None else torch.as_tensor(cond, device=x.device).reshape(-1)[:1]
+    z = model.encode(x, cond=None if label is None else label.expand(2))  # (2, L)
+    t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype).unsqueeze(1)  # (steps, 1)
+    return model.decode(torch.lerp(z[:1], z[1:], t), cond=None if label is None else label.expand(steps))
