@@ -1,11 +1,18 @@
-"""Exact test NLL of an autoregressive model on binarized MNIST (nats), beside the published rows.
+"""Exact test NLL of an autoregressive model or a flow on MNIST (nats, bits/dim), beside the published rows.
 
-Trains ``--model`` (made, pixelcnn, transformer) on ``mnist-binarized`` (dynamic
-binarization by default, as pytorch-generative's table; ``--binarization static`` for the
-papers' fixed binarization) with the project's trainer, then reports
+Trains ``--model`` with the project's trainer, then reports
 ``deepgen.metrics.evaluate(model, ds, "nll")`` on the test images: the exact -log p(x)
-averaged over the test set (every image binarized once, from the evaluation's seed), in
-nats and bits/dim.
+averaged over the test set, in nats and bits/dim.
+
+* The autoregressive models (made, pixelcnn, transformer) on ``mnist-binarized`` (dynamic
+  binarization by default, as pytorch-generative's table; ``--binarization static`` for
+  the papers' fixed binarization; every test image binarized once, from the evaluation's
+  seed).
+* The flows (realnvp, glow, maf, nsf) on 8-bit ``mnist`` (the default ``--dataset`` for a
+  flow): uniformly dequantized, the logit transform's and the dequantization's
+  log-determinants counted, so bits/dim follow ../shared/BENCHMARKS.md's convention
+  (-log2 p of the discrete image over 784, from a density on [0, 256)^784; the test
+  figure is the dequantized estimate, one noise draw per image from the evaluation's seed).
 
 Model selection never looks at the test set: the last ``--validation`` training images are
 held out (the data setting ``validation``), the trainer's ``val_loss`` is computed on them
@@ -20,7 +27,10 @@ checkpoint so far.
 
 Published (../shared/BENCHMARKS.md): pytorch-generative (dynamic) MADE 84.87, PixelCNN 81.45,
 ImageGPT 79.17; the PixelCNN paper (static) 81.30; MADE paper (static) 88.04, 32-mask
-ensemble 86.64.
+ensemble 86.64. Flows, MNIST test bits/dim: RealNVP 1.06, Glow 1.05, MAF 1.89, FFJORD 0.99.
+
+The JSON row carries the validation curve (``val_curve``: [epoch, val_loss] per epoch, from
+the run folder's metrics.jsonl when there is one).
 
     python benchmarks/ar_mnist_nll.py --model made --settings "hidden=(8000,)" --train bf16=true cuda_graph=true \\
         schedule=cosine --time-budget 170 --data-dir .data --device cuda --out $OUT/made.json
@@ -45,16 +55,27 @@ from deepgen.config import parse_assignments
 from deepgen.data import DataConfig, iterate
 from deepgen.data.dataset import Dataset
 from deepgen.metrics import evaluate
+from deepgen.models.base import Completion
 from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
 from deepgen.training import checkpoint as ckpt
+from deepgen.training.logging import read_metrics
 from deepgen.viz import save_image_grid
 
 PUBLISHED = {
     "made": "pytorch-generative 84.87 (dynamic); Germain et al. 88.04 / 86.64 with 32 masks (static)",
     "pixelcnn": "pytorch-generative 81.45 (dynamic); van den Oord et al. 81.30 (static)",
     "transformer": "pytorch-generative ImageGPT 79.17 (dynamic)",
+    "realnvp": "Dinh et al. 2017 via Papamakarios et al. 2017: 1.06 bits/dim (8-bit MNIST)",
+    "glow": "Kingma & Dhariwal 2018: 1.05 bits/dim (8-bit MNIST)",
+    "maf": "Papamakarios et al. 2017: 1.89 bits/dim (8-bit MNIST)",
+    "nsf": "FFJORD (Grathwohl et al. 2019) 0.99 bits/dim is the mark to beat (8-bit MNIST)",
 }
-TINY = {"made": {"hidden": (16,)}, "pixelcnn": {"channels": 8, "layers": 2, "out_hidden": 8}, "transformer": {"layers": 1, "heads": 2, "width": 16}}
+AUTOREGRESSIVE = ("made", "pixelcnn", "transformer")
+TINY = {
+    "made": {"hidden": (16,)}, "pixelcnn": {"channels": 8, "layers": 2, "out_hidden": 8}, "transformer": {"layers": 1, "heads": 2, "width": 16},
+    "realnvp": {"scales": 2, "couplings": 1, "channels": 8}, "glow": {"levels": 2, "steps": 1, "channels": 8},
+    "maf": {"layers": 1, "hidden": (16,)}, "nsf": {"layers": 1, "hidden": (16,)},
+}
 
 
 def build(args, ds: Dataset):
@@ -76,6 +97,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--probe-seconds", type=float, default=20.0, help="--epochs 0: seconds of a throw-away run that measures steps/s")
     p.add_argument("--validation", type=int, default=10000, help="last N training images held out for model selection (0 = none: final weights)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dataset", choices=["mnist-binarized", "mnist"], default=None,
+                   help="default: mnist-binarized for the autoregressive models, mnist (8-bit) for the flows")
     p.add_argument("--binarization", choices=["dynamic", "static"], default="dynamic")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -90,6 +113,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.resume and not args.run_dir:
         p.error("--resume continues the run in --run-dir: give --run-dir")
+    args.dataset = args.dataset or ("mnist-binarized" if args.model in AUTOREGRESSIVE else "mnist")
     return args
 
 
@@ -113,7 +137,8 @@ def _probe(args, ds: Dataset, base: TrainConfig) -> dict:
 
 
 def fresh_trainer(args, device: torch.device) -> tuple[Trainer, dict | None, BestWeights | None]:
-    data = DataConfig(name="mnist-binarized", data_dir=args.data_dir, binarization=args.binarization, max_train=args.max_train, validation=args.validation)
+    binary = {"binarization": args.binarization} if args.dataset == "mnist-binarized" else {}
+    data = DataConfig(name=args.dataset, data_dir=args.data_dir, max_train=args.max_train, validation=args.validation, **binary)
     ds = deepgen.load_dataset(data)
     base = TrainConfig(
         epochs=10**6, batch_size=args.batch_size, seed=args.seed, device=str(device), max_seconds=args.time_budget,
@@ -164,17 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         ckpt.load_weights(model, best)
         best_val = (best.figure or {}).get("value")
         best_epoch = None if best.step is None else best.step // max(1, trainer.loader.steps_per_epoch)  # checkpoints at epoch ends
+    curve = keeper.curve if keeper is not None else val_curve(args.run_dir)
     full = deepgen.load_dataset(trainer.data_config.replace(validation=0, max_train=0))
     t1 = time.perf_counter()
     r = evaluate(model, full, ["nll"], batch_size=500, limit=args.limit_test, seed=args.seed, device=device)
     row = {
-        "model": trainer.model_name, "settings": model.config.to_dict(), "train": cfg.to_dict(), "binarization": trainer.data_config.binarization,
+        "model": trainer.model_name, "settings": model.config.to_dict(), "train": cfg.to_dict(), "dataset": trainer.data_config.name,
+        "binarization": trainer.data_config.binarization if trainer.data_config.name == "mnist-binarized" else None,
         "nll": r["nll"], "nll_sem": r["nll_sem"], "nll_bpd": r["nll_bpd"], "test_images": r["n"], "note": r["nll_note"],
         "validation_images": trainer.data_config.validation, "best_val_nll": best_val, "best_epoch": best_epoch,
         "steps": result.steps, "epochs": result.epochs, "schedule_epochs": cfg.epochs, "probe": probe, "resumed": args.resume,
         "train_seconds": round(result.seconds, 1), "this_call_seconds": round(call_s, 1), "eval_seconds": round(time.perf_counter() - t1, 1),
         "parameters": sum(q.numel() for q in model.parameters()), "published": PUBLISHED[trainer.model_name],
-        "hardware": hardware(device), "torch": torch.__version__, "command": "python " + shlex.join(sys.argv),
+        "hardware": hardware(device), "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "val_curve": curve,
     }
     print(json.dumps(row, indent=2), flush=True)
     if args.out:
@@ -185,12 +212,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def val_curve(run_dir: str | None) -> list[list[float | None]]:
+    """[epoch, training loss, val_loss] at every epoch-end validation in the run folder's
+    metrics.jsonl (the training loss: the mean since the previous log point)."""
+    if not run_dir:
+        return []
+    return [[r["epoch"], r.get("loss"), r["val_loss"]] for r in read_metrics(run_dir) if "val_loss" in r]
+
+
 @torch.no_grad()
 def write_samples(model, ds: Dataset, path: str, device: torch.device, seed: int) -> None:
-    """64 samples, then 8 test images, their upper halves completed, side by side."""
+    """64 samples; for a model that completes images, then 8 test images and their upper
+    halves completed, side by side."""
     model.eval()
     gen = torch.Generator(device).manual_seed(seed)
     samples = model.sample(64, generator=gen).float().cpu()
+    if not isinstance(model, Completion):
+        save_image_grid(samples, path, nrow=8)
+        return
     x = next(iterate(ds, "test", 8, device, gen, limit=8)).x
     known = torch.zeros_like(x, dtype=torch.bool)
     known[..., : x.shape[-2] // 2, :] = True

@@ -26,12 +26,12 @@ import argparse
 import json
 
 import torch
-from timing import time_fit, time_steps, write_record
+from timing import time_steps, trainer_rate, write_record
 
 import deepgen
 from deepgen.bench import hardware
 from deepgen.data.dataset import Batch
-from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
+from deepgen.training import resolve_device, seed_all
 
 SIZES = {
     "made": ({"hidden": (8000,)}, 256),
@@ -75,12 +75,6 @@ def _model(name: str, ds: deepgen.Dataset, settings: dict, device: torch.device)
     return deepgen.create_model(name, ds, **settings).to(device)
 
 
-def _trainer_rate(model, ds, batch: int, args, device: torch.device, **train) -> float:
-    """samples/s of the trainer (``train``: its settings) over ``args.steps`` timed steps."""
-    cfg = TrainConfig(epochs=10**6, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, val_limit=0, **train)
-    return args.steps * batch / time_fit([Trainer(model, ds, cfg, None)], args.warmup, args.steps, device)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -102,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         settings, batch = sizes[name]
         row = {"model": name, "settings": settings, "batch": batch}
         row["plain"] = time_plain(_model(name, ds, settings, device), x_u8, batch, args.steps, args.warmup, device)
-        row["deepgen_eager"] = _trainer_rate(_model(name, ds, settings, device), ds, batch, args, device)
+        row["deepgen_eager"] = trainer_rate(_model(name, ds, settings, device), ds, batch, args.steps, args.warmup, device)
         if fast:
-            row["deepgen_fast"] = _trainer_rate(_model(name, ds, settings, device), ds, batch, args, device, bf16=True, cuda_graph=True)
+            row["deepgen_fast"] = trainer_rate(_model(name, ds, settings, device), ds, batch, args.steps, args.warmup, device, bf16=True, cuda_graph=True)
             if args.compile:
-                row["deepgen_compile"] = _trainer_rate(_model(name, ds, settings, device), ds, batch, args, device, bf16=True, compile=True)
+                row["deepgen_compile"] = trainer_rate(_model(name, ds, settings, device), ds, batch, args.steps, args.warmup, device, bf16=True, compile=True)
         row["parameters"] = sum(q.numel() for q in _model(name, ds, settings, device).parameters())
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deepgen.training import Trainer, fit_together
+from deepgen.training import TrainConfig, Trainer, fit_together
 
 
 def sync(device: torch.device) -> None:
@@ -49,6 +49,13 @@ def time_fit(trainers: Sequence[Trainer], warmup: int, steps: int, device: torch
     return time.perf_counter() - t0
 
 
+def trainer_rate(model, ds, batch: int, steps: int, warmup: int, device: torch.device, **train) -> float:
+    """samples/s of deepgen's trainer on ``model`` (``train``: its settings, e.g. bf16=True,
+    cuda_graph=True) over ``steps`` timed steps after ``warmup`` untimed ones."""
+    cfg = TrainConfig(epochs=10**6, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, val_limit=0, **train)
+    return steps * batch / time_fit([Trainer(model, ds, cfg, None)], warmup, steps, device)
+
+
 def write_record(path: str, rows: list[dict], hardware: str) -> None:
     """The measured rows as JSON, with the hardware, torch and Python versions and the command."""
     record = {"rows": rows, "hardware": hardware, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}
@@ -59,15 +66,19 @@ class BestWeights:
     """A trainer callback that keeps a CPU copy of the weights at the epoch with the lowest
     ``val_loss`` (the trainer's validation figure): model selection on held-out data in
     runs without a run folder (checkpointing a large model at each of its sub-second epochs
-    would cost more than its training)."""
+    would cost more than its training). ``curve``: [epoch, training loss, val_loss] of
+    every epoch."""
 
     def __init__(self) -> None:
         self.best: float | None = None
         self.epoch = 0
         self.state: dict[str, torch.Tensor] | None = None
+        self.curve: list[list[float | None]] = []
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         value = trainer.last.get("val_loss")
+        if value is not None:
+            self.curve.append([trainer.loader.epochs_done, trainer.last.get("loss"), round(float(value), 4)])
         if value is not None and (self.best is None or value < self.best):
             self.best, self.epoch = float(value), trainer.loader.epochs_done
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}

@@ -196,3 +196,42 @@ def test_flow_tables_compares_flows_with_a_mixture_on_held_out_data(tmp_path: Pa
     assert all(math.isfinite(r["test_ll"]) for r in rows) and rows[0]["components"] >= 1
     wine = ft.table("wine", 0)
     assert len(wine.val) == 36 and len(wine.test) == 36 and abs(float(wine.train.x.mean())) < 0.3  # standardised
+
+
+def test_nll_script_scores_a_flow_on_8bit_mnist_with_its_validation_curve(real_data_dir: Path, tmp_path: Path) -> None:
+    """The flows' default data is 8-bit MNIST (dequantized); the row states it, reports
+    bits/dim, and carries one [epoch, loss, val_loss] entry per epoch."""
+    nll = _load("ar_mnist_nll")
+    out = tmp_path / "g.json"
+    assert nll.main(["--model", "glow", "--tiny", "--limit-test", "20", "--max-train", "64", "--validation", "32", "--batch-size", "16",
+                     "--epochs", "2", "--data-dir", str(real_data_dir), "--device", "cpu", "--samples", str(tmp_path / "g.png"), "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["dataset"] == "mnist" and row["binarization"] is None and "dequantized" in row["note"]
+    assert math.isfinite(row["nll_bpd"]) and row["nll_bpd"] > 0 and "1.05" in row["published"]
+    assert [e[0] for e in row["val_curve"]] == [1, 2] and all(math.isfinite(e[2]) for e in row["val_curve"])
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_flow_speed_builds_normflows_layer_for_layer(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer side of the flow speed benchmark: normflows' Glow and RealNVP in deepgen's
+    layouts (about the same parameter count, a finite density, samples of MNIST's shape),
+    and the script's rows on tiny settings."""
+    nf = pytest.importorskip("normflows")  # a [dev] dependency: present in CI
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    fs = _load("flow_speed")
+    import deepgen
+
+    ds = deepgen.load_dataset("mnist", data_dir=str(real_data_dir), max_train=64)
+    x = (torch.rand(4, 1, 28, 28) * 255).round() / 256 + torch.rand(4, 1, 28, 28) / 256
+    for name, settings in (("glow", {"levels": 2, "steps": 2, "channels": 16}), ("realnvp", {"scales": 2, "couplings": 2, "channels": 16})):
+        ours, peer = deepgen.create_model(name, ds, **settings), fs.build_peer(nf, name, settings)
+        n_ours, n_peer = (sum(p.numel() for p in m.parameters()) for m in (ours, peer))
+        assert abs(n_ours - n_peer) / n_ours < 0.15, (name, n_ours, n_peer)
+        assert torch.isfinite(peer.log_prob(x, None)).all()
+        with torch.no_grad():
+            assert peer.sample(3)[0].shape == (3, 1, 28, 28)
+    out = tmp_path / "s.json"
+    assert fs.main(["--tiny", "--device", "cpu", "--data-dir", str(real_data_dir), "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["glow", "realnvp"]
+    assert all(r["normflows_train"] > 0 and r["deepgen_eager"] > 0 and r["deepgen_sample"] > 0 and r["normflows_sample"] > 0 for r in rows)

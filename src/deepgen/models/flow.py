@@ -57,7 +57,12 @@ class FlowConfig(ModelConfig):
     """What every flow shares."""
 
     conditional: bool = False  # class-conditional p(x | y): labels enter every coupling network
-    logit_alpha: float = 0.05  # [0, 1] data: y -> logit(alpha + (1 - 2 alpha) y) (RealNVP sec. 4.1)
+    # [0, 1] data: y -> logit(alpha + (1 - 2 alpha) y) (RealNVP sec. 4.1). 1e-6 as MAF's
+    # MNIST runs (Papamakarios et al. 2017, sec. 4.3): with RealNVP's 0.05 the blank
+    # pixels' bin is only 0.07 wide in logit space, the flow makes it Gaussian-sharp, and
+    # a test image with a stroke where training images are blank gets an enormous NLL
+    # (benchmarks/RESULTS.md, the first MAF run on MNIST); at 1e-6 that bin is 8.3 wide.
+    logit_alpha: float = 1e-6
     temperature: float = 1.0  # sampling: z ~ N(0, T^2 I) (Glow sec. 5); 1 = the model's own density
 
     def validate(self) -> None:
