@@ -63,6 +63,24 @@ class TinyDiscriminator(nn.Module):
         return self.out(features).squeeze(1), features
 
 
+class TinyDenoiser(nn.Module):
+    """A diffusion denoiser: x_t (N, *shape), t (N,) float, cond (N,) int64 class indices
+    0..C (C: no label) or None -> (N, *shape); the timestep and the class enter as inputs."""
+
+    def __init__(self, shape: list[int], hidden: int = 32, classes: int = 0) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.embed = nn.Embedding(classes + 1, hidden) if classes else None
+        self.inp = nn.Linear(math.prod(shape) + 1, hidden)
+        self.out = nn.Linear(hidden, math.prod(shape))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.inp(torch.cat([x.flatten(1), t.reshape(-1, 1) / 1000], dim=1))
+        if self.embed is not None and cond is not None:
+            h = h + self.embed(cond)
+        return self.out(torch.tanh(h)).reshape(len(x), *self.shape)
+
+
 class Namespace:
     """Classes nested in a class are importable by their qualified name too."""
 

@@ -85,3 +85,13 @@ def load_script(folder: str, name: str, prefix: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def perturb(module: torch.nn.Module, std: float, seed: int = 0) -> torch.nn.Module:
+    """Add Gaussian noise of ``std`` to every parameter (the zero-initialised ones included),
+    so that no layer is the identity: maths tests on random non-trivial weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return module

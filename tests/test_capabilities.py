@@ -85,10 +85,18 @@ def test_conditional_capabilities_take_cond(name, data_dir):
         a = model.sample(4, generator=torch.Generator().manual_seed(0), cond=torch.tensor([0, 1, 2, 3]))
         b = model.sample(4, generator=torch.Generator().manual_seed(0), cond=3)
     assert a.shape == b.shape == (4, *ds.spec.shape)
-    with pytest.raises(UserError, match="pass labels"):
-        model.sample(2)
-    with pytest.raises(UserError, match="labels must be in 0..9"):
-        model.sample(2, cond=torch.tensor([0, 10]))
+    if model.null_label:  # trained for classifier-free guidance: no labels = the null label, the unconditional model
+        with torch.no_grad():
+            none = model.sample(2, generator=torch.Generator().manual_seed(1))
+            null = model.sample(2, generator=torch.Generator().manual_seed(1), cond=NULL_LABEL)
+        assert torch.equal(none, null)
+        with pytest.raises(UserError, match=r"labels must be in 0..9 or -1 \(no label\)"):
+            model.sample(2, cond=torch.tensor([0, 10]))
+    else:
+        with pytest.raises(UserError, match="pass labels"):
+            model.sample(2)
+        with pytest.raises(UserError, match="labels must be in 0..9"):
+            model.sample(2, cond=torch.tensor([0, 10]))
     unconditional = deepgen.create_model(name, ds)
     assert unconditional.num_classes is None and unconditional.labels(torch.tensor([1, 2]), 2) is None
 

@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from custom_nets import Namespace, TinyDecoder, TinyDiscriminator, TinyEncoder, TinyGenerator
+from custom_nets import (
+    Namespace,
+    TinyDecoder,
+    TinyDenoiser,
+    TinyDiscriminator,
+    TinyEncoder,
+    TinyGenerator,
+)
 from helpers import assert_same_metrics
 
 import deepgen
@@ -307,6 +314,7 @@ def _family_networks(name: str, cond: int = 0, pack: int = 1) -> dict:
             TinyDiscriminator, shape=[k] if name == "aae" else [pack * SHAPE[0], *SHAPE[1:]], cond=pack * cond
         ),
         "generator": deepgen.network(TinyGenerator, noise=getattr(cfg, "noise_dim", 0), shape=SHAPE, cond=cond),
+        "denoiser": deepgen.network(TinyDenoiser, shape=SHAPE, classes=cond),
     }
     return {n: nets[n] for n in model_class(name).replaceable_networks}
 
@@ -315,7 +323,7 @@ FAMILIES = [n for n in model_names() if model_class(n).replaceable_networks]
 
 
 def test_the_families_declare_their_replaceable_networks():
-    assert {"vae", "ae", "sparse-ae", "denoising-ae", "contractive-ae", "aae", "gan", "dcgan", "wgan", "wgan-gp"} <= set(FAMILIES)
+    assert {"vae", "ae", "sparse-ae", "denoising-ae", "contractive-ae", "aae", "gan", "dcgan", "wgan", "wgan-gp", "ddpm"} <= set(FAMILIES)
     for name in FAMILIES:
         for net, words in model_class(name).replaceable_networks.items():
             assert " to " in words and "(N" in words, f"{name}.{net}: say what it maps, in shapes"

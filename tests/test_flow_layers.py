@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import perturb as _perturb
 from torch import nn
 from torch.autograd.functional import jacobian
 
@@ -27,12 +28,8 @@ NOISE = 0.3  # std of the noise added to every parameter
 
 
 def perturb(module: nn.Module, std: float = NOISE, seed: int = 0) -> nn.Module:
-    """Add Gaussian noise to every parameter, so that no layer is the identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
-    return module
+    """:func:`helpers.perturb` with this file's noise level."""
+    return _perturb(module, std, seed)
 
 
 def sequential_vector(cond: int) -> fl.Bijection:

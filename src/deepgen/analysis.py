@@ -22,6 +22,11 @@ file                   needs              shows
                         (exact), 2-D      the test points, samples drawn over it
 ``temperatures.png``    a ``temperature`` images: rows of samples at temperatures 0.5 .. 1
                         setting, images
+``samplers.png``        a ``sampler``     images: rows of samples by DDIM (10, 50 steps),
+                        setting, images   DPM-Solver++ (10, 20) and DDIM eta = 1 (50), all
+                                          from the same noise
+``guidance.png``        a ``guidance``    images: rows at guidance scales 0, 1, 2, 4,
+                        setting, labels   labels 0..7 along each row
 ``samples.txt``         token data with   samples decoded with the dataset's vocabulary
                         a vocabulary      (character-level text)
 =====================  =================  ===============================================
@@ -67,6 +72,28 @@ SAMPLES = 64  # images in samples.png (2-D data: 20x as many points)
 TEXT_SAMPLES = 4  # token models: sequences decoded into samples.txt
 DENSITY_GRID = 200  # density.png: the density on a DENSITY_GRID x DENSITY_GRID grid
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)  # temperatures.png: one row of samples per sampling temperature
+# samplers.png: one row per diffusion sampler and step count (DDIM paper, Table 1's spirit).
+SAMPLER_ROWS = (
+    {"sampler": "ddim", "steps": 10, "eta": 0.0}, {"sampler": "ddim", "steps": 50, "eta": 0.0},
+    {"sampler": "dpm-solver++", "steps": 10, "eta": 0.0}, {"sampler": "dpm-solver++", "steps": 20, "eta": 0.0},
+    {"sampler": "ddim", "steps": 50, "eta": 1.0},
+)
+GUIDANCE = (0.0, 1.0, 2.0, 4.0)  # guidance.png: one row per classifier-free guidance scale, labels 0..7
+
+
+def _rows_of_samples(model: GenerativeModel, settings: list[dict[str, Any]], device: torch.device, seed: int) -> torch.Tensor:
+    """8 samples per entry of ``settings`` (config overrides), each row from the same seed
+    (and labels 0..7 for conditional models): (8 * len(settings), *shape)."""
+    config = model.config
+    rows = []
+    try:
+        for over in settings:
+            model.config = config.replace(**over)
+            row_cond = torch.arange(8, device=device) % model.num_classes if model.num_classes else None
+            rows.append(model.sample(8, generator=torch.Generator(device).manual_seed(seed + 99), cond=row_cond))
+    finally:
+        model.config = config
+    return torch.cat(rows).reshape(-1, *model.spec.shape)
 
 
 def to_unit(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
@@ -224,20 +251,19 @@ def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torc
         save_density(logp.reshape(DENSITY_GRID, DENSITY_GRID), (lo[0], hi[0], lo[1], hi[1]), x, samples[: 20 * SAMPLES], path, title)
         written.append(path)
 
-    # temperatures.png: samples at a few sampling temperatures, one row each (images).
-    if spec.is_image and hasattr(model.config, "temperature"):
-        config = model.config
-        rows = []
-        try:
-            for t in TEMPERATURES:
-                model.config = config.replace(temperature=t)
-                row_cond = torch.arange(8, device=device) % model.num_classes if model.num_classes else None
-                rows.append(model.sample(8, generator=torch.Generator(device).manual_seed(seed + 99), cond=row_cond))
-        finally:
-            model.config = config
-        path = run_dir / "temperatures.png"
-        save_image_grid(to_unit(torch.cat(rows).reshape(-1, *spec.shape), spec), path, nrow=8)
-        written.append(path)
+    # Rows of samples under a few sampling settings, from the same seed (images): the
+    # temperature of flows and autoregressive models; a diffusion model's samplers and
+    # step counts (the same starting noise in every row), and its guidance scales.
+    if spec.is_image:
+        for name, field, settings in (
+            ("temperatures.png", "temperature", [{"temperature": t} for t in TEMPERATURES]),
+            ("samplers.png", "sampler", [s for s in SAMPLER_ROWS if s["steps"] <= getattr(model.config, "timesteps", 0)]),
+            ("guidance.png", "guidance", [{"guidance": g} for g in GUIDANCE] if model.num_classes else []),
+        ):
+            if hasattr(model.config, field) and settings:
+                path = run_dir / name
+                save_image_grid(to_unit(_rows_of_samples(model, settings, device, seed), spec), path, nrow=8)
+                written.append(path)
 
     # completions.png: test images (top) and their lower halves drawn given the upper halves.
     if isinstance(model, Completion) and spec.is_image and have_test:

@@ -147,7 +147,7 @@ def _plan_train(
         )
     if data not in {n for n, _ in dataset_descriptions()} and Path(data).expanduser().exists():
         data = str(Path(data).expanduser().resolve())  # the run works from any folder later
-    defaults = {"model": cls.config_class(), "train": TrainConfig(), "data": DataConfig(name=data)}
+    defaults = {"model": cls.config_class(), "train": TrainConfig().replace(**cls.train_defaults), "data": DataConfig(name=data)}
     _check_setting_names({**sets, **shortcuts}, defaults, model_name)
     routed = split_overrides({**sets, **shortcuts}, defaults)
     data_over = dict(routed["data"])
@@ -806,6 +806,7 @@ MODEL_EXAMPLES: dict[str, str] = {
     "glow": "train glow --data digits --set steps=4 --set channels=32 --epochs 10 --out runs/glow",
     "maf": "train maf --data moons --epochs 20 --out runs/maf",
     "nsf": "train nsf --data moons --epochs 20 --out runs/nsf",
+    "ddpm": "train ddpm --data digits --set channels=32 --set conditional=true --epochs 20 --out runs/ddpm",
 }
 
 

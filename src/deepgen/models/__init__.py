@@ -13,7 +13,7 @@ from .networks import Network, network
 
 
 def _load_families() -> None:
-    from . import adversarial_ae, autoencoder, autoregressive, flow, gan, vae  # noqa: F401  (registration by import)
+    from . import adversarial_ae, autoencoder, autoregressive, diffusion, flow, gan, vae  # noqa: F401  (registration by import)
 
 
 def model_class(name: str) -> type[GenerativeModel]:

@@ -158,6 +158,10 @@ class GenerativeModel(nn.Module):
     #: The family builds each through :meth:`replaceable` and says in :meth:`network_io`
     #: what a small batch of inputs is and what output shape its own network returns.
     replaceable_networks: ClassVar[Mapping[str, str]] = {}
+    #: Trainer settings (TrainConfig fields) this family trains with unless the user sets
+    #: them: ``deepgen train`` and ``deepgen bench`` start from them, and so does
+    #: ``Trainer(model, data)`` without a config (DDPM: an EMA of the weights).
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self,

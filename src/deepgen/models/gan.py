@@ -74,6 +74,7 @@ from ..nn.adversarial import (  # noqa: F401  (the losses and D are part of this
     spectral_normalize,
     with_cond,
 )
+from ..nn.signed import from_signed, to_signed
 from ..registry import register
 from .base import GenerativeModel, LossOutput, ModelConfig, OptimizerSpec, Phase
 from .networks import Network, Shape
@@ -348,23 +349,11 @@ class GAN(GenerativeModel):
     # -- data spaces -------------------------------------------------------------------------
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
         """Data (N, *shape) -> the space D and G work in: [-1, 1] for images, as is for real data."""
-        if self.spec.kind == "real":
-            return x
-        if self.spec.kind == "discrete":
-            x = x / (self.spec.num_levels - 1)
-        return 2 * x - 1
+        return to_signed(x, self.spec)
 
     def to_data_space(self, x: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
         """G's outputs (N, *shape) -> data of the spec's kind (see the module docstring)."""
-        kind = self.spec.kind
-        if kind == "real":
-            return x
-        u = (x + 1) / 2  # tanh -> [0, 1], i.e. sigmoid(2 a)
-        if kind == "binary":
-            return (u > 0.5).to(u.dtype) if mean else torch.bernoulli(u, generator=generator)
-        if kind == "discrete":
-            return torch.round(u * (self.spec.num_levels - 1))
-        return u
+        return from_signed(x, self.spec, generator, mean)
 
     # -- G and D -------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

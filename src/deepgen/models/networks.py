@@ -262,14 +262,14 @@ def _fits(out: Any, expected: Any) -> bool:
 
 
 def check_network(
-    module: nn.Module, role: str, model: str, path: str, signature: str, inputs: Sequence[torch.Tensor], expected: Shape | tuple[Shape, ...]
+    module: nn.Module, role: str, model: str, path: str, signature: str, inputs: Sequence[torch.Tensor | None], expected: Shape | tuple[Shape, ...]
 ) -> None:
     """Call ``module(*inputs)`` once (eval mode, no grad; each submodule's mode restored)
     and check its output against ``expected``: one :class:`UserError` saying the shapes
     expected and returned, or the error the call raised, with the ``signature`` (the
     family's words for what the network maps) to fix it by."""
     modes = [(m, m.training) for m in module.modules()]
-    shown = ", ".join(_show(tuple(t.shape)) for t in inputs)
+    shown = ", ".join("None" if t is None else _show(tuple(t.shape)) for t in inputs)  # None: an optional input left out
     what = f"the custom {role} of {model} ({path}) must map {signature}"
     try:
         module.eval()

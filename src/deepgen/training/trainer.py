@@ -177,7 +177,7 @@ class Trainer:
         callbacks: Sequence[CallbackLike] = (),
         _resume_state: dict[str, Any] | None = None,
     ) -> None:
-        self.config = config or TrainConfig()
+        self.config = config or TrainConfig().replace(**model.train_defaults)
         # Under torchrun: this process's rank; rank r trains on cuda:LOCAL_RANK, and only
         # rank 0 writes the run folder (the others keep run_dir None).
         self.world = distributed.current_world()

@@ -1,0 +1,115 @@
+"""What every sampler shares: the timestep spacings and the one ``step`` API.
+
+A sampler is one reverse-process algorithm (one file each: ddpm.py, ddim.py,
+dpm_solver.py), built for a :class:`~deepgen.samplers.schedule.NoiseSchedule` and a number
+of steps S. Its ``timesteps`` (S,) run from high noise down; the model's loop is
+
+    x = noise
+    for i, t in enumerate(sampler.timesteps):
+        x0, eps = the network's estimates at (x, t)
+        x = sampler.step(i, x, x0, eps, generator)
+
+and after the last step x is the sample (step S - 1 goes to t = -1, the clean data).
+Like diffusers' schedulers the loop is the same for every algorithm; unlike them a step
+takes both estimates (the model converts its prediction once, after clipping x0), and a
+sampler holds no parameters (torch only). Multistep solvers keep their history in the
+instance: build one per sampling call (:func:`make_sampler`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+
+from ..registry import Registry
+from .schedule import NoiseSchedule
+
+SAMPLERS: Registry[type] = Registry("sampler")
+SPACINGS = ("auto", "uniform", "quadratic", "trailing")
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make a sampler available under ``name`` (``sampler=name``)."""
+    return SAMPLERS.register(name)
+
+
+def spaced_timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
+    """S = ``steps`` timesteps of 0..T-1, descending (int64 (S,)):
+
+    * ``uniform``: tau_i = floor(i T / S), i = 0..S-1 (the DDIM paper's linear spacing,
+      Song et al. 2021 appendix D.2, and its code's range(0, T, T // S) when S divides T);
+    * ``quadratic``: tau_i = floor((i sqrt(0.8 T) / (S - 1))^2) (the DDIM paper's quadratic
+      spacing, used there for CIFAR-10; S must be small enough that no value repeats);
+    * ``trailing``: tau_i = round(T - i T / S) - 1 (Lin et al. 2024, "Common diffusion noise
+      schedules and sample steps are flawed", table 2): starts at T - 1, pure noise.
+
+    S = T gives every timestep for each spacing."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1..{T} (the process's timesteps), got {steps}")
+    i = torch.arange(steps, dtype=torch.float64)
+    if spacing == "uniform":
+        tau = torch.floor(i * T / steps)
+    elif spacing == "quadratic":
+        tau = i if steps == T else torch.floor((i * math.sqrt(0.8 * T) / max(steps - 1, 1)) ** 2)
+        if bool((tau[1:] <= tau[:-1]).any()):
+            raise ValueError(f"quadratic spacing repeats timesteps at {steps} of {T} steps; use fewer steps or spacing=uniform")
+    elif spacing == "trailing":
+        tau = torch.round(T - i * T / steps) - 1
+        return tau.long()
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {SPACINGS}")
+    return tau.long().flip(0)
+
+
+class Sampler:
+    """Base of the samplers: ``timesteps`` (S,) descending, ``prev[i]`` the timestep step i
+    goes to (``timesteps[i + 1]``, -1 after the last), and :meth:`step`.
+
+    ``spacing="auto"`` takes the sampler's :attr:`default_spacing`. ``eta`` is DDIM's
+    noise scale (the other samplers refuse a value other than their own).
+    """
+
+    default_spacing: ClassVar[str] = "uniform"
+    #: The eta this sampler is (None: any eta; the DDIM family).
+    fixed_eta: ClassVar[float | None] = None
+
+    def __init__(self, schedule: NoiseSchedule, steps: int, *, eta: float | None = None, spacing: str = "auto") -> None:
+        name = getattr(type(self), "registered_name", type(self).__name__)
+        if eta is not None and self.fixed_eta is not None and eta != self.fixed_eta:
+            raise ValueError(f"the {name} sampler has no eta setting (it is eta = {self.fixed_eta:g}); use sampler=ddim for eta")
+        self.schedule = schedule
+        self.eta = self.fixed_eta if self.fixed_eta is not None else (0.0 if eta is None else float(eta))
+        if not self.eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.spacing = self.default_spacing if spacing == "auto" else spacing
+        device = schedule.abar.device
+        self.timesteps = spaced_timesteps(schedule.T, steps, self.spacing).to(device)
+        self.prev = torch.cat([self.timesteps[1:], torch.full((1,), -1, dtype=torch.long, device=device)])
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def step(self, i: int, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """From x at ``timesteps[i]`` (N, ...) and the network's estimates x0, eps there, x
+        at ``prev[i]`` (the sample itself after the last step)."""
+        raise NotImplementedError
+
+    def _coefficients(self, i: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(abar_t, abar_s) of step i (t = timesteps[i], s = prev[i]), float64, shaped to broadcast against ``like``."""
+        a = self.schedule.alpha_bar(torch.stack([self.timesteps[i], self.prev[i]]))
+        shape = (1,) * like.dim()
+        return a[0].reshape(shape), a[1].reshape(shape)
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, steps: int, *, eta: float | None = None, spacing: str = "auto") -> Sampler:
+    """A fresh sampler ``name`` (ddpm, ddim, dpm-solver++) for ``schedule`` and ``steps``.
+    An unknown name is one :class:`~deepgen.errors.UserError` listing the known ones."""
+    return SAMPLERS.get(name)(schedule, steps, eta=eta, spacing=spacing)
+
+
+def gaussian_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise of ``like``'s shape, dtype and device."""
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
