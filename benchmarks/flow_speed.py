@@ -39,7 +39,7 @@ import json
 import time
 
 import torch
-from timing import sync, time_steps, trainer_rate, write_record
+from timing import guarded, sync, time_steps, trainer_rate, write_record
 
 import deepgen
 from deepgen.bench import hardware
@@ -130,17 +130,6 @@ def sample_rate(draw, n: int, repeats: int, device: torch.device) -> float:
 def deepgen_train_rate(name: str, ds, settings: dict, batch: int, args, device: torch.device, **train) -> float:
     seed_all(0)
     return trainer_rate(deepgen.create_model(name, ds, **settings), ds, batch, args.steps, args.warmup, device, **train)
-
-
-def guarded(row: dict, key: str, fn, *args, **kwargs) -> None:
-    """row[key] = fn(*args, **kwargs), or the error's text in row[key + '_error'] (the other figures still run)."""
-    try:
-        row[key] = fn(*args, **kwargs)
-    except Exception as e:  # a path that fails on this machine is reported, not fatal
-        row[key + "_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:

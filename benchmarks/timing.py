@@ -56,6 +56,19 @@ def trainer_rate(model, ds, batch: int, steps: int, warmup: int, device: torch.d
     return steps * batch / time_fit([Trainer(model, ds, cfg, None)], warmup, steps, device)
 
 
+def guarded(row: dict, key: str, fn, *args, **kwargs) -> None:
+    """row[key] = fn(*args, **kwargs), or the error's text in row[key + '_error']: one
+    configuration that fails on a machine (a compile error, out of memory) is reported and
+    the benchmark's other figures still run."""
+    try:
+        row[key] = fn(*args, **kwargs)
+    except Exception as e:  # reported, not fatal
+        row[key + "_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def write_record(path: str, rows: list[dict], hardware: str) -> None:
     """The measured rows as JSON, with the hardware, torch and Python versions and the command."""
     record = {"rows": rows, "hardware": hardware, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}

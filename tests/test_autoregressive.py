@@ -267,3 +267,26 @@ def test_transformer_samples_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ids = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert ids.shape == (3, 6) and int(ids.max()) < 4
+
+
+def test_pixelcnn_dropout_keeps_the_order_in_training_and_is_off_in_evaluation():
+    """Dropout in the gated layers is elementwise: in training mode (random masks) output i
+    still has zero gradient w.r.t. inputs at positions >= i; in eval mode it is off (two
+    passes agree, and match a dropout-free copy of the same weights)."""
+    spec = DataSpec((1, 5, 5), "binary")
+    torch.manual_seed(0)
+    model = deepgen.create_model("pixelcnn", spec, channels=8, layers=3, out_hidden=8, dropout=0.5)
+    x = torch.bernoulli(torch.full((3, 1, 5, 5), 0.5))
+    model.train()
+    CHECKS["autoregressive"](model, x, None)
+    a, b = model.position_outputs(x), model.position_outputs(x)
+    assert not torch.equal(a, b)  # dropout is on in training
+    model.eval()
+    plain = deepgen.create_model("pixelcnn", spec, channels=8, layers=3, out_hidden=8)
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model.position_outputs(x), model.position_outputs(x))
+        assert torch.allclose(model.position_outputs(x), plain.position_outputs(x))
+    with pytest.raises(UserError, match="dropout must be in"):
+        deepgen.create_model("pixelcnn", spec, dropout=1.0)

@@ -235,3 +235,57 @@ def test_flow_speed_builds_normflows_layer_for_layer(real_data_dir: Path, tmp_pa
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["glow", "realnvp"]
     assert all(r["normflows_train"] > 0 and r["deepgen_eager"] > 0 and r["deepgen_sample"] > 0 and r["normflows_sample"] > 0 for r in rows)
+
+
+def test_diffusion_speed_matches_diffusers_network_and_runs(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer network of the diffusion speed benchmark has deepgen's parameter count
+    exactly (the full 6.5M configuration and the tiny one), and the script's rows come out."""
+    pytest.importorskip("diffusers")  # a [dev] dependency: present in CI
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ds_speed = _load("diffusion_speed")
+    import deepgen
+
+    spec = deepgen.DataSpec((1, 32, 32), "continuous", num_levels=256)
+    full = deepgen.create_model("ddpm", spec, **ds_speed.SETTINGS)
+    assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in ds_speed.diffusers_unet(False).parameters()) == 6_469_889
+    out = tmp_path / "d.json"
+    assert ds_speed.main(["--tiny", "--device", "cpu", "--data-dir", str(real_data_dir), "--batches", "4", "--steps", "2", "--warmup", "1",
+                          "--sample-n", "8", "--sample-batch", "4", "--sample-steps", "3", "--out", str(out)]) == 0
+    record, row = json.loads(out.read_text())["rows"]
+    assert record["parameters"] == record["diffusers_parameters"] and record["flops_per_sample"] > 0
+    assert row["diffusers_fp32"] > 0 and row["deepgen_eager"] > 0 and record["sampling"]["seconds_eager"] > 0
+
+
+def test_diffusion_quality_scores_each_sampler_setting_separately(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quality-against-steps benchmark on tiny settings, with stand-in features and
+    classifier (the real ones train for a minute): one FID per sampler configuration, each
+    from its own samples (different settings, different figures), guidance rows with the
+    classifier's accuracy, the bound, and a resumed call that trains on."""
+    from test_quality_and_bench import ProjectionFeatures
+
+    from deepgen.metrics import quality
+
+    class Classifier:
+        def logits(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(len(x), -1)[:, :10]
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(quality, "feature_net", lambda ds, ctx: ProjectionFeatures(ds.spec.dim))
+    quality._SAMPLE_MEMO.clear()
+    dq = _load("diffusion_quality")
+    monkeypatch.setattr(dq, "digit_classifier", lambda ds, device: Classifier())
+    run, out = tmp_path / "run", tmp_path / "q.json"
+    common = ["--tiny", "--max-train", "64", "--samples", "32", "--data-dir", str(real_data_dir), "--device", "cpu", "--run-dir", str(run),
+              "--pictures", str(tmp_path / "pics"), "--out", str(out)]
+    assert dq.main([*common, "--time-budget", "1", "--settings", "conditional=true", "--grid", "ddim:5:0,dpm-solver++:3:0,ddim:50:0",
+                    "--guidance", "0,2", "--guidance-config", "ddim:4:0", "--bound-stride", "5", "--bound-limit", "8"]) == 0
+    rec = json.loads(out.read_text())
+    assert [(r["sampler"], r["steps"]) for r in rec["fid"]] == [("ddim", 5), ("dpm-solver++", 3)]  # 50 > timesteps: left out
+    assert rec["fid"][0]["fid"] != rec["fid"][1]["fid"] and all(math.isfinite(r["fid"]) for r in rec["fid"])
+    assert [g["guidance"] for g in rec["guidance"]] == [0.0, 2.0] and all(0 <= g["classifier_accuracy"] <= 1 for g in rec["guidance"])
+    assert math.isfinite(rec["bound"]["nll_bpd"]) and "every 5-th" in rec["bound"]["note"]
+    assert len(list((tmp_path / "pics").glob("mnist_*.png"))) == 4
+    first = rec["steps"]
+    assert dq.main([*common, "--resume", "--time-budget", "1", "--grid", "ddim:5:0"]) == 0
+    again = json.loads(out.read_text())
+    assert again["resumed"] and again["steps"] > first

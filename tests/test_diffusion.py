@@ -316,3 +316,85 @@ def test_cli_samples_with_another_sampler_and_evaluates_the_bound(tmp_path: Path
     assert math.isfinite(entry["values"]["nll_bpd"]) and "every 5-th timestep" in entry["values"]["nll_note"]
     assert main(["sample", str(run), "--n", "2", "--out", str(out), "--set", "sampler=ddpm", "--set", "eta=0.3"]) == 2
     assert "eta is DDIM's setting" in capsys.readouterr().err
+
+
+# -- found in review: the cosine schedule's end, dtypes, modes, pictures ------------------------------
+
+
+def _gaussian_denoiser(sched, m: float, s: float, bias: float):
+    """The exact (x0, eps) of data N(m, s^2), with ``bias`` added to eps (a slightly wrong network)."""
+    def estimates(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = sched.alpha_bar(t, x)
+        x0 = m + a.sqrt() * s**2 / (a * s**2 + 1 - a) * (x - a.sqrt() * m)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt() + bias
+        return (x - (1 - a).sqrt() * eps) / a.sqrt(), eps
+    return estimates
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm-solver++", "ddpm"])
+def test_samplers_start_where_an_eps_network_is_usable_on_the_cosine_schedule(name):
+    """The cosine schedule ends at abar ~ 2e-9, where an eps network's x0 estimate multiplies
+    its error by 1 / sqrt(abar) ~ 2e4: a sampler starting there scatters samples (a 1% eps
+    error sent DPM-Solver++ samples of N(0.7, 0.3^2) to |x| of tens). Samplers start at
+    lambda >= -5.1 (diffusers' lambda_min_clipped); the linear schedule keeps T - 1."""
+    from deepgen.samplers import NoiseSchedule, make_sampler
+
+    linear, cosine = NoiseSchedule.make("linear", 1000), NoiseSchedule.make("cosine", 1000)
+    assert int(make_sampler("dpm-solver++", linear, 20).timesteps[0]) == 999
+    smp = make_sampler(name, cosine, 20)
+    assert float(cosine.alpha_bar(smp.timesteps[0])) >= 3e-5 and int(smp.timesteps[0]) < 999
+    estimates = _gaussian_denoiser(cosine, 0.7, 0.3, bias=0.01)
+    x = torch.randn(4000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    for i, t in enumerate(smp.timesteps):
+        x0, eps = estimates(x, t.expand(len(x)))
+        x = smp.step(i, x, x0, eps, gen)
+    assert abs(float(x.mean()) - 0.7) < 0.15 and float(x.std()) < 0.6 and float(x.abs().max()) < 3
+
+
+def test_conversions_keep_the_schedule_in_float64_and_timesteps_exact():
+    spec = DataSpec((1, 8, 8), "continuous", num_levels=256)
+    model = deepgen.create_model("ddpm", spec, channels=8, channel_mult=(1, 2), res_blocks=1, heads=2, timesteps=1000, steps=5)
+    for convert in (lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.float(), lambda m: m.double()):
+        convert(model)
+        assert model.abar.dtype == model.betas.dtype == torch.float64 and float(1 - model.abar[1]) == pytest.approx(1e-4)
+        assert model.denoiser.time_embed.freqs.dtype in (torch.float32, torch.float64)
+    model.to(torch.bfloat16)
+    from deepgen.nn.unet import _sinusoid
+
+    emb = _sinusoid(torch.tensor([998.0, 999.0]), model.denoiser.time_embed.freqs, 8)
+    assert not torch.equal(emb[0], emb[1])  # bf16 would put 998 and 999 on one embedding
+    x = (torch.randint(0, 256, (2, 1, 8, 8)) / 255.0)
+    model.config = model.config.replace(bound_stride=100)
+    assert torch.isfinite(model.log_prob(x)).all()
+
+
+def test_a_failed_call_leaves_the_model_in_training_mode():
+    spec = DataSpec((2,), "real", num_classes=3)
+    model = deepgen.create_model("ddpm", spec, conditional=True, hidden=(8,), timesteps=10, steps=5).train()
+    for call in (lambda: model.sample(2, cond=7), lambda: model.log_prob(torch.zeros(2, 2), cond=torch.tensor([0, 9])),
+                 lambda: model.encode(torch.zeros(2, 2), cond=torch.tensor([5, 5]))):
+        with pytest.raises(UserError, match="labels must be in"):
+            call()
+        assert model.training
+    model.sample(2, cond=1)
+    assert model.training
+
+
+def test_guidance_and_eta_out_of_range_are_refused():
+    with pytest.raises(UserError, match="needs a model trained with conditional=true"):
+        deepgen.create_model("ddpm", DataSpec((2,), "real"), guidance=3.0)
+    with pytest.raises(UserError, match=r"eta must be in \[0, 1\]"):
+        deepgen.create_model("ddpm", DataSpec((2,), "real"), eta=1.5)
+
+
+def test_the_pictures_of_a_run_with_quadratic_spacing(tmp_path: Path):
+    """samplers.png overrides the sampler and steps; each row takes its sampler's own
+    spacing, so a run trained with spacing=quadratic (which 10 of 20 steps cannot use) still
+    gets its pictures."""
+    from deepgen.analysis import write_analysis
+
+    ds = deepgen.load_dataset("digits")
+    model = deepgen.create_model("ddpm", ds, channels=8, channel_mult=(1, 2), res_blocks=1, heads=2, timesteps=20, steps=4, spacing="quadratic")
+    files = {p.name for p in write_analysis(tmp_path, model, ds, device="cpu", seed=0)}
+    assert {"samples.png", "samplers.png"} <= files

@@ -77,6 +77,20 @@ def test_samples_are_drawn_once_for_several_metrics(stand_in):
     assert model.pos == len(ds.test)  # one pass of sampling served the four metrics
 
 
+def test_a_changed_sampling_setting_draws_new_samples(stand_in):
+    """The memo of samples is keyed by the model's config too: evaluating one model again
+    after changing a sampling setting (a diffusion model's steps, a flow's temperature)
+    must sample again, not reuse the first setting's samples."""
+    ds = deepgen.load_dataset("digits")
+    model = Replays(ds)
+    evaluate(model, ds, ["fid"])
+    evaluate(model, ds, ["kid"])
+    assert model.pos == len(ds.test)  # same weights, same config: reused
+    model.config, model.pos = ModelConfig(lr=0.5), 0  # another setting; replay from the start
+    evaluate(model, ds, ["fid"])
+    assert model.pos == len(ds.test)  # sampled again
+
+
 def test_real_features_are_cached_on_disk(stand_in, tmp_path):
     ds = deepgen.load_dataset("digits")
     evaluate(Replays(ds), ds, ["fid"])

@@ -73,10 +73,9 @@ TEXT_SAMPLES = 4  # token models: sequences decoded into samples.txt
 DENSITY_GRID = 200  # density.png: the density on a DENSITY_GRID x DENSITY_GRID grid
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)  # temperatures.png: one row of samples per sampling temperature
 # samplers.png: one row per diffusion sampler and step count (DDIM paper, Table 1's spirit).
-SAMPLER_ROWS = (
-    {"sampler": "ddim", "steps": 10, "eta": 0.0}, {"sampler": "ddim", "steps": 50, "eta": 0.0},
-    {"sampler": "dpm-solver++", "steps": 10, "eta": 0.0}, {"sampler": "dpm-solver++", "steps": 20, "eta": 0.0},
-    {"sampler": "ddim", "steps": 50, "eta": 1.0},
+SAMPLER_ROWS = tuple(
+    {"sampler": name, "steps": steps, "eta": eta, "spacing": "auto"}  # each sampler's own spacing, whatever the run's
+    for name, steps, eta in (("ddim", 10, 0.0), ("ddim", 50, 0.0), ("dpm-solver++", 10, 0.0), ("dpm-solver++", 20, 0.0), ("ddim", 50, 1.0))
 )
 GUIDANCE = (0.0, 1.0, 2.0, 4.0)  # guidance.png: one row per classifier-free guidance scale, labels 0..7
 

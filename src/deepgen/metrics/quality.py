@@ -96,7 +96,9 @@ def real_features(dataset: Dataset, ctx: EvalContext, net: FeatureNet, split: st
 def sample_features(model: GenerativeModel, dataset: Dataset, ctx: EvalContext, net: FeatureNet, n: int) -> torch.Tensor:
     """Features (n, F) of ``n`` samples drawn with a generator seeded from ``ctx.seed``."""
     version = sum(p._version for p in model.parameters())
-    key = (id(model), version, n, ctx.seed, str(ctx.device), net.describe())
+    # The config is part of the key: a sampling setting (steps, sampler, temperature) changed
+    # between two evaluations of one model gives other samples, with the same weights.
+    key = (id(model), version, repr(getattr(model, "config", None)), n, ctx.seed, str(ctx.device), net.describe())
     if key in _SAMPLE_MEMO and _SAMPLE_MEMO[key][0]() is model:
         return _SAMPLE_MEMO[key][1]
     gen = ctx.generator()

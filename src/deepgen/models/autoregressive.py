@@ -98,10 +98,12 @@ class PixelCNNConfig(AutoregressiveConfig):
     kernel: int = 3  # kernel of the mask-B layers (odd)
     first_kernel: int = 7  # kernel of the mask-A layer (odd)
     out_hidden: int = 256  # width of the 1x1 output network
+    dropout: float = 0.0  # on each gated layer's horizontal output before its 1x1 conv, in training (PixelCNN++ uses 0.5)
 
     def validate(self) -> None:
         super().validate()
         self.check(self.channels >= 1 and self.layers >= 1 and self.out_hidden >= 1, "channels, layers and out_hidden must be >= 1")
+        self.check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         self.check(self.kernel % 2 == 1 and self.first_kernel % 2 == 1, f"kernels must be odd, got {self.kernel} and {self.first_kernel}")
 
 
@@ -363,11 +365,14 @@ class GatedLayer(nn.Module):
     column from the horizontal one, so that nothing sees the current pixel; afterwards the
     vertical stack only ever holds rows above, and the vertical-to-horizontal link
     (a 1x1 conv) adds it to the horizontal stack without a blind spot. Maps: (N, F, H, W).
+    ``dropout``: on the gated horizontal features before their 1x1 conv, in training only
+    (elementwise, so no position sees another; the cached sampler runs in eval mode).
     """
 
-    def __init__(self, features: int, kernel: int, mask_a: bool, cond_dim: int) -> None:
+    def __init__(self, features: int, kernel: int, mask_a: bool, cond_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.mask_a = mask_a
+        self.drop = nn.Dropout(dropout)
         half = kernel // 2
         self.vertical = nn.Conv2d(features, 2 * features, (half + 1, kernel), padding=(half, half))
         self.horizontal = nn.Conv2d(features, 2 * features, (1, half + 1), padding=(0, half))
@@ -402,6 +407,7 @@ class GatedLayer(nn.Module):
         v_out = self._gate(v_pre + bias)
         h_gated = self._gate(h_pre + self.v_to_h(v_pre) + bias)
         # The residual would carry the current pixel into layer A's output: only from layer B on.
+        h_gated = self.drop(h_gated)
         h_out = self.h_out(h_gated) if self.mask_a else h + self.h_out(h_gated)
         return v_out, h_out
 
@@ -435,7 +441,7 @@ class GatedPixelCNN(Autoregressive):
         self.embed = nn.Conv2d(c_in, f, 1)  # mixes one pixel's channels only: mask A hides the whole pixel
         k = self.num_classes or 0
         self.gated = nn.ModuleList(
-            GatedLayer(f, config.first_kernel if i == 0 else config.kernel, i == 0, k) for i in range(config.layers)
+            GatedLayer(f, config.first_kernel if i == 0 else config.kernel, i == 0, k, config.dropout) for i in range(config.layers)
         )
         self.out = nn.Sequential(
             nn.ReLU(), nn.Conv2d(f, config.out_hidden, 1), nn.ReLU(), nn.Conv2d(config.out_hidden, self.head.num_params * c_in, 1)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -61,6 +62,7 @@ from ..samplers import (
     NoiseSchedule,
     make_sampler,
     spaced_timesteps,
+    usable_timesteps,
 )
 from .base import GenerativeModel, Likelihood, LossOutput, ModelConfig
 
@@ -85,6 +87,7 @@ class DDPMConfig(ModelConfig):
     res_blocks: int = 2  # unet: residual blocks per level
     attention: tuple[int, ...] = (1,)  # unet: levels (0 = full size) with self-attention
     heads: int = 4  # unet: attention heads
+    scale_shift: bool = True  # unet: ADM's scale-shift time conditioning (false: DDPM's additive one, as diffusers' default)
     dropout: float = 0.1  # unet: dropout in the residual blocks (Ho et al.: 0.1)
     hidden: tuple[int, ...] = (256, 256, 256)  # mlp: hidden layer sizes
     conditional: bool = False  # class-conditional, trained for classifier-free guidance
@@ -114,18 +117,21 @@ class DDPMConfig(ModelConfig):
         samplers = SAMPLERS.names()
         self.check(self.sampler in samplers, f"sampler must be one of {', '.join(samplers)}, got {self.sampler!r}")
         self.check(1 <= self.steps <= self.timesteps, f"steps must be in 1..timesteps ({self.timesteps}), got {self.steps}")
-        self.check(self.eta >= 0, f"eta must be >= 0, got {self.eta}")
+        self.check(0 <= self.eta <= 1, f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM's variance), got {self.eta}")
         fixed = SAMPLERS.get(self.sampler).fixed_eta
         if fixed is not None:  # 0 is the default, read as "not set"
             self.check(self.eta in (0.0, fixed), f"eta is DDIM's setting; the {self.sampler} sampler has eta = {fixed:g} built in. "
                        f"Use sampler=ddim for eta={self.eta:g}")
         self.check(self.spacing in SPACINGS, f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
-        if self.spacing == "quadratic":
+        if self.spacing == "quadratic":  # over the timesteps the samplers use (usable_timesteps)
             try:
-                spaced_timesteps(self.timesteps, self.steps, "quadratic")
+                usable = usable_timesteps(NoiseSchedule.make(self.schedule, self.timesteps))
+                spaced_timesteps(max(usable, self.steps), self.steps, "quadratic")
             except ValueError as e:
                 self.check(False, str(e))
         self.check(math.isfinite(self.guidance) and self.guidance >= 0, f"guidance must be a number >= 0, got {self.guidance}")
+        self.check(self.conditional or self.guidance == 1.0,
+                   f"guidance={self.guidance:g} mixes conditional and unconditional outputs: it needs a model trained with conditional=true")
         self.check(1 <= self.bound_stride < self.timesteps, f"bound_stride must be in 1..{self.timesteps - 1}, got {self.bound_stride}")
 
 
@@ -184,6 +190,22 @@ class DDPM(GenerativeModel):
         self.register_buffer("abar", sched.abar, persistent=False)
         self.denoiser = self.replaceable("denoiser", self._own_network)
 
+    def _apply(self, fn, recurse: bool = True):
+        """After any conversion (``.to(device)``, ``.half()``, ``.bfloat16()``, ``.float()``)
+        the schedule's tables are rebuilt from the config in float64 (float32 on MPS, which
+        has none): in bf16, 1 - abar_0 = 1e-4 rounds to 0 and the bound turns NaN."""
+        betas, abar = self.betas, self.abar
+        self.betas = self.abar = None  # not converted with the parameters
+        try:
+            super()._apply(fn, recurse)
+            device = fn(torch.zeros(())).device  # where the conversion sends tensors
+        finally:
+            self.betas, self.abar = betas, abar
+        dt = torch.float32 if device.type == "mps" else torch.float64
+        sched = NoiseSchedule.make(self.config.schedule, self.config.timesteps)
+        self.betas, self.abar = sched.betas.to(device, dt), sched.abar.to(device, dt)
+        return self
+
     def _own_network(self) -> nn.Module:
         c, spec = self.config, self.spec
         k = self.num_classes or 0
@@ -195,7 +217,8 @@ class DDPM(GenerativeModel):
                 raise UserError(f"network=unet needs images (C, H, W); this data has shape {spec.shape}. Use network=mlp (or auto).")
             try:
                 return UNet(spec.shape[0], channels=c.channels, channel_mult=c.channel_mult, res_blocks=c.res_blocks,
-                            attention=c.attention, heads=c.heads, dropout=c.dropout, num_classes=k, image_size=tuple(spec.shape[1:]))
+                            attention=c.attention, heads=c.heads, dropout=c.dropout, num_classes=k, image_size=tuple(spec.shape[1:]),
+                            scale_shift=c.scale_shift)
             except ValueError as e:  # a setting that does not fit this data: the user's to change
                 raise UserError(f"ddpm's U-Net: {e}") from None
         return _Flattened(MLPDenoiser(spec.dim, c.hidden, num_classes=k), tuple(spec.shape))
@@ -208,9 +231,7 @@ class DDPM(GenerativeModel):
     @property
     def schedule(self) -> NoiseSchedule:
         """The forward process, on the model's device (its tables are this model's buffers)."""
-        if self.betas.device.type == "mps":  # no float64 there
-            return NoiseSchedule.from_tables(self.betas, self.abar)
-        return NoiseSchedule.from_tables(self.betas.double(), self.abar.double())
+        return NoiseSchedule.from_tables(self.betas, self.abar)
 
     @property
     def _images(self) -> bool:
@@ -228,7 +249,7 @@ class DDPM(GenerativeModel):
 
     def _net(self, xt: torch.Tensor, t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         """The denoiser on x_t (N, *shape) at timesteps t (N,) int64, class indices (N,) or None."""
-        out = self.denoiser(xt, t.to(xt.dtype), idx)
+        out = self.denoiser(xt, t.float(), idx)  # t at full precision: bf16 would round 999 to 1000
         return out.to(xt.dtype)
 
     # -- training ---------------------------------------------------------------------------
@@ -247,7 +268,7 @@ class DDPM(GenerativeModel):
         if idx is not None and self.config.p_uncond > 0:
             drop = torch.rand(n, device=x0.device) < self.config.p_uncond
             idx = torch.where(drop, torch.full_like(idx, self.num_classes or 0), idx)
-        out = self.denoiser(xt, t.to(xt.dtype), idx)
+        out = self.denoiser(xt, t.float(), idx)
         target = sched.target(self.config.prediction, x0, noise, t)
         mse = F.mse_loss(out.float(), target.float())
         return LossOutput(mse, {"mse": mse.detach()})
@@ -262,9 +283,12 @@ class DDPM(GenerativeModel):
         eps from it, so the sampler's step sees one consistent pair."""
         sched = self.schedule
         n = len(xt)
-        t = torch.as_tensor(t, device=xt.device).long().expand(n) if torch.as_tensor(t).dim() == 0 else t.long()
+        t = torch.as_tensor(t, device=xt.device).long()
+        t = t.expand(n) if t.dim() == 0 else t
         s = self.config.guidance if guidance is None else guidance
-        if idx is not None and s != 1.0:
+        if idx is not None and s == 0.0:  # the unconditional model alone
+            out = self._net(xt, t, torch.full_like(idx, self.num_classes or 0))
+        elif idx is not None and s != 1.0:
             null = torch.full_like(idx, self.num_classes or 0)
             both = self._net(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([idx, null]))
             out_c, out_u = both.chunk(2)
@@ -297,6 +321,16 @@ class DDPM(GenerativeModel):
             x = smp.step(i, x, x0, eps, generator)
         return x
 
+    @contextmanager
+    def _evaluating(self):
+        """Eval mode (no dropout) inside, the caller's mode restored after, errors included."""
+        was = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
     @torch.no_grad()
     def sample(
         self, n: int, *, generator: torch.Generator | None = None, cond: torch.Tensor | int | None = None, mean: bool = False
@@ -305,50 +339,48 @@ class DDPM(GenerativeModel):
         configured sampler; labels ``cond`` for conditional models (None or -1: the
         unconditional model). Binary data: each pixel drawn with probability (x_0 + 1) / 2
         of the final x_0 (clamped), or thresholded at 0.5 with ``mean=True``."""
-        was = self.training
-        self.eval()
         idx = self._index(cond, n)
-        x = torch.randn((n, *self.spec.shape), generator=generator, device=self.device, dtype=self.dtype)
-        x = self.reverse(x, idx, generator=generator)
-        self.train(was)
+        with self._evaluating():
+            x = torch.randn((n, *self.spec.shape), generator=generator, device=self.device, dtype=self.dtype)
+            x = self.reverse(x, idx, generator=generator)
         return from_signed(x, self.spec, generator, mean=mean)
 
     # -- DDIM encoding (Song et al. 2021, sec. 4.3 and 5.4) ----------------------------------------
+    def _code_timesteps(self) -> torch.Tensor:
+        """The timesteps of DDIM encoding and decoding: ``steps`` of the uniform spacing, descending."""
+        return spaced_timesteps(self.config.timesteps, self.config.steps, "uniform").to(self.device)
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, *shape) -> its code x_T (N, D): the deterministic DDIM (eta = 0) ODE run
         forward over ``steps`` timesteps of the DDIM spacing, each step the inverse of a
         DDIM step with the estimates at the current point (Song et al. 2021, eq. 13).
         :meth:`decode` maps it back (with the same ``steps``), closely for a smooth model."""
-        was = self.training
-        self.eval()
         idx = self._index(cond, len(x))
         sched = self.schedule
-        ts = spaced_timesteps(sched.T, self.config.steps, "uniform").flip(0).to(self.device)  # ascending
-        h = self.to_model_space(x)
-        for i, t in enumerate(ts):
-            at = ts[i - 1] if i else ts[0]  # the first estimate at the data itself, taken as x at ts[0]
-            x0, eps = self.denoise(h, at, idx, guidance=1.0, clip=False)
-            a = sched.alpha_bar(t, h).to(h.dtype)
-            h = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        self.train(was)
+        ts = self._code_timesteps().flip(0)  # ascending
+        with self._evaluating():
+            h = self.to_model_space(x)
+            for i, t in enumerate(ts):
+                at = ts[i - 1] if i else ts[0]  # the first estimate at the data itself, taken as x at ts[0]
+                x0, eps = self.denoise(h, at, idx, guidance=1.0, clip=False)
+                a = sched.alpha_bar(t, h).to(h.dtype)
+                h = a.sqrt() * x0 + (1 - a).sqrt() * eps
         return h.flatten(1)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Codes z (N, D) (from :meth:`encode`, or N(0, I) draws) -> data (N, *shape): DDIM
         with eta = 0 on the timesteps :meth:`encode` used, no clipping, mapped to the data's space."""
-        was = self.training
-        self.eval()
         idx = self._index(cond, len(z))
         sched = self.schedule
-        ts = spaced_timesteps(sched.T, self.config.steps, "uniform").to(self.device)  # descending
-        h = z.reshape(len(z), *self.spec.shape).to(self.dtype)
-        for i, t in enumerate(ts):
-            x0, eps = self.denoise(h, t, idx, guidance=1.0, clip=False)
-            b = sched.alpha_bar(ts[i + 1] if i + 1 < len(ts) else -1, h).to(h.dtype)
-            h = b.sqrt() * x0 + (1 - b).sqrt() * eps
-        self.train(was)
+        ts = self._code_timesteps()
+        with self._evaluating():
+            h = z.reshape(len(z), *self.spec.shape).to(self.dtype)
+            for i, t in enumerate(ts):
+                x0, eps = self.denoise(h, t, idx, guidance=1.0, clip=False)
+                b = sched.alpha_bar(ts[i + 1] if i + 1 < len(ts) else -1, h).to(h.dtype)
+                h = b.sqrt() * x0 + (1 - b).sqrt() * eps
         return from_signed(h, self.spec, mean=True) if self._images else h
 
     @torch.no_grad()
@@ -370,6 +402,7 @@ class DDPM(GenerativeModel):
         decoder = "a discretized Gaussian decoder at t = 0" if self._discrete else "a Gaussian decoder at t = 0"
         return Likelihood("bound", self._discrete, f"variational bound of the reverse process on {chain}, {decoder}, one x_t draw per term")
 
+    @torch.no_grad()
     def log_prob(self, x: torch.Tensor, *, cond: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """A lower bound on log p(x) per example (N,) in nats (Ho et al. 2020, eq. 5):
 
@@ -382,30 +415,28 @@ class DDPM(GenerativeModel):
         (not clipped); the decoder at t = 0 gives images' levels the mass of their bins
         under N(x0_hat, beta~_1) (edges to +-inf, sec. 3.3), a probability of the discrete
         data; for real data it is that Gaussian's density. Labels: ``cond`` (guidance 1)."""
-        was = self.training
-        self.eval()
         idx = self._index(cond, len(x))
         sched = self.schedule
-        x0 = self.to_model_space(x)
-        dt = torch.float64 if x0.dtype == torch.float64 else torch.float32
-        x0 = x0.to(dt)
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        x0 = to_signed(x.to(dt), self.spec)  # the levels exactly, whatever the model's dtype
         n = len(x0)
         ts = torch.arange(0, sched.T, self.config.bound_stride, device=x0.device)  # ascending chain
         dims = tuple(range(1, x0.dim()))
-        # Prior term: KL(N(sqrt(a) x0, 1 - a) || N(0, 1)) per dimension at the last timestep.
-        a = sched.alpha_bar(ts[-1]).to(dt)
-        total = -0.5 * ((1 - a) + a * x0.pow(2) - 1 - torch.log1p(-a)).sum(dims)
-        for j in range(len(ts) - 1, 0, -1):
-            t, s = ts[j], ts[j - 1]
-            xt = sched.q_sample(x0, t.expand(n), _randn_like(x0, generator))
-            x0_hat, _ = self._estimate(xt, t, idx)
-            mean, var = sched.posterior(x0, xt, t, s)
-            mean_hat, _ = sched.posterior(x0_hat, xt, t, s)
-            total = total - ((mean - mean_hat).pow(2) / (2 * var)).sum(dims)  # equal variances: the KL is the mean term
-        # Decoder term at t_0 = 0, variance beta~_1 (Ho et al.'s code clips beta~_0 = 0 to it).
-        t0 = ts[0]
-        xt = sched.q_sample(x0, t0.expand(n), _randn_like(x0, generator))
-        x0_hat, _ = self._estimate(xt, t0, idx)
+        with self._evaluating():
+            # Prior term: KL(N(sqrt(a) x0, 1 - a) || N(0, 1)) per dimension at the last timestep.
+            a = sched.alpha_bar(ts[-1]).to(dt)
+            total = -0.5 * ((1 - a) + a * x0.pow(2) - 1 - torch.log1p(-a)).sum(dims)
+            for j in range(len(ts) - 1, 0, -1):
+                t, s = ts[j], ts[j - 1]
+                xt = sched.q_sample(x0, t.expand(n), _randn_like(x0, generator))
+                x0_hat, _ = self._estimate(xt, t, idx)
+                mean, var = sched.posterior(x0, xt, t, s)
+                mean_hat, _ = sched.posterior(x0_hat, xt, t, s)
+                total = total - ((mean - mean_hat).pow(2) / (2 * var)).sum(dims)  # equal variances: the KL is the mean term
+            # Decoder term at t_0 = 0, variance beta~_1 (Ho et al.'s code clips beta~_0 = 0 to it).
+            t0 = ts[0]
+            xt = sched.q_sample(x0, t0.expand(n), _randn_like(x0, generator))
+            x0_hat, _ = self._estimate(xt, t0, idx)
         var0 = sched.posterior(x0, x0, 1, 0)[1].to(dt)
         if self._discrete:
             total = total + discretized_gaussian_log_prob(x0, x0_hat, 0.5 * var0.log(), _levels(self.spec)).sum(dims)
@@ -413,13 +444,11 @@ class DDPM(GenerativeModel):
             total = total - 0.5 * ((x0 - x0_hat).pow(2) / var0 + var0.log() + math.log(2 * math.pi)).sum(dims)
             if self._images:  # a density of [0, 1] data: x_0 = 2 u - 1 adds log 2 per value
                 total = total + x0[0].numel() * math.log(2.0)
-        self.train(was)
         return total
 
     def _estimate(self, xt: torch.Tensor, t: torch.Tensor, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) estimates without guidance or clipping (the bound's model), in x_t's dtype."""
-        with torch.no_grad():
-            x0, eps = self.denoise(xt.to(self.dtype), t, idx, guidance=1.0, clip=False)
+        x0, eps = self.denoise(xt.to(self.dtype), t, idx, guidance=1.0, clip=False)
         return x0.to(xt.dtype), eps.to(xt.dtype)
 
 
@@ -456,7 +485,9 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     log_cdf_upper = torch.special.log_ndtr(upper)
     log_sf_lower = torch.special.log_ndtr(-lower)  # log(1 - Phi(lower))
     # The middle bins: log(Phi(upper) - Phi(lower)), from whichever tail is more accurate.
-    left = log_cdf_upper + torch.log1p(-torch.exp(torch.special.log_ndtr(lower) - log_cdf_upper).clamp(max=1 - 1e-12))
-    right = log_sf_lower + torch.log1p(-torch.exp(torch.special.log_ndtr(-upper) - log_sf_lower).clamp(max=1 - 1e-12))
+    # log(a - b) = log a + log(-expm1(log b - log a)); the difference capped just below 0 so
+    # that a bin too small for the dtype gets a very small mass, not log(0).
+    left = log_cdf_upper + torch.log(-torch.expm1((torch.special.log_ndtr(lower) - log_cdf_upper).clamp(max=-1e-30)))
+    right = log_sf_lower + torch.log(-torch.expm1((torch.special.log_ndtr(-upper) - log_sf_lower).clamp(max=-1e-30)))
     mid = torch.where(x - mean > 0, right, left)
     return torch.where(x < -1 + half / 2, log_cdf_upper, torch.where(x > 1 - half / 2, log_sf_lower, mid))

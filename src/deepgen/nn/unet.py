@@ -39,7 +39,8 @@ def _frequencies(half: int, max_period: float, device: torch.device | None = Non
 
 
 def _sinusoid(t: torch.Tensor, freqs: torch.Tensor, dim: int) -> torch.Tensor:
-    """t (N,) -> (N, dim) in freqs' dtype: [cos(t f) | sin(t f)], a zero column when dim is odd."""
+    """t (N,) -> (N, dim) in freqs' dtype: [cos(t f) | sin(t f)], a zero column when dim is odd.
+    t is taken at full precision (a bf16 t would round 999 to 1000)."""
     args = t.to(freqs.dtype)[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
@@ -86,6 +87,16 @@ class TimeEmbedding(nn.Module):
         self.register_buffer("freqs", _frequencies(freq_dim // 2, max_period), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         self.label = nn.Embedding(num_classes + 1, out_dim) if num_classes > 0 else None
+        self.max_period = max_period
+
+    def _apply(self, fn, recurse: bool = True):
+        """After a conversion (``.to``, ``.half()``, ``.bfloat16()``), the frequencies are
+        recomputed in float32 (float64 for ``.double()``): in bf16 they would carry 3
+        digits, and t = 990..999 would land on a handful of embeddings."""
+        super()._apply(fn, recurse)
+        dt = self.freqs.dtype if self.freqs.dtype in (torch.float32, torch.float64) else torch.float32
+        self.freqs = _frequencies(self.freq_dim // 2, self.max_period, self.freqs.device).to(dt)
+        return self
 
     def forward(self, t: torch.Tensor | float, cond: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
         """``t`` (n,), (1,), 0-d or a number; ``cond`` (n,) long in 0..num_classes or None."""
@@ -95,7 +106,7 @@ class TimeEmbedding(nn.Module):
             t = t.reshape(-1).expand(n)
         else:
             t = torch.full((n,), t, device=device)  # made on the device: no host-to-device copy
-        emb = self.mlp(_sinusoid(t, self.freqs, self.freq_dim))
+        emb = self.mlp(_sinusoid(t, self.freqs, self.freq_dim).to(self.mlp[0].weight.dtype))  # a bf16 / half model's own dtype
         if self.label is None:
             if cond is not None:
                 raise ValueError("cond was given but the network has num_classes=0 (unconditional)")
@@ -121,14 +132,19 @@ class ResBlock(nn.Module):
     h = conv1(SiLU(GN(x))); (scale, shift) = Linear(SiLU(emb));
     h = conv2(dropout(SiLU(GN(h) * (1 + scale) + shift))); out = skip(x) + h.
     conv2 is zero-initialised, so the block starts as (the projection of) the identity;
-    ``skip`` is a 1x1 conv where the channel counts differ.
+    ``skip`` is a 1x1 conv where the channel counts differ. ``scale_shift=False``: DDPM's
+    additive form instead, h = GN(h + Linear(SiLU(emb))) (Ho et al.'s code, diffusers'
+    default), with half the embedding projection's parameters.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0, groups: int = 32) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0, groups: int = 32, scale_shift: bool = True
+    ) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(norm_groups(in_channels, groups), in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, (2 if scale_shift else 1) * out_channels))
         self.norm2 = nn.GroupNorm(norm_groups(out_channels, groups), out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -136,8 +152,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
+        e = self.emb(emb)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
         return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
 
 
@@ -221,6 +241,8 @@ class UNet(nn.Module):
     * ``groups``: GroupNorm groups, lowered per width by :func:`norm_groups`.
     * ``num_classes``: class conditioning with a null class (see the module docstring).
     * ``image_size``: (H, W) to check against ``channel_mult`` at construction.
+    * ``scale_shift``: ADM's scale-shift time conditioning in every residual block (True)
+      or DDPM's additive one (False; see :class:`ResBlock`).
 
     The time embedding is :class:`TimeEmbedding`: sinusoid of ``channels`` dimensions ->
     4 * ``channels`` (DDPM). The output head GN -> SiLU -> 3x3 conv is zero-initialised,
@@ -241,6 +263,7 @@ class UNet(nn.Module):
         groups: int = 32,
         num_classes: int = 0,
         image_size: tuple[int, int] | None = None,
+        scale_shift: bool = True,
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -259,7 +282,7 @@ class UNet(nn.Module):
 
         def step(cin: int, cout: int, level: int) -> _Step:
             attn = AttentionBlock(cout, heads, groups) if level in attention else None
-            return _Step(ResBlock(cin, cout, emb_dim, dropout, groups), attn)
+            return _Step(ResBlock(cin, cout, emb_dim, dropout, groups, scale_shift), attn)
 
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         skips = [widths[0]]  # channels of every tensor the up path will concatenate
@@ -277,9 +300,9 @@ class UNet(nn.Module):
             down.append(_Level(steps, resample))
         self.down = nn.ModuleList(down)
 
-        self.mid1 = ResBlock(ch, ch, emb_dim, dropout, groups)
+        self.mid1 = ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift)
         self.mid_attn = AttentionBlock(ch, heads, groups)
-        self.mid2 = ResBlock(ch, ch, emb_dim, dropout, groups)
+        self.mid2 = ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift)
 
         up = []
         for level in reversed(range(len(widths))):

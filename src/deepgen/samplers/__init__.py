@@ -13,7 +13,7 @@ nor the models).
 from __future__ import annotations
 
 from . import ddim, ddpm, dpm_solver  # noqa: F401  (registration by import)
-from .base import SAMPLERS, SPACINGS, Sampler, make_sampler, spaced_timesteps
+from .base import SAMPLERS, SPACINGS, Sampler, make_sampler, spaced_timesteps, usable_timesteps
 from .schedule import PREDICTIONS, SCHEDULES, NoiseSchedule
 
-__all__ = ["PREDICTIONS", "SAMPLERS", "SCHEDULES", "SPACINGS", "NoiseSchedule", "Sampler", "make_sampler", "spaced_timesteps"]
+__all__ = ["PREDICTIONS", "SAMPLERS", "SCHEDULES", "SPACINGS", "NoiseSchedule", "Sampler", "make_sampler", "spaced_timesteps", "usable_timesteps"]

@@ -29,6 +29,7 @@ from .schedule import NoiseSchedule
 
 SAMPLERS: Registry[type] = Registry("sampler")
 SPACINGS = ("auto", "uniform", "quadratic", "trailing")
+LAMBDA_MIN = -5.1  # the lowest log-SNR half-ratio a sampler starts from (see Sampler)
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -64,19 +65,36 @@ def spaced_timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
     return tau.long().flip(0)
 
 
+def usable_timesteps(schedule: NoiseSchedule, lambda_min: float = LAMBDA_MIN) -> int:
+    """How many of the timesteps 0..T-1 have lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t))
+    >= ``lambda_min``: the samplers' spacings run over those (see :class:`Sampler`)."""
+    abar = schedule.abar[1:].double()
+    return int((0.5 * (abar.log() - (1 - abar).log()) >= lambda_min).sum())  # lambda falls with t: a prefix
+
+
 class Sampler:
     """Base of the samplers: ``timesteps`` (S,) descending, ``prev[i]`` the timestep step i
     goes to (``timesteps[i + 1]``, -1 after the last), and :meth:`step`.
 
     ``spacing="auto"`` takes the sampler's :attr:`default_spacing`. ``eta`` is DDIM's
     noise scale (the other samplers refuse a value other than their own).
+
+    The spacing runs over the timesteps whose log signal-to-noise half-ratio lambda_t =
+    log(sqrt(abar_t) / sqrt(1 - abar_t)) is at least ``lambda_min`` (-5.1, diffusers'
+    ``lambda_min_clipped`` for the cosine schedule): where abar_t is ~1e-9 (the cosine
+    schedule's last steps) an eps network's x0 estimate (x_t - sqrt(1 - abar) eps) /
+    sqrt(abar) multiplies its error by 1 / sqrt(abar_t) ~ 4e4, and a sampler starting there
+    scatters samples far from the data. The linear schedule (abar_{999} = 4e-5, lambda =
+    -5.06) keeps every timestep.
     """
 
     default_spacing: ClassVar[str] = "uniform"
     #: The eta this sampler is (None: any eta; the DDIM family).
     fixed_eta: ClassVar[float | None] = None
 
-    def __init__(self, schedule: NoiseSchedule, steps: int, *, eta: float | None = None, spacing: str = "auto") -> None:
+    def __init__(
+        self, schedule: NoiseSchedule, steps: int, *, eta: float | None = None, spacing: str = "auto", lambda_min: float = LAMBDA_MIN
+    ) -> None:
         name = getattr(type(self), "registered_name", type(self).__name__)
         if eta is not None and self.fixed_eta is not None and eta != self.fixed_eta:
             raise ValueError(f"the {name} sampler has no eta setting (it is eta = {self.fixed_eta:g}); use sampler=ddim for eta")
@@ -86,7 +104,7 @@ class Sampler:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.spacing = self.default_spacing if spacing == "auto" else spacing
         device = schedule.abar.device
-        self.timesteps = spaced_timesteps(schedule.T, steps, self.spacing).to(device)
+        self.timesteps = spaced_timesteps(max(usable_timesteps(schedule, lambda_min), steps), steps, self.spacing).to(device)
         self.prev = torch.cat([self.timesteps[1:], torch.full((1,), -1, dtype=torch.long, device=device)])
 
     def __len__(self) -> int:
