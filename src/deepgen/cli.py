@@ -79,6 +79,9 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+EVAL_DATA_SETTINGS = ("normal_class",)  # data settings `deepgen eval --set` takes (the others are the model's)
+
+
 def _model_settings(pairs: Sequence[str] | None) -> dict[str, str]:
     """``--set`` of ``eval`` and ``sample``: model settings, ``model.`` prefix optional."""
     return {k.removeprefix("model."): v for k, v in _overrides(pairs).items()}
@@ -530,9 +533,12 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}.")
     configure_threads(args.threads)
     settings = _model_settings(args.set)
+    # normal_class (the auroc metric's normal class) is a data setting an evaluation may set:
+    # the test split keeps every class either way, so the run's data is otherwise the same.
+    data_sets = {k.removeprefix("data."): settings.pop(k) for k in list(settings) if k.removeprefix("data.") in EVAL_DATA_SETTINGS}
     run = load_run(args.run, device=device, model_overrides=settings or None, checkpoint=_which_checkpoint(args.checkpoint))
     check_metrics(run.model, names)
-    dataset = run.load_dataset()
+    dataset = run.load_dataset(**run.data_config.with_overrides(data_sets).to_dict()) if data_sets else run.load_dataset()
     table: dict[str, Any] = {}
     entries: dict[str, dict[str, Any]] = {}
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")

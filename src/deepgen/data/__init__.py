@@ -193,10 +193,28 @@ def _load(config: DataConfig, arrays: dict[str, Any] | None = None) -> Dataset:
         # max_train changes. (Sources without a test split shuffled before splitting.)
         ds.val = ds.train.slice(n - config.validation, None)
         ds.train = ds.train.slice(0, n - config.validation - gap)
+    if config.normal_class is not None:
+        _keep_normal_class(ds, config.normal_class)
     if config.max_train:
         ds.train = ds.train.subset(config.max_train)
     ds.config = config
     return ds
+
+
+def _keep_normal_class(ds: Dataset, c: int) -> None:
+    """One-class data (Ruff et al. 2018's protocol): the training and validation splits keep
+    the examples of class ``c`` only; the test split keeps every class, its labels telling
+    normal (``c``) from anomalous for the ``auroc`` metric."""
+    k = ds.spec.num_classes
+    if not k or ds.train.y is None:
+        raise UserError(f"normal_class={c} needs labelled data; {ds.name!r} has no class labels. Leave normal_class unset.")
+    if not 0 <= c < k:
+        raise UserError(f"normal_class must be one of the classes 0..{k - 1} of {ds.name!r}, got {c}.")
+    ds.train = ds.train.take(torch.nonzero(ds.train.y == c).flatten())
+    if ds.val is not None and ds.val.y is not None:
+        ds.val = ds.val.take(torch.nonzero(ds.val.y == c).flatten())
+    if len(ds.train) == 0:
+        raise UserError(f"normal_class={c}: {ds.name!r} has no training examples of class {c}.")
 
 
 def _check_image_options(config: DataConfig) -> None:

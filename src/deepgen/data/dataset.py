@@ -102,6 +102,11 @@ class Split:
         x = self.x[part] if isinstance(self.x, torch.Tensor) else self.x.select(part)
         return Split(x, None if self.y is None else self.y[part])
 
+    def take(self, index: torch.Tensor) -> Split:
+        """The examples at ``index`` (an int64 tensor of positions), in that order (still lazy when ``x`` is)."""
+        x = self.x[index] if isinstance(self.x, torch.Tensor) else self.x.select(index)
+        return Split(x, None if self.y is None else self.y[index])
+
     @property
     def resident(self) -> bool:
         """True when ``x`` is a tensor in memory (False: decoded from files batch by batch)."""
@@ -220,6 +225,7 @@ class DataConfig(Config):
     label_column: str | None = None  # CSV tables: a column to use as labels, not as data
     max_train: int = 0  # 0 = all; otherwise keep the first N training examples (quick runs)
     validation: int = 0  # hold out the last N training examples (before max_train) for validation; 0 = validate on the test split
+    normal_class: int | None = None  # one-class setups (anomaly detection): train and validate on this class only; the test split keeps every class
     max_resident_mb: int = 4096  # image folders: decoded pixels above this many MiB stream from disk (0 = always)
     workers: int = -1  # streamed folders: DataLoader worker processes; -1 = min(8, CPU cores - 1)
     download: bool = False  # allow fetching a missing dataset that has a public source

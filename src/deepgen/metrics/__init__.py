@@ -13,7 +13,7 @@ a split), :func:`label_kwargs` (a conditional model's ``cond=``), :func:`scored_
 
 from __future__ import annotations
 
-from . import modes, quality  # noqa: F401  (register the modes and sample-quality metrics)
+from . import anomaly, modes, quality  # noqa: F401  (register the anomaly, modes and sample-quality metrics)
 from .evaluate import (
     METRICS,
     EvalContext,

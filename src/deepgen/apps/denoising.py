@@ -1,0 +1,95 @@
+"""Denoising: :class:`AutoencoderDenoiser`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from ..errors import UserError
+from ..models.base import GenerativeModel, Reconstructor
+from .base import AutoencoderEstimator, config_fields
+
+NOISES = ("gaussian", "masking", "salt-pepper")
+
+
+class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator):
+    """A denoising autoencoder trained on clean data: ``transform(X_noisy)`` -> denoised X.
+
+    ``fit(X_clean)`` trains the registered ``denoising-ae`` (Vincent et al. 2008) to
+    reconstruct each clean example from a corrupted copy made afresh at every step.
+    ``noise`` picks the corruption and ``noise_level`` its strength, mapped onto the model's
+    own settings ``corruption`` and ``noise``:
+
+    * ``"gaussian"``: x + noise_level * eps, eps ~ N(0, 1), in the model's space: images
+      scaled to [0, 1], tables in units of each feature's standard deviation;
+    * ``"masking"``: each value set to 0 with probability noise_level;
+    * ``"salt-pepper"``: a fraction noise_level of values set to the data's min or max.
+
+    ``transform`` returns arrays of X's shape, in X's value range (images are clipped to
+    the training range; tables are un-standardised), dtype float64 unless X is float32.
+    ``model`` may be any registered model with the corruption settings (``denoising-ae``).
+    Other parameters: see :class:`~deepgen.apps.base.AutoencoderEstimator`.
+
+    scikit-learn's estimator checks: all pass; none is skipped.
+    """
+
+    def __init__(
+        self,
+        model: str = "denoising-ae",
+        settings: Mapping[str, Any] | None = None,
+        noise: str = "gaussian",
+        noise_level: float = 0.25,
+        latent_dim: int | None = 32,
+        epochs: int = 10,
+        batch_size: int = 128,
+        lr: float | None = None,
+        device: str = "auto",
+        random_state: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        self.noise = noise
+        self.noise_level = noise_level
+        self.latent_dim = latent_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _check_model(self, cls: type[GenerativeModel]) -> None:
+        if self.noise not in NOISES:
+            raise UserError(f"unknown noise {self.noise!r}. Accepted: {', '.join(NOISES)}.")
+        if not issubclass(cls, Reconstructor) or "corruption" not in config_fields(self.model):
+            raise UserError(
+                f"AutoencoderDenoiser needs a model trained on corrupted inputs (settings corruption and noise); "
+                f"{self.model!r} has none. Use model='denoising-ae'."
+            )
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"corruption": self.noise, "noise": float(self.noise_level)}
+
+    def fit(self, X: Any, y: Any = None) -> AutoencoderDenoiser:
+        """Train on clean X (N, F) or (N, H, W) / (N, C, H, W); ``y`` is ignored."""
+        return self._fit_arrays(X)  # type: ignore[return-value]
+
+    def transform(self, X: Any) -> np.ndarray:
+        """The denoised X (the model's reconstruction mean), of X's shape and value range."""
+        X = self._validate_input(X)
+        model = self.model_
+        fn = model.denoise if hasattr(model, "denoise") else model.reconstruct  # type: ignore[attr-defined]
+        out = self._batched(lambda b, _: fn(b), self.codec_.to_model(X))
+        return self.codec_.from_model(out).astype(X.dtype if X.dtype == np.float32 else np.float64, copy=False)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
+        return {"preserves_dtype": ["float64", "float32"]}
