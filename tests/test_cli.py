@@ -227,6 +227,32 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--epochs", "1", "--out", str(out), "--quiet"]) == 0  # a second demo replaces the first
 
 
+def test_faces_demo_on_frey_faces_and_on_a_folder_of_faces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``deepgen demo faces``: a conv VAE with a 2-D latent on Frey faces (28x20) and its
+    pictures; ``--data FOLDER`` reads any folder of images in grey at that size."""
+    from PIL import Image
+
+    out = tmp_path / "faces"
+    assert main(["demo", "faces", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    for name in ("samples.png", "manifold.png", "interpolation.png", "reconstructions.png"):
+        assert (out / name).is_file() and name in text
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "vae" and cfg["data"]["name"] == "frey-faces" and cfg["model_config"]["network"] == "conv"
+    assert cfg["spec"]["shape"] == [1, 28, 20] and cfg["model_config"]["latent_dim"] == 2
+    folder = tmp_path / "my-faces"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(folder / f"face{i}.png")
+    mine = tmp_path / "mine"
+    assert main(["demo", "faces", "--data", str(folder), "--epochs", "1", "--out", str(mine), "--quiet"]) == 0
+    assert json.loads((mine / "config.json").read_text())["spec"]["shape"] == [1, 28, 20] and (mine / "manifold.png").is_file()
+    capsys.readouterr()
+    assert main(["demo", "digits", "--data", str(folder), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "--data applies to the faces demo" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 # -- user mistakes ---------------------------------------------------------------------------
 
 
