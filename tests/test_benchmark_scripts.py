@@ -289,3 +289,23 @@ def test_diffusion_quality_scores_each_sampler_setting_separately(real_data_dir:
     assert dq.main([*common, "--resume", "--time-budget", "1", "--grid", "ddim:5:0"]) == 0
     again = json.loads(out.read_text())
     assert again["resumed"] and again["steps"] > first
+
+
+def test_apps_benchmarks_run_their_rows(real_data_dir: Path, tmp_path: Path) -> None:
+    """The embedding and anomaly benchmarks on tiny settings: one row per (dimension,
+    embedding) with probe and 5-NN accuracies in [0, 1] (PCA beside deepgen), and one AUROC
+    per (normal class, detector) plus the tables' rows (IsolationForest, OneClassSVM)."""
+    emb = _load("apps_embedding")
+    out = tmp_path / "e.json"
+    assert emb.main(["--tiny", "--datasets", "mnist", "--dims", "2", "--models", "ae-mlp", "--few", "5", "--data-dir", str(real_data_dir),
+                     "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["embedding"] for r in rows] == ["pca", "ae-mlp"] and all(0 <= r["probe"] <= 1 and 0 <= r["knn_few"] <= 1 for r in rows)
+    an = _load("apps_anomaly")
+    out = tmp_path / "a.json"
+    assert an.main(["--tiny", "--datasets", "mnist", "--classes", "1", "--models", "ae-conv", "--data-dir", str(real_data_dir),
+                    "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["dataset"], r["detector"]) for r in rows} == {
+        ("mnist", "ae-conv"), ("mnist", "isolation-forest"), *((t, d) for t in ("breast-cancer", "wine") for d in ("isolation-forest", "one-class-svm", "ae-mlp"))}
+    assert all(0 <= r["auroc"] <= 1 for r in rows)
