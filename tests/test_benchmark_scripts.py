@@ -309,3 +309,17 @@ def test_apps_benchmarks_run_their_rows(real_data_dir: Path, tmp_path: Path) -> 
     assert {(r["dataset"], r["detector"]) for r in rows} == {
         ("mnist", "ae-conv"), ("mnist", "isolation-forest"), *((t, d) for t in ("breast-cancer", "wine") for d in ("isolation-forest", "one-class-svm", "ae-mlp"))}
     assert all(0 <= r["auroc"] <= 1 for r in rows)
+
+
+def test_apps_denoising_benchmark_tunes_the_classical_denoisers(real_data_dir: Path, tmp_path: Path) -> None:
+    """The denoising benchmark on tiny settings: the noisy floor, deepgen, and non-local
+    means and total variation with their strengths tuned on validation images (values from
+    their grids), which beat the noisy input in PSNR."""
+    pytest.importorskip("skimage")  # a [dev] dependency: present in CI
+    den = _load("apps_denoising")
+    out = tmp_path / "d.json"
+    assert den.main(["--tiny", "--datasets", "mnist", "--sigmas", "0.5", "--data-dir", str(real_data_dir), "--device", "cpu", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"noisy", "deepgen", "nl-means", "tv"} and all(math.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows.values())
+    assert rows["nl-means"]["h_over_sigma"] in den.NLM_H and rows["tv"]["weight"] in den.TV_WEIGHTS
+    assert rows["nl-means"]["psnr"] > rows["noisy"]["psnr"] and rows["tv"]["psnr"] > rows["noisy"]["psnr"]
