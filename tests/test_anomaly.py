@@ -82,3 +82,21 @@ def test_cli_trains_on_one_class_and_evaluates_the_auroc(tmp_path: Path, capsys:
     capsys.readouterr()
     assert main(["eval", str(run), "--metrics", "auroc", "--set", "normal_class=12", "--device", "cpu"]) == 2
     assert "normal_class must be one of the classes" in capsys.readouterr().err
+
+
+class _LabelReader(_Oracle):
+    """A conditional stand-in whose score reads only the label it is given: it would score
+    AUROC 1 if the metric handed it each example's own label."""
+
+    def __init__(self, spec) -> None:
+        GenerativeModel.__init__(self, ModelConfig(), spec, conditional=True)
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def log_prob(self, x, *, cond=None):
+        return -(cond != 0).double()
+
+
+def test_a_conditional_model_is_scored_given_the_normal_class_not_the_answer():
+    ds = deepgen.load_dataset("digits", normal_class=0)
+    r = evaluate(_LabelReader(ds.spec), ds, ["auroc"])
+    assert r["auroc"] == pytest.approx(0.5)  # every example gets label 0: one score for all, chance

@@ -252,3 +252,14 @@ def test_bad_settings_and_contamination(digits):
         AutoencoderOutlierDetector(**{**TINY, "contamination": 0.7}).fit(X)
     with pytest.raises(UserError, match="disagree"):
         AutoencoderEmbedding(**{**TINY, "settings": {"latent_dim": 5}}).fit(X)
+
+
+def test_a_diffusion_model_scores_outliers_by_its_bound_on_images():
+    """Families whose ``channels`` is one width (the ddpm U-Net) pick their own network: the
+    encoder-decoder rule (one halving per entry of a channels tuple) is not applied to them."""
+    rng = np.random.default_rng(0)
+    det = AutoencoderOutlierDetector(model="ddpm", score_type="likelihood", latent_dim=None, epochs=1, random_state=0,
+                                     settings={"channels": 8, "channel_mult": (1, 2), "res_blocks": 1, "heads": 2, "timesteps": 20, "steps": 5,
+                                               "bound_stride": 5}).fit(rng.random((30, 8, 8)))
+    scores = det.score_samples(rng.random((4, 8, 8)))
+    assert scores.shape == (4,) and np.isfinite(scores).all() and det.model_.config.network == "auto"

@@ -191,8 +191,10 @@ class AutoencoderEstimator:
                 )
             settings["latent_dim"] = self.latent_dim
         settings.update(self._extra_settings())
-        if "network" in fields and settings.get("network", "auto") == "auto":
-            channels = settings.get("channels", cls.config_class().channels)  # type: ignore[attr-defined]
+        channels = settings.get("channels", getattr(cls.config_class(), "channels", None))
+        # The encoder-decoder families' conv networks halve the size once per entry of
+        # ``channels``; other families (a diffusion U-Net: one int width) choose for themselves.
+        if "network" in fields and settings.get("network", "auto") == "auto" and isinstance(channels, (tuple, list)):
             small = min(codec.spec.shape[1:]) < 2 ** len(channels) if codec.image else True
             settings["network"] = "mlp" if small or not codec.image else "conv"
         return settings

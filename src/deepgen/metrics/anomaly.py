@@ -20,7 +20,7 @@ from .evaluate import (
     EvalContext,
     Result,
     _per_example,
-    label_kwargs,
+    conditional_classes,
     likelihood_of,
     metric,
     scored_inputs,
@@ -57,24 +57,31 @@ def auroc_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> 
 
     Keys: ``auroc`` (in [0, 1]; 0.5 is chance), ``auroc_score`` (which score:
     ``log_prob`` or ``reconstruction``), ``auroc_normal_class``, ``auroc_normal`` and
-    ``auroc_anomalous`` (how many test examples of each)."""
+    ``auroc_anomalous`` (how many test examples of each). A conditional model is scored
+    given the normal class as every example's label, never the example's own label."""
     c = dataset.config.normal_class if dataset.config is not None else None
     if c is None:
         raise UserError("metric 'auroc' needs a normal class: set normal_class=K (a class of the data) for the run or the evaluation.")
     if dataset.split(ctx.split).y is None:
         raise UserError(f"metric 'auroc' needs labelled {ctx.split} examples to tell normal from anomalous.")
     seen: list[torch.Tensor] = []  # the labels of the scored batches, in their order
+    conditional = conditional_classes(model, dataset) is not None
+
+    def given(b: Batch) -> dict[str, torch.Tensor]:
+        # A conditional model scores p(x | y = the normal class) for every example: given each
+        # example's own label it would be handed the answer (normal or not is the label).
+        return {"cond": torch.full_like(b.y, c)} if conditional else {}
     if isinstance(model, LogProb) and likelihood_of(model).normalised:
         inputs = scored_inputs(model, dataset, ctx)
         name = "log_prob"
 
         def raw(b: Batch) -> torch.Tensor:
-            return model.log_prob(inputs(b), **label_kwargs(model, dataset, b))  # type: ignore[attr-defined]
+            return model.log_prob(inputs(b), **given(b))  # type: ignore[attr-defined]
     elif isinstance(model, Reconstructor):
         name = "reconstruction"
 
         def raw(b: Batch) -> torch.Tensor:
-            err = (model.reconstruct(b.x, **label_kwargs(model, dataset, b)).float() - b.x.float()).pow(2)  # type: ignore[attr-defined]
+            err = (model.reconstruct(b.x, **given(b)).float() - b.x.float()).pow(2)  # type: ignore[attr-defined]
             return -err.reshape(len(err), -1).mean(1)
     else:
         label = getattr(model, "registered_name", "") or type(model).__name__
