@@ -26,7 +26,7 @@ import argparse
 import json
 
 import torch
-from timing import time_steps, trainer_rate, write_record
+from timing import ResidentBatches, time_steps, trainer_rate, write_record
 
 import deepgen
 from deepgen.bench import hardware
@@ -52,15 +52,10 @@ def time_plain(model: deepgen.GenerativeModel, x_u8: torch.Tensor, batch: int, s
     cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
     groups = [{"params": g.params, "weight_decay": spec.weight_decay if g.weight_decay is None else g.weight_decay} for g in phase.groups]
     opt = cls(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, fused=device.type == "cuda")
-    n = len(x_u8)
-    perm, pos = torch.randperm(n, device=device), 0
+    batches = ResidentBatches(len(x_u8), batch, device)
 
     def step() -> None:
-        nonlocal perm, pos
-        if pos + batch > n:
-            perm, pos = torch.randperm(n, device=device), 0
-        x = torch.bernoulli(x_u8[perm[pos : pos + batch]].float() / 255)
-        pos += batch
+        x = torch.bernoulli(x_u8[batches.next()].float() / 255)
         loss = model.loss(Batch(x, None)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -39,7 +39,7 @@ import json
 import time
 
 import torch
-from timing import guarded, sync, time_steps, trainer_rate, write_record
+from timing import ResidentBatches, guarded, sync, time_steps, trainer_rate, write_record
 
 import deepgen
 from deepgen.bench import hardware
@@ -96,15 +96,10 @@ def peer_train_rate(model: torch.nn.Module, x_u8: torch.Tensor, batch: int, args
     """samples/s of normflows' training step: dequantize (Scale + Jitter, as its example),
     forward_kld, backward, Adam."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
-    n = len(x_u8)
-    perm, pos = torch.randperm(n, device=device), 0
+    batches = ResidentBatches(len(x_u8), batch, device)
 
     def step() -> None:
-        nonlocal perm, pos
-        if pos + batch > n:
-            perm, pos = torch.randperm(n, device=device), 0
-        u8 = x_u8[perm[pos : pos + batch]]
-        pos += batch
+        u8 = x_u8[batches.next()]
         x = (u8.float() + torch.rand(u8.shape, device=device)) / 256
         loss = model.forward_kld(x)
         opt.zero_grad(set_to_none=True)

@@ -22,6 +22,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class ResidentBatches:
+    """Batches of a training set resident on the device, as a hand-written loop draws them:
+    a device-side permutation sliced ``batch`` at a time, a new one when it runs out.
+    ``next()`` gives the indices (batch,) of the next batch."""
+
+    def __init__(self, n: int, batch: int, device: torch.device) -> None:
+        self.n, self.batch, self.device = n, batch, device
+        self.perm, self.pos = torch.randperm(n, device=device), 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch > self.n:
+            self.perm, self.pos = torch.randperm(self.n, device=self.device), 0
+        index = self.perm[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return index
+
+
 def time_steps(step, warmup: int, steps: int, device: torch.device) -> float:
     """Seconds that ``steps`` calls of ``step()`` take after ``warmup`` untimed ones."""
     for _ in range(warmup):

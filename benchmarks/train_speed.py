@@ -22,7 +22,7 @@ import platform
 
 import torch
 import torch.nn.functional as F
-from timing import time_fit, time_steps, write_record
+from timing import ResidentBatches, time_fit, time_steps, write_record
 from torch import nn
 
 import deepgen
@@ -51,18 +51,11 @@ def time_plain(x_u8: torch.Tensor, batch: int, steps: int, warmup: int, device: 
     seed_all(0)
     model = PlainVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda", capturable=graph)
-    n = len(x_u8)
-    perm = torch.randperm(n, device=device)
-    pos = 0
+    batches = ResidentBatches(len(x_u8), batch, device)
     static_x = torch.zeros(batch, x_u8.shape[1], device=device)
 
     def next_batch() -> torch.Tensor:
-        nonlocal perm, pos
-        if pos + batch > n:
-            perm, pos = torch.randperm(n, device=device), 0
-        x = torch.bernoulli(x_u8[perm[pos : pos + batch]].float() / 255)
-        pos += batch
-        return x
+        return torch.bernoulli(x_u8[batches.next()].float() / 255)
 
     def update(x: torch.Tensor) -> None:
         loss = model.loss(x)

@@ -51,6 +51,7 @@ from torch import nn
 
 from ..data.dataset import Batch, DataSpec, Kind
 from ..errors import UserError
+from ..nn.likelihoods import log1mexp
 from ..nn.signed import from_signed, to_signed
 from ..nn.unet import MLPDenoiser, UNet
 from ..registry import register
@@ -485,9 +486,9 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     log_cdf_upper = torch.special.log_ndtr(upper)
     log_sf_lower = torch.special.log_ndtr(-lower)  # log(1 - Phi(lower))
     # The middle bins: log(Phi(upper) - Phi(lower)), from whichever tail is more accurate.
-    # log(a - b) = log a + log(-expm1(log b - log a)); the difference capped just below 0 so
+    # log(a - b) = log a + log(1 - exp(log b - log a)); the difference capped just below 0 so
     # that a bin too small for the dtype gets a very small mass, not log(0).
-    left = log_cdf_upper + torch.log(-torch.expm1((torch.special.log_ndtr(lower) - log_cdf_upper).clamp(max=-1e-30)))
-    right = log_sf_lower + torch.log(-torch.expm1((torch.special.log_ndtr(-upper) - log_sf_lower).clamp(max=-1e-30)))
+    left = log_cdf_upper + log1mexp((torch.special.log_ndtr(lower) - log_cdf_upper).clamp(max=-1e-30))
+    right = log_sf_lower + log1mexp((torch.special.log_ndtr(-upper) - log_sf_lower).clamp(max=-1e-30))
     mid = torch.where(x - mean > 0, right, left)
     return torch.where(x < -1 + half / 2, log_cdf_upper, torch.where(x > 1 - half / 2, log_sf_lower, mid))

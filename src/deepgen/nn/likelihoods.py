@@ -202,7 +202,7 @@ class Categorical(LikelihoodHead):
         return self._from_index((params + gumbel).argmax(dim=1), params.dtype)
 
 
-def _log1mexp(d: torch.Tensor) -> torch.Tensor:
+def log1mexp(d: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(d)) for d <= 0, stable at both ends (Maechler 2012, "Accurately computing
     log(1 - exp(-|a|))"): ``log(-expm1(d))`` for d > -ln 2, ``log1p(-exp(d))`` otherwise.
     Both branches are evaluated on safe inputs, so ``torch.where`` passes finite gradients."""
@@ -220,7 +220,7 @@ def _log1mexp_neg2w(w: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
     above ~e^100 in float32) still gives a finite value with a finite gradient."""
     small = w < 1e-2
     w_big = w.clamp_min(1e-2)  # the off-branch stays finite, and so does its gradient
-    return torch.where(small, LN2 + log_w - w + w * w / 6.0, _log1mexp(-2.0 * w_big))
+    return torch.where(small, LN2 + log_w - w + w * w / 6.0, log1mexp(-2.0 * w_big))
 
 
 class _MeanOverEdges(torch.autograd.Function):
