@@ -31,9 +31,14 @@ def test_auroc_equals_scikit_learns_with_ties(seed):
 
 def test_normal_class_keeps_one_class_for_training_and_every_class_for_testing():
     full = deepgen.load_dataset("digits")
-    one = deepgen.load_dataset("digits", normal_class=3, validation=100)
-    assert set(one.train.y.tolist()) == {3} and set(one.val.y.tolist()) <= {3}
-    assert len(one.train) == int((full.train.y[: len(full.train) - 100] == 3).sum())
+    one = deepgen.load_dataset("digits", normal_class=3, validation=20)
+    # Filtered first, then split: the validation split is the last 20 threes, all of them
+    # normal and exactly 20, and the training split the other threes.
+    threes = torch.nonzero(full.train.y == 3).flatten()
+    assert len(one.val) == 20 and set(one.val.y.tolist()) == {3} and set(one.train.y.tolist()) == {3}
+    assert torch.equal(one.val.x, full.train.x[threes[-20:]]) and torch.equal(one.train.x, full.train.x[threes[:-20]])
+    with pytest.raises(UserError, match="validation=.* would hold out every training example"):
+        deepgen.load_dataset("digits", normal_class=3, validation=len(threes))
     assert torch.equal(one.test.y, full.test.y)
     with pytest.raises(UserError, match="normal_class must be one of the classes 0..9"):
         deepgen.load_dataset("digits", normal_class=10)

@@ -4,6 +4,7 @@ Pipeline / GridSearchCV / clone / pickle, and the errors they raise."""
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -19,8 +20,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import deepgen
 from deepgen.apps import AutoencoderDenoiser, AutoencoderEmbedding, AutoencoderOutlierDetector
 from deepgen.errors import UserError
+from deepgen.metrics import evaluate
 
 # Tiny networks, one epoch: scikit-learn's checks fit each estimator dozens of times.
 TINY = dict(settings={"hidden": (8,), "channels": (4,)}, latent_dim=2, epochs=1, batch_size=16, random_state=0, device="cpu")
@@ -263,3 +266,136 @@ def test_a_diffusion_model_scores_outliers_by_its_bound_on_images():
                                                "bound_stride": 5}).fit(rng.random((30, 8, 8)))
     scores = det.score_samples(rng.random((4, 8, 8)))
     assert scores.shape == (4,) and np.isfinite(scores).all() and det.model_.config.network == "auto"
+
+
+# -- 8-bit images: the data layer's convention ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return (load_digits().images * 15).astype(np.uint8)  # (1797, 8, 8) 8-bit pixels 0..240
+
+
+def test_uint8_images_are_8bit_data_as_the_data_layer_reads_them(pixels):
+    X = pixels[:200]
+    codec = AutoencoderEmbedding(**TINY).fit(X).codec_
+    ds = deepgen.load_dataset(X)  # the data layer's reading of the same array
+    assert (codec.spec.shape, codec.spec.kind, codec.spec.num_levels) == (ds.spec.shape, ds.spec.kind, ds.spec.num_levels) == ((1, 8, 8), "continuous", 256)
+    # The values the model sees are those the data layer gives a model trained on X: k / 255.
+    np.testing.assert_allclose(codec.to_model(X.astype(np.float64)), ds.convert(torch.from_numpy(X[:, None])).numpy(), rtol=1e-6)
+    # 0/1 integer images are binary there and here; float images keep no levels.
+    mask = (pixels[:200] > 100).astype(np.uint8)
+    assert AutoencoderEmbedding(**TINY).fit(mask).codec_.spec.kind == deepgen.load_dataset(mask).spec.kind == "binary"
+    floats = AutoencoderEmbedding(**TINY).fit(X / 255.0).codec_.spec
+    assert (floats.kind, floats.num_levels) == ("continuous", None)
+
+
+def test_likelihood_scores_of_uint8_images_follow_the_evaluators_convention(pixels):
+    """A Gaussian VAE of 8-bit images is trained and scored at dequantized pixels (k + u) / 256,
+    and its score counts the bin width: -score / (D ln 2) is the bits/dim `deepgen eval` reports
+    (up to the noise of the draws), not a density of [0, 1] values on a grid."""
+    X = pixels[:600]
+    det = AutoencoderOutlierDetector(model="vae", score_type="likelihood", latent_dim=4, epochs=3, batch_size=32, lr=1e-2,
+                                     random_state=0, device="cpu", settings={"hidden": (32,), "network": "mlp", "iwae_k": 16}).fit(X)
+    assert det.model_.dequantizes  # training saw dequantized inputs, as from the data layer
+    ds = deepgen.load_dataset(X)
+    bpd = evaluate(det.model_, ds, ["nll"])["nll_bpd"]
+    scores = det.score_samples(ds.test.x.numpy()[:, 0])  # the same test images, (N, 8, 8) uint8
+    assert -scores.mean() / (64 * math.log(2)) == pytest.approx(bpd, abs=0.1)
+
+
+def test_uint8_round_trip_keeps_dtype_layout_and_range(pixels):
+    X = np.repeat(pixels[:120, :, :, None], 3, axis=3)  # (N, 8, 8, 3) uint8, channels last
+    den = AutoencoderDenoiser(**TINY).fit(X)
+    out = den.transform(X)
+    assert out.shape == X.shape and out.dtype == np.uint8
+    assert den.transform(X.astype(np.float32)).dtype == np.float32  # float input: float output, as before
+    emb = AutoencoderEmbedding(**TINY).fit(X)
+    back = emb.inverse_transform(emb.transform(X[:5]))
+    assert back.shape == (5, 8, 8, 3) and back.dtype == np.uint8
+    assert back.max() > 1  # the pixels' own scale (0..255), not the model's [0, 1]
+    floats = AutoencoderEmbedding(**TINY).fit(X / 255.0)
+    assert floats.inverse_transform(floats.transform(X[:5] / 255.0)).dtype == np.float64
+
+
+# -- image layouts --------------------------------------------------------------------------
+
+
+def _rgb(digits):
+    """(N, 3, 8, 8) in [0, 1] whose channels differ: the digit, its negative, a constant."""
+    g = digits[0][:150].reshape(-1, 1, 8, 8) / 16.0
+    return np.concatenate([g, 1.0 - g, np.full_like(g, 0.5)], axis=1)
+
+
+def test_channels_last_images_are_read_as_channels_first_ones(digits):
+    first = _rgb(digits)
+    last = np.ascontiguousarray(first.transpose(0, 2, 3, 1))  # (N, 8, 8, 3)
+    emb_first, emb_last = AutoencoderEmbedding(**TINY).fit(first), AutoencoderEmbedding(**TINY).fit(last)
+    assert emb_last.codec_.spec.shape == emb_first.codec_.spec.shape == (3, 8, 8)
+    np.testing.assert_array_equal(emb_last.transform(last), emb_first.transform(first))  # the same model, the same inputs
+    assert emb_last.inverse_transform(emb_last.transform(last[:4])).shape == (4, 8, 8, 3)
+    with pytest.raises(ValueError, match=r"shape \(3, 8, 8\), but this estimator was fitted on \(8, 8, 3\) \(channels last images\)"):
+        emb_last.transform(first)
+    den_first, den_last = AutoencoderDenoiser(**TINY).fit(first), AutoencoderDenoiser(**TINY).fit(last)
+    out = den_last.transform(last)
+    assert out.shape == last.shape  # back in the user's layout
+    np.testing.assert_allclose(out, den_first.transform(first).transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-7)
+    # Grey images: (N, H, W), (N, 1, H, W) and (N, H, W, 1) are the same data.
+    grey = first[:, :1]
+    codes = AutoencoderEmbedding(**TINY).fit(grey[:, 0]).transform(grey[:, 0])
+    np.testing.assert_array_equal(AutoencoderEmbedding(**TINY).fit(grey).transform(grey), codes)
+    np.testing.assert_array_equal(AutoencoderEmbedding(**TINY).fit(grey.transpose(0, 2, 3, 1)).transform(grey.transpose(0, 2, 3, 1)), codes)
+
+
+def test_ambiguous_and_unsupported_image_shapes_are_one_clear_error():
+    rng = np.random.default_rng(0)
+    ambiguous = rng.random((20, 3, 4, 4))  # 3 channels of 4x4, or 4 channels of 3x4?
+    with pytest.raises(ValueError, match=r"shape \(20, 3, 4, 4\): ambiguous.*layout='channels_first'.*accepted: .*\(N, H, W, C\)"):
+        AutoencoderEmbedding(**TINY).fit(ambiguous)
+    assert AutoencoderEmbedding(**TINY, layout="channels_first").fit(ambiguous).codec_.spec.shape == (3, 4, 4)
+    last = AutoencoderEmbedding(**TINY, layout="channels_last").fit(ambiguous)
+    assert last.codec_.spec.shape == (4, 3, 4) and last.inverse_transform(last.transform(ambiguous)).shape == ambiguous.shape
+    with pytest.raises(ValueError, match=r"shape \(20, 8, 8, 8\): neither axis 1 nor axis 3 .*C in 1, 3, 4"):
+        AutoencoderDenoiser(**TINY).fit(rng.random((20, 8, 8, 8)))
+    with pytest.raises(ValueError, match=r"shape \(20, 2, 3, 4, 5\) \(5 dimensions\); accepted"):
+        AutoencoderOutlierDetector(**TINY).fit(rng.random((20, 2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="layout='channels_first' axis 1 holds the channels, but it has 8"):
+        AutoencoderEmbedding(**TINY, layout="channels_first").fit(rng.random((20, 8, 8, 3)))
+    with pytest.raises(ValueError, match="layout must be one of auto, channels_first, channels_last"):
+        AutoencoderEmbedding(**TINY, layout="NHWC").fit(rng.random((20, 5)))
+
+
+# -- likelihood scores do not depend on the batch -------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["table", "uint8-image"])
+def test_likelihood_scores_are_those_of_each_example_alone(digits, pixels, layout):
+    """The IWAE draws (and, for 8-bit images, the dequantization noise) of an example are its
+    own: scores do not change with its batch companions, its position or batch_size."""
+    X = digits[0][:120] if layout == "table" else pixels[:120]
+    det = AutoencoderOutlierDetector(model="vae", score_type="likelihood", **{**TINY, "settings": {"hidden": (16,), "iwae_k": 8}}).fit(X)
+    scores = det.score_samples(X)
+    alone = np.array([det.score_samples(X[i:i + 1])[0] for i in range(0, 120, 7)])
+    np.testing.assert_allclose(scores[::7], alone, rtol=1e-5)
+    order = np.random.default_rng(0).permutation(len(X))
+    np.testing.assert_allclose(det.score_samples(X[order]), scores[order], rtol=1e-5)
+    np.testing.assert_allclose(det.set_params(batch_size=5).score_samples(X), scores, rtol=1e-5)
+    # Deterministic for a fixed random_state, and still a random estimate: another seed for the
+    # draws (same weights) gives other scores.
+    np.testing.assert_array_equal(det.set_params(batch_size=16).score_samples(X), scores)
+    det.seed_ += 1
+    assert not np.allclose(det.score_samples(X), scores, rtol=1e-5)
+
+
+def test_likelihood_scores_row_by_row_when_vmap_cannot_batch(digits, monkeypatch):
+    """Models with an operation vmap cannot batch are scored one example at a time, with the
+    same draws: the same scores."""
+    X = digits[0][:40]
+    det = AutoencoderOutlierDetector(model="vae", score_type="likelihood", **{**TINY, "settings": {"hidden": (16,), "iwae_k": 8}}).fit(X)
+    scores = det.score_samples(X)
+
+    def unbatchable(*args, **kwargs):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(torch.func, "vmap", unbatchable)
+    np.testing.assert_allclose(det.score_samples(X), scores, rtol=1e-5)

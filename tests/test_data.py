@@ -352,6 +352,62 @@ def test_csv_without_labels(tmp_path: Path) -> None:
     assert ds.meta["columns"] == ["x", "y"]
 
 
+
+
+@pytest.mark.parametrize("source", ["memory", "npy", "csv"])
+def test_standardisation_is_fit_without_the_validation_rows(tmp_path: Path, source: str) -> None:
+    """The validation hold-out is cut after the reader standardised the training split: the
+    statistics must come from the rows that stay in training only, or model selection on
+    the validation split sees its own mean and std."""
+    rng = np.random.default_rng(4)
+    x = rng.normal([3.0, -1.0], [2.0, 0.5], size=(100, 2))
+    x[:, 0] += np.arange(100) // 10  # a drift, so that the split's statistics differ
+    if source == "memory":
+        ds = load_dataset(x, test_fraction=0.2, validation=30)
+    elif source == "npy":
+        np.save(tmp_path / "v.npy", x)
+        ds = load_dataset(str(tmp_path / "v.npy"), test_fraction=0.2, validation=30)
+    else:
+        (tmp_path / "v.csv").write_text("a,b\n" + "".join(f"{float(r[0])!r},{float(r[1])!r}\n" for r in x))
+        ds = load_dataset(str(tmp_path / "v.csv"), test_fraction=0.2, validation=30)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 30, 20)
+    t = ds.train.x.numpy().astype(np.float64)
+    np.testing.assert_allclose(t.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(t.std(0), 1, atol=1e-4)
+    train_idx, _ = holdout(100, 0.2, 0)
+    raw_train = x[train_idx.numpy()[:50]]
+    np.testing.assert_allclose(ds.state["mean"], raw_train.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ds.state["std"], raw_train.std(0), rtol=1e-5)
+    # The validation rows are mapped with the same statistics, and map back.
+    raw_val = x[train_idx.numpy()[50:]]
+    np.testing.assert_allclose(ds.to_original(ds.val.x).numpy(), raw_val, rtol=1e-4, atol=1e-4)
+    assert abs(float(ds.val.x.numpy().mean())) > 0.05  # not standardised on its own statistics
+
+
+@pytest.mark.parametrize("source", ["memory", "csv"])
+def test_one_class_tables_are_standardised_on_the_normal_training_rows(tmp_path: Path, source: str) -> None:
+    """normal_class filters before validation is cut: the statistics come from the normal
+    class's training rows without its last ``validation`` ones (which become the
+    validation split), never from the other classes or the validation rows."""
+    rng = np.random.default_rng(5)
+    y = np.arange(120) % 3
+    x = rng.normal(0.0, 1.0, size=(120, 2)) + y[:, None] * np.array([5.0, -3.0])  # classes far apart
+    x[:, 1] += np.arange(120) / 20  # a drift, so the last rows differ
+    if source == "memory":
+        ds = load_dataset((x, y), test_fraction=0.25, validation=6, normal_class=1)
+    else:
+        (tmp_path / "c.csv").write_text("a,b,label\n" + "".join(f"{float(r[0])!r},{float(r[1])!r},{k}\n" for r, k in zip(x, y)))
+        ds = load_dataset(str(tmp_path / "c.csv"), test_fraction=0.25, validation=6, normal_class=1, label_column="label")
+    train_idx, _ = holdout(120, 0.25, 0)
+    normal = train_idx.numpy()[y[train_idx.numpy()] == 1]
+    fit, val = normal[:-6], normal[-6:]
+    assert (len(ds.train), len(ds.val)) == (len(fit), 6)
+    assert set(ds.train.y.tolist()) == {1} and set(ds.val.y.tolist()) == {1}
+    np.testing.assert_allclose(ds.state["mean"], x[fit].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ds.state["std"], x[fit].std(0), rtol=1e-5)
+    np.testing.assert_allclose(ds.to_original(ds.val.x).numpy(), x[val], rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- errors
 
 

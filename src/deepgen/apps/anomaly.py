@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +13,9 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ..data.dequantize import dequantize, levels_of
 from ..errors import UserError
+from ..metrics.evaluate import likelihood_of
 from ..models.base import GenerativeModel, LogProb, Reconstructor
 from .base import AutoencoderEstimator, models_with
 
@@ -27,14 +32,17 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
       statistics, images scaled to [0, 1]); any model with ``reconstruct`` (``ae``,
       ``vae``, ``denoising-ae``, ...);
     * ``score_type="likelihood"``: the model's ``log_prob`` in nats (for ``vae`` the IWAE
-      bound, drawn with a fixed seed so that scores repeat); models with ``log_prob`` only.
+      bound); models with ``log_prob`` only. Each example is scored as if alone, its random
+      draws seeded from ``random_state`` (the same for every example): scores repeat and do
+      not depend on the batch. On 8-bit images a density is taken at dequantized pixels
+      and counts the bin width (log p(y) - D ln 256), as ``deepgen eval`` does.
 
     ``contamination`` (default 0.1, in (0, 0.5]): the expected fraction of outliers.
     ``offset_`` is the training scores' ``contamination`` quantile;
     ``decision_function(X) = score_samples(X) - offset_`` (negative: outlier) and
     ``predict`` gives +1 for inliers and -1 for outliers, so about a ``contamination``
-    fraction of the training data is flagged. Images (N, H, W) / (N, C, H, W) get
-    convolutional networks when the settings leave ``network`` unset or ``"auto"``.
+    fraction of the training data is flagged. Images (N, H, W), (N, C, H, W) or
+    (N, H, W, C) get convolutional networks when the settings leave ``network`` unset or ``"auto"``.
     Other parameters: see :class:`~deepgen.apps.base.AutoencoderEstimator`.
 
     The parameter is ``score_type``, not ``score``: scikit-learn (its checks,
@@ -57,6 +65,7 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
         device: str = "auto",
         random_state: int | None = None,
         verbose: bool = False,
+        layout: str = "auto",
     ) -> None:
         self.model = model
         self.settings = settings
@@ -69,6 +78,7 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.layout = layout
 
     def _check_model(self, cls: type[GenerativeModel]) -> None:
         if self.score_type not in SCORES:
@@ -87,7 +97,7 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
             )
 
     def fit(self, X: Any, y: Any = None) -> AutoencoderOutlierDetector:
-        """Train on normal X (N, F) or (N, H, W) / (N, C, H, W); set ``offset_``. ``y`` is ignored."""
+        """Train on normal X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); set ``offset_``. ``y`` is ignored."""
         self._fit_arrays(X)
         train_scores = self._scores(self.codec_.to_model(self._validate_input(X)))
         self.offset_ = float(np.percentile(train_scores, 100.0 * self.contamination))
@@ -96,16 +106,50 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
     def _scores(self, x: np.ndarray) -> np.ndarray:
         if self.score_type == "reconstruction":
             return -self._reconstruction_error(x).astype(np.float64)
-        device = self.model_.device
+        return self._log_probs(x)
 
-        def log_prob(batch: torch.Tensor, i: int) -> torch.Tensor:
-            gen = torch.Generator(device).manual_seed(self.seed_ + i)  # repeatable draws
-            try:
-                return self.model_.log_prob(batch, generator=gen)  # type: ignore[attr-defined]
-            except TypeError:  # a log_prob without sampling
-                return self.model_.log_prob(batch)  # type: ignore[attr-defined]
+    def _log_probs(self, x: np.ndarray) -> np.ndarray:
+        """``log_prob`` per example (N,) in nats, float64, each example scored as if alone.
 
-        return self._batched(log_prob, x).astype(np.float64)
+        Random draws (a VAE's importance samples, a diffusion bound's x_t, the dequantization
+        noise u) come from a generator seeded with ``seed_`` afresh for every example: the
+        same draws for all (common random numbers), so that a score depends on its example
+        and ``random_state`` only, never on its batch companions, its position or
+        ``batch_size``. Quantised data (8-bit images) is scored as the data layer and the
+        evaluator score it: values snapped to their levels k, and for a density (not a
+        probability of the levels) taken at y = (k + u) / L and given the bin width, log p(y)
+        - D ln L, a bound on the log-probability of the levels (-score / (D ln 2) is bits/dim).
+        """
+        model, spec = self.model_, self.codec_.spec
+        info = likelihood_of(model)
+        dequantizing = info.normalised and not info.discrete and spec.bin_width is not None
+        takes_generator = "generator" in inspect.signature(model.log_prob).parameters  # type: ignore[attr-defined]
+        offset = spec.dim * math.log(spec.bin_width) if dequantizing and spec.bin_width else 0.0
+        gen = torch.Generator(model.device)
+
+        def one(x: torch.Tensor) -> torch.Tensor:  # (B, *shape) -> (B,), every draw from ``gen``
+            if spec.num_levels is not None:
+                x = levels_of(x, spec) / (spec.num_levels - 1)  # on the levels, as the data layer's values
+            if dequantizing:
+                x = dequantize(x, spec, gen)
+            return model.log_prob(x, generator=gen) if takes_generator else model.log_prob(x)  # type: ignore[attr-defined]
+
+        def log_prob(batch: torch.Tensor, _: int) -> torch.Tensor:
+            if not (dequantizing or takes_generator):
+                return one(batch)  # nothing random: the batch at once
+            try:  # every row with the draws of one example: vmap draws them once, shared by all rows
+                gen.manual_seed(self.seed_)
+                with warnings.catch_warnings():  # an op without a batching rule runs row by row, correctly
+                    warnings.filterwarnings("ignore", message="There is a performance drop")
+                    return torch.func.vmap(lambda row: one(row[None])[0], randomness="same")(batch)
+            except Exception:  # an operation vmap does not batch: one example at a time, the same draws
+                rows = []
+                for i in range(len(batch)):
+                    gen.manual_seed(self.seed_)
+                    rows.append(one(batch[i:i + 1]))
+                return torch.cat(rows)
+
+        return self._batched(log_prob, x).astype(np.float64) + offset
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Normality score per example (N,): higher = more normal (see the class docstring)."""

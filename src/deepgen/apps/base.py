@@ -3,14 +3,17 @@
 :class:`AutoencoderEstimator` is a mixin over :class:`sklearn.base.BaseEstimator`:
 
 * input validation (scikit-learn's ``validate_data`` / ``check_array``: NaN and inf are
-  refused, sparse and complex input too) for tables (N, F) and image arrays (N, H, W) or
-  (N, C, H, W);
+  refused, sparse and complex input too) for tables (N, F) and image arrays (N, H, W),
+  (N, C, H, W) or (N, H, W, C) with C in 1, 3, 4 (:func:`image_layout`: the rule, and one
+  ValueError for shapes it cannot read);
 * the conversion of arrays to the model's space and back, fitted once in ``fit``
   (:class:`ArrayCodec`): tables are standardised with the training rows' mean and
   standard deviation (``deepgen.data.tables.standardise``, the data layer's own, kept as
-  ``Dataset.state`` so ``Dataset.to_original`` undoes it); images become ``continuous``
-  values in [0, 1] (uint8 pixels / 255, other non-negative images / their maximum) and
-  keep their shape, so that convolutional networks see images;
+  ``Dataset.state`` so ``Dataset.to_original`` undoes it); images become (N, C, H, W)
+  values in [0, 1], so that convolutional networks see images: integer images 0..255 as
+  the data layer reads them (``continuous`` with 256 levels, pixels / 255; ``binary`` when
+  only 0 and 1), other images ``continuous`` without levels (those in [0, 1] as they are,
+  others / their maximum); outputs go back to the layout and dtype given;
 * building the registered model (weights seeded by ``random_state``), training it with
   deepgen's one :class:`~deepgen.training.Trainer` without a run folder, and batched
   inference (``batch_size`` rows at a time, in eval mode, without gradients);
@@ -47,15 +50,60 @@ from ..models.base import GenerativeModel
 from ..training import TrainConfig, Trainer
 
 FLOATS = (np.float64, np.float32)
+CHANNELS = (1, 3, 4)  # channel counts of image arrays: grey, RGB, RGBA
+LAYOUTS = ("auto", "channels_first", "channels_last")
+ACCEPTED_SHAPES = (
+    "accepted: tables (N, F), grey images (N, H, W), and images (N, C, H, W) (channels first) or "
+    "(N, H, W, C) (channels last) with C in 1, 3, 4"
+)
+
+
+def image_layout(shape: tuple[int, ...], layout: str = "auto") -> str:
+    """How an array of ``shape`` (N, ...) is read: ``"table"`` (N, F), ``"hw"`` (N, H, W),
+    ``"chw"`` (N, C, H, W) or ``"hwc"`` (N, H, W, C), with C in :data:`CHANNELS`.
+
+    A 4-D array is channels first when only axis 1 is a channel count, channels last when
+    only axis 3 is; ``layout`` (``"channels_first"`` / ``"channels_last"``) decides when both
+    are (e.g. (N, 3, 4, 4)). Any other shape is a ValueError saying what is accepted.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
+    if len(shape) == 2:
+        return "table"
+    if len(shape) == 3:
+        return "hw"
+    if len(shape) != 4:
+        raise ValueError(f"X has shape {shape} ({len(shape)} dimensions); {ACCEPTED_SHAPES}.")
+    first, last = shape[1] in CHANNELS, shape[3] in CHANNELS
+    if layout == "channels_first" and first:
+        return "chw"
+    if layout == "channels_last" and last:
+        return "hwc"
+    if layout != "auto":
+        axis = 1 if layout == "channels_first" else 3
+        raise ValueError(f"X has shape {shape}: with layout={layout!r} axis {axis} holds the channels, "
+                         f"but it has {shape[axis]}; {ACCEPTED_SHAPES}.")
+    if first and last:
+        raise ValueError(f"X has shape {shape}: ambiguous, axis 1 and axis 3 could both hold the channels; "
+                         f"pass layout='channels_first' or layout='channels_last' ({ACCEPTED_SHAPES}).")
+    if first:
+        return "chw"
+    if last:
+        return "hwc"
+    raise ValueError(f"X has shape {shape}: neither axis 1 nor axis 3 is a channel count (1, 3 or 4); {ACCEPTED_SHAPES}.")
 
 
 @dataclasses.dataclass
 class ArrayCodec:
     """How arrays map to the model's space, fitted on the training array.
 
-    ``image``: True for (N, H, W) / (N, C, H, W) input; ``input_shape``: one example's
-    shape as given; ``spec``: what the model sees. Tables: ``mean`` / ``std`` (F,) of the
-    standardisation. Images: values ``(x - low) / (high - low)`` in [0, 1].
+    ``image``: True for image input; ``input_shape``: one example's shape as given;
+    ``channels_last``: the input is (N, H, W, C) (the model sees (N, C, H, W)); ``spec``:
+    what the model sees; ``dtype``: the training input's dtype (quantised images come back
+    in it). Tables: ``mean`` / ``std`` (F,) of the standardisation. Images: values
+    ``(x - low) / (high - low)`` in [0, 1]; integer images 0..255 are 8-bit data, as the
+    data layer reads them (``deepgen.data.arrays``): ``continuous`` with 256 levels, pixels
+    / 255, or ``binary`` when they hold only 0 and 1.
     """
 
     image: bool
@@ -65,29 +113,45 @@ class ArrayCodec:
     std: np.ndarray | None = None
     low: float = 0.0
     high: float = 1.0
+    channels_last: bool = False
+    dtype: str = "float64"
 
     @classmethod
-    def fit(cls, X: np.ndarray, integer_input: bool) -> tuple[ArrayCodec, np.ndarray]:
-        """The codec for training array ``X`` (validated, float) and ``X`` in model space (float32)."""
+    def fit(cls, X: np.ndarray, dtype: np.dtype, layout: str = "auto") -> tuple[ArrayCodec, np.ndarray]:
+        """The codec for training array ``X`` (validated, float) given as ``dtype``, and ``X``
+        in model space (float32). ``layout``: see :func:`image_layout`."""
         shape = tuple(X.shape[1:])
-        if X.ndim == 2:
+        how = image_layout(X.shape, layout)
+        if how == "table":
             x, _, mean, std = standardise(X, X[:0])
             spec = DataSpec(shape=shape, kind="real", name="sklearn")
-            return cls(False, shape, spec, mean=mean, std=std), x
+            return cls(False, shape, spec, mean=mean, std=std, dtype=dtype.name), x
         lo, hi = float(X.min()), float(X.max())
-        low = min(lo, 0.0)
-        if hi <= 1.0 and low == 0.0:
-            high = 1.0
-        elif integer_input and low == 0.0 and hi <= 255:
-            high = 255.0  # uint8-like pixels
+        kind, levels = "continuous", None
+        if dtype.kind in "iub" and lo >= 0 and hi <= 255:
+            # 8-bit data, as the data layer reads an integer array: 0/1 only -> binary,
+            # else 256 levels k shown as k / 255 (dequantized to (k + u) / 256 for densities).
+            low, high = 0.0, (1.0 if hi <= 1 else 255.0)
+            kind, levels = ("binary", None) if hi <= 1 else ("continuous", 256)
         else:
-            high = hi
-        if high <= low:
-            high = low + 1.0
-        model_shape = (1, *shape) if X.ndim == 3 else shape
-        spec = DataSpec(shape=model_shape, kind="continuous", name="sklearn")
-        codec = cls(True, shape, spec, low=low, high=high)
+            low = min(lo, 0.0)
+            high = 1.0 if hi <= 1.0 and low == 0.0 else hi
+            if high <= low:
+                high = low + 1.0
+        if how == "hw":
+            model_shape = (1, *shape)  # one channel
+        elif how == "hwc":
+            model_shape = (shape[2], shape[0], shape[1])  # (H, W, C) -> (C, H, W)
+        else:
+            model_shape = shape
+        spec = DataSpec(shape=model_shape, kind=kind, num_levels=levels, name="sklearn")
+        codec = cls(True, shape, spec, low=low, high=high, channels_last=how == "hwc", dtype=dtype.name)
         return codec, codec.to_model(X)
+
+    @property
+    def quantised(self) -> bool:
+        """True for images whose values are levels (8-bit or binary integer images)."""
+        return self.image and np.dtype(self.dtype).kind in "iub" and (self.spec.kind == "binary" or self.spec.num_levels is not None)
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -101,16 +165,45 @@ class ArrayCodec:
             assert self.mean is not None and self.std is not None
             return ((np.asarray(X, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
         x = (np.asarray(X, dtype=np.float64) - self.low) / (self.high - self.low)
-        return np.clip(x, 0.0, 1.0).astype(np.float32).reshape(len(X), *self.spec.shape)
+        x = np.clip(x, 0.0, 1.0).astype(np.float32)
+        if self.channels_last:
+            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x.reshape(len(X), *self.spec.shape)
 
-    def from_model(self, x: np.ndarray) -> np.ndarray:
-        """Model space (N, *spec.shape) -> the input's space and shape (N, *input_shape);
-        images clipped to the training range."""
+    def from_model(self, x: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
+        """Model space (N, *spec.shape) -> the input's space, shape and layout (N, *input_shape);
+        images clipped to the training range. ``dtype``: of the result (default float64);
+        an integer (or bool) dtype rounds to the nearest value."""
+        dtype = np.dtype(dtype or np.float64)
         if not self.image:
             assert self.mean is not None and self.std is not None
-            return x.astype(np.float64) * self.std + self.mean
+            return (x.astype(np.float64) * self.std + self.mean).astype(dtype, copy=False)
         out = np.clip(x.astype(np.float64), 0.0, 1.0) * (self.high - self.low) + self.low
-        return out.reshape(len(x), *self.input_shape)
+        if self.channels_last:
+            out = np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+        out = out.reshape(len(x), *self.input_shape)
+        return np.rint(out).astype(dtype) if dtype.kind in "iub" else out.astype(dtype, copy=False)
+
+    def output_dtype(self, given: np.dtype | None) -> np.dtype:
+        """The dtype of outputs in the data's space for input of dtype ``given`` (None: the
+        training input's): float32 stays float32; the integer dtype of quantised images
+        (uint8 pixels) stays; anything else is float64."""
+        if given is None:
+            return np.dtype(self.dtype) if self.quantised else np.dtype(np.float64)
+        given = np.dtype(given)
+        if given == np.float32:
+            return given
+        if given.kind in "iub" and self.quantised:
+            return given
+        return np.dtype(np.float64)
+
+
+def dtype_of(X: Any) -> np.dtype:
+    """The dtype ``X`` holds as given (a NumPy array's, a tensor's, or what NumPy makes of a list)."""
+    try:
+        return np.dtype(X.dtype)
+    except (AttributeError, TypeError):  # no dtype (lists, data frames) or not NumPy's (torch)
+        return np.asarray(X).dtype
 
 
 def models_with(capability: Any) -> list[str]:
@@ -134,7 +227,9 @@ class AutoencoderEstimator:
     model's settings, or None), ``latent_dim`` (None: the model's default), ``epochs``,
     ``batch_size`` (training and batched inference), ``lr`` (None: the model's default),
     ``device`` ("auto", "cpu", "cuda", "cuda:N"), ``random_state`` (int or None: seeds the
-    weights, the batch order and the training noise), ``verbose`` (progress bar).
+    weights, the batch order and the training noise), ``verbose`` (progress bar),
+    ``layout`` (4-D images: ``"auto"``, ``"channels_first"`` or ``"channels_last"``; see
+    :func:`image_layout`).
     """
 
     # Filled by subclasses' __init__ (declared for type checkers).
@@ -147,6 +242,7 @@ class AutoencoderEstimator:
     device: str
     random_state: int | None
     verbose: bool
+    layout: str
 
     # -- hooks ----------------------------------------------------------------------------
     def _check_model(self, cls: type[GenerativeModel]) -> None:
@@ -157,21 +253,28 @@ class AutoencoderEstimator:
         return {}
 
     # -- validation -----------------------------------------------------------------------
-    def _validate_fit_input(self, X: Any) -> tuple[np.ndarray, bool]:
-        """(validated float X, whether it held integers); sets ``n_features_in_``."""
-        integer = hasattr(X, "dtype") and np.dtype(X.dtype).kind in "iub"
+    def _validate_fit_input(self, X: Any) -> tuple[np.ndarray, np.dtype]:
+        """(validated float X, the dtype X was given in); sets ``n_features_in_``."""
+        dtype = dtype_of(X)
         X = validate_data(self, X, allow_nd=True, dtype=FLOATS, ensure_min_samples=1)
-        if X.ndim > 4:
-            raise ValueError(f"X has {X.ndim} dimensions {X.shape}; expected a table (N, F) or images (N, H, W) / (N, C, H, W).")
-        return X, integer
+        image_layout(X.shape, self.layout)  # a shape that is neither a table nor images: one clear ValueError
+        return X, dtype
 
     def _validate_input(self, X: Any) -> np.ndarray:
         """New input validated against the fitted one (features and, for images, shape)."""
         check_is_fitted(self, "model_")
+        shape = tuple(getattr(X, "shape", ())[1:])
+        if self.codec_.image and shape and shape != self.codec_.input_shape:  # before the features: say which shape
+            raise ValueError(self._shape_error(shape))
         X = validate_data(self, X, allow_nd=True, dtype=FLOATS, reset=False)
         if tuple(X.shape[1:]) != self.codec_.input_shape:
-            raise ValueError(f"X has examples of shape {tuple(X.shape[1:])}, but this estimator was fitted on {self.codec_.input_shape}.")
+            raise ValueError(self._shape_error(tuple(X.shape[1:])))
         return X
+
+    def _shape_error(self, shape: tuple[int, ...]) -> str:
+        codec = self.codec_
+        given = f" ({'channels last' if codec.channels_last else 'channels first'} images)" if len(codec.input_shape) == 3 else ""
+        return f"X has examples of shape {shape}, but this estimator was fitted on {codec.input_shape}{given}."
 
     # -- settings and the model -------------------------------------------------------------
     def _model_settings(self, codec: ArrayCodec) -> dict[str, Any]:
@@ -204,8 +307,8 @@ class AutoencoderEstimator:
 
     def _fit_arrays(self, X: Any) -> AutoencoderEstimator:
         """Validate X, fit the codec, build and train the model; sets the fitted attributes."""
-        X, integer = self._validate_fit_input(X)
-        codec, x = ArrayCodec.fit(X, integer)
+        X, dtype = self._validate_fit_input(X)
+        codec, x = ArrayCodec.fit(X, dtype, self.layout)
         self._check_model(model_class(self.model))
         settings = self._model_settings(codec)
         device = resolve_device(self.device)

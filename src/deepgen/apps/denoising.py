@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..errors import UserError
 from ..models.base import GenerativeModel, Reconstructor
-from .base import AutoencoderEstimator, config_fields
+from .base import AutoencoderEstimator, config_fields, dtype_of
 
 NOISES = ("gaussian", "masking", "salt-pepper")
 
@@ -28,8 +28,10 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
     * ``"masking"``: each value set to 0 with probability noise_level;
     * ``"salt-pepper"``: a fraction noise_level of values set to the data's min or max.
 
-    ``transform`` returns arrays of X's shape, in X's value range (images are clipped to
-    the training range; tables are un-standardised), dtype float64 unless X is float32.
+    ``transform`` returns arrays of X's shape and layout, in X's value range (images are
+    clipped to the training range; tables are un-standardised), dtype float64 unless X is
+    float32, or X's integer dtype for integer images fitted as 8-bit data (uint8 -> uint8,
+    rounded).
     ``model`` may be any registered model with the corruption settings (``denoising-ae``).
     Other parameters: see :class:`~deepgen.apps.base.AutoencoderEstimator`.
 
@@ -49,6 +51,7 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         device: str = "auto",
         random_state: int | None = None,
         verbose: bool = False,
+        layout: str = "auto",
     ) -> None:
         self.model = model
         self.settings = settings
@@ -61,6 +64,7 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.layout = layout
 
     def _check_model(self, cls: type[GenerativeModel]) -> None:
         if self.noise not in NOISES:
@@ -75,16 +79,17 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         return {"corruption": self.noise, "noise": float(self.noise_level)}
 
     def fit(self, X: Any, y: Any = None) -> AutoencoderDenoiser:
-        """Train on clean X (N, F) or (N, H, W) / (N, C, H, W); ``y`` is ignored."""
+        """Train on clean X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); ``y`` is ignored."""
         return self._fit_arrays(X)  # type: ignore[return-value]
 
     def transform(self, X: Any) -> np.ndarray:
         """The denoised X (the model's reconstruction mean), of X's shape and value range."""
+        given = dtype_of(X)
         X = self._validate_input(X)
         model = self.model_
         fn = model.denoise if hasattr(model, "denoise") else model.reconstruct  # type: ignore[attr-defined]
         out = self._batched(lambda b, _: fn(b), self.codec_.to_model(X))
-        return self.codec_.from_model(out).astype(X.dtype if X.dtype == np.float32 else np.float64, copy=False)
+        return self.codec_.from_model(out, self.codec_.output_dtype(given))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -20,12 +20,13 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
     ``model``: any registered model with the ``encode`` capability (``ae``, ``vae`` (the
     posterior mean), ``aae``, the other autoencoders...); others are refused, naming those
     that work. ``latent_dim`` (default 10) goes into the model's settings. ``X`` is a
-    table (N, F), standardised with the training rows' statistics, or images (N, H, W) /
-    (N, C, H, W), scaled to [0, 1] and encoded by a convolutional network when the
+    table (N, F), standardised with the training rows' statistics, or images (N, H, W),
+    (N, C, H, W) or (N, H, W, C), scaled to [0, 1] and encoded by a convolutional network when the
     settings leave ``network`` unset or ``"auto"`` (and the images are large enough).
 
     ``inverse_transform(codes)`` decodes codes (the model's mean output) back into X's
-    space and shape (models with the ``decode`` capability).
+    space, shape and layout (models with the ``decode`` capability): float64, or the
+    training dtype for integer images (uint8 pixels come back as uint8, rounded).
 
     Fitted attributes: ``model_`` (the trained deepgen model, in eval mode), ``codec_``
     (the fitted array conversion), ``n_features_in_``, ``seed_``.
@@ -45,6 +46,7 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
         device: str = "auto",
         random_state: int | None = None,
         verbose: bool = False,
+        layout: str = "auto",
     ) -> None:
         self.model = model
         self.settings = settings
@@ -55,6 +57,7 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.layout = layout
 
     def _check_model(self, cls: type[GenerativeModel]) -> None:
         if not issubclass(cls, Encoder):
@@ -64,7 +67,7 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
             )
 
     def fit(self, X: Any, y: Any = None) -> AutoencoderEmbedding:
-        """Train the model on X (N, F) or (N, H, W) / (N, C, H, W); ``y`` is ignored."""
+        """Train the model on X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); ``y`` is ignored."""
         return self._fit_arrays(X)  # type: ignore[return-value]
 
     def transform(self, X: Any) -> np.ndarray:
@@ -81,7 +84,7 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
         if codes.shape[1] != self._n_features_out:
             raise ValueError(f"codes have {codes.shape[1]} features, but the embedding has {self._n_features_out}.")
         decoded = self._batched(lambda b, _: self.model_.decode(b), codes)
-        return self.codec_.from_model(decoded)
+        return self.codec_.from_model(decoded, self.codec_.output_dtype(None))
 
     @property
     def _n_features_out(self) -> int:

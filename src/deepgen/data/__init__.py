@@ -179,6 +179,10 @@ def _load(config: DataConfig, arrays: dict[str, Any] | None = None) -> Dataset:
         raise UserError(
             f"block_size applies to text (token) data only; {config.name!r} holds {ds.spec.kind} data. Leave it unset for this dataset."
         )
+    if config.normal_class is not None:
+        # Filter first, then split: the validation examples are the last `validation` normal
+        # ones, so that split has exactly that size and only normal examples.
+        _keep_normal_class(ds, config.normal_class)
     if config.validation:
         n = len(ds.train)
         # Examples that share values with their neighbours (text windows at every offset)
@@ -193,8 +197,6 @@ def _load(config: DataConfig, arrays: dict[str, Any] | None = None) -> Dataset:
         # max_train changes. (Sources without a test split shuffled before splitting.)
         ds.val = ds.train.slice(n - config.validation, None)
         ds.train = ds.train.slice(0, n - config.validation - gap)
-    if config.normal_class is not None:
-        _keep_normal_class(ds, config.normal_class)
     if config.max_train:
         ds.train = ds.train.subset(config.max_train)
     ds.config = config
@@ -202,9 +204,9 @@ def _load(config: DataConfig, arrays: dict[str, Any] | None = None) -> Dataset:
 
 
 def _keep_normal_class(ds: Dataset, c: int) -> None:
-    """One-class data (Ruff et al. 2018's protocol): the training and validation splits keep
-    the examples of class ``c`` only; the test split keeps every class, its labels telling
-    normal (``c``) from anomalous for the ``auroc`` metric."""
+    """One-class data (Ruff et al. 2018's protocol): the training split (and so the validation
+    split, held out of it afterwards) keeps the examples of class ``c`` only; the test split
+    keeps every class, its labels telling normal (``c``) from anomalous for the ``auroc`` metric."""
     k = ds.spec.num_classes
     if not k or ds.train.y is None:
         raise UserError(f"normal_class={c} needs labelled data; {ds.name!r} has no class labels. Leave normal_class unset.")

@@ -31,7 +31,7 @@ from ..errors import UserError
 from . import register_path_reader
 from .dataset import DataConfig, Dataset, DataSpec, Split
 from .files import holdout
-from .tables import encode_labels, standardise
+from .tables import encode_labels, standardise, statistics_rows
 
 DATA_KEYS = ("x", "X", "data", "arr_0")
 LABEL_KEYS = ("y", "Y", "labels")
@@ -163,7 +163,8 @@ def dataset_from_arrays(x: np.ndarray, y: np.ndarray | None, config: DataConfig,
     train_idx, test_idx = holdout(len(data), config.test_fraction, config.seed)
     tr, te = data[train_idx.numpy()], data[test_idx.numpy()]
     if kind == "real":
-        tr, te, mean, std = standardise(tr, te)
+        rows = statistics_rows(len(tr), config, None if labels is None else labels[train_idx])  # not the validation rows
+        tr, te, mean, std = standardise(tr, te, rows)
         state = {"mean": mean, "std": std}
     spec = DataSpec(shape=tuple(data.shape[1:]), kind=kind, num_levels=levels, num_classes=num_classes, name=name)
     return Dataset(

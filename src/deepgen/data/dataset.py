@@ -224,7 +224,7 @@ class DataConfig(Config):
     toy_noise: float | None = None  # 2-D toys: std / noise level; None = the dataset's published default
     label_column: str | None = None  # CSV tables: a column to use as labels, not as data
     max_train: int = 0  # 0 = all; otherwise keep the first N training examples (quick runs)
-    validation: int = 0  # hold out the last N training examples (before max_train) for validation; 0 = validate on the test split
+    validation: int = 0  # hold out the last N training examples (after normal_class, before max_train) for validation; 0 = validate on the test split
     normal_class: int | None = None  # one-class setups (anomaly detection): train and validate on this class only; the test split keeps every class
     max_resident_mb: int = 4096  # image folders: decoded pixels above this many MiB stream from disk (0 = always)
     workers: int = -1  # streamed folders: DataLoader worker processes; -1 = min(8, CPU cores - 1)

@@ -1,7 +1,8 @@
 """User tables: a ``.csv`` file with a header row and numeric columns.
 
 Every column but ``config.label_column`` is a feature; features are standardised with
-the training split's mean and standard deviation, which are kept in ``Dataset.state`` so
+the training split's mean and standard deviation (without the rows that the data setting
+``validation`` holds out: see :func:`statistics_rows`), which are kept in ``Dataset.state`` so
 that samples can be mapped back (:meth:`Dataset.to_original`). The label column may
 hold any values; distinct values become labels 0..k-1 (the mapping is in ``meta``).
 """
@@ -23,16 +24,39 @@ from .dataset import DataConfig, Dataset, DataSpec, Split
 from .files import holdout
 
 
-def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def statistics_rows(n: int, config: DataConfig, labels: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """The rows of a reader's training split (``n`` rows, ``labels`` (n,) or None) that
+    preprocessing statistics may be fit on: not the rows that
+    :func:`deepgen.data.load_dataset` holds out afterwards as the validation split (the
+    last ``config.validation`` ones, counted among the ``config.normal_class`` rows when
+    that is set, since load_dataset filters before it splits), so that model selection on
+    the validation split sees no statistic of it. With ``normal_class`` only that class's
+    rows count (the one-class protocol: the model never sees the others). When nothing
+    would be left (``load_dataset`` refuses such settings anyway) every candidate row is used."""
+    rows = np.arange(n)
+    if config.normal_class is not None and labels is not None:
+        normal = rows[np.asarray(labels) == config.normal_class]
+        rows = normal if len(normal) else rows
+    if 0 < config.validation < len(rows):
+        rows = rows[: len(rows) - config.validation]
+    return rows
+
+
+def standardise(
+    train: np.ndarray, test: np.ndarray, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Standardise (N, D) features with the training split's statistics.
 
     Returns float32 ``(train_std, test_std, mean (D,), std (D,))``; a constant column gets
     std 1 (it stays at 0 after centring instead of becoming NaN). Statistics come from
-    the training split only, so the test split never leaks into the preprocessing.
+    the training split only, so the test split never leaks into the preprocessing;
+    ``rows`` (indices into ``train``; None = all) narrows them further: readers pass
+    :func:`statistics_rows`, which leaves the future validation rows out.
     """
     tr = np.asarray(train, dtype=np.float64)
-    mean = tr.mean(axis=0) if len(tr) else np.zeros(tr.shape[1:])
-    std = tr.std(axis=0) if len(tr) else np.ones(tr.shape[1:])
+    fit = tr if rows is None or not len(rows) else tr[rows]
+    mean = fit.mean(axis=0) if len(fit) else np.zeros(tr.shape[1:])
+    std = fit.std(axis=0) if len(fit) else np.ones(tr.shape[1:])
     std = np.where(std > 0, std, 1.0)
     out_train = ((tr - mean) / std).astype(np.float32)
     out_test = ((np.asarray(test, dtype=np.float64) - mean) / std).astype(np.float32)
@@ -168,7 +192,8 @@ def read_csv(path: Path, config: DataConfig) -> Dataset:
         meta["label_values"] = values
 
     train_idx, test_idx = holdout(len(x), config.test_fraction, config.seed)
-    tr, te, mean, std = standardise(x[train_idx.numpy()], x[test_idx.numpy()])
+    rows = statistics_rows(len(train_idx), config, None if y is None else y[train_idx])
+    tr, te, mean, std = standardise(x[train_idx.numpy()], x[test_idx.numpy()], rows)
     spec = DataSpec(shape=(len(features),), kind="real", num_classes=len(meta["label_values"]) if y is not None else None, name=str(path))
     return Dataset(
         str(path),
