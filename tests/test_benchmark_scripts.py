@@ -195,7 +195,11 @@ def test_flow_tables_compares_flows_with_a_mixture_on_held_out_data(tmp_path: Pa
     ]
     assert all(math.isfinite(r["test_ll"]) for r in rows) and rows[0]["components"] >= 1
     wine = ft.table("wine", 0)
-    assert len(wine.val) == 36 and len(wine.test) == 36 and abs(float(wine.train.x.mean())) < 0.3  # standardised
+    assert len(wine.val) == 36 and len(wine.test) == 36 and abs(float(wine.train.x.mean())) < 1e-5  # standardised on train
+    # --grid: every candidate's validation figure is kept, the best on validation is tested.
+    assert ft.main(["--tiny", "--grid", "--datasets", "wine", "--models", "nsf", "--threads", "1", "--out", str(out)]) == 0
+    nsf = json.loads(out.read_text())["rows"][1]
+    assert len(nsf["grid"]) == 2 and nsf["val_ll"] == max(g["val_ll"] for g in nsf["grid"]) and math.isfinite(nsf["test_ll"])
 
 
 def test_nll_script_scores_a_flow_on_8bit_mnist_with_its_validation_curve(real_data_dir: Path, tmp_path: Path) -> None:

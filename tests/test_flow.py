@@ -16,6 +16,8 @@ import deepgen
 from deepgen.data import DataConfig
 from deepgen.data.dataset import Batch, DataSpec
 from deepgen.errors import UserError
+from deepgen.nn import flows as fl
+from deepgen.nn.flows import BatchNorm
 from deepgen.training import TrainConfig, Trainer, seed_all
 
 FLOWS = ["realnvp", "glow", "maf", "nsf"]
@@ -192,6 +194,133 @@ def test_eval_reports_nats_and_bits_per_dim(tmp_path, capsys):
     assert run_model.likelihood_info().kind == "exact" and not run_model.likelihood_info().discrete
 
 
+# -- the vector bodies' regularisers: batch norm (norm=) and dropout (dropout=) --------------------
+
+
+def _log_abs_det(f, x: torch.Tensor) -> torch.Tensor:
+    jac = torch.autograd.functional.jacobian(lambda v: f(v).reshape(-1), x, vectorize=True).reshape(x.numel(), x.numel())
+    sign, logabs = torch.linalg.slogdet(jac)
+    assert sign != 0
+    return logabs
+
+
+def _batchnorm(seed: int = 0) -> BatchNorm:
+    """A float64 BatchNorm(5) in eval mode with every parameter and running statistic moved."""
+    torch.manual_seed(seed)
+    layer = BatchNorm(5).double()
+    with torch.no_grad():
+        layer.log_gamma.normal_(0, 0.5)
+        layer.beta.normal_(0, 0.5)
+        layer.running_mean.normal_(0, 1.0)
+        layer.running_var.uniform_(0.2, 3.0)
+    return layer.eval()
+
+
+def test_batchnorm_layer_inverts_and_its_log_det_is_the_jacobians():
+    """Eval mode (the density the benchmarks report): an elementwise affine map with the
+    running statistics; x -> z -> x and z -> x -> z exactly, log_det = autograd's."""
+    layer = _batchnorm()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((3, 5), generator=g, dtype=torch.float64) * 1.5 + 0.3
+    z, log_det = layer(x)
+    assert log_det.shape == (3,) and log_det.dtype == torch.float64 and (z - x).abs().max() > 1e-2
+    torch.testing.assert_close(layer.inverse(z), x, rtol=1e-6, atol=1e-6)
+    z0 = torch.randn((3, 5), generator=g, dtype=torch.float64)
+    torch.testing.assert_close(layer(layer.inverse(z0))[0], z0, rtol=1e-6, atol=1e-6)
+    for i in range(3):
+        torch.testing.assert_close(log_det[i], _log_abs_det(lambda v: layer(v[None])[0], x[i]), rtol=1e-7, atol=1e-7)
+        torch.testing.assert_close(-log_det[i], _log_abs_det(lambda v: layer.inverse(v[None]), z[i]), rtol=1e-7, atol=1e-7)
+
+
+def test_batchnorm_training_uses_the_batch_and_moves_the_running_statistics():
+    layer = _batchnorm().train()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn((256, 5), generator=g, dtype=torch.float64) * 3.0 + 2.0
+    before_mean, before_var = layer.running_mean.clone(), layer.running_var.clone()
+    z, log_det = layer(x)
+    # The batch comes out with mean beta and std exp(log_gamma), per feature.
+    torch.testing.assert_close(z.mean(0), layer.beta.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(z.std(0, unbiased=False), layer.log_gamma.detach().exp(), rtol=1e-4, atol=1e-4)
+    var = x.var(0, unbiased=False)
+    torch.testing.assert_close(log_det, (layer.log_gamma.detach() - 0.5 * torch.log(var + layer.eps)).sum().expand(256))
+    torch.testing.assert_close(layer.running_mean, 0.9 * before_mean + 0.1 * x.mean(0))
+    torch.testing.assert_close(layer.running_var, 0.9 * before_var + 0.1 * var)
+    fresh = BatchNorm(5).double().eval()
+    torch.testing.assert_close(fresh(x)[0], x, rtol=1e-5, atol=1e-5)  # starts as the identity (up to eps)
+    torch.testing.assert_close(fresh.inverse(x), x, rtol=1e-5, atol=1e-5)
+
+
+VECTOR_OPTIONS = [
+    ("maf", {"norm": "batchnorm", "dropout": 0.2}),
+    ("maf", {"norm": "actnorm"}),
+    ("nsf", {"norm": "batchnorm", "dropout": 0.2}),
+    ("nsf", {"norm": "actnorm", "autoregressive": True, "dropout": 0.1}),
+    ("realnvp", {"norm": "batchnorm", "dropout": 0.3}),
+    ("glow", {"dropout": 0.2}),
+]
+
+
+def _regularised(name: str, spec: DataSpec, options: dict, seed: int = 0) -> deepgen.GenerativeModel:
+    """A float64 model with ``options``: one training-mode pass (actnorm initialises, the
+    running statistics move), then every parameter and statistic perturbed; eval mode."""
+    torch.manual_seed(seed)
+    model = deepgen.create_model(name, spec, **{**SMALL[name], **options}).double().train()
+    model(torch.randn(64, spec.dim, dtype=torch.float64) * 2 + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for m in model.modules():
+            if isinstance(m, BatchNorm):
+                m.running_mean.add_(torch.randn_like(m.running_mean) * 0.3)
+                m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.5, 2.0))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name,options", VECTOR_OPTIONS)
+def test_regularised_vector_flows_invert_and_count_every_log_determinant(name, options):
+    """With norm layers and dropout the eval-mode model is still one exact bijection:
+    x -> z -> x to 1e-5 in float64, and log p(x) = log N(z) + log |det J| of autograd's
+    Jacobian (the batch-norm and actnorm layers' log-determinants counted)."""
+    spec = DataSpec((4,), "real")
+    model = _regularised(name, spec, options)
+    if "norm" in options:  # one before every transform
+        kind = BatchNorm if options["norm"] == "batchnorm" else fl.ActNorm
+        assert sum(isinstance(m, kind) for m in model.modules()) == model.config.layers
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert bool(drops) == bool(options.get("dropout")) and all(d.p == options.get("dropout") for d in drops)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 1.5
+    with torch.no_grad():
+        z, log_det = model(x)
+        assert (model.inverse(z) - x).abs().max() < 1e-5
+        assert torch.equal(model(x)[0], z)  # no dropout in eval mode
+    for i in range(2):
+        logabs = _log_abs_det(lambda v: model(v[None])[0], x[i])
+        assert log_det[i].item() == pytest.approx(logabs.item(), rel=1e-7, abs=1e-7)
+        expected = -0.5 * (z[i] * z[i]).sum() - 2 * math.log(2 * math.pi) + logabs
+        assert model.log_prob(x[i : i + 1]).item() == pytest.approx(expected.item(), rel=1e-7, abs=1e-7)
+
+
+@pytest.mark.parametrize("name,options", [o for o in VECTOR_OPTIONS if o[0] != "glow"][:3])
+def test_regularised_densities_on_the_plane_integrate_to_one(name, options):
+    model = _regularised(name, DataSpec((2,), "real"), options)
+    x, area = _grid(-12.0, 12.0, 400)
+    with torch.no_grad():
+        mass = (model.log_prob(x).exp() * area).sum().item()
+    assert mass == pytest.approx(1.0, abs=3e-3)
+
+
+def test_dropout_acts_in_training_only():
+    model = deepgen.create_model("maf", DataSpec((4,), "real"), layers=2, hidden=(32,), dropout=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    x = torch.randn(8, 4)
+    model.train()
+    assert not torch.equal(model.log_prob(x), model.log_prob(x))
+    model.eval()
+    assert torch.equal(model.log_prob(x), model.log_prob(x))
+
+
 def test_mistakes_are_user_errors():
     with pytest.raises(UserError, match="multiples of 8"):
         deepgen.create_model("glow", DataSpec((1, 28, 28), "continuous", num_levels=256), levels=3)
@@ -201,3 +330,11 @@ def test_mistakes_are_user_errors():
         deepgen.create_model("maf", DataSpec((4,), "binary"))
     with pytest.raises(UserError, match="logit_alpha"):
         deepgen.create_model("maf", DataSpec((4,), "real"), logit_alpha=0.7)
+    with pytest.raises(UserError, match="norm must be one of"):
+        deepgen.create_model("maf", DataSpec((4,), "real"), norm="layernorm")
+    with pytest.raises(UserError, match="dropout must be in"):
+        deepgen.create_model("nsf", DataSpec((4,), "real"), dropout=1.0)
+    with pytest.raises(UserError, match="actnorm in every step"):
+        deepgen.create_model("glow", DataSpec((4,), "real"), norm="batchnorm")
+    with pytest.raises(UserError, match="dropout and norm apply to the vector networks"):
+        deepgen.create_model("realnvp", DataSpec((1, 8, 8), "continuous", num_levels=256), dropout=0.1)

@@ -12,7 +12,9 @@ The chapter, top to bottom:
 2. :class:`Flow` (not registered): the shared part: the preprocessing of [0, 1] data
    (the logit transform, its log-determinant counted), ``forward``/``inverse`` (the
    contract's invertible capability), the exact ``log_prob``, the loss on dequantized
-   data, sampling at a temperature, encode / decode / interpolate in z;
+   data, sampling at a temperature, encode / decode / interpolate in z; then what the
+   vector bodies add against overfitting small tables: ``nn.flows.BatchNorm`` (the ``norm``
+   setting) and dropout in the conditioner networks (``dropout``, :func:`add_dropout`);
 3. the multi-scale architecture of RealNVP and Glow (:class:`MultiScale`: squeeze, steps,
    factor half the channels out, repeat);
 4. the four registered models: ``realnvp`` (Dinh et al. 2017), ``glow`` (Kingma &
@@ -43,11 +45,13 @@ from ..data.dequantize import dequantize, quantize
 from ..errors import UserError
 from ..nn import flows as fl
 from ..nn import splines as sp
+from ..nn.masked import MADE
 from ..registry import register
 from .base import GenerativeModel, Likelihood, LossOutput, ModelConfig
 from .latent import interpolate_codes
 
 LOG_2PI = math.log(2 * math.pi)
+NORMS = ("none", "batchnorm", "actnorm")
 
 # -- 1. configs ---------------------------------------------------------------------------------
 
@@ -64,11 +68,19 @@ class FlowConfig(ModelConfig):
     # (benchmarks/RESULTS.md, the first MAF run on MNIST); at 1e-6 that bin is 8.3 wide.
     logit_alpha: float = 1e-6
     temperature: float = 1.0  # sampling: z ~ N(0, T^2 I) (Glow sec. 5); 1 = the model's own density
+    # Vectors only (tables, 2-D points), against overfitting small tables:
+    dropout: float = 0.0  # dropout after every hidden layer of the conditioner networks (MLPs, MADEs); training only
+    # a normalisation bijection before every transform: "batchnorm" (MAF's batch norm,
+    # Papamakarios et al. 2017 sec. 3.4; running statistics in eval mode), "actnorm"
+    # (Glow's, initialised from the first training batch) or "none"
+    norm: str = "none"
 
     def validate(self) -> None:
         super().validate()
         self.check(0 < self.logit_alpha < 0.5, f"logit_alpha must be in (0, 0.5), got {self.logit_alpha}")
         self.check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        self.check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1) (0 = off), got {self.dropout}")
+        self.check(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,20 @@ class Flow(GenerativeModel):
         self.cond_dim = self.num_classes or 0
         # [0, 1] data is unbounded after the logit; real data is already.
         self.pre = fl.Logit(config.logit_alpha) if spec.kind == "continuous" else None
+        if self.image_body and (config.dropout or config.norm != "none"):
+            raise UserError(
+                f"dropout and norm apply to the vector networks (tables, points, maf and nsf on flattened images); "
+                f"{type(self).__name__.lower()} on images has convolutional couplings. Leave them unset."
+            )
         self.body = self.build_body()
+        if config.dropout:
+            add_dropout(self.body, config.dropout)
+
+    def norm_layers(self, d: int) -> list[fl.Bijection]:
+        """The ``norm`` setting's layer for vectors (N, d), as a list: [] for ``"none"``."""
+        if self.config.norm == "batchnorm":
+            return [fl.BatchNorm(d)]
+        return [fl.ActNorm(d, image=False)] if self.config.norm == "actnorm" else []
 
     def build_body(self) -> fl.Bijection:
         raise NotImplementedError
@@ -245,6 +270,27 @@ class Flow(GenerativeModel):
         return interpolate_codes(self, x1, x2, steps, cond)
 
 
+# -- 2b. vector bodies: dropout against overfitting small tables (the batch norm is nn.flows.BatchNorm) --------
+
+
+def add_dropout(body: nn.Module, p: float) -> None:
+    """Dropout with probability ``p`` after the activation of every hidden layer of the
+    conditioner networks in ``body`` (the couplings' MLPs, the MADEs of MAF and of the
+    autoregressive splines), in place. Dropout acts in training mode only, so the flow's
+    eval-mode map (log_prob, inverse, the codes) stays an exact bijection; it does not
+    break a MADE's masks (it only zeroes hidden units)."""
+    for m in list(body.modules()):
+        if isinstance(m, MADE):
+            m.act = nn.Sequential(m.act, nn.Dropout(p))  # MADE applies act after every hidden layer only
+        elif isinstance(m, (fl.CouplingMLP, sp.SplineCoupling)):
+            layers: list[nn.Module] = []
+            for layer in m.net:  # Linear, activation, ..., Linear
+                layers.append(layer)
+                if not isinstance(layer, nn.Linear):
+                    layers.append(nn.Dropout(p))
+            m.net = nn.Sequential(*layers)
+
+
 # -- 3. the multi-scale architecture -----------------------------------------------------------------------
 
 
@@ -320,7 +366,10 @@ class RealNVP(Flow):
         c = self.config
         if not self.spec.is_image:
             d = self.spec.dim
-            return fl.Sequential(fl.AffineCoupling((d,), "half", i % 2 == 1, c.hidden, self.cond_dim) for i in range(c.layers))
+            return fl.Sequential(
+                layer for i in range(c.layers)
+                for layer in [*self.norm_layers(d), fl.AffineCoupling((d,), "half", i % 2 == 1, c.hidden, self.cond_dim)]
+            )
         _check_squeezable(self.spec, c.scales - 1, "scales", "realnvp")
         ch, h, w = self.spec.shape
         levels, shapes = [], []
@@ -356,6 +405,8 @@ class Glow(Flow):
 
     def build_body(self) -> fl.Bijection:
         c = self.config
+        if c.norm != "none":
+            raise UserError("glow has an actnorm in every step already; leave norm unset (it is for realnvp, maf and nsf).")
         if not self.spec.is_image:
             d = self.spec.dim
             steps: list[fl.Bijection] = []
@@ -410,7 +461,7 @@ class MAF(Flow):
         c, d = self.config, self.spec.dim
         steps: list[fl.Bijection] = []
         for _ in range(c.layers):
-            steps += [fl.MaskedAffineAutoregressive(d, c.hidden, self.cond_dim), fl.Reverse()]
+            steps += [*self.norm_layers(d), fl.MaskedAffineAutoregressive(d, c.hidden, self.cond_dim), fl.Reverse()]
         return fl.Sequential(steps)
 
 
@@ -431,6 +482,7 @@ class NSF(Flow):
             raise UserError("nsf's couplings split the dimensions in two: one-dimensional data needs autoregressive=true.")
         steps: list[fl.Bijection] = []
         for i in range(c.layers):
+            steps += self.norm_layers(d)
             if c.autoregressive:
                 steps.append(sp.AutoregressiveSpline(d, c.hidden, bins=c.bins, tail_bound=c.tail_bound, context=self.cond_dim))
             else:

@@ -11,7 +11,7 @@ A :class:`Bijection` is an ``nn.Module`` with
 others ignore it. :class:`Sequential` composes bijections (log-determinants add). The
 change of variables (Dinh et al. 2017, eq. 3): log p(x) = log p(z) + log |det dz/dx|.
 
-The layers: :class:`ActNorm` (Glow), :class:`InvConv1x1` / :class:`LULinear` (Glow's LU
+The layers: :class:`ActNorm` (Glow), :class:`BatchNorm` (RealNVP, MAF; for vectors), :class:`InvConv1x1` / :class:`LULinear` (Glow's LU
 1x1 convolution, also on vectors), :class:`AffineCoupling` (RealNVP; half, checkerboard and
 channel masks), :class:`Squeeze` (RealNVP), :class:`Permutation` and :class:`Reverse`,
 :class:`MaskedAffineAutoregressive` (MAF) and :class:`Logit` (RealNVP's preprocessing).
@@ -193,6 +193,67 @@ class ActNorm(Bijection):
 
 
 # -- 2. invertible 1x1 convolution / LU linear map ----------------------------------------------------
+
+
+class BatchNorm(Bijection):
+    """Batch normalisation as a bijection on vectors (N, D) (Dinh et al. 2017, sec. 3.7;
+    Papamakarios et al. 2017, MAF sec. 3.4):
+
+        z = (x - m) / sqrt(v + eps) * exp(log_gamma) + beta,
+        log_det = sum_d log_gamma_d - 0.5 log(v_d + eps)    (the same for every example)
+
+    In training mode (m, v) are the batch's mean and biased variance (the log-determinant
+    treats them as constants, as both papers do) and the running averages move towards them
+    by ``momentum``; in eval mode (m, v) are the running averages, so the layer is a fixed
+    elementwise affine map with exactly that log-determinant and inverse. :meth:`inverse`
+    always uses the running averages: it inverts the eval-mode map (sampling, the codes).
+    It starts as the identity (log_gamma = beta = 0, running mean 0 and variance 1).
+    Computed in float32 (float64 for float64 inputs) with autocast off.
+    """
+
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.features, self.momentum, self.eps = features, float(momentum), float(eps)
+        self.log_gamma = nn.Parameter(torch.zeros(features))
+        self.beta = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+
+    def extra_repr(self) -> str:
+        return f"{self.features}, momentum={self.momentum}, eps={self.eps}"
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ValueError(f"BatchNorm({self.features}) takes (N, {self.features}), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D) -> (z (N, D), log_det (N,)); cond is ignored."""
+        self._check(x)
+        dt = logdet_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            xw = x.to(dt)
+            if self.training:
+                if len(x) < 2:
+                    raise ValueError("BatchNorm in training mode needs at least two examples per batch")
+                mean, var = xw.mean(dim=0), xw.var(dim=0, unbiased=False)
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                    self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+            else:
+                mean, var = self.running_mean.to(dt), self.running_var.to(dt)
+            log_gamma = self.log_gamma.to(dt)
+            inv_std = torch.rsqrt(var + self.eps)
+            z = (xw - mean) * (inv_std * log_gamma.exp()) + self.beta.to(dt)
+            log_det = (log_gamma + inv_std.log()).sum()
+        return z, log_det.reshape(1).expand(len(x)).contiguous()
+
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x = (z - beta) exp(-log_gamma) sqrt(v + eps) + m, with the running averages."""
+        self._check(z)
+        dt = logdet_dtype(z)
+        with torch.autocast(z.device.type, enabled=False):
+            std = (self.running_var.to(dt) + self.eps).sqrt()
+            return (z.to(dt) - self.beta.to(dt)) * ((-self.log_gamma.to(dt)).exp() * std) + self.running_mean.to(dt)
 
 
 class InvConv1x1(Bijection):
