@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if gpu:
         record["matmul_tflops"] = matmul_tflops(device)
     rows = []
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in (int(b) for b in args.batches.split(",") if b):  # --batches "": sampling only
         row: dict = {"batch": batch}
         guarded(row, "diffusers_fp32", diffusers_rate, x_u8, batch, args, device, False)
         guarded(row, "diffusers_bf16", diffusers_rate, x_u8, batch, args, device, True)
