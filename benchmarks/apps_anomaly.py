@@ -61,9 +61,11 @@ def detector(spec: tuple, args, device: torch.device, tabular: bool = False) -> 
 
 def image_rows(name: str, models: dict, args, device: torch.device) -> list[dict]:
     ds = deepgen.load_dataset(name, data_dir=args.data_dir)
-    x = ds.convert(ds.train.x).float().reshape(len(ds.train), 28, 28).numpy()
+    # The 8-bit pixels as they are (uint8 (N, 28, 28)): the estimators read them as the data
+    # layer does (256 levels, dequantized likelihood scores: docs/apps.md).
+    x = ds.train.x.reshape(len(ds.train), 28, 28).numpy()
     y = ds.train.y.numpy()
-    xte = ds.convert(ds.test.x).float().reshape(len(ds.test), 28, 28).numpy()
+    xte = ds.test.x.reshape(len(ds.test), 28, 28).numpy()
     yte = ds.test.y.numpy()
     if args.tiny:
         x, y, xte, yte = x[:600], y[:600], xte[:200], yte[:200]
