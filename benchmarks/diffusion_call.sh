@@ -3,6 +3,7 @@
 # diffusers travels as wheels in .whl/ (diffusers, importlib_metadata; `carry` names .whl
 # and .data). JSON records, logs and sample grids go to $OUT.
 #     bash benchmarks/diffusion_call.sh speed                     # deepgen vs diffusers, training and sampling
+#     BATCHES=128 SAMPLE_MODES=compile TAG=-128 bash benchmarks/diffusion_call.sh speed   # a part (BATCHES="": sampling only)
 #     BUDGET=480 bash benchmarks/diffusion_call.sh mnist          # train, then FID against steps (10,000 samples each)
 #     BUDGET=480 bash benchmarks/diffusion_call.sh mnist-resume   # at once, on the same warm machine: train on, score again
 set -u
@@ -13,7 +14,8 @@ for job in "$@"; do
   case $job in
     speed) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
            PYTHONPATH=$PYTHONPATH:/tmp/site timeout ${SPEED_LIMIT:-500} python benchmarks/diffusion_speed.py --data-dir .data --device cuda \
-             --out $OUT/diffusion_speed.json > $OUT/diffusion_speed.log 2>&1 ;;
+             --batches "${BATCHES-128,1024}" --sample-modes "${SAMPLE_MODES:-eager,bf16,compile,compile_cl}" \
+             --out $OUT/diffusion_speed${TAG:-}.json > $OUT/diffusion_speed${TAG:-}.log 2>&1 ;;
     mnist|fashion-mnist) $quality --dataset $job --time-budget $B --train bf16=true cuda_graph=true --run-dir runs/ddpm-$job \
            --grid "${GRID:-ddim:10:0,ddim:20:0,ddim:50:0,dpm-solver++:10:0,dpm-solver++:20:0}" --out $OUT/ddpm_$job.json > $OUT/ddpm_$job.log 2>&1 ;;
     mnist-resume|fashion-mnist-resume) d=${job%-resume}; $quality --dataset $d --resume --time-budget $B --run-dir runs/ddpm-$d \

@@ -13,7 +13,9 @@ the GPU on both sides, Adam, the epsilon objective at uniform t):
   example (``noise_scheduler.add_noise``, ``unet(x_t, t).sample``, MSE), eager, fp32 or
   under bf16 autocast;
 * ``deepgen_eager`` (fp32, the trainer without fast paths), ``deepgen_graph``
-  (``bf16=true cuda_graph=true``), ``deepgen_compile`` (``bf16=true compile=true``).
+  (``bf16=true cuda_graph=true``), ``deepgen_compile`` (``bf16=true compile=true``),
+  ``deepgen_compile_graph`` (both: the compiled step captured) and
+  ``deepgen_compile_graph_cl`` (the same with the weights in channels-last format).
 
 At each batch size (``--batches``, default 128 and 1024). ``flops_per_sample`` is one
 training step's FLOPs per example (``torch.utils.flop_counter`` on deepgen's network,
@@ -21,9 +23,9 @@ forward + backward), so ``tflops`` = samples/s x that; ``matmul_tflops`` is the 
 measured bf16 ceiling in the same call (8192^3 matmuls), and ``share`` their ratio.
 
 Sampling: 10,000 images (``--sample-n``) with 50 DDIM steps (``--sample-steps``), seconds
-for the whole set in batches of ``--sample-batch``: ``eager`` (fp32), ``bf16`` (autocast)
-and ``compile`` (the denoiser through ``torch.compile``, bf16; the compilation is a warm-up
-call, not timed). A failing configuration is recorded with its error; the others run.
+for the whole set in batches of ``--sample-batch``: ``eager`` (fp32), ``bf16`` (autocast),
+``compile`` (the denoiser through ``torch.compile``, bf16; the compilation is a warm-up
+call, not timed) and ``compile_cl`` (the same with channels-last weights). A failing configuration is recorded with its error; the others run.
 
     python benchmarks/diffusion_speed.py --data-dir .data --device cuda --out $OUT/diffusion_speed.json
 
@@ -47,6 +49,9 @@ from deepgen.training import resolve_device, seed_all
 
 SETTINGS = {"channels": 64, "channel_mult": (1, 2, 2), "res_blocks": 2, "attention": (1,), "heads": 4, "scale_shift": False, "dropout": 0.0}
 TINY = {"channels": 8, "channel_mult": (1, 2), "res_blocks": 1, "attention": (1,), "heads": 2, "scale_shift": False, "dropout": 0.0}
+
+
+DEEPGEN_MODES = ("deepgen_eager", "deepgen_graph", "deepgen_compile", "deepgen_compile_graph", "deepgen_compile_graph_cl")
 
 
 def padded_mnist(data_dir: str | None, limit: int) -> deepgen.Dataset:
@@ -96,10 +101,15 @@ def diffusers_rate(x_u8: torch.Tensor, batch: int, args, device: torch.device, b
     return args.steps * batch / time_steps(step, args.warmup, args.steps, device)
 
 
-def deepgen_rate(ds, settings: dict, batch: int, args, device: torch.device, **train) -> float:
-    """samples/s of deepgen's trainer on a fresh ddpm (no EMA: diffusers' loop keeps none)."""
+def deepgen_rate(ds, settings: dict, batch: int, args, device: torch.device, channels_last: bool = False, **train) -> float:
+    """samples/s of deepgen's trainer on a fresh ddpm (no EMA: diffusers' loop keeps none);
+    ``channels_last``: the network's weights in channels-last memory format (the
+    convolutions then run, and hand on, NHWC activations)."""
     seed_all(0)
-    return trainer_rate(deepgen.create_model("ddpm", ds, **settings), ds, batch, args.steps, args.warmup, device, ema=0.0, **train)
+    model = deepgen.create_model("ddpm", ds, **settings)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return trainer_rate(model, ds, batch, args.steps, args.warmup, device, ema=0.0, **train)
 
 
 def flops_per_sample(model: deepgen.GenerativeModel, batch_shape: tuple[int, ...]) -> float:
@@ -126,7 +136,9 @@ def sample_seconds(model: deepgen.GenerativeModel, args, device: torch.device, m
     """Seconds for ``--sample-n`` images with ``--sample-steps`` DDIM steps (one untimed batch first)."""
     model.config = model.config.replace(sampler="ddim", steps=args.sample_steps, eta=0.0)
     net = model.denoiser
-    if mode == "compile":
+    if mode == "compile_cl":
+        net.to(memory_format=torch.channels_last)  # in place; undone below
+    if mode in ("compile", "compile_cl"):
         model.denoiser = torch.compile(net)
     try:
         with torch.autocast(device.type, torch.bfloat16, enabled=mode != "eager"):
@@ -141,6 +153,8 @@ def sample_seconds(model: deepgen.GenerativeModel, args, device: torch.device, m
             return time.perf_counter() - t0
     finally:
         model.denoiser = net
+        if mode == "compile_cl":
+            net.to(memory_format=torch.contiguous_format)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-n", type=int, default=10_000)
     p.add_argument("--sample-batch", type=int, default=10_000)
     p.add_argument("--sample-steps", type=int, default=50)
-    p.add_argument("--sample-modes", default="eager,bf16,compile")
+    p.add_argument("--sample-modes", default="eager,bf16,compile,compile_cl")
     p.add_argument("--tiny", action="store_true", help="tiny networks and batches (CPU smoke test)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -179,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         if gpu:
             guarded(row, "deepgen_graph", deepgen_rate, ds, settings, batch, args, device, bf16=True, cuda_graph=True)
             guarded(row, "deepgen_compile", deepgen_rate, ds, settings, batch, args, device, bf16=True, compile=True)
-        best = max((row[k] for k in ("deepgen_eager", "deepgen_graph", "deepgen_compile") if k in row), default=0.0)
+            guarded(row, "deepgen_compile_graph", deepgen_rate, ds, settings, batch, args, device, bf16=True, compile=True, cuda_graph=True)
+            guarded(row, "deepgen_compile_graph_cl", deepgen_rate, ds, settings, batch, args, device, channels_last=True,
+                    bf16=True, compile=True, cuda_graph=True)
+        best = max((row[k] for k in DEEPGEN_MODES if k in row), default=0.0)
         row["speedup_vs_diffusers_fp32"] = best / row["diffusers_fp32"] if "diffusers_fp32" in row and best else None
         row["tflops"] = best * record["flops_per_sample"] / 1e12
         if gpu:
@@ -195,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(sampling), flush=True)
     record["sampling"] = sampling
     print(f"\nparameters: deepgen {record['parameters']:,}, diffusers {record['diffusers_parameters']:,}")
-    print("| batch | diffusers fp32 | diffusers bf16 | deepgen fp32 | deepgen bf16 + graph | deepgen bf16 + compile | best / diffusers fp32 | TFLOP/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| batch | diffusers fp32 | diffusers bf16 | deepgen fp32 | deepgen bf16 + graph | deepgen bf16 + compile | deepgen bf16 + compile + graph "
+          "| the same, channels last | best / diffusers fp32 | TFLOP/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
     def f(r, k):
         return f"{r[k]:,.0f}" if k in r else "failed" if k + "_error" in r else "-"
@@ -204,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         ratio = f"{r['speedup_vs_diffusers_fp32']:.2f}x" if r.get("speedup_vs_diffusers_fp32") else "-"
         print(f"| {r['batch']} | {f(r, 'diffusers_fp32')} | {f(r, 'diffusers_bf16')} | {f(r, 'deepgen_eager')} | {f(r, 'deepgen_graph')} "
-              f"| {f(r, 'deepgen_compile')} | {ratio} | {r['tflops']:.1f} |")
+              f"| {f(r, 'deepgen_compile')} | {f(r, 'deepgen_compile_graph')} | {f(r, 'deepgen_compile_graph_cl')} | {ratio} | {r['tflops']:.1f} |")
     if args.out:
         write_record(args.out, [record, *rows], hardware(device))
     return 0

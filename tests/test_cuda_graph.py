@@ -47,9 +47,10 @@ def test_cuda_graph_on_the_cpu_is_refused_with_a_message():
         _trainer("ae", cuda_graph=True)
 
 
-def test_compile_and_cuda_graph_are_exclusive():
-    with pytest.raises(UserError, match="compile and cuda_graph cannot both be on"):
-        TrainConfig(compile=True, cuda_graph=True)
+def test_compile_and_cuda_graph_go_together():
+    """The compiled loss is warmed up (and so compiled) eagerly, then its step captured."""
+    cfg = TrainConfig(compile=True, cuda_graph=True)
+    assert cfg.compile and cfg.cuda_graph
 
 
 # -- optimizer state across implementations (any machine) ------------------------------------
@@ -122,6 +123,18 @@ def test_captured_steps_equal_eager_steps(name, data, tmp_path):
     graph.fit()
     assert graph._graphs, "no phase was captured"
     _assert_same_logs(tmp_path / "eager", tmp_path / "graph")
+
+
+@CUDA
+def test_a_captured_compiled_step_equals_the_compiled_step(tmp_path):
+    """compile=true with cuda_graph=true: the compiled loss runs its warm-up steps eagerly
+    (compilation happens there), then the step with the compiled kernels is captured; its
+    logs match the compiled run's without capture at every step."""
+    _trainer("ae", DIGITS, tmp_path / "compiled", device="cuda", max_steps=12, compile=True).fit()
+    both = _trainer("ae", DIGITS, tmp_path / "both", device="cuda", max_steps=12, compile=True, cuda_graph=True)
+    both.fit()
+    assert both._graphs, "no phase was captured"
+    _assert_same_logs(tmp_path / "compiled", tmp_path / "both")
 
 
 @CUDA

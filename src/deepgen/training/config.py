@@ -19,7 +19,7 @@ class TrainConfig(Config):
     grad_clip: float = 0.0  # max global gradient norm per phase; 0 = off
     bf16: bool = False  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the loss (forward and backward); pays off on GPUs
-    cuda_graph: bool = False  # capture each phase's step in a CUDA graph, one launch per step (CUDA only)
+    cuda_graph: bool = False  # capture each phase's step in a CUDA graph, one launch per step (CUDA only); with compile, the compiled step is captured
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     ema_warmup: float = 0.0  # power of diffusers' EMA warm-up: decay min(ema, 1 - (1 + step)^-power); 0 = off
     log_every: int = 50  # steps between reads of the logged device tensors (one sync each)
@@ -58,10 +58,6 @@ class TrainConfig(Config):
         self.check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (the current checkpoint is always kept), got {self.keep_checkpoints}")
         for name in ("sample_every", "checkpoint_every", "max_steps"):
             self.check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        self.check(
-            not (self.compile and self.cuda_graph),
-            "compile and cuda_graph cannot both be on: choose compile=true (fused kernels) or cuda_graph=true (captured launches)",
-        )
         self.check(self.grad_accum >= 1, f"grad_accum must be >= 1 (1 = off), got {self.grad_accum}")
         self.check(
             self.batch_size % self.grad_accum == 0,
