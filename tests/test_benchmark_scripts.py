@@ -327,3 +327,19 @@ def test_apps_denoising_benchmark_tunes_the_classical_denoisers(real_data_dir: P
     assert set(rows) == {"noisy", "deepgen", "nl-means", "tv"} and all(math.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows.values())
     assert rows["nl-means"]["h_over_sigma"] in den.NLM_H and rows["tv"]["weight"] in den.TV_WEIGHTS
     assert rows["nl-means"]["psnr"] > rows["noisy"]["psnr"] and rows["tv"]["psnr"] > rows["noisy"]["psnr"]
+
+
+def test_apps_speed_reports_fit_time_and_inference_memory(real_data_dir: Path, tmp_path: Path) -> None:
+    """The speed-and-size benchmark on tiny settings: each estimator fitted once (a fit
+    time), then its inference at two row counts, each with seconds and the size of its
+    output (which grows with the rows: codes (N, 10), denoised images (N, 28, 28))."""
+    sp = _load("apps_speed")
+    out = tmp_path / "s.json"
+    assert sp.main(["--tiny", "--estimators", "embedding-ae-conv,denoiser-conv", "--data-dir", str(real_data_dir), "--device", "cpu",
+                    "--out", str(out)]) == 0
+    rows = {r["estimator"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"embedding-ae-conv", "denoiser-conv"} and all(r["fit_seconds"] > 0 for r in rows.values())
+    den = rows["denoiser-conv"]["inference"]
+    assert [c["rows"] for c in den] == [256, 1024] and den[1]["output_mib"] == pytest.approx(4 * den[0]["output_mib"], rel=0.05)
+    with pytest.raises(SystemExit):
+        sp.main(["--tiny", "--estimators", "embeding", "--device", "cpu"])
