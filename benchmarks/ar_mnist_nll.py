@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.config = trainer.config.replace(max_seconds=trainer.seconds + args.time_budget)
     else:
         trainer, probe, keeper = fresh_trainer(args, device)
-    model, cfg = trainer.model, trainer.config
+    model, cfg = trainer.eval_model, trainer.config  # the EMA copy when training keeps one (ema=...)
     t0 = time.perf_counter()
     result = trainer.fit()
     call_s = time.perf_counter() - t0
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         best_val, best_epoch = keeper.best, keeper.epoch
     elif args.run_dir and cfg.keep_best:
         best = ckpt.find_checkpoint(args.run_dir, "best")
-        ckpt.load_weights(model, best)
+        ckpt.load_weights(model, best, ckpt.EMA_WEIGHTS if trainer.ema is not None and best.has(ckpt.EMA_WEIGHTS) else ckpt.WEIGHTS)
         best_val = (best.figure or {}).get("value")
         best_epoch = None if best.step is None else best.step // max(1, trainer.loader.steps_per_epoch)  # checkpoints at epoch ends
     curve = keeper.curve if keeper is not None else val_curve(args.run_dir)

@@ -8,6 +8,7 @@
 #     BUDGET=520 bash benchmarks/ar_nll_call.sh pixelcnn-resume             # (repeat while epochs remain)
 #     BUDGET=520 EPOCHS=104 bash benchmarks/ar_nll_call.sh pixelcnn-full    # all 60,000 images, then pixelcnn-resume
 #     DROPOUT=0.2 ... pixelcnn-long                                         # the gated layers' dropout
+#     EMA=0.9995 ... pixelcnn-full                                          # validate, test and sample the EMA weights
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-470}
@@ -26,13 +27,13 @@ for model in "${@:-made pixelcnn transformer}"; do
     # calls on one warm machine: pixelcnn-long starts it (runs/ is kept between calls while
     # the machine stays warm), pixelcnn-resume continues it; each call tests the best epoch.
     pixelcnn-long) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=10 ${DROPOUT:+dropout=$DROPOUT} \
-            --train bf16=true compile=true schedule=cosine --time-budget $B --total-budget ${TOTAL:-1040} $common \
+            --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} --time-budget $B --total-budget ${TOTAL:-1040} $common \
             --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
     # All 60,000 training images, no hold-out, for the EPOCHS that a validated run chose
     # (session 7: the best validation epoch was 104 of a 147-epoch schedule); resume with
     # pixelcnn-resume. The final weights are tested.
     pixelcnn-full) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=10 ${DROPOUT:+dropout=$DROPOUT} \
-            --validation 0 --epochs ${EPOCHS:-104} --train bf16=true compile=true schedule=cosine --time-budget $B \
+            --validation 0 --epochs ${EPOCHS:-104} --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} --time-budget $B \
             --data-dir .data --device cuda --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
     pixelcnn-resume) python benchmarks/ar_mnist_nll.py --model pixelcnn --resume --run-dir runs/ar-pixelcnn --time-budget $B \
             --data-dir .data --device cuda --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;

@@ -111,4 +111,5 @@ class BestWeights:
             self.curve.append([trainer.loader.epochs_done, trainer.last.get("loss"), round(float(value), 4)])
         if value is not None and (self.best is None or value < self.best):
             self.best, self.epoch = float(value), trainer.loader.epochs_done
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+            # The validated weights: the EMA copy when the run keeps one (Trainer.validate).
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.eval_model.state_dict().items()}

@@ -169,6 +169,28 @@ def test_validation_split_is_held_out_of_training_and_validates(tmp_path):
         whole.split("val")
 
 
+def test_validation_judges_the_ema_weights_when_the_run_keeps_them(tmp_path):
+    """With ema > 0 the evaluated weights are the EMA copy, so val_loss (model selection,
+    early stopping, keep_best) is the EMA copy's loss, not the raw weights'."""
+    data = DataConfig(name="digits", validation=100, max_train=128)
+    ds = deepgen.load_dataset(data)
+    trainer = _trainer(tmp_path / "run", data=data, epochs=2, val_limit=100, max_steps=6, ema=0.9)
+    trainer.fit()
+    assert trainer.ema is not None and trainer.eval_model is trainer.ema.model
+
+    def loss_of(model) -> float:
+        gen = torch.Generator().manual_seed(trainer.config.seed + 11)
+        torch.manual_seed(trainer.config.seed + 13)
+        batches = list(deepgen.data.iterate(ds, "val", 32, torch.device("cpu"), gen, limit=100))
+        with torch.no_grad():
+            return sum(float(model.loss(b).loss) * len(b) for b in batches) / 100
+
+    trainer.model.eval()
+    ema, raw = loss_of(trainer.ema.model), loss_of(trainer.model)
+    assert ema != pytest.approx(raw, rel=1e-6)  # six steps at decay 0.9: the copies differ
+    assert trainer.validate()["val_loss"] == pytest.approx(ema, rel=1e-6)
+
+
 def test_text_validation_shares_no_character_with_training(tmp_path):
     """Text windows start at every offset: the hold-out leaves block_size - 1 windows out
     between the splits, so the last training window ends before the first validation one."""

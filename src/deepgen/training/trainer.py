@@ -458,7 +458,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int | None = None) -> dict[str, float]:
-        """The model's loss of every phase (active in ``epoch``; None: all) averaged over the
+        """The loss of every phase (active in ``epoch``; None: all) of :attr:`eval_model` (the
+        EMA copy when the run keeps one: the weights that are evaluated and sampled, so that
+        model selection and early stopping judge those) averaged over the
         validation split's (``dataset.validation_split``: the held-out training examples,
         else the test split) first ``val_limit`` examples, in eval mode: ``{val_loss: ...}``
         (``<phase>/val_loss`` for several phases); empty without test examples. The same examples and conversion
@@ -468,7 +470,8 @@ class Trainer:
         cfg = self.config
         self._join_default_stream()  # graph mode: every step so far has run
         devices = [self.device] if self.device.type == "cuda" else []
-        was_training = self.model.training
+        model = self.eval_model
+        was_training = model.training
         gen = torch.Generator(self.device).manual_seed(cfg.seed + 11)
         phases = [p for p in self.phases if epoch is None or p.active(epoch)]
         sums: torch.Tensor | None = None
@@ -481,15 +484,15 @@ class Trainer:
             torch.random.default_generator.manual_seed(cfg.seed + 13)
             if self.device.type == "cuda":
                 torch.cuda.default_generators[torch.cuda.current_device() if self.device.index is None else self.device.index].manual_seed(cfg.seed + 13)
-            self.model.eval()
+            model.eval()
             try:
                 for batch in iterate(self.dataset, self.dataset.validation_split, cfg.batch_size, self.device, gen, limit=cfg.val_limit):
                     with autocast:
-                        losses = torch.stack([self.model.loss(batch, p.name).loss.detach().float().reshape(()) for p in phases])
+                        losses = torch.stack([model.loss(batch, p.name).loss.detach().float().reshape(()) for p in phases])
                     sums = losses * len(batch) if sums is None else sums + losses * len(batch)
                     n += len(batch)
             finally:
-                self.model.train(was_training)
+                model.train(was_training)
         if sums is None or n == 0:
             return {}
         if self.world.size > 1:
