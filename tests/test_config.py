@@ -105,7 +105,7 @@ def test_train_config_validation():
         TrainConfig(epochs=0)
     with pytest.raises(UserError, match="ema must be in"):
         TrainConfig(ema=1.0)
-    with pytest.raises(UserError, match="Accepted: constant, cosine, linear"):
+    with pytest.raises(UserError, match="Accepted: constant, cosine, iwae, linear"):
         TrainConfig().with_overrides({"schedule": "step"})
 
 

@@ -43,6 +43,23 @@ def test_lr_schedules():
     assert lr_factor(TrainConfig(), 50, 100) == 1.0
 
 
+def test_the_iwae_staircase_keeps_the_papers_stages():
+    """Burda et al. 2016: 3^i of 3,280 epochs at 10^(-i/7), i = 0..7. Over 3,280 steps each
+    stage starts where the paper's epochs put it; a run of any other length scales them."""
+    cfg = TrainConfig(schedule="iwae")
+    starts = [0, 1, 4, 13, 40, 121, 364, 1093]  # sum of 3^j for j < i
+    for i, start in enumerate(starts):
+        assert lr_factor(cfg, start, 3280) == pytest.approx(10 ** (-i / 7)), i
+        if start:
+            assert lr_factor(cfg, start - 1, 3280) == pytest.approx(10 ** (-(i - 1) / 7)), i
+    assert lr_factor(cfg, 3279, 3280) == pytest.approx(10 ** (-1))
+    assert lr_factor(cfg, 3280 * 10 - 1, 32800) == pytest.approx(10 ** (-1))  # the last stage, scaled
+    assert lr_factor(cfg, 1210, 32800) == pytest.approx(10 ** (-5 / 7))  # stage 5 starts at 121/3280 of the run
+    assert lr_factor(cfg, 1209, 32800) == pytest.approx(10 ** (-4 / 7))
+    warm = TrainConfig(schedule="iwae", warmup_steps=20)
+    assert lr_factor(warm, 9, 3300) == pytest.approx(0.5) and lr_factor(warm, 20, 3300) == 1.0
+
+
 def test_lr_follows_schedule_in_the_optimizer(tmp_path):
     trainer = _trainer(None, schedule="linear", epochs=1)
     trainer.fit()

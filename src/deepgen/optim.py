@@ -149,12 +149,18 @@ def load_optimizer_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None
                 state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
 
 
-Schedule = Literal["constant", "cosine", "linear"]
+Schedule = Literal["constant", "cosine", "linear", "iwae"]
+
+# Burda et al. 2016, sec. 5: stage i = 0..7 trains 3^i epochs at lr 1e-3 * 10^(-i/7), 3,280
+# epochs in all; the "iwae" schedule keeps those stages as fractions of any run's length.
+_IWAE_STAGES = tuple(3**i for i in range(8))
 
 
 def schedule_factor(schedule: Schedule | str, warmup_steps: int, step: int, total: int) -> float:
     """Multiplier of the base lr at ``step`` (0-based) of ``total``: a linear warm-up over
-    ``warmup_steps``, then constant, cosine (Loshchilov & Hutter 2017) or linear decay to 0."""
+    ``warmup_steps``, then constant, cosine (Loshchilov & Hutter 2017), linear decay to 0,
+    or ``iwae``: the IWAE paper's staircase, 10^(-i/7) in stage i = 0..7, stage i lasting
+    3^i / 3,280 of the steps after the warm-up (its 3^i epochs of 3,280)."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant" or total <= warmup_steps:
@@ -162,6 +168,13 @@ def schedule_factor(schedule: Schedule | str, warmup_steps: int, step: int, tota
     t = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "iwae":
+        done, units = 0, t * sum(_IWAE_STAGES)
+        for i, length in enumerate(_IWAE_STAGES):
+            done += length
+            if units < done:
+                return 10.0 ** (-i / 7)
+        return 10.0 ** (-(len(_IWAE_STAGES) - 1) / 7)
     return 1.0 - t
 
 

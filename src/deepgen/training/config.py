@@ -14,7 +14,7 @@ class TrainConfig(Config):
     batch_size: int = 128
     seed: int = 0  # seeds the weights (when the CLI builds the model), the data order and the noise
     device: str = "auto"  # auto = cuda when available, else cpu; or cpu, cuda, cuda:N, mps
-    schedule: Literal["constant", "cosine", "linear"] = "constant"  # lr factor over the run
+    schedule: Literal["constant", "cosine", "linear", "iwae"] = "constant"  # lr factor over the run (iwae: Burda et al.'s staircase, optim.schedule_factor)
     warmup_steps: int = 0  # linear warm-up of the lr from 0 over this many steps
     grad_clip: float = 0.0  # max global gradient norm per phase; 0 = off
     bf16: bool = False  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
