@@ -28,7 +28,7 @@ class EncoderDecoderConfig(ModelConfig):
     activation: str = "relu"
     likelihood: str = "auto"  # decoder head p(x | h); auto: bernoulli / gaussian / gaussian-learned / categorical by data kind
     sigma: float = 0.1  # std of the fixed-variance "gaussian" head (MSE / (2 sigma^2))
-    components: int = 5  # mixture components of the "logistic-mixture" head
+    components: int = 5  # mixture components K of the "logistic-mixture" and "mixture-*" heads
 
     def validate(self) -> None:
         self.check(self.lr > 0, f"lr must be > 0, got {self.lr}")

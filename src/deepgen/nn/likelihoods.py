@@ -10,13 +10,16 @@ space, and returns the negative log-likelihood per example, summed over elements
 Heads: ``bernoulli`` (sigmoid + BCE), ``gaussian`` (fixed sigma), ``gaussian-learned``
 (per-element mean and log-scale), ``categorical`` (softmax over the data's levels, 256 for
 8-bit pixels) and ``logistic-mixture`` (the discretized mixture of logistics of PixelCNN++,
-Salimans et al. 2017, eq. 2; a mixture-density output).
+Salimans et al. 2017, eq. 2; a mixture per element). These are factorised: the elements of
+x are independent given the parameters. The mixture-density heads ``mixture-bernoulli``,
+``mixture-gaussian``, ``mixture-gaussian-learned`` and ``mixture-logistic`` are not: K
+weights per example, shared by all its elements, mix K factorised components over the whole
+example (Bishop 1994, mixture density networks), which makes the elements dependent.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +45,8 @@ class LikelihoodHead(nn.Module):
     #: True when ``nll`` is a probability mass over the data's discrete values (binary
     #: pixels, quantised levels); False for a density.
     discrete: bool = False
+    #: The :func:`make_head` settings (``sigma``, ``components``) the constructor takes.
+    options: tuple[str, ...] = ()
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()
@@ -65,6 +70,14 @@ class LikelihoodHead(nn.Module):
 
 def _sum_per_example(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(len(t), -1).sum(dim=1)
+
+
+def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None, dim: int = 1, keepdim: bool = False) -> torch.Tensor:
+    """One draw of a categorical over ``dim`` of ``logits`` (unnormalised log-probabilities),
+    by Gumbel-max with an explicit generator: argmax(logits - log(-log u)), u ~ U(0, 1)."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+    return (logits + gumbel).argmax(dim=dim, keepdim=keepdim)
 
 
 class Bernoulli(LikelihoodHead):
@@ -98,6 +111,7 @@ class Gaussian(LikelihoodHead):
 
     num_params = 1
     kinds = ("continuous", "real")
+    options = ("sigma",)
 
     def __init__(self, spec: DataSpec, sigma: float = 0.1) -> None:
         super().__init__(spec)
@@ -196,10 +210,7 @@ class Categorical(LikelihoodHead):
         return torch.einsum("np...,p->n...", probs, values)
 
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        # Gumbel-max with an explicit generator: argmax(logits - log(-log u)).
-        u = torch.rand(params.shape, generator=generator, device=params.device, dtype=params.dtype)
-        gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
-        return self._from_index((params + gumbel).argmax(dim=1), params.dtype)
+        return self._from_index(_gumbel_argmax(params, generator), params.dtype)
 
 
 def log1mexp(d: torch.Tensor) -> torch.Tensor:
@@ -262,6 +273,9 @@ class _MeanOverEdges(torch.autograd.Function):
         return grad * inv_s * d_mu, grad * d_inv_s, None, None
 
 
+#: PixelCNN++'s floor on a logistic's log-scale.
+MIN_LOG_S = -7.0
+
 #: Elements x edges held at once by LogisticMixture.mean (16M floats: 64 MiB in float32).
 _MEAN_CHUNK_ELEMENTS = 1 << 24
 
@@ -296,6 +310,7 @@ class LogisticMixture(LikelihoodHead):
 
     kinds = ("continuous", "discrete")
     discrete = True
+    options = ("components",)
 
     def __init__(self, spec: DataSpec, components: int = 5) -> None:
         super().__init__(spec)
@@ -317,7 +332,7 @@ class LogisticMixture(LikelihoodHead):
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3K, *shape) -> logit_pi, mu, log_s, each (N, K, *shape); log_s clamped at -7."""
         logit_pi, mu, log_s = params.split(self.k, dim=1)
-        return logit_pi, mu, log_s.clamp_min(-7.0)
+        return logit_pi, mu, log_s.clamp_min(MIN_LOG_S)
 
     def log_bin_probs(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log P(x | component i) per component: params (N, 3K, *shape), x (N, *shape) ->
@@ -396,8 +411,7 @@ class LogisticMixture(LikelihoodHead):
 
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         logit_pi, mu, log_s = self._split(params)
-        g = torch.rand(logit_pi.shape, generator=generator, device=params.device, dtype=params.dtype)
-        pick = (logit_pi - torch.log((-torch.log(g.clamp_min(1e-20))).clamp_min(1e-20))).argmax(dim=1, keepdim=True)
+        pick = _gumbel_argmax(logit_pi, generator, keepdim=True)
         mu_k = mu.gather(1, pick).squeeze(1)
         s_k = torch.exp(log_s.gather(1, pick).squeeze(1))
         u = torch.rand(mu_k.shape, generator=generator, device=params.device, dtype=params.dtype)
@@ -405,12 +419,135 @@ class LogisticMixture(LikelihoodHead):
         return self._from_unit(mu_k + s_k * (torch.log(u) - torch.log1p(-u)))
 
 
-HEADS: dict[str, Callable[..., LikelihoodHead]] = {
+class DiscretizedLogistic(LogisticMixture):
+    """One discretized logistic per element: :class:`LogisticMixture` at K = 1 without its
+    mixture-logit channel (a softmax over one component is 1 whatever the logit). Parameters
+    ``(N, 2, *shape)``, ``[mu, log_s]`` along dim 1; the bin masses, mean and sampling are
+    LogisticMixture's. The component of the ``mixture-logistic`` head; not registered."""
+
+    options = ()
+
+    def __init__(self, spec: DataSpec) -> None:
+        super().__init__(spec, components=1)
+        self.num_params = 2
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 2, *shape) -> logit_pi (zeros), mu, log_s, each (N, 1, *shape)."""
+        mu, log_s = params[:, :1], params[:, 1:2]
+        return torch.zeros_like(mu), mu, log_s.clamp_min(MIN_LOG_S)
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return -_sum_per_example(self.log_bin_probs(params, x)[:, 0])
+
+
+class MixtureDensity(LikelihoodHead):
+    """A mixture of K factorised components over the whole example (Bishop 1994):
+
+        p(x | h) = sum_k pi_k(h) prod_d p_k(x_d | h),
+
+    with K weights per example shared by all its elements, so that, unlike the factorised
+    heads, the elements are dependent given h. Each component is a factorised head
+    (``component_class``: Bernoulli, Gaussian, GaussianLearned or DiscretizedLogistic) whose
+    maths is reused as it is; the ``exact``/``discrete`` flags and data kinds are the
+    component's.
+
+    Parameters ``(N, K (1 + C), *shape)``, C = the component's ``num_params``, laid out
+    along dim 1 as ``[logit (K), component 0 (C), ..., component K-1 (C)]``. The K
+    per-example logits are the means of the first K channels over all data positions,
+    ``logit_k = mean_d params[:, k, d]``. Heads receive per-element parameters from any
+    decoder (MLP or conv, every family), and only a channel's mean matters: an MLP decoder's
+    linear output layer can give all positions of a channel one value, and a conv decoder's
+    channel mean is a linear map of its last feature map's mean (global average pooling), so
+    every decoder reaches any per-example weights without a new output path. The mean
+    (rather than one position, or the sum) lets every position contribute to the weights and
+    keeps their scale independent of the data's size.
+    """
+
+    component_class: type[LikelihoodHead]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.kinds = cls.component_class.kinds
+        cls.options = ("components", *cls.component_class.options)
+
+    def __init__(self, spec: DataSpec, components: int = 5, **component_options: float) -> None:
+        super().__init__(spec)
+        if components < 1:
+            raise UserError(f"a mixture-density likelihood needs components >= 1, got {components}")
+        self.k = components
+        self.component = self.component_class(spec, **component_options)
+        self.exact, self.discrete = self.component.exact, self.component.discrete
+        self.num_params = components * (1 + self.component.num_params)
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P, *shape) -> log pi (N, K) and the components' parameters (N, K, C, *shape),
+        in at least float32 (bf16 autocast is upcast)."""
+        params = _at_least_float32(params)
+        n, k = len(params), self.k
+        log_pi = F.log_softmax(params[:, :k].reshape(n, k, -1).mean(dim=2), dim=1)  # (N, K)
+        comp = params[:, k:].reshape(n, k, self.component.num_params, *params.shape[2:])
+        return log_pi, comp
+
+    def _component_nll(self, comp: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p_k(x) of each component: comp (N, K, C, *shape), x (N, *shape) -> (N, K)."""
+        n, k = len(comp), self.k
+        x_rep = x.unsqueeze(1).expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
+        return self.component.nll(comp.flatten(0, 1), x_rep).reshape(n, k)
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log sum_k pi_k p_k(x) per example, by a logsumexp over the K components:
+        params (N, P, *shape), x (N, *shape) -> (N,). Elementwise ops and reductions only
+        (no host synchronisation), in float32 at least."""
+        log_pi, comp = self._split(params)
+        return -torch.logsumexp(log_pi - self._component_nll(comp, x), dim=1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """sum_k pi_k E_k[x]: (N, P, *shape) -> (N, *shape)."""
+        log_pi, comp = self._split(params)
+        means = self.component.mean(comp.flatten(0, 1)).reshape(comp.shape[0], self.k, *comp.shape[3:])
+        return torch.einsum("nk,nk...->n...", log_pi.exp().to(means.dtype), means)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One component per example (drawn from pi), then a factorised draw from it."""
+        log_pi, comp = self._split(params)
+        pick = _gumbel_argmax(log_pi, generator)  # (N,)
+        return self.component.sample(comp[torch.arange(len(comp), device=comp.device), pick], generator)
+
+
+class MixtureBernoulli(MixtureDensity):
+    """``mixture-bernoulli``: components of logits, C = 1."""
+
+    component_class = Bernoulli
+
+
+class MixtureGaussian(MixtureDensity):
+    """``mixture-gaussian``: components of means with the fixed ``sigma``, C = 1."""
+
+    component_class = Gaussian
+
+
+class MixtureGaussianLearned(MixtureDensity):
+    """``mixture-gaussian-learned``: components of (mean, log sigma), C = 2."""
+
+    component_class = GaussianLearned
+
+
+class MixtureLogistic(MixtureDensity):
+    """``mixture-logistic``: components of one discretized logistic (mu, log_s), C = 2."""
+
+    component_class = DiscretizedLogistic
+
+
+HEADS: dict[str, type[LikelihoodHead]] = {
     "bernoulli": Bernoulli,
     "gaussian": Gaussian,
     "gaussian-learned": GaussianLearned,
     "categorical": Categorical,
     "logistic-mixture": LogisticMixture,
+    "mixture-bernoulli": MixtureBernoulli,
+    "mixture-gaussian": MixtureGaussian,
+    "mixture-gaussian-learned": MixtureGaussianLearned,
+    "mixture-logistic": MixtureLogistic,
 }
 
 
@@ -437,8 +574,5 @@ def make_head(name: str, spec: DataSpec, *, sigma: float = 0.1, components: int 
     if spec.kind not in cls.kinds:
         fits = [n for n, c in HEADS.items() if spec.kind in c.kinds]
         raise UserError(f"likelihood {name!r} does not fit {spec.kind} data. Accepted here: {', '.join(fits)}.")
-    if cls is Gaussian:
-        return Gaussian(spec, sigma=sigma)
-    if cls is LogisticMixture:
-        return LogisticMixture(spec, components=components)
-    return cls(spec)
+    settings = {"sigma": sigma, "components": components}
+    return cls(spec, **{key: settings[key] for key in cls.options})
