@@ -158,6 +158,24 @@ def test_resume_with_more_epochs_equals_a_longer_run(tmp_path):
     assert json.loads((tmp_path / "short" / "config.json").read_text())["train"]["epochs"] == 3
 
 
+def test_random_draws_between_resume_and_fit_do_not_change_the_run(tmp_path):
+    """The checkpoint's random streams are set when fit starts: a caller who draws random
+    numbers (or builds another model) between Trainer.resume and fit still gets the
+    uninterrupted run, and resume itself leaves the caller's streams as they were."""
+    long = _trainer(tmp_path / "long", epochs=3)
+    long.fit()
+    _trainer(tmp_path / "short", epochs=2).fit()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    more = Trainer.resume(tmp_path / "short", epochs=3)
+    assert torch.equal(torch.rand(3), expected)  # resume did not touch the global stream
+    torch.randn(1000)  # the caller's own draws
+    more.fit()
+    a, b = read_metrics(tmp_path / "long"), read_metrics(tmp_path / "short")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
 def test_resume_errors_are_clear(tmp_path):
     with pytest.raises(UserError, match="not a run folder"):
         Trainer.resume(tmp_path)

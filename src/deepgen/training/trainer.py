@@ -255,6 +255,7 @@ class Trainer:
         # epochs since it improved, and whether the run has stopped; kept in checkpoints.
         self._early: dict[str, Any] = {"best": None, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
         self._resumed = _resume_state is not None
+        self._pending_rng: dict[str, Any] | None = None  # a resumed checkpoint's random streams, set at fit
         # A new run's weights are finished at its first fit (data_init, rank 0's broadcast).
         self._initialised = self._resumed
         self._fit_start: float | None = None  # perf_counter at the (virtual) start of training
@@ -382,6 +383,8 @@ class Trainer:
         if self.step == 0:
             # The model's own noise (weights were seeded by the caller); each rank its own.
             seed_all(cfg.seed + 1 + 1_000_003 * self.world.rank)
+        else:
+            self._restore_random_state()  # a resumed run's streams (no-op on a later fit)
         last_epochs_done = self.loader.epochs_done
         start = time.perf_counter() - self.seconds
         self._fit_start = start
@@ -832,7 +835,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
             raise UserError(f"the checkpoint's data position does not fit this data ({type(e).__name__}: {e}); it is corrupt or from other code.") from None
         try:
-            torch.set_rng_state(state["rng_cpu"])
+            torch.Generator().set_state(state["rng_cpu"])  # checked here; set when fit starts
         except (TypeError, RuntimeError) as e:
             raise UserError(f"the checkpoint's random generator state is corrupt ({e}).") from None
         early = state.get("early_stop")
@@ -847,6 +850,18 @@ class Trainer:
         for key, values in state.get("osc_history", {}).items():
             if key in self._history:
                 self._history[key].extend(float(v) for v in values)
+        # The global random streams are set when fit starts (_restore_random_state), not
+        # here: whatever the caller draws between resume() and fit() cannot shift them, and
+        # building a trainer leaves the caller's streams alone.
+        self._pending_rng = state
+
+    def _restore_random_state(self) -> None:
+        """The checkpoint's global CPU (and CUDA, and per-rank) random streams, once, at the
+        start of the first fit after a resume: the steps then draw what an uninterrupted run draws."""
+        state, self._pending_rng = self._pending_rng, None
+        if state is None:
+            return
+        torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         if self.world.size > 1:
@@ -908,13 +923,17 @@ class Trainer:
             if fixed:
                 raise UserError(f"data settings {fixed} cannot change on resume; only {', '.join(RESUMABLE_DATA)} may.")
             data_config = data_config.replace(**data_overrides)
-        dataset = ckpt.reload_dataset(run_dir, data_config)
-        differs = ckpt.same_data(saved_spec, dataset.spec)
-        if differs is not None:
-            raise UserError(f"cannot resume {run_dir}: the data {data_config.name!r} now has {differs}.")
-        model = ckpt.build_model(cfg, dataset)
-        ckpt.load_weights(model, found)
-        trainer = cls(model, dataset, train_config, run_dir, data_config=data_config, callbacks=callbacks, _resume_state=state)
+        # Rebuilding the data and the model (its weights' initial draws, overwritten below)
+        # runs on a fork of the CPU stream: resuming leaves the caller's random stream as it
+        # was, and the run's own streams are set when fit starts.
+        with torch.random.fork_rng(devices=[]):
+            dataset = ckpt.reload_dataset(run_dir, data_config)
+            differs = ckpt.same_data(saved_spec, dataset.spec)
+            if differs is not None:
+                raise UserError(f"cannot resume {run_dir}: the data {data_config.name!r} now has {differs}.")
+            model = ckpt.build_model(cfg, dataset)
+            ckpt.load_weights(model, found)
+            trainer = cls(model, dataset, train_config, run_dir, data_config=data_config, callbacks=callbacks, _resume_state=state)
         if trainer.ema is not None and found.has(ckpt.EMA_WEIGHTS):
             ckpt.load_weights(trainer.ema.model, found, ckpt.EMA_WEIGHTS)  # type: ignore[arg-type]
         return trainer
