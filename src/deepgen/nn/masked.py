@@ -7,7 +7,10 @@ m_l(k) in [min_{l-1}, D - 1]; a weight from unit j to hidden unit k is kept when
 m_l(k) >= m_{l-1}(j), and a weight from hidden unit k to output d when m(d) > m_L(k)
 (Germain et al. 2015, eqs. 12-13). Output d then depends only on inputs of smaller degree,
 that is on the inputs before d in the order. A context vector (class labels) may feed every
-hidden layer unmasked: it is not part of x.
+hidden layer unmasked: it is not part of x. The first dimension in the order has no hidden
+unit below it, so it sees the context only through ``context_output=True``: an unmasked
+linear map from the context to every output as well (what an inverse autoregressive flow
+needs, Kingma et al. 2016: every dimension's shift and gate depend on the encoder's h).
 
 Connectivity-agnostic training (sec. 3.2): :class:`MADE` holds ``num_masks`` mask sets
 (orders and hidden degrees drawn from one seed each) as buffers, and
@@ -81,7 +84,8 @@ class MADE(nn.Module):
     ``num_masks`` mask sets (seeded by ``seed``; set 0 uses ``natural_order`` when asked,
     the identity order) are kept as buffers; :attr:`mask_index` (a 0-d buffer) says which
     is in use. ``order_agnostic=False`` keeps every set's order the identity and varies only
-    the hidden connectivity.
+    the hidden connectivity. ``context_output``: the context (N, C) also reaches the outputs
+    directly (unmasked), so that output 1 depends on it too.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class MADE(nn.Module):
         order_agnostic: bool = False,
         seed: int = 0,
         activation: type[nn.Module] = nn.ReLU,
+        context_output: bool = False,
     ) -> None:
         super().__init__()
         if not hidden:
@@ -113,6 +118,8 @@ class MADE(nn.Module):
         )
         # The context reaches every hidden layer, unmasked (it is not part of x).
         self.context = nn.ModuleList(nn.Linear(context, h, bias=False) for h in hidden) if context else None
+        # ... and, when asked, every output too (the first dimension's only way to see it).
+        self.context_out = nn.Linear(context, d * out_per_dim, bias=False) if context and context_output else None
         self.act = activation()
         self.register_buffer("orders", torch.stack(orders))  # (K, D): order k's position -> dimension
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
@@ -137,4 +144,6 @@ class MADE(nn.Module):
                 if self.context is not None and context is not None:
                     h = h + self.context[i](context)
                 h = self.act(h)
+        if self.context_out is not None and context is not None:
+            h = h + self.context_out(context)
         return h.reshape(len(x), self.d, self.out_per_dim)
