@@ -150,6 +150,42 @@ def test_iwae_loss_logs_the_bound_itself():
     torch.testing.assert_close(dreg_out.logs, plain_out.logs)
 
 
+def test_iwae_training_figures_print_as_losses_in_nats():
+    """The logged IWAE bound prints negated, in nats, and the loss beside it (which is that
+    bound) says so, as the ELBO's does."""
+    from deepgen.metrics.units import logged_figures
+
+    figures = {f.label: f for f in logged_figures({"loss": 90.0, "iwae": -90.0, "elbo": -92.5, "recon": 80.0, "kl": 12.5, "step": 3})}
+    assert set(figures) == {"loss (-IWAE bound)", "-elbo", "recon", "kl"}
+    assert figures["-elbo"].value == 92.5 and all(f.unit == "nats" for f in figures.values())
+    plain = {f.label for f in logged_figures({"loss": 92.5, "elbo": -92.5})}
+    assert plain == {"loss (-ELBO)"}
+
+
+def test_kl_warmup_ramps_the_kl_weight_over_training_batches_only():
+    """kl_warmup=N: the t-th training batch weighs the KL by beta * min(1, t / N); eval mode
+    (validation) uses beta itself; the count is saved with the weights (resume goes on)."""
+    x = SUPPORT[::3]
+    model = tiny_vae(kl_warmup=4, latent_dim=2).train()
+    for t in range(1, 7):
+        torch.manual_seed(t)
+        out = model.loss(Batch(x))
+        weight = min(1.0, t / 4)
+        assert float(out.logs["kl_weight"]) == pytest.approx(weight)
+        torch.testing.assert_close(out.loss.detach(), (out.logs["recon"] + weight * out.logs["kl"]))
+    assert float(model.state_dict()["kl_batches"]) == 6
+    model.eval()
+    torch.manual_seed(0)
+    out = model.loss(Batch(x))
+    assert "kl_weight" not in out.logs and float(model.kl_batches) == 6
+    torch.testing.assert_close(out.loss.detach(), out.logs["recon"] + out.logs["kl"])
+    assert "kl_batches" not in tiny_vae(latent_dim=2).state_dict()  # runs without warm-up keep their weights
+    with pytest.raises(UserError, match="kl_warmup=5 ramps the KL term of objective=elbo"):
+        tiny_vae(kl_warmup=5, objective="iwae")
+    with pytest.raises(UserError, match="kl_warmup must be >= 0"):
+        tiny_vae(kl_warmup=-1)
+
+
 def test_elbo_objective_with_several_samples_averages_the_reconstruction():
     x = SUPPORT[1::4]
     model = tiny_vae(train_k=3, latent_dim=2)

@@ -209,10 +209,11 @@ def logged_figures(last: Mapping[str, Any]) -> list[Figure]:
                 return k
         return None
 
-    def is_neg_elbo(phase: str, pre: str) -> bool:
-        """The loss of (phase, pre) equals -elbo (beta = 1), as logged together at training."""
+    def is_neg_elbo(phase: str, pre: str, bound: str = "elbo") -> bool:
+        """The loss of (phase, pre) equals -``bound`` (the ELBO at beta = 1, or the IWAE
+        bound of objective=iwae), as logged together at training."""
         lk = loss_key(phase, pre)
-        ek = next((k for k in keys if split_key(k) == (phase, "", "elbo")), None)
+        ek = next((k for k in keys if split_key(k) == (phase, "", bound)), None)
         if lk is None or ek is None:
             return False
         if pre == "":
@@ -224,15 +225,20 @@ def logged_figures(last: Mapping[str, Any]) -> list[Figure]:
     for key, v in numbers.items():
         phase, pre, base = split_key(key)
         label, value = key, v
-        if base == "elbo":
-            if is_neg_elbo(phase, pre):
-                continue  # the loss beside it is this -ELBO: printed once, as "loss (-ELBO)"
-            label, value, base = _negated_label(key), -v, "-elbo"
-        elif base == "loss" and is_neg_elbo(phase, pre):
-            label = f"{key} (-ELBO)"
-        unit = NATS if base == "-elbo" else _unit(phase, base, keys, game)
+        if base in _BOUNDS:
+            if is_neg_elbo(phase, pre, base):
+                continue  # the loss beside it is this bound, negated: printed once, as "loss (-ELBO)"
+            label, value, base = _negated_label(key), -v, "-" + base
+        elif base == "loss" and (is_neg_elbo(phase, pre) or is_neg_elbo(phase, pre, "iwae")):
+            label = f"{key} ({_BOUNDS['elbo' if is_neg_elbo(phase, pre) else 'iwae']})"
+        unit = NATS if base.removeprefix("-") in _BOUNDS else _unit(phase, base, keys, game)
         out.append(Figure(key, label, value, unit))
     return out
+
+
+# Logged lower bounds on log p(x), printed negated as losses in nats (-> how "loss" reads
+# when it is that bound): the ELBO, and the IWAE bound L_k of the VAE's objective=iwae.
+_BOUNDS = {"elbo": "-ELBO", "iwae": "-IWAE bound"}
 
 
 def _negated_label(key: str) -> str:
@@ -245,14 +251,14 @@ def display_key(key: str) -> tuple[str, float]:
     """(printed name, sign) of a logged key for a table or a curve: (``-elbo``, -1) for an
     ``elbo``, (key, 1) for everything else."""
     _, _, base = split_key(key)
-    return (_negated_label(key), -1.0) if base == "elbo" else (key, 1.0)
+    return (_negated_label(key), -1.0) if base in _BOUNDS else (key, 1.0)
 
 
 def logged_unit(key: str, keys: Iterable[str]) -> str:
     """The unit of logged ``key`` among the keys logged beside it ("" for none)."""
     keys = set(keys) | {key}
     phase, _, base = split_key(key)
-    if base == "elbo":
+    if base in _BOUNDS:
         return NATS
     return _unit(phase, base, keys, adversarial_game(keys))
 

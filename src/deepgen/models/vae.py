@@ -86,6 +86,10 @@ class VAEConfig(EncoderDecoderConfig):
     iaf_steps: int = 2  # IAF steps (MADEs), the order reversed between steps
     iaf_hidden: tuple[int, ...] = (64, 64)  # hidden widths of each step's MADE
     iaf_context: int = 16  # width of the context h the encoder outputs for the flow; 0: none
+    # KL warm-up (Bowman et al. 2016; Sonderby et al. 2016): objective=elbo's KL weight rises
+    # linearly from 0 to beta over this many training batches; 0 = off. Validation and the
+    # figures always use beta itself.
+    kl_warmup: int = 0
 
     def validate(self) -> None:
         super().validate()
@@ -112,6 +116,12 @@ class VAEConfig(EncoderDecoderConfig):
             f"iaf_hidden must be one or more sizes >= 1 (each step's MADE needs a hidden layer), got {self.iaf_hidden}",
         )
         self.check(self.iaf_context >= 0, f"iaf_context must be >= 0 (0 = no context), got {self.iaf_context}")
+        self.check(self.kl_warmup >= 0, f"kl_warmup must be >= 0 training batches (0 = off), got {self.kl_warmup}")
+        self.check(
+            not self.kl_warmup or self.objective == "elbo",
+            f"kl_warmup={self.kl_warmup} ramps the KL term of objective=elbo; the IWAE bound has no separate KL term. "
+            "Set kl_warmup=0 with objective=iwae, or objective=elbo.",
+        )
         self.check(
             self.posterior == "gaussian" or self.stochastic_layers == 1,
             f"posterior={self.posterior} refines a one-layer posterior; stochastic_layers=2 takes posterior=gaussian.",
@@ -297,6 +307,12 @@ class VAE(LatentCodeMixin, GenerativeModel):
             self.encoder2 = MLPEncoder((c.latent_dim,), c.hidden2, 2 * c.latent_dim2, c.activation, cond_dim)
             self.decoder2 = MLPEncoder((c.latent_dim2,), tuple(reversed(c.hidden2)), 2 * c.latent_dim, c.activation, cond_dim)
         self.flow = IAF(c.latent_dim, c.iaf_steps, c.iaf_hidden, c.context_dim, c.activation) if c.posterior == "iaf" else None
+        if c.kl_warmup:
+            # Training batches seen, for the KL warm-up: a device counter updated in place
+            # inside the loss (so CUDA graphs and compile keep it), saved with the weights so
+            # that a resumed run goes on with the same weight. Only then: run folders
+            # without warm-up keep the weights they had.
+            self.register_buffer("kl_batches", torch.zeros((), dtype=torch.float32))
 
     @classmethod
     def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
@@ -436,9 +452,15 @@ class VAE(LatentCodeMixin, GenerativeModel):
         if self.config.objective == "iwae":
             return self._iwae_loss(x, c)
         recon, kl = self._elbo_terms(x, c, k=self.config.train_samples)
-        loss = (recon + self.config.beta * kl).mean()
+        logs: dict[str, torch.Tensor] = {}
+        beta: float | torch.Tensor = self.config.beta
+        if self.config.kl_warmup and self.training:
+            self.kl_batches.add_(1.0)
+            beta = self.config.beta * (self.kl_batches / self.config.kl_warmup).clamp(max=1.0)
+            logs["kl_weight"] = beta.detach()
+        loss = (recon + beta * kl).mean()
         recon_mean, kl_mean = recon.mean().detach(), kl.mean().detach()
-        return LossOutput(loss, {"elbo": -(recon_mean + kl_mean), "recon": recon_mean, "kl": kl_mean})
+        return LossOutput(loss, {"elbo": -(recon_mean + kl_mean), "recon": recon_mean, "kl": kl_mean, **logs})
 
     def _iwae_loss(self, x: torch.Tensor, c: torch.Tensor | None) -> LossOutput:
         """-L_k averaged over the batch (Burda et al. 2016, eq. 8), k = ``train_samples``.
