@@ -92,6 +92,33 @@ def test_conditional_densities_integrate_to_one_per_class():
         assert not torch.allclose(a, b), f"{name}: the label changes nothing"
 
 
+def test_the_first_dimension_of_a_conditional_made_sees_the_condition():
+    """MADE's first dimension has no hidden unit below it: the context reaches it through
+    the unmasked context-to-output map, so in a conditional MADE, MAF layer or
+    autoregressive spline its output (and p(x_1 | y)) moves with y; the other dimensions
+    stay autoregressive in x."""
+    from deepgen.nn.masked import MADE
+
+    torch.manual_seed(0)
+    made = MADE(3, (16,), out_per_dim=2, context=2)
+    with torch.no_grad():
+        for p in made.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(4, 3)
+    a, b = made(x, torch.tensor([[1.0, 0.0]] * 4)), made(x, torch.tensor([[0.0, 1.0]] * 4))
+    assert not torch.allclose(a[:, 0], b[:, 0])
+    x2 = x.clone()
+    x2[:, 2] += 1.0  # the last dimension feeds no output
+    torch.testing.assert_close(made(x2, torch.tensor([[1.0, 0.0]] * 4)), a)
+    layer = fl.MaskedAffineAutoregressive(3, (16,), 2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    za, _ = layer(x, torch.tensor([[1.0, 0.0]] * 4))
+    zb, _ = layer(x, torch.tensor([[0.0, 1.0]] * 4))
+    assert not torch.allclose(za[:, 0], zb[:, 0])
+
+
 def test_image_flows_invert_and_count_every_log_determinant():
     """On 8-bit-like images, log p(x) = log N(z) + log|det|, with the logit's part: the
     figure equals the change of variables computed from autograd's Jacobian."""

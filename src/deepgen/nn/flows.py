@@ -642,6 +642,8 @@ class MaskedAffineAutoregressive(Bijection):
         last = self.made.layers[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
+        if self.made.context_out is not None:  # the context's direct path too: the layer starts as the identity
+            nn.init.zeros_(self.made.context_out.weight)
 
     def extra_repr(self) -> str:
         return f"{self.features}, cond_dim={self.cond_dim}, alpha_bound={self.alpha_bound}"

@@ -8,9 +8,11 @@ m_l(k) >= m_{l-1}(j), and a weight from hidden unit k to output d when m(d) > m_
 (Germain et al. 2015, eqs. 12-13). Output d then depends only on inputs of smaller degree,
 that is on the inputs before d in the order. A context vector (class labels) may feed every
 hidden layer unmasked: it is not part of x. The first dimension in the order has no hidden
-unit below it, so it sees the context only through ``context_output=True``: an unmasked
-linear map from the context to every output as well (what an inverse autoregressive flow
-needs, Kingma et al. 2016: every dimension's shift and gate depend on the encoder's h).
+unit below it, so it sees the context only through ``context_output`` (on by default): an
+unmasked linear map from the context to every output as well. Without it a conditional
+model's first dimension would ignore the condition (p(x_1 | y) = p(x_1)); an inverse
+autoregressive flow needs it too (Kingma et al. 2016: every dimension's shift and gate
+depend on the encoder's h).
 
 Connectivity-agnostic training (sec. 3.2): :class:`MADE` holds ``num_masks`` mask sets
 (orders and hidden degrees drawn from one seed each) as buffers, and
@@ -84,8 +86,8 @@ class MADE(nn.Module):
     ``num_masks`` mask sets (seeded by ``seed``; set 0 uses ``natural_order`` when asked,
     the identity order) are kept as buffers; :attr:`mask_index` (a 0-d buffer) says which
     is in use. ``order_agnostic=False`` keeps every set's order the identity and varies only
-    the hidden connectivity. ``context_output``: the context (N, C) also reaches the outputs
-    directly (unmasked), so that output 1 depends on it too.
+    the hidden connectivity. ``context_output`` (default True): the context (N, C) also
+    reaches the outputs directly (unmasked), so that output 1 depends on it too.
     """
 
     def __init__(
@@ -99,7 +101,7 @@ class MADE(nn.Module):
         order_agnostic: bool = False,
         seed: int = 0,
         activation: type[nn.Module] = nn.ReLU,
-        context_output: bool = False,
+        context_output: bool = True,
     ) -> None:
         super().__init__()
         if not hidden:

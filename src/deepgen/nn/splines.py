@@ -321,6 +321,8 @@ class AutoregressiveSpline(Bijection):
             activation=type(make_activation(activation)),
         )
         _identity_init(self.made.layers[-1], dim, bins, min_derivative)
+        if self.made.context_out is not None:  # the context's direct path too: the identity at the start
+            nn.init.zeros_(self.made.context_out.weight)
 
     def _spline(self, values: torch.Tensor, x: torch.Tensor, cond: torch.Tensor | None, inverse: bool):
         _check_context(self.context, cond, "AutoregressiveSpline")
