@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer.config = trainer.config.replace(max_seconds=trainer.seconds + args.time_budget)
     else:
         trainer, probe, keeper = fresh_trainer(args, device)
-    model, cfg = trainer.eval_model, trainer.config  # the EMA copy when training keeps one (ema=...)
+    cfg = trainer.config
     t0 = time.perf_counter()
     result = trainer.fit()
     call_s = time.perf_counter() - t0
+    model = trainer.eval_model  # the EMA copy when training keeps one (ema=...)
     best_val, best_epoch = None, None
     if keeper is not None and keeper.state is not None:
         model.load_state_dict(keeper.state)

@@ -348,6 +348,39 @@ def test_dropout_acts_in_training_only():
     assert torch.equal(model.log_prob(x), model.log_prob(x))
 
 
+@pytest.mark.parametrize("name", ["realnvp", "maf", "nsf"])
+def test_weights_trained_with_dropout_load_without_it(name):
+    """Dropout adds no weights and renames none: a state_dict of the flow with dropout
+    loads into the same flow without it, and in eval mode both give the same density."""
+    spec = DataSpec((4,), "real")
+    with_dropout = deepgen.create_model(name, spec, layers=2, hidden=(16, 16), dropout=0.3).eval()
+    plain = deepgen.create_model(name, spec, layers=2, hidden=(16, 16)).eval()
+    plain.load_state_dict(with_dropout.state_dict())  # strict: same names, same shapes
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(plain.log_prob(x), with_dropout.log_prob(x))
+
+
+@pytest.mark.parametrize("name", ["realnvp", "maf", "nsf"])
+def test_vector_actnorm_is_initialised_from_data_before_the_first_step(name):
+    """norm=actnorm: the trainer's data-dependent initialisation (before the first step, the
+    broadcast under torchrun and the EMA copy) gives zero-mean unit-variance outputs of the
+    first actnorm on its batch, and the EMA copy starts from those weights."""
+    ds = deepgen.load_dataset(DataConfig(name="moons", max_train=512))
+    seed_all(0)
+    model = deepgen.create_model(name, ds, layers=2, hidden=(16,), norm="actnorm")
+    trainer = Trainer(model, ds, TrainConfig(epochs=1, batch_size=256, max_steps=1, ema=0.5, progress=False, tensorboard=False, log_every=1))
+    ema = trainer.eval_model  # taken before fit: must stay the live copy
+    trainer.fit()
+    first = next(m for m in model.modules() if isinstance(m, fl.ActNorm))
+    assert bool(first.initialized)
+    batch = next(deepgen.data.iterate(ds, "train", 256, torch.device("cpu"), torch.Generator().manual_seed(7), limit=256))
+    with torch.no_grad():
+        out, _ = first(batch.x)
+    # one Adam step moved the weights a little since the initialisation
+    assert out.mean(0).abs().max() < 0.05 and (out.std(0, unbiased=False) - 1).abs().max() < 0.05
+    assert ema is trainer.eval_model and bool(next(m for m in ema.modules() if isinstance(m, fl.ActNorm)).initialized)
+
+
 def test_mistakes_are_user_errors():
     with pytest.raises(UserError, match="multiples of 8"):
         deepgen.create_model("glow", DataSpec((1, 28, 28), "continuous", num_levels=256), levels=3)

@@ -171,7 +171,10 @@ def test_random_draws_between_resume_and_fit_do_not_change_the_run(tmp_path):
     more = Trainer.resume(tmp_path / "short", epochs=3)
     assert torch.equal(torch.rand(3), expected)  # resume did not touch the global stream
     torch.randn(1000)  # the caller's own draws
-    more.fit()
+    more.save_checkpoint()  # before fit: it writes the checkpoint's streams, not the caller's
+    again = Trainer.resume(tmp_path / "short", epochs=3)
+    torch.randn(10)
+    again.fit()
     a, b = read_metrics(tmp_path / "long"), read_metrics(tmp_path / "short")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
 

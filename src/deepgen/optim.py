@@ -207,6 +207,12 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Restart the average at ``model``'s weights and buffers, in place: whoever holds
+        :attr:`model` (an evaluation, a picture callback) keeps holding the live copy."""
+        self.model.load_state_dict(model.state_dict())
+
+    @torch.no_grad()
     def update(self, model: nn.Module, step: int | None = None) -> None:
         """Move the average towards ``model``'s weights. ``step``: the number of updates
         before this one (0 at the first, which with warm-up copies the weights); None: the

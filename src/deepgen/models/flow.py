@@ -169,6 +169,27 @@ class Flow(GenerativeModel):
         if config.dropout:
             add_dropout(self.body, config.dropout)
 
+    @torch.no_grad()
+    def data_init(self, batch: Batch) -> None:
+        """Actnorm's data-dependent initialisation (Kingma & Dhariwal 2018, sec. 3.1): one
+        forward pass on a batch of dequantized training data, in which every actnorm layer
+        sets its scale and bias so that its outputs have zero mean and unit variance per
+        channel. Glow's steps and the vector flows' ``norm=actnorm`` layers; the trainer
+        calls it before the first step (before the weights are broadcast under torchrun
+        and the EMA copy is made), so it does not depend on the first training step running
+        eagerly (compile skips the actnorm's lazy initialisation). A flow without actnorm
+        has nothing to initialise."""
+        actnorms = [m for m in self.modules() if isinstance(m, fl.ActNorm)]
+        if not actnorms:
+            return
+        x = dequantize(batch.x, self.spec) if self.spec.bin_width else batch.x
+        for m in actnorms:
+            m.initialized.fill_(False)
+        was = self.training
+        self.train()
+        self._forward(x, self.one_hot(batch.y, len(x), checked=False))
+        self.train(was)
+
     def norm_layers(self, d: int) -> list[fl.Bijection]:
         """The ``norm`` setting's layer for vectors (N, d), as a list: [] for ``"none"``."""
         if self.config.norm == "batchnorm":
@@ -283,12 +304,12 @@ def add_dropout(body: nn.Module, p: float) -> None:
         if isinstance(m, MADE):
             m.act = nn.Sequential(m.act, nn.Dropout(p))  # MADE applies act after every hidden layer only
         elif isinstance(m, (fl.CouplingMLP, sp.SplineCoupling)):
-            layers: list[nn.Module] = []
-            for layer in m.net:  # Linear, activation, ..., Linear
-                layers.append(layer)
+            # Each activation of Linear, activation, ..., Linear becomes (activation, dropout)
+            # at its own index, so the Linear weights keep their names (net.0, net.2, ...):
+            # weights trained with dropout load into the same flow without it.
+            for i, layer in enumerate(m.net):
                 if not isinstance(layer, nn.Linear):
-                    layers.append(nn.Dropout(p))
-            m.net = nn.Sequential(*layers)
+                    m.net[i] = nn.Sequential(layer, nn.Dropout(p))
 
 
 # -- 3. the multi-scale architecture -----------------------------------------------------------------------
@@ -429,22 +450,6 @@ class Glow(Flow):
             if lv < c.levels - 1:
                 ch //= 2
         return MultiScale(levels, shapes)
-
-    @torch.no_grad()
-    def data_init(self, batch: Batch) -> None:
-        """Actnorm's data-dependent initialisation (Kingma & Dhariwal 2018, sec. 3.1): one
-        forward pass on a batch of dequantized training data, in which every actnorm layer
-        sets its scale and bias so that its outputs have zero mean and unit variance per
-        channel."""
-        x = dequantize(batch.x, self.spec) if self.spec.bin_width else batch.x
-        for m in self.modules():
-            if isinstance(m, fl.ActNorm):
-                m.initialized.fill_(False)
-        was = self.training
-        self.train()
-        self._forward(x, self.one_hot(batch.y, len(x), checked=False))
-        self.train(was)
-
 
 @register("maf")
 class MAF(Flow):

@@ -383,6 +383,7 @@ class Trainer:
         if self.step == 0:
             # The model's own noise (weights were seeded by the caller); each rank its own.
             seed_all(cfg.seed + 1 + 1_000_003 * self.world.rank)
+            self._pending_rng = None  # a step-0 checkpoint's streams: superseded by the seed
         else:
             self._restore_random_state()  # a resumed run's streams (no-op on a later fit)
         last_epochs_done = self.loader.epochs_done
@@ -456,7 +457,8 @@ class Trainer:
         if self.world.size > 1:
             distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
         if self.ema is not None:
-            self.ema = EMA(self.model, cfg.ema, cfg.ema_warmup)
+            # In place: a caller that took trainer.eval_model before fit holds this copy.
+            self.ema.reset(self.model)
         self._initialised = True
 
     @torch.no_grad()
@@ -783,6 +785,9 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if rank_rng is not None:
             state["rank_rng"] = rank_rng  # per rank: global CPU/CUDA generators, the loader's per-batch one
+        pending = self._pending_rng
+        if pending is not None:  # resumed but not yet fit: the run's streams are the checkpoint's, not the caller's
+            state.update({k: pending[k] for k in ("rng_cpu", "rng_cuda", "rank_rng") if k in pending})
         ckpt.write_checkpoint(
             self.run_dir, self.step, self.model.state_dict(), state,
             ema=None if self.ema is None else self.ema.model.state_dict(),
