@@ -359,8 +359,9 @@ def test_ambiguous_and_unsupported_image_shapes_are_one_clear_error():
         AutoencoderDenoiser(**TINY).fit(rng.random((20, 8, 8, 8)))
     with pytest.raises(ValueError, match=r"shape \(20, 2, 3, 4, 5\) \(5 dimensions\); accepted"):
         AutoencoderOutlierDetector(**TINY).fit(rng.random((20, 2, 3, 4, 5)))
-    with pytest.raises(ValueError, match="layout='channels_first' axis 1 holds the channels, but it has 8"):
-        AutoencoderEmbedding(**TINY, layout="channels_first").fit(rng.random((20, 8, 8, 3)))
+    # An explicit layout takes any number of channels: two-channel images, channels first.
+    two = AutoencoderEmbedding(**TINY, layout="channels_first").fit(rng.random((20, 2, 8, 8)))
+    assert two.codec_.spec.shape == (2, 8, 8) and two.inverse_transform(two.transform(rng.random((5, 2, 8, 8)))).shape == (5, 2, 8, 8)
     with pytest.raises(ValueError, match="layout must be one of auto, channels_first, channels_last"):
         AutoencoderEmbedding(**TINY, layout="NHWC").fit(rng.random((20, 5)))
 
@@ -398,4 +399,34 @@ def test_likelihood_scores_row_by_row_when_vmap_cannot_batch(digits, monkeypatch
         raise RuntimeError("no batching rule")
 
     monkeypatch.setattr(torch.func, "vmap", unbatchable)
-    np.testing.assert_allclose(det.score_samples(X), scores, rtol=1e-5)
+    with pytest.warns(RuntimeWarning, match="one example at a time"):
+        np.testing.assert_allclose(det.score_samples(X), scores, rtol=1e-5)
+
+
+def test_likelihood_scoring_splits_batches_by_the_importance_samples(digits, monkeypatch):
+    """Under vmap a model sees one row, so the scores are computed in calls of about 2^24
+    outputs (rows x iwae_k x pixels), as the VAE's own batched calls are; a lack of
+    memory is raised, never turned into the slow row-by-row path."""
+    from deepgen.apps import anomaly
+
+    X = digits[0][:40]
+    det = AutoencoderOutlierDetector(model="vae", score_type="likelihood", **{**TINY, "settings": {"hidden": (16,), "iwae_k": 8}}).fit(X)
+    scores = det.score_samples(X)
+    monkeypatch.setattr(anomaly, "_ELEMENTS_PER_CALL", 64 * 8 * 3)  # 3 rows per call
+    calls = []
+    real = torch.func.vmap
+
+    def counting(fn, **kw):
+        inner = real(fn, **kw)
+        return lambda rows: calls.append(len(rows)) or inner(rows)
+
+    monkeypatch.setattr(torch.func, "vmap", counting)
+    np.testing.assert_allclose(det.score_samples(X), scores, rtol=1e-5)  # the same draws in every call
+    assert max(calls) == 3 and sum(calls) == 40
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.func, "vmap", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        det.score_samples(X)

@@ -265,3 +265,30 @@ def test_fit_together_closes_every_run_when_one_fails(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         fit_together([good, bad])
     assert good.step == 1  # stopped after its first step, its logger closed
+
+
+def test_a_run_whose_saved_standardisation_differs_is_refused(tmp_path):
+    """A table's standardisation is recomputed when a run reloads its data; when it differs
+    from the statistics the run saved (other rows, an older deepgen), resume and load_run's
+    data are one clear UserError, not inputs other than those it trained on."""
+    import numpy as np
+
+    from deepgen.data import DataConfig
+    from deepgen.io import read_tensors, save_tensors
+    from deepgen.training import checkpoint as ckpt
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(200, 3))
+    np.save(tmp_path / "t.npy", x)
+    data = DataConfig(name=str(tmp_path / "t.npy"), validation=20)
+    ds = deepgen.load_dataset(data)
+    seed_all(0)
+    run = tmp_path / "run"
+    Trainer(deepgen.create_model("vae", ds, hidden=(8,), latent_dim=2), ds, _config(epochs=1), run, data_config=data).fit()
+    assert Trainer.resume(run, epochs=2).step > 0 and load_run(run).load_dataset().state["mean"].shape == (3,)
+    state = {k: v.clone() for k, v in read_tensors(run / ckpt.DATA_STATE).items()}
+    state["mean"] += 0.5  # what the statistics would be if fit on other rows
+    save_tensors(run / ckpt.DATA_STATE, state)
+    with pytest.raises(UserError, match="preprocessing statistics .*differ from the ones the run saved"):
+        Trainer.resume(run, epochs=2)
+    with pytest.raises(UserError, match="preprocessing statistics"):
+        load_run(run).load_dataset()

@@ -19,6 +19,10 @@ from ..metrics.evaluate import likelihood_of
 from ..models.base import GenerativeModel, LogProb, Reconstructor
 from .base import AutoencoderEstimator, models_with
 
+# Outputs (rows x importance samples x data elements) per vmapped scoring call: the VAE's
+# own budget per decoder call (models.vae: 2^24 float32 values, 64 MiB).
+_ELEMENTS_PER_CALL = 2**24
+
 SCORES = ("reconstruction", "likelihood")
 
 
@@ -134,20 +138,38 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
                 x = dequantize(x, spec, gen)
             return model.log_prob(x, generator=gen) if takes_generator else model.log_prob(x)  # type: ignore[attr-defined]
 
+        # Rows per vmapped call. Inside vmap the model sees one example, so a model that
+        # sizes its own calls by the batch (the VAE decodes about 2^24 outputs at once over
+        # its iwae_k importance samples) would size them for one row while all the rows
+        # run: the calls take about as many rows as the model's own batched calls would.
+        draws = max(1, int(getattr(model.config, "iwae_k", 1) or 1))
+        rows_per_call = max(1, _ELEMENTS_PER_CALL // max(1, spec.dim * draws))
+        fallback = False
+
+        def vmapped(rows: torch.Tensor) -> torch.Tensor:
+            gen.manual_seed(self.seed_)  # every call (and every row in it) the same draws
+            with warnings.catch_warnings():  # an op without a batching rule runs row by row, correctly
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                return torch.func.vmap(lambda row: one(row[None])[0], randomness="same")(rows)
+
         def log_prob(batch: torch.Tensor, _: int) -> torch.Tensor:
+            nonlocal fallback
             if not (dequantizing or takes_generator):
                 return one(batch)  # nothing random: the batch at once
-            try:  # every row with the draws of one example: vmap draws them once, shared by all rows
+            if not fallback:
+                try:  # every row with the draws of one example: vmap draws them once, shared by all rows
+                    return torch.cat([vmapped(batch[i:i + rows_per_call]) for i in range(0, len(batch), rows_per_call)])
+                except RuntimeError as e:  # an operation vmap cannot batch (never a lack of memory)
+                    if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e):
+                        raise
+                    warnings.warn(f"{type(model).__name__}.log_prob does not run under torch.func.vmap ({str(e).splitlines()[0]}); "
+                                  "scoring one example at a time (the same scores, slower).", RuntimeWarning, stacklevel=2)
+                    fallback = True
+            rows = []  # one example at a time, the same draws
+            for i in range(len(batch)):
                 gen.manual_seed(self.seed_)
-                with warnings.catch_warnings():  # an op without a batching rule runs row by row, correctly
-                    warnings.filterwarnings("ignore", message="There is a performance drop")
-                    return torch.func.vmap(lambda row: one(row[None])[0], randomness="same")(batch)
-            except Exception:  # an operation vmap does not batch: one example at a time, the same draws
-                rows = []
-                for i in range(len(batch)):
-                    gen.manual_seed(self.seed_)
-                    rows.append(one(batch[i:i + 1]))
-                return torch.cat(rows)
+                rows.append(one(batch[i:i + 1]))
+            return torch.cat(rows)
 
         return self._batched(log_prob, x).astype(np.float64) + offset
 

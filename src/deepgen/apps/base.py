@@ -54,7 +54,7 @@ CHANNELS = (1, 3, 4)  # channel counts of image arrays: grey, RGB, RGBA
 LAYOUTS = ("auto", "channels_first", "channels_last")
 ACCEPTED_SHAPES = (
     "accepted: tables (N, F), grey images (N, H, W), and images (N, C, H, W) (channels first) or "
-    "(N, H, W, C) (channels last) with C in 1, 3, 4"
+    "(N, H, W, C) (channels last) with C in 1, 3, 4 (any C with layout='channels_first' or 'channels_last')"
 )
 
 
@@ -62,9 +62,11 @@ def image_layout(shape: tuple[int, ...], layout: str = "auto") -> str:
     """How an array of ``shape`` (N, ...) is read: ``"table"`` (N, F), ``"hw"`` (N, H, W),
     ``"chw"`` (N, C, H, W) or ``"hwc"`` (N, H, W, C), with C in :data:`CHANNELS`.
 
-    A 4-D array is channels first when only axis 1 is a channel count, channels last when
-    only axis 3 is; ``layout`` (``"channels_first"`` / ``"channels_last"``) decides when both
-    are (e.g. (N, 3, 4, 4)). Any other shape is a ValueError saying what is accepted.
+    With ``layout="auto"`` a 4-D array is channels first when only axis 1 is a channel
+    count, channels last when only axis 3 is, and a ValueError when both are (e.g.
+    (N, 3, 4, 4)) or neither. ``layout="channels_first"`` / ``"channels_last"`` says where
+    the channels are, for any number of them (e.g. two-channel (N, 2, H, W) images). Any
+    other shape is a ValueError saying what is accepted.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
@@ -74,15 +76,11 @@ def image_layout(shape: tuple[int, ...], layout: str = "auto") -> str:
         return "hw"
     if len(shape) != 4:
         raise ValueError(f"X has shape {shape} ({len(shape)} dimensions); {ACCEPTED_SHAPES}.")
-    first, last = shape[1] in CHANNELS, shape[3] in CHANNELS
-    if layout == "channels_first" and first:
+    if layout == "channels_first":
         return "chw"
-    if layout == "channels_last" and last:
+    if layout == "channels_last":
         return "hwc"
-    if layout != "auto":
-        axis = 1 if layout == "channels_first" else 3
-        raise ValueError(f"X has shape {shape}: with layout={layout!r} axis {axis} holds the channels, "
-                         f"but it has {shape[axis]}; {ACCEPTED_SHAPES}.")
+    first, last = shape[1] in CHANNELS, shape[3] in CHANNELS
     if first and last:
         raise ValueError(f"X has shape {shape}: ambiguous, axis 1 and axis 3 could both hold the channels; "
                          f"pass layout='channels_first' or layout='channels_last' ({ACCEPTED_SHAPES}).")

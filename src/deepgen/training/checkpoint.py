@@ -581,6 +581,29 @@ def reload_dataset(run_dir: str | Path, data_config: DataConfig) -> Dataset:
     return load_dataset_from_arrays(arrays, data_config)
 
 
+def check_data_state(run_dir: str | Path, ds: Dataset) -> None:
+    """The reloaded data's preprocessing state (a table's standardisation mean and std)
+    against the one the run saved (:data:`DATA_STATE`): the same, or a :class:`UserError`.
+    The splits were standardised with the recomputed statistics, so a run whose statistics
+    were computed otherwise (by an older deepgen, or on other rows) would see other inputs
+    than it trained on."""
+    path = Path(run_dir) / DATA_STATE
+    if not path.is_file():
+        return
+    saved = {k: v.numpy() for k, v in read_tensors(path).items()}
+    now = {k: np.asarray(v) for k, v in ds.state.items()}
+    same = saved.keys() == now.keys() and all(
+        saved[k].shape == now[k].shape and np.allclose(saved[k], now[k], rtol=1e-5, atol=1e-7) for k in saved
+    )
+    if not same:
+        raise UserError(
+            f"{run_dir}: the data's preprocessing statistics ({', '.join(sorted(saved))}) computed now differ from the ones "
+            "the run saved: the data, its settings or deepgen's standardisation changed since it was trained (since "
+            "deepgen 2026-12-01 tables are standardised without their validation rows). Train the run again."
+        )
+    ds.state = saved
+
+
 def git_commit(folder: str | Path | None = None) -> str | None:
     """``git rev-parse HEAD`` in ``folder`` (deepgen's source folder by default), with a 2 s
     timeout; None on any failure (no git, not a repository, a slow file system)."""
@@ -748,9 +771,7 @@ class Run:
                 f"dataset {cfg.name!r} now has shape {ds.spec.shape} ({ds.spec.kind}) but the run was "
                 f"trained on {self.spec.shape} ({self.spec.kind})."
             )
-        state_path = self.path / DATA_STATE
-        if state_path.is_file():
-            ds.state = {k: v.numpy() for k, v in read_tensors(state_path).items()}
+        check_data_state(self.path, ds)
         return ds
 
 

@@ -936,6 +936,7 @@ class Trainer:
             differs = ckpt.same_data(saved_spec, dataset.spec)
             if differs is not None:
                 raise UserError(f"cannot resume {run_dir}: the data {data_config.name!r} now has {differs}.")
+            ckpt.check_data_state(run_dir, dataset)
             model = ckpt.build_model(cfg, dataset)
             ckpt.load_weights(model, found)
             trainer = cls(model, dataset, train_config, run_dir, data_config=data_config, callbacks=callbacks, _resume_state=state)
