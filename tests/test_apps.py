@@ -430,3 +430,25 @@ def test_likelihood_scoring_splits_batches_by_the_importance_samples(digits, mon
     monkeypatch.setattr(torch.func, "vmap", out_of_memory)
     with pytest.raises(RuntimeError, match="out of memory"):
         det.score_samples(X)
+
+
+def test_inference_converts_batch_by_batch(digits, monkeypatch):
+    """transform, score_samples and the denoiser convert their input to the model's space
+    and their output back one batch at a time (memory beyond the input and the output is one
+    batch's, however many rows), and integer pixels are not copied to float64 whole."""
+    X = (digits[0][:50] / 16 * 255).round().astype(np.uint8).reshape(50, 8, 8)  # 8-bit grey images
+    emb = AutoencoderEmbedding(**TINY).fit(X)
+    den = AutoencoderDenoiser(**TINY).fit(X)
+    det = AutoencoderOutlierDetector(**TINY).fit(X)
+    expected = (emb.transform(X), den.transform(X), det.score_samples(X))
+    sizes: list[int] = []
+    for est in (emb, den, det):
+        codec = est.codec_
+        to_model, from_model = codec.to_model, codec.from_model
+        monkeypatch.setattr(codec, "to_model", lambda part, f=to_model: sizes.append(len(part)) or f(part))
+        monkeypatch.setattr(codec, "from_model", lambda out, *a, f=from_model: sizes.append(len(out)) or f(out, *a))
+    got = (emb.transform(X), den.transform(X), det.score_samples(X))
+    assert max(sizes) <= TINY["batch_size"] and sum(sizes) == 4 * len(X)  # three inputs, one output, in batches
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    assert got[1].dtype == np.uint8 and got[1].shape == X.shape

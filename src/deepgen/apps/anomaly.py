@@ -103,7 +103,7 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
     def fit(self, X: Any, y: Any = None) -> AutoencoderOutlierDetector:
         """Train on normal X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); set ``offset_``. ``y`` is ignored."""
         self._fit_arrays(X)
-        train_scores = self._scores(self.codec_.to_model(self._validate_input(X)))
+        train_scores = self._scores(self._validate_input(X))
         self.offset_ = float(np.percentile(train_scores, 100.0 * self.contamination))
         return self
 
@@ -171,12 +171,11 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
                 rows.append(one(batch[i:i + 1]))
             return torch.cat(rows)
 
-        return self._batched(log_prob, x).astype(np.float64) + offset
+        return self._batched(log_prob, x, self.codec_.to_model).astype(np.float64) + offset
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Normality score per example (N,): higher = more normal (see the class docstring)."""
-        X = self._validate_input(X)
-        return self._scores(self.codec_.to_model(X))
+        return self._scores(self._validate_input(X))
 
     def decision_function(self, X: Any) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""

@@ -264,7 +264,9 @@ class AutoencoderEstimator:
         shape = tuple(getattr(X, "shape", ())[1:])
         if self.codec_.image and shape and shape != self.codec_.input_shape:  # before the features: say which shape
             raise ValueError(self._shape_error(shape))
-        X = validate_data(self, X, allow_nd=True, dtype=FLOATS, reset=False)
+        # "numeric": integer pixels stay integers (no float64 copy of a large input); each
+        # batch is converted to the model's space as it is used (_batched's ``convert``).
+        X = validate_data(self, X, allow_nd=True, dtype="numeric", reset=False)
         if tuple(X.shape[1:]) != self.codec_.input_shape:
             raise ValueError(self._shape_error(tuple(X.shape[1:])))
         return X
@@ -345,29 +347,44 @@ class AutoencoderEstimator:
 
     # -- inference ------------------------------------------------------------------------
     @torch.no_grad()
-    def _batched(self, fn: Callable[[torch.Tensor, int], torch.Tensor], x: np.ndarray) -> np.ndarray:
-        """``fn(batch, index)`` over ``x`` (model-space numpy) ``batch_size`` rows at a time;
-        the results concatenated as float32 numpy."""
+    def _batched(
+        self,
+        fn: Callable[[torch.Tensor, int], torch.Tensor],
+        x: np.ndarray,
+        convert: Callable[[np.ndarray], np.ndarray] | None = None,
+        finish: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """``fn(batch, index)`` over ``x`` ``batch_size`` rows at a time; the results
+        concatenated as float32 numpy. ``convert``: maps each slice of ``x`` to the model's
+        space (``codec_.to_model``) as it is used; ``finish``: maps each batch's float32
+        result on (``codec_.from_model``: the data's space and dtype), the results then
+        concatenated in its dtype. So memory beyond the input and the output stays one
+        batch's, whatever the number of rows. None: ``x`` is already in the model's space /
+        the float32 results are the output."""
         model = self.model_
         model.eval()
         device = model.device
         step = max(1, int(self.batch_size))
         outs = []
         for i, start in enumerate(range(0, len(x), step)):
-            batch = torch.from_numpy(np.ascontiguousarray(x[start:start + step])).to(device)
-            outs.append(fn(batch, i).detach().float().cpu().numpy())
+            part = x[start:start + step]
+            batch = torch.from_numpy(np.ascontiguousarray(convert(part) if convert is not None else part)).to(device)
+            out = fn(batch, i).detach().float().cpu().numpy()
+            outs.append(finish(out) if finish is not None else out)
         if not outs:
-            return np.zeros((0,), dtype=np.float32)
-        return np.concatenate(outs).astype(np.float32, copy=False)
+            return np.zeros((0,), dtype=np.float32) if finish is None else finish(np.zeros((0, *self.codec_.spec.shape), dtype=np.float32))
+        joined = np.concatenate(outs)
+        return joined if finish is not None else joined.astype(np.float32, copy=False)
 
     def _reconstruction_error(self, x: np.ndarray) -> np.ndarray:
-        """Mean squared reconstruction error per example in model space: (N, *shape) -> (N,)."""
+        """Mean squared reconstruction error per example in model space: validated input
+        (N, *input_shape) -> (N,), converted batch by batch."""
 
         def err(batch: torch.Tensor, _: int) -> torch.Tensor:
             recon = self.model_.reconstruct(batch)  # type: ignore[operator]
             return (recon - batch).pow(2).reshape(len(batch), -1).mean(dim=1)
 
-        return self._batched(err, x)
+        return self._batched(err, x, self.codec_.to_model)
 
     # -- pickling -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

@@ -88,8 +88,8 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         X = self._validate_input(X)
         model = self.model_
         fn = model.denoise if hasattr(model, "denoise") else model.reconstruct  # type: ignore[attr-defined]
-        out = self._batched(lambda b, _: fn(b), self.codec_.to_model(X))
-        return self.codec_.from_model(out, self.codec_.output_dtype(given))
+        dtype = self.codec_.output_dtype(given)
+        return self._batched(lambda b, _: fn(b), X, self.codec_.to_model, lambda out: self.codec_.from_model(out, dtype))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

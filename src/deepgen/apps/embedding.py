@@ -73,7 +73,7 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
     def transform(self, X: Any) -> np.ndarray:
         """Codes (N, latent_dim) float32 of X, batch by batch."""
         X = self._validate_input(X)
-        return self._batched(lambda b, _: self.model_.encode(b), self.codec_.to_model(X))
+        return self._batched(lambda b, _: self.model_.encode(b), X, self.codec_.to_model)
 
     def inverse_transform(self, X: Any) -> np.ndarray:
         """Codes (N, latent_dim) -> the decoded mean in the training data's space and shape."""
@@ -83,8 +83,8 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
         codes = check_array(X, dtype=np.float32)
         if codes.shape[1] != self._n_features_out:
             raise ValueError(f"codes have {codes.shape[1]} features, but the embedding has {self._n_features_out}.")
-        decoded = self._batched(lambda b, _: self.model_.decode(b), codes)
-        return self.codec_.from_model(decoded, self.codec_.output_dtype(None))
+        dtype = self.codec_.output_dtype(None)
+        return self._batched(lambda b, _: self.model_.decode(b), codes, finish=lambda out: self.codec_.from_model(out, dtype))
 
     @property
     def _n_features_out(self) -> int:
