@@ -626,7 +626,12 @@ class Trainer:
                 self._eager_runs[phase.name] = runs + 1
                 self._phase_step(phase, opt, batch)
                 return
-            graph = PhaseGraph(lambda b: self._phase_step(phase, opt, b), batch, self._stream, f"{self.model_name}/{phase.name}")
+            # With compile: the warm-up runs compiled the step; a recompilation inside the
+            # capture (a guard that changed) cannot be captured, so it fails at once, as
+            # one clear error, instead of compiling under capture.
+            stance = torch.compiler.set_stance("fail_on_recompile") if self.config.compile else nullcontext()
+            with stance:
+                graph = PhaseGraph(lambda b: self._phase_step(phase, opt, b), batch, self._stream, f"{self.model_name}/{phase.name}")
             self._graphs[phase.name] = graph
         graph.replay(batch)
 
