@@ -6,6 +6,8 @@
 #     BATCHES=128 SAMPLE_MODES=compile TAG=-128 bash benchmarks/diffusion_call.sh speed   # a part (BATCHES="": sampling only)
 #     BUDGET=480 bash benchmarks/diffusion_call.sh mnist          # train, then FID against steps (10,000 samples each)
 #     BUDGET=480 bash benchmarks/diffusion_call.sh mnist-resume   # at once, on the same warm machine: train on, score again
+#     bash benchmarks/diffusion_call.sh mnist-eval                # at once: the rest of the FID table, no training
+#     GRID=ddim:1000:0,ddim:1000:1 TAG=-1000 bash benchmarks/diffusion_call.sh mnist-eval
 set -u
 export PYTHONPATH=$PWD/src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-480}
@@ -20,6 +22,11 @@ for job in "$@"; do
            --grid "${GRID:-ddim:10:0,ddim:20:0,ddim:50:0,dpm-solver++:10:0,dpm-solver++:20:0}" --out $OUT/ddpm_$job.json > $OUT/ddpm_$job.log 2>&1 ;;
     mnist-resume|fashion-mnist-resume) d=${job%-resume}; $quality --dataset $d --resume --time-budget $B --run-dir runs/ddpm-$d \
            ${GRID:+--grid $GRID} --bound-stride ${STRIDE:-10} --out $OUT/ddpm_$d.json > $OUT/ddpm_$d.log 2>&1 ;;
+    # No more training: the rest of the table on the same warm machine, e.g.
+    # GRID=ddim:1000:0,ddim:1000:1 (about 4.3 min each with fast sampling).
+    mnist-eval|fashion-mnist-eval) d=${job%-eval}; $quality --dataset $d --resume --time-budget 0 --run-dir runs/ddpm-$d \
+           --grid "${GRID:-ddim:100:0,ddim:10:1,ddim:20:1,ddim:50:1,ddim:100:1}" ${GUIDANCE:+--guidance $GUIDANCE} \
+           --out $OUT/ddpm_${d}_eval${TAG:-}.json > $OUT/ddpm_${d}_eval${TAG:-}.log 2>&1 ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac
 done

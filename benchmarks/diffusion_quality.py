@@ -2,7 +2,8 @@
 
 Trains ``ddpm`` (``--settings``; constant lr and the EMA, the model's defaults) for
 ``--time-budget`` seconds of training, or continues a run folder (``--run-dir`` with
-``--resume``: another ``--time-budget`` seconds, for runs longer than one device call),
+``--resume``: another ``--time-budget`` seconds, for runs longer than one device call;
+``--time-budget 0`` evaluates the saved run without training),
 then, with the EMA weights:
 
 * FID of ``--samples`` samples (10,000 by default) against the test images, with
@@ -28,6 +29,7 @@ import json
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -66,6 +68,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="a tiny network (CPU smoke test)")
+    p.add_argument("--sample-batch", type=int, default=0, help="samples per sampler call for the FID (0: 2,000 on a GPU, the evaluator's 256 elsewhere)")
+    p.add_argument("--fast-sampling", action=argparse.BooleanOptionalAction, default=None,
+                   help="the denoiser under bf16 autocast and torch.compile while sampling for the FID and guidance rows "
+                        "(default: on a GPU); the bound always runs at full precision")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.resume and not args.run_dir:
@@ -88,7 +94,8 @@ def trained(args, device: torch.device) -> Trainer:
         cfg = TrainConfig(epochs=10**6, batch_size=args.batch_size, seed=args.seed, device=str(device), max_seconds=args.time_budget,
                           progress=False, tensorboard=False, log_every=500, val_limit=0, **model.train_defaults)
         trainer = Trainer(model, ds, cfg.with_overrides(parse_assignments(args.train)), run_dir=args.run_dir, data_config=data)
-    trainer.fit()
+    if not (args.resume and args.time_budget <= 0):  # --resume --time-budget 0: evaluate the saved run as it is
+        trainer.fit()
     return trainer
 
 
@@ -101,13 +108,42 @@ def configs(grid: str, timesteps: int) -> list[dict]:
     return out
 
 
+class _Bf16Denoiser(torch.nn.Module):
+    """The denoiser under bf16 autocast, its output back in float32: the samplers' updates
+    and the schedule's coefficients stay at full precision, the network runs in bf16."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(args[0].device.type, dtype=torch.bfloat16):
+            return self.net(*args, **kwargs).float()
+
+
+@contextmanager
+def fast_sampling(model, enabled: bool):
+    """Inside: ``model.denoiser`` is the bf16, compiled one (10,000 samples in 50 DDIM steps:
+    12.8 s against 33.7 s in fp32 eager on an H200, RESULTS.md); the original after."""
+    if not enabled:
+        yield
+        return
+    net = model.denoiser
+    model.denoiser = torch.compile(_Bf16Denoiser(net), dynamic=False)
+    try:
+        yield
+    finally:
+        model.denoiser = net
+
+
 def fid_row(model, ds, over: dict, args, device: torch.device, labels: bool = False) -> dict:
     """FID (and its sampling time) of the model under the config overrides ``over``."""
     base = model.config
     model.config = base.replace(**over)
     try:
         t0 = time.perf_counter()
-        r = evaluate(model, ds, ["fid"], limit=args.samples, seed=args.seed, device=device, data_dir=args.data_dir, progress=False)
+        r = evaluate(model, ds, ["fid"], limit=args.samples, seed=args.seed, device=device, data_dir=args.data_dir, progress=False,
+                     batch_size=args.sample_batch)
         row = {**over, "fid": r["fid"], "n": r["quality_n"], "seconds": round(time.perf_counter() - t0, 1)}
         if args.pictures:
             cond = torch.arange(64, device=device) % model.num_classes if model.num_classes and labels else None
@@ -144,18 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     if args.pictures:
         Path(args.pictures).mkdir(parents=True, exist_ok=True)
-    rows = [fid_row(model, full, over, args, device) for over in configs(args.grid, model.config.timesteps)]
-    for r in rows:
-        print(json.dumps(r), flush=True)
-    guided = []
-    for g in (float(s) for s in args.guidance.split(",") if s):
-        sampler, steps, eta = args.guidance_config.split(":")
-        over = {"sampler": sampler, "steps": min(int(steps), model.config.timesteps), "eta": float(eta), "guidance": g}
-        row = fid_row(model, full, over, args, device, labels=True)
-        if args.dataset == "mnist":
-            row["classifier_accuracy"] = guidance_accuracy(model, full, g, args, device)
-        guided.append(row)
-        print(json.dumps(row), flush=True)
+    gpu = device.type == "cuda"
+    args.sample_batch = args.sample_batch or (2000 if gpu else 256)
+    fast = gpu if args.fast_sampling is None else args.fast_sampling
+    rows, guided = [], []
+    with fast_sampling(model, fast):
+        for over in configs(args.grid, model.config.timesteps):
+            rows.append(fid_row(model, full, over, args, device))
+            print(json.dumps(rows[-1]), flush=True)
+        for g in (float(s) for s in args.guidance.split(",") if s):
+            sampler, steps, eta = args.guidance_config.split(":")
+            over = {"sampler": sampler, "steps": min(int(steps), model.config.timesteps), "eta": float(eta), "guidance": g}
+            row = fid_row(model, full, over, args, device, labels=True)
+            if args.dataset == "mnist":
+                row["classifier_accuracy"] = guidance_accuracy(model, full, g, args, device)
+            guided.append(row)
+            print(json.dumps(row), flush=True)
     bound = None
     if args.bound_stride:
         model.config = model.config.replace(bound_stride=args.bound_stride)
@@ -167,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "dataset": args.dataset, "settings": model.config.to_dict(), "train": trainer.config.to_dict(), "steps": trainer.step,
         "train_seconds": round(trainer.seconds, 1), "parameters": sum(q.numel() for q in model.parameters()), "fid": rows,
-        "guidance": guided, "bound": bound, "hardware": hardware(device), "torch": torch.__version__,
+        "guidance": guided, "bound": bound, "fast_sampling": fast, "sample_batch": args.sample_batch, "hardware": hardware(device), "torch": torch.__version__,
         "command": "python " + shlex.join(sys.argv), "resumed": args.resume,
     }
     print("\n| sampler | steps | eta | FID | sampling seconds |")

@@ -362,3 +362,22 @@ def test_vae_nll_benchmark_takes_settings_binarization_and_the_iwae_schedule(rea
 
     with pytest.raises(UserError, match="latnet_dim"):
         vae.main(["--data-dir", str(real_data_dir), "--device", "cpu", "--epochs", "1", "--k", "2", "--max-train", "100", "--settings", "latnet_dim=8"])
+
+
+def test_diffusion_quality_fast_sampling_runs_the_denoiser_in_bf16_only(real_data_dir: Path) -> None:
+    """The quality script's fast sampling: the denoiser under bf16 autocast with a float32
+    output (close to the full-precision one), swapped in only inside the context."""
+    import deepgen
+    from deepgen.data import DataSpec
+
+    dq = _load("diffusion_quality")
+    model = deepgen.create_model("ddpm", DataSpec((1, 8, 8), "continuous", num_levels=256), **dq.TINY).eval()
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0.0, 5.0, 10.0, 19.0])
+    with torch.no_grad():
+        full = model.denoiser(x, t, None)
+        half = dq._Bf16Denoiser(model.denoiser)(x, t, None)
+    assert half.dtype == torch.float32 and torch.allclose(half, full, atol=0.05, rtol=0.05)
+    net = model.denoiser
+    with dq.fast_sampling(model, False):
+        assert model.denoiser is net
+    assert model.denoiser is net
