@@ -162,28 +162,60 @@ def test_iwae_training_figures_print_as_losses_in_nats():
     assert plain == {"loss (-ELBO)"}
 
 
-def test_kl_warmup_ramps_the_kl_weight_over_training_batches_only():
-    """kl_warmup=N: the t-th training batch weighs the KL by beta * min(1, t / N); eval mode
+def test_kl_warmup_ramps_the_kl_weight_over_optimizer_steps():
+    """kl_warmup=N: the t-th optimizer step weighs the KL by beta * min(1, t / N), counted by
+    the phase's after-step hook (every micro-batch of a grad_accum step alike); eval mode
     (validation) uses beta itself; the count is saved with the weights (resume goes on)."""
     x = SUPPORT[::3]
     model = tiny_vae(kl_warmup=4, latent_dim=2).train()
+    (phase,) = model.phases()
     for t in range(1, 7):
-        torch.manual_seed(t)
-        out = model.loss(Batch(x))
-        weight = min(1.0, t / 4)
-        assert float(out.logs["kl_weight"]) == pytest.approx(weight)
-        torch.testing.assert_close(out.loss.detach(), (out.logs["recon"] + weight * out.logs["kl"]))
-    assert float(model.state_dict()["kl_batches"]) == 6
+        for _ in range(2):  # two micro-batches of one step: the same weight
+            torch.manual_seed(t)
+            out = model.loss(Batch(x))
+            weight = min(1.0, t / 4)
+            assert float(out.logs["kl_weight"]) == pytest.approx(weight)
+            torch.testing.assert_close(out.loss.detach(), (out.logs["recon"] + weight * out.logs["kl"]))
+        phase.after_step()
+    assert float(model.state_dict()["kl_steps"]) == 6
     model.eval()
     torch.manual_seed(0)
     out = model.loss(Batch(x))
-    assert "kl_weight" not in out.logs and float(model.kl_batches) == 6
+    assert "kl_weight" not in out.logs and float(model.kl_steps) == 6
     torch.testing.assert_close(out.loss.detach(), out.logs["recon"] + out.logs["kl"])
-    assert "kl_batches" not in tiny_vae(latent_dim=2).state_dict()  # runs without warm-up keep their weights
+    plain = tiny_vae(latent_dim=2)
+    assert "kl_steps" not in plain.state_dict() and plain.phases()[0].after_step is None  # runs without warm-up as they were
     with pytest.raises(UserError, match="kl_warmup=5 ramps the KL term of objective=elbo"):
         tiny_vae(kl_warmup=5, objective="iwae")
     with pytest.raises(UserError, match="kl_warmup must be >= 0"):
         tiny_vae(kl_warmup=-1)
+
+
+def test_kl_warmup_counts_the_trainers_steps_not_its_micro_batches():
+    import deepgen
+    from deepgen.training import TrainConfig, Trainer
+
+    ds = deepgen.load_dataset("digits", max_train=256)
+    model = deepgen.create_model("vae", ds, hidden=(16,), latent_dim=2, kl_warmup=100)
+    Trainer(model, ds, TrainConfig(max_steps=10, batch_size=64, grad_accum=4, progress=False, tensorboard=False, log_every=5)).fit()
+    assert float(model.kl_steps) == 10
+
+
+def test_dreg_trains_under_torch_compile():
+    """The DReG hook is registered outside the compiled graph (a graph break): the compiled
+    loss gives the eager gradients, one and two stochastic layers."""
+    for extra in ({}, TWO_LAYERS):
+        model = tiny_vae(objective="iwae", estimator="dreg", train_k=4, latent_dim=2, **extra)
+        x = SUPPORT[::2]
+        grads = []
+        for loss in (model.loss, torch.compile(model.loss, backend="aot_eager", dynamic=False)):
+            model.zero_grad()
+            torch.manual_seed(3)
+            loss(Batch(x)).loss.backward()
+            grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        assert len(grads[0]) == len(grads[1]) > 0
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
 def test_elbo_objective_with_several_samples_averages_the_reconstruction():
@@ -509,3 +541,18 @@ def test_training_samples_default_by_objective():
 def test_bad_settings_say_what_is_accepted(bad, message):
     with pytest.raises(UserError, match=message):
         VAEConfig(**bad)
+
+
+@pytest.mark.parametrize("extra", [{}, {"stochastic_layers": 2, "latent_dim2": 2, "hidden2": (8,)}, {"posterior": "iaf", "iaf_hidden": (8,)}],
+                         ids=["one-layer", "two-layers", "iaf"])
+def test_codes_and_log_densities_stay_float32_under_bf16_autocast(extra):
+    """Under bf16=true the networks' matmuls run in bf16, but the codes, their noise and
+    every log-density term of the bound are float32 (a bf16 code lattice scored as a
+    continuous density would be off by nats)."""
+    model = VAE(VAEConfig(hidden=(16,), latent_dim=2, objective="iwae", train_k=3, **extra), SPEC)
+    x = SUPPORT[::4].float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = model._encoder_outputs(x, None)
+        log_px_z, log_ratio = model._draw(x, None, q, 3)
+    assert all(t is None or t.dtype == torch.float32 for t in q)
+    assert log_ratio.dtype == torch.float32 and log_px_z.dtype == torch.float32

@@ -25,6 +25,7 @@ Shapes: ``N`` examples, ``L = latent_dim`` (z1's size), ``L2 = latent_dim2`` (z2
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from ..nn.layers import ACTIVATIONS, MLPEncoder, make_decoder, make_encoder
 from ..nn.likelihoods import make_head
 from ..nn.masked import MADE
 from ..registry import register
-from .base import GenerativeModel, Likelihood, LossOutput
+from .base import GenerativeModel, Likelihood, LossOutput, Phase
 from .latent import EncoderDecoderConfig, LatentCodeMixin
 from .networks import Network
 
@@ -87,7 +88,7 @@ class VAEConfig(EncoderDecoderConfig):
     iaf_hidden: tuple[int, ...] = (64, 64)  # hidden widths of each step's MADE
     iaf_context: int = 16  # width of the context h the encoder outputs for the flow; 0: none
     # KL warm-up (Bowman et al. 2016; Sonderby et al. 2016): objective=elbo's KL weight rises
-    # linearly from 0 to beta over this many training batches; 0 = off. Validation and the
+    # linearly from 0 to beta over this many optimizer steps; 0 = off. Validation and the
     # figures always use beta itself.
     kl_warmup: int = 0
 
@@ -116,7 +117,7 @@ class VAEConfig(EncoderDecoderConfig):
             f"iaf_hidden must be one or more sizes >= 1 (each step's MADE needs a hidden layer), got {self.iaf_hidden}",
         )
         self.check(self.iaf_context >= 0, f"iaf_context must be >= 0 (0 = no context), got {self.iaf_context}")
-        self.check(self.kl_warmup >= 0, f"kl_warmup must be >= 0 training batches (0 = off), got {self.kl_warmup}")
+        self.check(self.kl_warmup >= 0, f"kl_warmup must be >= 0 optimizer steps (0 = off), got {self.kl_warmup}")
         self.check(
             not self.kl_warmup or self.objective == "elbo",
             f"kl_warmup={self.kl_warmup} ramps the KL term of objective=elbo; the IWAE bound has no separate KL term. "
@@ -167,6 +168,13 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(dim=-1)
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """t in float32 when it came out of a bf16 / fp16 layer (autocast), else as it is: the
+    codes, their noise and every log-density term stay at full precision under bf16=true
+    (the networks' matmuls still run in bf16)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def _repeat(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
     """(N, ...) -> (k*N, ...), sample-major: row i*N + n is example n's i-th copy."""
     return None if t is None else t.expand(k, *t.shape).reshape(k * len(t), *t.shape[1:])
@@ -199,7 +207,7 @@ class IAFStep(nn.Module):
     def forward(self, z: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # Reversing z before the MADE and its outputs after it is a MADE in the reversed order.
         out = self.made(z.flip(-1), h).flip(1) if self.reverse else self.made(z, h)  # (M, L, 2)
-        m, s = out.unbind(dim=-1)  # (M, L) each
+        m, s = _full(out).unbind(dim=-1)  # (M, L) each, full precision (sigma and log sigma must agree)
         s = s + _IAF_GATE_BIAS
         sigma = torch.sigmoid(s)
         return sigma * z + (1.0 - sigma) * m, F.logsigmoid(s)
@@ -241,6 +249,7 @@ class _DReGWeights:
     def __init__(self) -> None:
         self.weights: torch.Tensor | None = None
 
+    @torch.compiler.disable  # a graph break: the hook is registered in eager autograd (dynamo cannot trace it)
     def track(self, z: torch.Tensor) -> torch.Tensor:
         """An alias of z (K, N, L), the same values, whose gradient is scaled by w~ (K, N)."""
         alias = z.view_as(z)
@@ -308,11 +317,20 @@ class VAE(LatentCodeMixin, GenerativeModel):
             self.decoder2 = MLPEncoder((c.latent_dim2,), tuple(reversed(c.hidden2)), 2 * c.latent_dim, c.activation, cond_dim)
         self.flow = IAF(c.latent_dim, c.iaf_steps, c.iaf_hidden, c.context_dim, c.activation) if c.posterior == "iaf" else None
         if c.kl_warmup:
-            # Training batches seen, for the KL warm-up: a device counter updated in place
-            # inside the loss (so CUDA graphs and compile keep it), saved with the weights so
-            # that a resumed run goes on with the same weight. Only then: run folders
-            # without warm-up keep the weights they had.
-            self.register_buffer("kl_batches", torch.zeros((), dtype=torch.float32))
+            # Optimizer steps taken, for the KL warm-up: a device counter that the phase's
+            # after_step hook moves in place after each step (so CUDA graphs capture it and
+            # every micro-batch of a grad_accum step has the same weight), saved with the
+            # weights so that a resumed run goes on with the same weight. Only then: run
+            # folders without warm-up keep the weights they had.
+            self.register_buffer("kl_steps", torch.zeros((), dtype=torch.float32))
+
+    def phases(self) -> list[Phase]:
+        """The one ``main`` phase; with ``kl_warmup`` its after-step hook counts the steps."""
+        (main,) = super().phases()
+        return [dataclasses.replace(main, after_step=self._count_step)] if self.config.kl_warmup else [main]
+
+    def _count_step(self) -> None:
+        self.kl_steps.add_(1.0)
 
     @classmethod
     def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
@@ -342,6 +360,7 @@ class VAE(LatentCodeMixin, GenerativeModel):
         x = self.encoder_input(x)
         out = self.encoder(x) if c is None else self.encoder(x, c)  # (N, 2L + H)
         L = self.config.latent_dim
+        out = _full(out)
         h = out[:, 2 * L:] if self.config.context_dim else None
         return out[:, :L], out[:, L:2 * L], h
 
@@ -353,7 +372,7 @@ class VAE(LatentCodeMixin, GenerativeModel):
     @staticmethod
     def _gaussian(net: nn.Module, z: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar (M, out) of a Gaussian layer ``net`` (q(z2 | z1) or p(z1 | z2)) at z (M, in)."""
-        return net(z, c).chunk(2, dim=-1)
+        return _full(net(z, c)).chunk(2, dim=-1)
 
     @property
     def dequantizes(self) -> bool:
@@ -455,8 +474,8 @@ class VAE(LatentCodeMixin, GenerativeModel):
         logs: dict[str, torch.Tensor] = {}
         beta: float | torch.Tensor = self.config.beta
         if self.config.kl_warmup and self.training:
-            self.kl_batches.add_(1.0)
-            beta = self.config.beta * (self.kl_batches / self.config.kl_warmup).clamp(max=1.0)
+            # The (t+1)-th optimizer step (t taken so far) weighs the KL by beta (t+1) / N.
+            beta = self.config.beta * ((self.kl_steps + 1.0) / self.config.kl_warmup).clamp(max=1.0)
             logs["kl_weight"] = beta.detach()
         loss = (recon + beta * kl).mean()
         recon_mean, kl_mean = recon.mean().detach(), kl.mean().detach()
