@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 
 import numpy as np
@@ -36,6 +34,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
+from timing import common_args, write_record
 
 import deepgen
 from deepgen.apps import AutoencoderOutlierDetector
@@ -120,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny networks and data (CPU smoke test)")
-    p.add_argument("--out", default=None)
+    common_args(p)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     models = {m: (TINY if args.tiny else MODELS)[m] for m in args.models.split(",")}
@@ -137,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         values = [r["auroc"] for r in rows if (r["dataset"], r["detector"]) == key]
         print(f"| {key[0]} | {key[1]} | {100 * np.mean(values):.1f} ({len(values)}) |")
     if args.out:
-        record = {"rows": rows, "hardware": hardware(device), "torch": torch.__version__, "command": "python " + shlex.join(sys.argv)}
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=2)
+        write_record(args.out, rows, hardware(device))
     return 0
 
 

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 
 import numpy as np
-import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
+from timing import common_args, write_record
 
 import deepgen
 from deepgen.apps import AutoencoderDenoiser
@@ -82,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny network and data (CPU smoke test)")
-    p.add_argument("--out", default=None)
+    common_args(p, "tiny network and data (CPU smoke test)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     rng = np.random.default_rng(args.seed)
@@ -126,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             cells = " | ".join(f"{r[m]['psnr']:.2f} dB / {r[m]['ssim']:.3f}" for m in ("noisy", "deepgen", "nl-means", "tv"))
             print(f"| {name} | {sigma:g} | {cells} | {r['deepgen']['psnr'] - best:+.2f} |")
     if args.out:
-        record = {"rows": rows, "hardware": hardware(device), "torch": torch.__version__, "command": "python " + shlex.join(sys.argv)}
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=2)
+        write_record(args.out, rows, hardware(device))
     return 0
 
 

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 
 import numpy as np
-import torch
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from timing import common_args, write_record
 
 import deepgen
 from deepgen.apps import AutoencoderEmbedding
@@ -82,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--few", type=int, default=100, help="labels per class for the few-label rows (0: none)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny networks and data (CPU smoke test)")
-    p.add_argument("--out", default=None)
+    common_args(p)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     models = TINY if args.tiny else MODELS
@@ -119,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['dataset']} | {r['dim']} | {r['embedding']} | {100 * r['probe']:.1f} | {100 * r['knn']:.1f} "
               f"| {100 * r.get('probe_few', float('nan')):.1f} | {100 * r.get('knn_few', float('nan')):.1f} |")
     if args.out:
-        record = {"rows": rows, "hardware": hardware(device), "torch": torch.__version__, "command": "python " + shlex.join(sys.argv),
-                  "epochs": args.epochs, "lr": args.lr}
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=2)
+        write_record(args.out, rows, hardware(device), epochs=args.epochs, lr=args.lr)
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import sync, write_record
+from timing import common_args, sync, write_record
 
 import deepgen
 from deepgen.apps import AutoencoderDenoiser, AutoencoderEmbedding, AutoencoderOutlierDetector
@@ -100,12 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rows", default="10000,60000,240000", help="rows given to transform / score_samples")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny networks and data (CPU smoke test)")
-    p.add_argument("--out", default=None)
+    common_args(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

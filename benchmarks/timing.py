@@ -3,6 +3,7 @@ and keeping the best validation epoch's weights (ar_mnist_nll.py, flow_tables.py
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import shlex
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,10 +88,21 @@ def guarded(row: dict, key: str, fn, *args, **kwargs) -> None:
             torch.cuda.empty_cache()
 
 
-def write_record(path: str, rows: list[dict], hardware: str) -> None:
-    """The measured rows as JSON, with the hardware, torch and Python versions and the command."""
-    record = {"rows": rows, "hardware": hardware, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv), "python": platform.python_version()}
+def write_record(path: str, rows: list[dict], hardware: str, **extra: Any) -> None:
+    """The measured rows as JSON, with the hardware, torch and Python versions, the command
+    and ``extra`` facts of the run (settings every row shares)."""
+    record = {"rows": rows, "hardware": hardware, "torch": torch.__version__, "command": "python " + shlex.join(sys.argv),
+              "python": platform.python_version(), **extra}
     Path(path).write_text(json.dumps(record, indent=2))
+
+
+def common_args(p: argparse.ArgumentParser, tiny: str = "tiny networks and data (CPU smoke test)") -> None:
+    """The options every measurement script shares: --data-dir, --device, --seed, --tiny, --out."""
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help=tiny)
+    p.add_argument("--out", default=None)
 
 
 class BestWeights:

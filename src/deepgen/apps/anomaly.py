@@ -17,11 +17,12 @@ from ..data.dequantize import dequantize, levels_of
 from ..errors import UserError
 from ..metrics.evaluate import likelihood_of
 from ..models.base import GenerativeModel, LogProb, Reconstructor
+from ..models.vae import IWAE_ELEMENTS_PER_CALL
 from .base import AutoencoderEstimator, models_with
 
 # Outputs (rows x importance samples x data elements) per vmapped scoring call: the VAE's
-# own budget per decoder call (models.vae: 2^24 float32 values, 64 MiB).
-_ELEMENTS_PER_CALL = 2**24
+# own budget per decoder call (2^24 float32 values, 64 MiB).
+_ELEMENTS_PER_CALL = IWAE_ELEMENTS_PER_CALL
 
 SCORES = ("reconstruction", "likelihood")
 

@@ -39,7 +39,7 @@ from torch.func import functional_call
 from ..data.dataset import Batch, DataSpec
 from ..data.dequantize import dequantize
 from ..nn.layers import ACTIVATIONS, MLPEncoder, make_decoder, make_encoder
-from ..nn.likelihoods import make_head
+from ..nn.likelihoods import at_least_float32, make_head
 from ..nn.masked import MADE
 from ..registry import register
 from .base import GenerativeModel, Likelihood, LossOutput, Phase
@@ -50,7 +50,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 # log_prob decodes at most this many output elements (rows x P x D) per decoder call when
 # ``iwae_chunk=0``: 2^24 float32 values is 64 MiB, small next to a GPU and fine on a CPU.
-_IWAE_ELEMENTS_PER_CALL = 2**24
+IWAE_ELEMENTS_PER_CALL = 2**24
 
 # Importance samples per example in training with objective=iwae and train_k=0: Burda et
 # al. 2016's k = 50, the setting of their best rows (Table 1).
@@ -168,13 +168,6 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(dim=-1)
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """t in float32 when it came out of a bf16 / fp16 layer (autocast), else as it is: the
-    codes, their noise and every log-density term stay at full precision under bf16=true
-    (the networks' matmuls still run in bf16)."""
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
-
-
 def _repeat(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
     """(N, ...) -> (k*N, ...), sample-major: row i*N + n is example n's i-th copy."""
     return None if t is None else t.expand(k, *t.shape).reshape(k * len(t), *t.shape[1:])
@@ -207,7 +200,7 @@ class IAFStep(nn.Module):
     def forward(self, z: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # Reversing z before the MADE and its outputs after it is a MADE in the reversed order.
         out = self.made(z.flip(-1), h).flip(1) if self.reverse else self.made(z, h)  # (M, L, 2)
-        m, s = _full(out).unbind(dim=-1)  # (M, L) each, full precision (sigma and log sigma must agree)
+        m, s = at_least_float32(out).unbind(dim=-1)  # (M, L) each, full precision (sigma and log sigma must agree)
         s = s + _IAF_GATE_BIAS
         sigma = torch.sigmoid(s)
         return sigma * z + (1.0 - sigma) * m, F.logsigmoid(s)
@@ -360,7 +353,7 @@ class VAE(LatentCodeMixin, GenerativeModel):
         x = self.encoder_input(x)
         out = self.encoder(x) if c is None else self.encoder(x, c)  # (N, 2L + H)
         L = self.config.latent_dim
-        out = _full(out)
+        out = at_least_float32(out)
         h = out[:, 2 * L:] if self.config.context_dim else None
         return out[:, :L], out[:, L:2 * L], h
 
@@ -372,7 +365,7 @@ class VAE(LatentCodeMixin, GenerativeModel):
     @staticmethod
     def _gaussian(net: nn.Module, z: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar (M, out) of a Gaussian layer ``net`` (q(z2 | z1) or p(z1 | z2)) at z (M, in)."""
-        return _full(net(z, c)).chunk(2, dim=-1)
+        return at_least_float32(net(z, c)).chunk(2, dim=-1)
 
     @property
     def dequantizes(self) -> bool:
@@ -568,7 +561,7 @@ class VAE(LatentCodeMixin, GenerativeModel):
         if self.config.iwae_chunk:
             return min(self.config.iwae_chunk, k)
         per_row = self.head.num_params * self.spec.dim
-        return max(1, min(k, _IWAE_ELEMENTS_PER_CALL // max(1, n * per_row)))
+        return max(1, min(k, IWAE_ELEMENTS_PER_CALL // max(1, n * per_row)))
 
     @torch.no_grad()
     def log_prob(

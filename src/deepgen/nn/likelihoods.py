@@ -280,7 +280,7 @@ MIN_LOG_S = -7.0
 _MEAN_CHUNK_ELEMENTS = 1 << 24
 
 
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     """Half / bfloat16 (bf16 autocast) parameters are upcast: ``(x - mu) / s`` with s = e^-7
     needs more than bf16's 8 mantissa bits. A dtype check, not a data-dependent branch."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -337,7 +337,7 @@ class LogisticMixture(LikelihoodHead):
     def log_bin_probs(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log P(x | component i) per component: params (N, 3K, *shape), x (N, *shape) ->
         (N, K, *shape). Exact in both tails; see :meth:`nll`."""
-        _, mu, log_s = self._split(_at_least_float32(params))
+        _, mu, log_s = self._split(at_least_float32(params))
         levels = self.levels
         # Work in units of h = 1 / (L - 1) (half a level), where bin k = [x_k - h, x_k + h],
         # x_k = -1 + 2k / (L - 1), is [2k - L, 2k - L + 2]: snap x to its level k (as
@@ -382,7 +382,7 @@ class LogisticMixture(LikelihoodHead):
         torch ops only (no host synchronisation, no data-dependent Python branches), so it
         can run inside a captured CUDA graph; gradients are finite for every finite input.
         """
-        log_pi = F.log_softmax(_at_least_float32(params).split(self.k, dim=1)[0], dim=1)
+        log_pi = F.log_softmax(at_least_float32(params).split(self.k, dim=1)[0], dim=1)
         log_p = torch.logsumexp(self.log_bin_probs(params, x) + log_pi, dim=1)  # (N, *shape)
         return -_sum_per_example(log_p)
 
@@ -399,7 +399,7 @@ class LogisticMixture(LikelihoodHead):
         the L - 1 inner edges only, evaluated in chunks (:class:`_MeanOverEdges`) so memory is
         O(N K D chunk), not O(N K D L); differentiable in all parameters; no host sync.
         """
-        logit_pi, mu, log_s = self._split(_at_least_float32(params))
+        logit_pi, mu, log_s = self._split(at_least_float32(params))
         levels = self.levels
         # In units of h = 1 / (L - 1), as in log_bin_probs: e_j = 2j - L exactly, mu -> mu / h.
         edges = 2.0 * torch.arange(1, levels, device=mu.device, dtype=mu.dtype) - levels  # (L-1,)
@@ -482,7 +482,7 @@ class MixtureDensity(LikelihoodHead):
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, P, *shape) -> log pi (N, K) and the components' parameters (N, K, C, *shape),
         in at least float32 (bf16 autocast is upcast)."""
-        params = _at_least_float32(params)
+        params = at_least_float32(params)
         n, k = len(params), self.k
         log_pi = F.log_softmax(params[:, :k].reshape(n, k, -1).mean(dim=2), dim=1)  # (N, K)
         comp = params[:, k:].reshape(n, k, self.component.num_params, *params.shape[2:])
