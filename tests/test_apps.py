@@ -138,6 +138,24 @@ def test_denoiser_lowers_the_error(digits, layout):
     assert denoised_mse < 0.8 * noisy_mse, (denoised_mse, noisy_mse)
 
 
+def test_denoiser_gives_the_model_unclipped_noise_unless_clip(digits):
+    """Gaussian noise is unclipped in training by default, so transform must not clip the
+    noisy inputs either (that shifted the noise's mean on black pixels); clip=True clamps
+    both the training corruption and transform's inputs to the data's range."""
+    X = digits[0][:200].reshape(-1, 8, 8) / 16.0
+    noisy = X[:20] + 0.5 * np.random.default_rng(1).standard_normal(X[:20].shape)
+    assert noisy.min() < 0 and noisy.max() > 1
+    den = AutoencoderDenoiser(noise="gaussian", noise_level=0.5, **TINY).fit(X)
+    assert den.model_.config.clip is False
+    with torch.no_grad():
+        direct = den.model_.denoise(torch.as_tensor(noisy, dtype=torch.float32).reshape(-1, 1, 8, 8)).reshape(-1, 8, 8).numpy()
+    np.testing.assert_allclose(den.transform(noisy), np.clip(direct, 0, 1), atol=1e-6)
+    assert not np.allclose(den.transform(noisy), den.transform(np.clip(noisy, 0, 1)))
+    clipped = AutoencoderDenoiser(noise="gaussian", noise_level=0.5, clip=True, **TINY).fit(X)
+    assert clipped.model_.config.clip is True
+    np.testing.assert_array_equal(clipped.transform(noisy), clipped.transform(np.clip(noisy, 0, 1)))
+
+
 def test_denoiser_maps_other_corruptions_and_refuses_plain_models(digits):
     X = digits[0][:100]
     den = AutoencoderDenoiser(noise="masking", noise_level=0.5, **TINY).fit(X)
@@ -445,7 +463,7 @@ def test_inference_converts_batch_by_batch(digits, monkeypatch):
     for est in (emb, den, det):
         codec = est.codec_
         to_model, from_model = codec.to_model, codec.from_model
-        monkeypatch.setattr(codec, "to_model", lambda part, f=to_model: sizes.append(len(part)) or f(part))
+        monkeypatch.setattr(codec, "to_model", lambda part, f=to_model, **kw: sizes.append(len(part)) or f(part, **kw))
         monkeypatch.setattr(codec, "from_model", lambda out, *a, f=from_model: sizes.append(len(out)) or f(out, *a))
     got = (emb.transform(X), den.transform(X), det.score_samples(X))
     assert max(sizes) <= TINY["batch_size"] and sum(sizes) == 4 * len(X)  # three inputs, one output, in batches

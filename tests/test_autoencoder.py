@@ -191,6 +191,17 @@ def test_corruption_randomness_comes_from_the_generator_or_the_global_rng():
     assert torch.equal(c, model.corrupt(x))
 
 
+def test_gaussian_corruption_clips_to_the_data_range_only_when_asked():
+    x = data(BINARY)
+    plain, clipped = (build("denoising-ae", BINARY, corruption="gaussian", noise=0.8, clip=c) for c in (False, True))
+    torch.manual_seed(3)
+    free = plain.corrupt(x)
+    torch.manual_seed(3)
+    bounded = clipped.corrupt(x)
+    assert free.min() < 0 and free.max() > 1  # the noise as drawn
+    torch.testing.assert_close(bounded, free.clamp(0, 1))
+
+
 @pytest.mark.parametrize("corruption", ["gaussian", "masking", "salt-pepper"])
 def test_denoising_loss_reconstructs_the_clean_input(corruption):
     torch.manual_seed(0)

@@ -156,14 +156,15 @@ class ArrayCodec:
         """What ``Dataset.state`` keeps to undo the preprocessing (tables: mean and std)."""
         return {} if self.mean is None or self.std is None else {"mean": self.mean, "std": self.std}
 
-    def to_model(self, X: np.ndarray) -> np.ndarray:
+    def to_model(self, X: np.ndarray, clip: bool = True) -> np.ndarray:
         """Validated input (N, *input_shape) -> model space (N, *spec.shape), float32.
-        Image values are clipped to the training range [low, high]."""
+        Image values are clipped to the training range [low, high] unless ``clip`` is False
+        (a denoiser's noisy inputs, which its training corruption left unclipped)."""
         if not self.image:
             assert self.mean is not None and self.std is not None
             return ((np.asarray(X, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
         x = (np.asarray(X, dtype=np.float64) - self.low) / (self.high - self.low)
-        x = np.clip(x, 0.0, 1.0).astype(np.float32)
+        x = (np.clip(x, 0.0, 1.0) if clip else x).astype(np.float32)
         if self.channels_last:
             return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return x.reshape(len(X), *self.spec.shape)

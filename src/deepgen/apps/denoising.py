@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,11 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
     * ``"masking"``: each value set to 0 with probability noise_level;
     * ``"salt-pepper"``: a fraction noise_level of values set to the data's min or max.
 
+    ``clip``: False (default), Gaussian noise is left as drawn, beyond the data's range, and
+    ``transform`` passes its noisy images to the model unclipped; True, the training
+    corruption is clamped to the data's range (noisy images saved as 8-bit files are) and
+    ``transform`` clips its inputs likewise. Train the way the noisy data was made.
+
     ``transform`` returns arrays of X's shape and layout, in X's value range (images are
     clipped to the training range; tables are un-standardised), dtype float64 unless X is
     float32, or X's integer dtype for integer images fitted as 8-bit data (uint8 -> uint8,
@@ -52,6 +58,7 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         random_state: int | None = None,
         verbose: bool = False,
         layout: str = "auto",
+        clip: bool = False,
     ) -> None:
         self.model = model
         self.settings = settings
@@ -65,6 +72,7 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         self.random_state = random_state
         self.verbose = verbose
         self.layout = layout
+        self.clip = clip
 
     def _check_model(self, cls: type[GenerativeModel]) -> None:
         if self.noise not in NOISES:
@@ -76,7 +84,8 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
             )
 
     def _extra_settings(self) -> dict[str, Any]:
-        return {"corruption": self.noise, "noise": float(self.noise_level)}
+        # clip only when asked, so that a user's own model without the setting still fits.
+        return {"corruption": self.noise, "noise": float(self.noise_level), **({"clip": True} if self.clip else {})}
 
     def fit(self, X: Any, y: Any = None) -> AutoencoderDenoiser:
         """Train on clean X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); ``y`` is ignored."""
@@ -89,7 +98,9 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         model = self.model_
         fn = model.denoise if hasattr(model, "denoise") else model.reconstruct  # type: ignore[attr-defined]
         dtype = self.codec_.output_dtype(given)
-        return self._batched(lambda b, _: fn(b), X, self.codec_.to_model, lambda out: self.codec_.from_model(out, dtype))
+        # Unclipped noisy inputs reach the model as they are, as the training corruption made
+        # them (session 9: clipping them shifted the noise's mean on black pixels and cost dBs).
+        return self._batched(lambda b, _: fn(b), X, partial(self.codec_.to_model, clip=self.clip), lambda out: self.codec_.from_model(out, dtype))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -86,6 +86,10 @@ class DenoisingAEConfig(AEConfig):
 
     corruption: Literal["gaussian", "masking", "salt-pepper"] = "masking"
     noise: float = 0.25  # gaussian: the noise std; masking / salt-pepper: fraction corrupted
+    # gaussian: clamp the corrupted copy to the data's range, as noisy images saved in 8 bits
+    # are. Off by default: the noise stays as drawn, so the model learns from inputs beyond
+    # the range, and a denoiser must then be given its noisy inputs unclipped too.
+    clip: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -368,7 +372,8 @@ class DenoisingAutoencoder(Autoencoder):
         """A corrupted copy of x (N, *shape), with randomness from ``generator`` or, when
         None, torch's global RNG (which the trainer saves, so a resumed run is exact)."""
         low, high = self._bounds(x)
-        return CORRUPTIONS[self.config.corruption](x, self.config.noise, low, high, generator)
+        out = CORRUPTIONS[self.config.corruption](x, self.config.noise, low, high, generator)
+        return torch.maximum(torch.minimum(out, high), low) if self.config.clip else out
 
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction mean of a (possibly noisy) input: (N, *shape) -> (N, *shape)."""
