@@ -45,15 +45,17 @@ from deepgen.training import resolve_device
 MODELS = {
     "ae-conv": ("ae", {"network": "conv", "channels": (32, 64)}, "reconstruction"),
     "vae-conv": ("vae", {"network": "conv", "channels": (32, 64)}, "likelihood"),
+    "dae-conv": ("denoising-ae", {"network": "conv", "channels": (32, 64)}, "reconstruction"),
 }
-TINY = {"ae-conv": ("ae", {"network": "conv", "channels": (8, 16)}, "reconstruction"), "vae-conv": ("vae", {"network": "conv", "channels": (8, 16)}, "likelihood")}
+TINY = {"ae-conv": ("ae", {"network": "conv", "channels": (8, 16)}, "reconstruction"), "vae-conv": ("vae", {"network": "conv", "channels": (8, 16)}, "likelihood"),
+        "dae-conv": ("denoising-ae", {"network": "conv", "channels": (8, 16)}, "reconstruction")}
 
 
 def detector(spec: tuple, args, device: torch.device, tabular: bool = False) -> AutoencoderOutlierDetector:
-    model, settings, score_type = spec
+    model, settings, score_type, latent_dim = spec
     if tabular:
         settings = {"network": "mlp", "hidden": (64, 32)}
-    return AutoencoderOutlierDetector(model=model, settings=dict(settings), score_type=score_type, latent_dim=args.latent_dim,
+    return AutoencoderOutlierDetector(model=model, settings=dict(settings), score_type=score_type, latent_dim=latent_dim,
                                       epochs=1 if args.tiny else args.epochs, batch_size=args.batch_size, lr=args.lr, device=str(device),
                                       random_state=args.seed)
 
@@ -115,14 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", default="", help="normal classes, comma-separated (default: all ten)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tables", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--latent-dim", type=int, default=32)
+    p.add_argument("--latent-dims", default="32", help="code sizes (comma-separated); with several, each detector is fitted once per size "
+                   "and its rows are labelled <detector>-z<size>")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     common_args(p)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
-    models = {m: (TINY if args.tiny else MODELS)[m] for m in args.models.split(",")}
+    dims = [int(d) for d in args.latent_dims.split(",")]
+    models = {(m if len(dims) == 1 else f"{m}-z{d}"): (*(TINY if args.tiny else MODELS)[m], d) for m in args.models.split(",") for d in dims}
     rows = [r for name in args.datasets.split(",") if name for r in image_rows(name, models, args, device)]
     if args.tables:
         rows += table_rows(models, args, device)

@@ -43,9 +43,14 @@ MODELS = {
     "ae-conv": ("ae", {"network": "conv", "channels": (32, 64)}),
     "vae-conv": ("vae", {"network": "conv", "channels": (32, 64)}),
     "ae-mlp": ("ae", {"network": "mlp", "hidden": (512, 256)}),
+    # Also tried: a wider convolutional AE, and a denoising AE (masking noise; Vincent et al.
+    # 2010 found its codes better features than a plain AE's).
+    "ae-conv-wide": ("ae", {"network": "conv", "channels": (64, 128)}),
+    "dae-conv": ("denoising-ae", {"network": "conv", "channels": (32, 64)}),
 }
 TINY = {"ae-conv": ("ae", {"network": "conv", "channels": (8, 16)}), "vae-conv": ("vae", {"network": "conv", "channels": (8, 16)}),
-        "ae-mlp": ("ae", {"network": "mlp", "hidden": (32,)})}
+        "ae-mlp": ("ae", {"network": "mlp", "hidden": (32,)}), "ae-conv-wide": ("ae", {"network": "conv", "channels": (16, 16)}),
+        "dae-conv": ("denoising-ae", {"network": "conv", "channels": (8, 16)})}
 
 
 def images(name: str, data_dir: str | None, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One device call for issue 15 (the VAE table), JSON rows and logs packed into
+# $OUT/vae.tar.gz (the device returns at most eight files).
+#   Phase A, the GPU alone: the one-layer VAE within 120 s of training (issue 15's first
+#   row), with CUDA graphs (eager if the capture fails).
+#   Phase B, at once on the shared GPU (each training time is an upper bound on what it
+#   needs alone): IWAE k=50, two stochastic layers with IWAE k=50, the IAF posterior, a
+#   mixture-density head, and the ablations of the batch-1000 VAE (one change at a time,
+#   equal epochs): base, the paper's 3^i lr schedule, KL warm-up, static binarization.
+#     BUDGET_A=120 BUDGET_B=360 bash benchmarks/vae_call.sh
+#     PHASES=B bash benchmarks/vae_call.sh        # phase B only
+#     PHASES=C BUDGET_C=400 bash benchmarks/vae_call.sh   # phase C: the IWAE rows, longer
+set -u
+export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
+W=$OUT/vae
+mkdir -p $W
+A=${BUDGET_A:-120}
+B=${BUDGET_B:-360}
+E=${ABLATION_EPOCHS:-300}
+run() {  # run NAME ARGS...: vae_mnist_nll.py with ARGS, its JSON and log under $W
+  local name=$1; shift
+  python benchmarks/vae_mnist_nll.py --data-dir .data --device cuda --out $W/$name.json "$@" > $W/$name.log 2>&1
+}
+small="--batch-size 100 --lr 1e-3"
+if [[ ${PHASES:-AB} == *A* ]]; then
+  run vae-120s $small --time-budget $A --train cuda_graph=true --label "VAE, batch 100, CUDA graphs" \
+    || run vae-120s-eager $small --time-budget $A --label "VAE, batch 100, eager"
+fi
+if [[ ${PHASES:-AB} == *B* ]]; then
+  g="cuda_graph=true"
+  run iwae50 $small --time-budget $B --train $g --settings objective=iwae train_k=50 --paper 84.78 &
+  run iwae50-2layer $small --time-budget $B --train $g --paper 82.90 \
+    --settings hidden=200,200 latent_dim=100 stochastic_layers=2 latent_dim2=50 hidden2=100,100 objective=iwae train_k=50 &
+  run iaf $small --time-budget $B --train $g --settings posterior=iaf --paper 79.10 &
+  run mixture-bernoulli $small --time-budget $B --train $g --settings likelihood=mixture-bernoulli components=5 &
+  cap="max_seconds=$((B + 60))"
+  run ablate-base --epochs $E --train $g $cap --label "ablation: base (batch 1000, lr 3e-3, cosine)" &
+  run ablate-schedule-iwae --epochs $E --schedule iwae --train $g $cap --label "ablation: the paper's 3^i lr schedule" &
+  run ablate-kl-warmup --epochs $E --train $g $cap --settings kl_warmup=6000 --label "ablation: KL warm-up over 6,000 steps" &
+  run ablate-static --epochs $E --binarization static --train $g $cap --label "ablation: static binarization" &
+  wait
+fi
+if [[ ${PHASES:-AB} == *C* ]]; then  # the two IWAE rows trained longer, side by side
+  C=${BUDGET_C:-400}
+  run iwae50-long $small --time-budget $C --train cuda_graph=true --settings objective=iwae train_k=50 --paper 84.78 &
+  run iwae50-2layer-long $small --time-budget $C --train cuda_graph=true --paper 82.90 \
+    --settings hidden=200,200 latent_dim=100 stochastic_layers=2 latent_dim2=50 hidden2=100,100 objective=iwae train_k=50 &
+  wait
+fi
+tar -czf $OUT/vae.tar.gz -C $OUT vae && rm -rf $W
+tar -xzOf $OUT/vae.tar.gz --wildcards '*.log' | grep -i '^trained\|error\|traceback' | head -30
