@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -108,6 +109,21 @@ def test_pipeline_gridsearch_clone_pickle(split):
     emb = fitted.named_steps["emb"]
     emb2 = restored.named_steps["emb"]
     np.testing.assert_array_equal(emb2.transform(Xte), emb.transform(Xte))
+
+
+def test_embedding_warns_when_its_codes_collapse(digits):
+    """A learning rate that kills every ReLU gives every image the same code: fit says so
+    (ConvergenceWarning) instead of handing a downstream model constant features."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    images = digits[0].reshape(-1, 8, 8) / 16.0
+    with pytest.warns(ConvergenceWarning, match="codes of the training data are constant"):
+        dead = AutoencoderEmbedding(settings={"channels": (16, 32)}, lr=1.0, epochs=3, batch_size=32, random_state=0, device="cpu").fit(images)
+    assert np.ptp(dead.transform(images), axis=0).max() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        AutoencoderEmbedding(**SMALL).fit(images)  # a healthy fit is silent
+        AutoencoderEmbedding(**TINY).fit(np.repeat(images[:1], 20, axis=0))  # identical rows: constant codes are right
 
 
 # -- denoising ----------------------------------------------------------------------------
