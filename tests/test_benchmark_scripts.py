@@ -385,3 +385,30 @@ def test_diffusion_quality_fast_sampling_runs_the_denoiser_in_bf16_only(real_dat
     with dq.fast_sampling(model, False):
         assert model.denoiser is net
     assert model.denoiser is net
+
+
+def test_vae_heads_benchmark_scores_every_head_in_bits_per_dim(real_data_dir: Path, tmp_path: Path) -> None:
+    """The heads benchmark on tiny settings: one row per head (a factorised and a
+    mixture-density one, K from the name:K syntax), each with a finite IWAE bound in nats
+    and bits/dim, the mixture's components as asked."""
+    heads = _load("vae_heads")
+    out = tmp_path / "h.json"
+    assert heads.main(["--tiny", "--dataset", "frey-faces", "--heads", "gaussian-learned,mixture-gaussian-learned:2", "--data-dir", str(real_data_dir),
+                       "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["head"] for r in rows] == ["gaussian-learned", "mixture-gaussian-learned:2"]
+    assert all(math.isfinite(r["nll"]) and 0 < r["nll_bpd"] < 16 and r["neg_elbo"] >= r["nll"] - 1e-3 for r in rows)
+    assert heads.head_settings("mixture-logistic:3") == {"likelihood": "mixture-logistic", "components": 3}
+
+
+def test_apps_denoising_benchmark_runs_the_classical_denoisers_alone(real_data_dir: Path, tmp_path: Path) -> None:
+    """--no-deepgen: the classical rows only, on the same noisy images as a full run (the
+    noisy floor agrees exactly)."""
+    pytest.importorskip("skimage")
+    den = _load("apps_denoising")
+    full, alone = tmp_path / "full.json", tmp_path / "alone.json"
+    common = ["--tiny", "--datasets", "mnist", "--sigmas", "0.3", "--data-dir", str(real_data_dir), "--device", "cpu"]
+    assert den.main([*common, "--out", str(full)]) == 0 and den.main([*common, "--no-deepgen", "--out", str(alone)]) == 0
+    a = {r["method"]: r for r in json.loads(full.read_text())["rows"]}
+    b = {r["method"]: r for r in json.loads(alone.read_text())["rows"]}
+    assert set(b) == {"noisy", "nl-means", "tv"} and b["noisy"]["psnr"] == a["noisy"]["psnr"] and b["tv"] == a["tv"]
