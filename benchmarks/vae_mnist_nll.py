@@ -42,6 +42,7 @@ import deepgen
 from deepgen.bench import hardware
 from deepgen.config import parse_assignments
 from deepgen.metrics import evaluate
+from deepgen.nn.likelihoods import default_head_name
 from deepgen.training import TrainConfig, Trainer, resolve_device, seed_all
 
 PAPER_NLL = 86.76  # Burda et al. 2016, Table 1, VAE with 1 stochastic layer, k=5000
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "protocol": f"IWAE paper (Burda et al. 2016) Table 1: {args.binarization} binarization, test NLL by importance sampling",
         "binarization": args.binarization,
         "model_settings": trainer.eval_model.config.to_dict(),
-        "label": args.label or ("VAE, 1 stochastic layer (200-200 tanh, 50 latent, Bernoulli)" + (f", {' '.join(args.settings)}" if args.settings else "")),
+        "label": args.label or describe(trainer.eval_model),
         "paper_nll": args.paper,
         "nll": figures["nll"],
         "nll_sem": figures["nll_sem"],
@@ -225,6 +226,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\ntest NLL {record['nll']:.2f} +- {record['nll_sem']:.2f} nats (paper {args.paper}); -ELBO {record['neg_elbo']:.2f}\n")
     print(markdown_row(record))
     return record
+
+
+def describe(model: deepgen.GenerativeModel) -> str:
+    """The model column of a row, from the trained model's settings (not from the flags, so
+    a two-layer or mixture-head run is not labelled as the paper's one-layer VAE)."""
+    c = model.config
+    widths = "-".join(map(str, c.hidden))
+    layers = f"{widths} {c.activation}, {c.latent_dim} latent"
+    if c.stochastic_layers == 2:
+        layers += f", then {'-'.join(map(str, c.hidden2))}, {c.latent_dim2} latent"
+    likelihood = default_head_name(model.spec) if c.likelihood == "auto" else c.likelihood
+    head = likelihood + (f" K={c.components}" if likelihood.startswith("mixture-") else "")
+    k = c.train_k or (50 if c.objective == "iwae" else 1)
+    objective = "ELBO" if c.objective == "elbo" else f"IWAE k={k}" + (", DReG" if c.estimator == "dreg" else "")
+    extras = [f"IAF posterior ({c.iaf_steps} steps)"] if c.posterior == "iaf" else []
+    extras += [f"KL warm-up {c.kl_warmup} steps"] if c.kl_warmup else []
+    return f"VAE, {c.stochastic_layers} stochastic layer{'s' if c.stochastic_layers > 1 else ''} ({layers}), {head}, {objective}" + "".join(f", {e}" for e in extras)
 
 
 def markdown_row(r: dict[str, Any]) -> str:

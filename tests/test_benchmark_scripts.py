@@ -360,7 +360,14 @@ def test_vae_nll_benchmark_takes_settings_binarization_and_the_iwae_schedule(rea
                   "--settings", "latent_dim=8", "--train", "grad_clip=5.0", "--paper", "84.78", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["binarization"] == "static" and saved["model_settings"]["latent_dim"] == 8 and saved["paper_nll"] == 84.78
-    assert saved["settings"]["schedule"] == "iwae" and math.isfinite(r["nll"]) and r["nll"] > 0 and "latent_dim=8" in saved["label"]
+    assert saved["settings"]["schedule"] == "iwae" and math.isfinite(r["nll"]) and r["nll"] > 0 and "8 latent" in saved["label"]
+    # The label is the trained model's: a two-layer IWAE run is not called the one-layer VAE.
+    import deepgen
+
+    ds = deepgen.load_dataset("mnist-binarized", data_dir=str(real_data_dir), max_train=100)
+    two = deepgen.create_model("vae", ds, hidden=(20,), latent_dim=6, stochastic_layers=2, latent_dim2=3, hidden2=(5,), objective="iwae",
+                               train_k=5, estimator="dreg", activation="tanh")
+    assert vae.describe(two) == "VAE, 2 stochastic layers (20 tanh, 6 latent, then 5, 3 latent), bernoulli, IWAE k=5, DReG"
     assert "NOT the paper's protocol" in vae.markdown_row(saved)
     from deepgen.errors import UserError
 
