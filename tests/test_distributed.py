@@ -77,3 +77,44 @@ def test_a_resumed_two_rank_run_equals_an_uninterrupted_one(tmp_path):
     assert _losses(part) == pytest.approx(_losses(full), rel=1e-6)
     wa, wb = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_run_resumes_on_another_number_of_processes(tmp_path):
+    """The global batch order does not depend on the number of processes and each rank
+    takes its share of every global batch, so a run trained on two ranks goes on in one
+    process (and a one-process run on two ranks) as an uninterrupted run would: the same
+    losses to float summation order. (An AE: no per-rank noise, whose streams cannot carry
+    over to another number of ranks.)"""
+    args = ["train", "ae", *TRAIN[1:], "--set", "log_every=1"]
+    full = tmp_path / "full"
+    _deepgen([*args, "--epochs", "2", "--out", str(full)])
+    for first, then in ((2, 1), (1, 2)):
+        part = tmp_path / f"part-{first}-{then}"
+        _deepgen([*args, "--epochs", "1", "--out", str(part)], ranks=first)
+        _deepgen(["train", "--resume", str(part), "--epochs", "2"], ranks=then)
+        assert _losses(part) == pytest.approx(_losses(full), rel=1e-4), (first, then)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_over_a_rendezvous_train_what_one_process_trains(tmp_path):
+    """``torchrun --nnodes=2`` with a c10d rendezvous: two "nodes" on 127.0.0.1, one process
+    each (RANK 0 and 1, LOCAL_RANK 0 on both), train what one process trains on the whole
+    batch; only global rank 0 writes the run folder."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["train", "ae", *TRAIN[1:], "--epochs", "2", "--set", "log_every=1"]
+    _deepgen([*args, "--out", str(one)])
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    rdzv = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{_free_port()}", "--rdzv_id=deepgen-test"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "deepgen", *args, "--out", str(two)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [node.communicate(timeout=240) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [o[1][-3000:] for o in outs]
+    assert sum(o[0].count("run folder:") for o in outs) == 1, "only global rank 0 reports"
+    assert _losses(two) == pytest.approx(_losses(one), rel=1e-4)
