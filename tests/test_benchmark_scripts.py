@@ -419,3 +419,15 @@ def test_apps_denoising_benchmark_runs_the_classical_denoisers_alone(real_data_d
     a = {r["method"]: r for r in json.loads(full.read_text())["rows"]}
     b = {r["method"]: r for r in json.loads(alone.read_text())["rows"]}
     assert set(b) == {"noisy", "nl-means", "tv"} and b["noisy"]["psnr"] == a["noisy"]["psnr"] and b["tv"] == a["tv"]
+
+
+def test_ddp_scaling_benchmark_measures_one_and_two_processes(tmp_path: Path) -> None:
+    """The scaling script on its CPU smoke settings: one process, then two over gloo, each a
+    median throughput from the trainer's log points and the speedup over one process."""
+    ddp = _load("ddp_scaling")
+    out = tmp_path / "ddp.json"
+    assert ddp.main(["--tiny", "--variants", "flat", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["ranks"], r["batch"]) for r in rows] == [(1, 16), (2, 32)]  # the per-GPU batch fixed
+    assert rows[0]["speedup"] == 1.0 and all(r["samples_per_s"] > 0 for r in rows)
+    assert rows[1]["efficiency"] == pytest.approx(rows[1]["speedup"] / 2, abs=1e-3)

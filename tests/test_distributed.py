@@ -49,11 +49,19 @@ def test_two_ranks_train_what_one_process_trains(tmp_path):
     # magnify that early on. Without the gradient all-reduce the gap is 0.016 here.
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst < 3e-3, f"weights differ by {worst}"
+    # The all-reduce overlapped with backward, in many small buckets, over two micro-batches
+    # (only the last one's backward reduces): the same training.
+    three = tmp_path / "overlap"
+    _deepgen(["train", "ae", *TRAIN[1:], "--epochs", "2", "--set", "log_every=1", "--set", "ddp_overlap=true", "--set", "ddp_bucket_mb=0.001",
+              "--set", "grad_accum=2", "--out", str(three)], ranks=2)
+    assert _losses(three) == pytest.approx(a, rel=1e-4)
 
 
 def test_a_gan_and_a_time_budget_under_torchrun(tmp_path):
     run = tmp_path / "gan"
-    _deepgen(["train", "gan", "--data", "ring8", "--batch-size", "64", "--device", DEVICE, "--epochs", "1000", "--set", "max_seconds=2", "--set", "log_every=5", "--set", "progress=false", "--set", "tensorboard=false", "--out", str(run)], ranks=2)
+    # Two phases, each with its own overlapped reducer (the other's hooks idle), bf16 on the wire.
+    _deepgen(["train", "gan", "--data", "ring8", "--batch-size", "64", "--device", DEVICE, "--epochs", "1000", "--set", "max_seconds=2", "--set", "log_every=5",
+              "--set", "progress=false", "--set", "tensorboard=false", "--set", "ddp_overlap=true", "--set", "ddp_grad_dtype=bfloat16", "--out", str(run)], ranks=2)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records and records[-1]["seconds"] >= 2  # the budget stopped it, not the epochs
     # Non-saturating GAN losses are sums of binary cross-entropies: finite and >= 0, and a
@@ -118,3 +126,57 @@ def test_two_nodes_over_a_rendezvous_train_what_one_process_trains(tmp_path):
     assert all(node.returncode == 0 for node in nodes), [o[1][-3000:] for o in outs]
     assert sum(o[0].count("run folder:") for o in outs) == 1, "only global rank 0 reports"
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-4)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A gloo process group of one rank in this process (the collectives' arithmetic, no launcher)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_the_overlapped_reducer_buckets_in_backward_order_and_finishes_every_bucket(one_rank_group):
+    """Buckets hold the parameters last-first; a bucket is reduced once all its gradients
+    exist, the rest (a parameter that got no gradient) at wait(); the means land in the
+    gradients; an unarmed reducer leaves them alone; bf16 on the wire rounds the sum."""
+    from deepgen.training import distributed
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2))
+    unused = net[2]
+    params = list(net.parameters())
+    reducer = distributed.OverlappedReducer(params, size=1, bucket_mb=40 / 2**20)  # 40 bytes: 10 floats a bucket
+    assert [p for b in reducer.buckets for p in b] == params[::-1]
+    assert all(sum(p.numel() for p in b[:-1]) < 10 for b in reducer.buckets)
+    x = torch.randn(5, 3)
+    reducer.arm()
+    net[1](net[0](x)).square().sum().backward()  # net[2] gets no gradient
+    launched_in_backward = list(reducer._launched)
+    expected = [p.grad.clone() for p in params[:4]]
+    reducer.wait()
+    assert any(launched_in_backward) and not all(launched_in_backward)  # the unused layer's buckets waited for wait()
+    assert all(torch.equal(p.grad, e) for p, e in zip(params[:4], expected)) and unused.weight.grad is None
+    net.zero_grad()
+    net[1](net[0](x)).sum().backward()  # not armed: the hooks do nothing (a launch would have failed: no work list)
+    assert reducer._work == []
+    with pytest.raises(RuntimeError, match="arm"):
+        reducer.wait()
+    reducer.remove()
+    g = torch.tensor([1.0 + 2**-12])
+    p = torch.nn.Parameter(torch.zeros(1))
+    p.grad = g.clone()
+    distributed.average_gradients([p], 1, torch.bfloat16)
+    assert p.grad.dtype == torch.float32 and p.grad.item() == 1.0  # rounded to bf16's 8 bits on the wire
+
+
+def test_overlap_and_cuda_graphs_refuse_each_other():
+    from deepgen.errors import UserError
+    from deepgen.training import TrainConfig
+
+    with pytest.raises(UserError, match="ddp_overlap=true .* CUDA graph"):
+        TrainConfig(ddp_overlap=True, cuda_graph=True)
+    with pytest.raises(UserError, match="ddp_bucket_mb must be > 0"):
+        TrainConfig(ddp_bucket_mb=0)

@@ -39,6 +39,12 @@ class TrainConfig(Config):
     weight_decay: float | None = None  # every phase's weight decay (param groups with their own keep it); None = each phase's own
     val_limit: int = 10000  # examples in the validation loss (val_loss) at each epoch's end and the fit's: the data's validation split (data setting validation=N), else the test split; 0 = off
     early_stop: int = 0  # patience in epochs on the validation figure (keep_best, default val_loss); 0 = off
+    # Under torchrun: all-reduce the gradients in buckets while backward runs (DDP's overlap;
+    # distributed.OverlappedReducer) instead of in one buffer after it; the buckets' size;
+    # and the gradients' type on the wire (bfloat16 halves the bytes).
+    ddp_overlap: bool = False
+    ddp_bucket_mb: float = 25.0
+    ddp_grad_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def validate(self) -> None:
         self.check(self.threads >= 0, f"threads must be >= 0 (0 = deepgen's choice), got {self.threads}")
@@ -70,5 +76,11 @@ class TrainConfig(Config):
         self.check(
             not (self.early_stop and not self.val_limit),
             f"early_stop={self.early_stop} watches the validation loss, but val_limit=0 (off); set val_limit (e.g. 10000) as well",
+        )
+        self.check(self.ddp_bucket_mb > 0, f"ddp_bucket_mb must be > 0 (MiB of gradients per all-reduce), got {self.ddp_bucket_mb}")
+        self.check(
+            not (self.ddp_overlap and self.cuda_graph),
+            "ddp_overlap=true launches each bucket's all-reduce from a backward hook, which a CUDA graph does not capture; "
+            "use one of ddp_overlap and cuda_graph (under cuda_graph the gradients are all-reduced in one buffer, captured)",
         )
         self.check(self.picture_samples >= 1, f"picture_samples must be >= 1, got {self.picture_samples}")

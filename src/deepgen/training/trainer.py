@@ -214,6 +214,10 @@ class Trainer:
         # each phase warms up eagerly and is then captured once and replayed.
         self._stream = torch.cuda.Stream(self.device) if graph else None
         self._graphs: dict[str, PhaseGraph] = {}
+        # Under torchrun: the gradients' all-reduce (see _set_reducers, set at each fit).
+        self._reducers: dict[str, distributed.OverlappedReducer] = {}
+        self._reducer_settings: tuple[float, str] | None = None
+        self._wire_dtype: torch.dtype | None = None
         self._eager_runs: dict[str, int] = {}
         self._stream_ahead = False  # steps queued on the stream that the default stream has not joined
         self._after_default = True  # the next step must wait for the default stream's work
@@ -378,6 +382,7 @@ class Trainer:
         self.model.train()
         if not self._initialised:
             self._initialise()
+        self._set_reducers()
         if self.run_dir is not None:
             self._write_config()
         if self.step == 0:
@@ -441,6 +446,23 @@ class Trainer:
             self._join_default_stream()  # the caller's work after fit sees every step
         self.seconds = time.perf_counter() - start
         return TrainResult(self.step, self.loader.epochs_done, self.seconds, dict(self.last))
+
+    def _set_reducers(self) -> None:
+        """Under torchrun with ``ddp_overlap``: one :class:`~deepgen.training.distributed.OverlappedReducer`
+        per phase (hooks on its parameters), for this fit's settings; otherwise none."""
+        cfg = self.config
+        want = self.world.size > 1 and cfg.ddp_overlap
+        self._wire_dtype = torch.bfloat16 if cfg.ddp_grad_dtype == "bfloat16" else None
+        if self._reducers and (not want or self._reducer_settings != (cfg.ddp_bucket_mb, cfg.ddp_grad_dtype)):
+            for reducer in self._reducers.values():
+                reducer.remove()
+            self._reducers = {}
+        if want and not self._reducers:
+            self._reducers = {
+                phase.name: distributed.OverlappedReducer(phase.parameters, self.world.size, cfg.ddp_bucket_mb, self._wire_dtype)
+                for phase in self.phases
+            }
+            self._reducer_settings = (cfg.ddp_bucket_mb, cfg.ddp_grad_dtype)
 
     @torch.no_grad()
     def _initialise(self) -> None:
@@ -648,18 +670,23 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not cfg.cuda_graph) if cfg.bf16 else nullcontext()
         parts = cfg.grad_accum
         logs: dict[str, torch.Tensor] = {}
+        reducer = self._reducers.get(phase.name)
         for k, micro in enumerate(_micro_batches(batch, parts)):
             with autocast:
                 out = self._loss(micro, phase.name)
             if k == 0:
                 self.model.zero_grad(set_to_none=True)
+            if reducer is not None and k == parts - 1:
+                reducer.arm()  # the last micro-batch's backward completes the gradients: reduce them as they come
             (out.loss if parts == 1 else out.loss / parts).backward()
             these = {"loss": out.loss, **out.logs}
             logs = {n: v.detach() if k == 0 else logs[n] + v.detach() for n, v in these.items()}
         if parts > 1:
             logs = {n: v / parts for n, v in logs.items()}
-        if self.world.size > 1:
-            distributed.average_gradients(phase.parameters, self.world.size)
+        if reducer is not None:
+            reducer.wait()
+        elif self.world.size > 1:
+            distributed.average_gradients(phase.parameters, self.world.size, self._wire_dtype)
         if cfg.grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(phase.parameters, cfg.grad_clip, foreach=True)
         else:  # the same global norm, on the device (no sync): read at log points like the rest
