@@ -259,6 +259,17 @@ def test_log_prob_is_batched_and_chunked():
     assert not lp.requires_grad
 
 
+def test_iwae_chunk_sizes_by_the_widest_tensor_of_a_call():
+    """The automatic chunk keeps one call's widest tensor near 2^24 elements: the head's
+    outputs for a small model, an IAF's wide MADE layer when that is wider."""
+    from deepgen.models.vae import IWAE_ELEMENTS_PER_CALL
+
+    model = small_vae(BINARY16)
+    assert model._iwae_chunk(100, 10**6) == IWAE_ELEMENTS_PER_CALL // (100 * max(16, *model.config.hidden))
+    wide = VAE(model.config.replace(posterior="iaf", iaf_hidden=(4096,)), BINARY16)
+    assert wide._iwae_chunk(100, 10**6) == IWAE_ELEMENTS_PER_CALL // (100 * 4096)
+
+
 def test_log_prob_note_and_capabilities():
     model = small_vae(BINARY16, iwae_k=5000)
     assert model.likelihood_info().note == "IWAE bound, k=5000 importance samples (a lower bound on log p(x))"

@@ -557,11 +557,23 @@ class VAE(LatentCodeMixin, GenerativeModel):
         return Likelihood("bound", self.head.discrete, f"IWAE bound, k={k} importance samples (a lower bound on log p(x))")
 
     def _iwae_chunk(self, n: int, k: int) -> int:
-        """Importance samples decoded per call, so that one call holds about 2^24 outputs."""
-        if self.config.iwae_chunk:
-            return min(self.config.iwae_chunk, k)
-        per_row = self.head.num_params * self.spec.dim
-        return max(1, min(k, IWAE_ELEMENTS_PER_CALL // max(1, n * per_row)))
+        """Importance samples decoded per call, so that one call's widest tensor (the head's
+        outputs, or a wider layer of the decoder, the IAF's MADEs or the second layer's
+        networks) holds about 2^24 elements."""
+        c = self.config
+        if c.iwae_chunk:
+            return min(c.iwae_chunk, k)
+        widths = [self.head.num_params * self.spec.dim]
+        if c.network == "conv":  # decoder stage i: channels[i] maps at 1 / 2^(i+1) of the size
+            pixels = math.prod(self.spec.shape[1:])
+            widths += [ch * pixels // 4 ** (i + 1) for i, ch in enumerate(c.channels)]
+        else:
+            widths += list(c.hidden)
+        if c.posterior == "iaf":
+            widths += list(c.iaf_hidden)
+        if c.stochastic_layers == 2:
+            widths += list(c.hidden2)
+        return max(1, min(k, IWAE_ELEMENTS_PER_CALL // max(1, n * max(widths))))
 
     @torch.no_grad()
     def log_prob(
