@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
           "| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         bpd = r["nll_bpd"]
+        if bpd is None:  # a head without a normalised density (no bits/dim)
+            print(f"| {r['head']} | - | - | {r['nll']:.2f} ± {r['nll_sem']:.2f} | {r['neg_elbo']:.2f} | {r['train_seconds']} |")
+            continue
         print(f"| {r['head']} | {bpd:.4f} | {bpd * dim * math.log(2):.2f} | {r['nll']:.2f} ± {r['nll_sem']:.2f} | {r['neg_elbo']:.2f} | {r['train_seconds']} |")
     if args.out:
         write_record(args.out, rows, hardware(device))

@@ -130,9 +130,11 @@ def step_budget(ds: deepgen.Dataset, args: argparse.Namespace, device: torch.dev
     """
     model = build_model(ds, args, device)
     t0 = time.perf_counter()
-    trainer = Trainer(model, ds, train_config(args, max_steps=min(WARMUP_STEPS, planned)), run_dir=None)
+    trainer = Trainer(model, ds, train_config(args, max_steps=min(WARMUP_STEPS, planned)).replace(max_seconds=0.0), run_dir=None)
     trainer.fit()
     warm_steps = trainer.step
+    if warm_steps >= planned:  # the whole run is shorter than the warm-up: no budget needed
+        return planned, time.perf_counter() - t0
     # max_seconds counts the trainer's whole time, so the probe's limit is its time so far plus the probe.
     trainer.config = train_config(args, max_steps=planned).replace(max_seconds=trainer.seconds + PROBE_SECONDS)
     t1 = time.perf_counter()

@@ -124,6 +124,9 @@ def test_embedding_warns_when_its_codes_collapse(digits):
         warnings.simplefilter("error", ConvergenceWarning)
         AutoencoderEmbedding(**SMALL).fit(images)  # a healthy fit is silent
         AutoencoderEmbedding(**TINY).fit(np.repeat(images[:1], 20, axis=0))  # identical rows: constant codes are right
+        nearly = np.repeat(images[:1], 20, axis=0)
+        nearly[1, 0, 0] += 1e-7  # rows that differ only below float32's resolution of the model's input
+        AutoencoderEmbedding(**TINY).fit(nearly)
 
 
 # -- denoising ----------------------------------------------------------------------------
@@ -170,6 +173,18 @@ def test_denoiser_gives_the_model_unclipped_noise_unless_clip(digits):
     clipped = AutoencoderDenoiser(noise="gaussian", noise_level=0.5, clip=True, **TINY).fit(X)
     assert clipped.model_.config.clip is True
     np.testing.assert_array_equal(clipped.transform(noisy), clipped.transform(np.clip(noisy, 0, 1)))
+    # transform follows the fitted model, not parameters changed after fit ...
+    before = den.transform(noisy)
+    np.testing.assert_array_equal(den.set_params(clip=True).transform(noisy), before)
+    # ... nor where the setting came from (the model's own settings)
+    via_settings = AutoencoderDenoiser(noise="gaussian", noise_level=0.5, **{**TINY, "settings": {**TINY["settings"], "clip": True}}).fit(X)
+    np.testing.assert_array_equal(via_settings.transform(noisy), via_settings.transform(np.clip(noisy, 0, 1)))
+    # Masking noise never leaves the range in training: inputs beyond it are clipped.
+    masked = AutoencoderDenoiser(noise="masking", noise_level=0.3, **TINY).fit(X)
+    np.testing.assert_array_equal(masked.transform(noisy), masked.transform(np.clip(noisy, 0, 1)))
+    # Tables have no range to clamp to.
+    with pytest.raises(UserError, match="real-valued"):
+        AutoencoderDenoiser(noise="gaussian", clip=True, **TINY).fit(digits[0][:100])
 
 
 def test_denoiser_maps_other_corruptions_and_refuses_plain_models(digits):

@@ -306,8 +306,9 @@ class AutoencoderEstimator:
     def _seed(self) -> int:
         return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
 
-    def _fit_arrays(self, X: Any) -> AutoencoderEstimator:
-        """Validate X, fit the codec, build and train the model; sets the fitted attributes."""
+    def _fit_arrays(self, X: Any) -> np.ndarray:
+        """Validate X, fit the codec, build and train the model; sets the fitted attributes.
+        Returns the training data in the model's space (N, *spec.shape), float32."""
         X, dtype = self._validate_fit_input(X)
         codec, x = ArrayCodec.fit(X, dtype, self.layout)
         self._check_model(model_class(self.model))
@@ -339,7 +340,7 @@ class AutoencoderEstimator:
         self.codec_ = codec
         self.model_ = model
         self.seed_ = seed
-        return self
+        return x
 
     def _create(self, settings: dict[str, Any], spec: DataSpec) -> GenerativeModel:
         cls = model_class(self.model)

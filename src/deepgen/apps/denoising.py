@@ -29,10 +29,12 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
     * ``"masking"``: each value set to 0 with probability noise_level;
     * ``"salt-pepper"``: a fraction noise_level of values set to the data's min or max.
 
-    ``clip``: False (default), Gaussian noise is left as drawn, beyond the data's range, and
-    ``transform`` passes its noisy images to the model unclipped; True, the training
-    corruption is clamped to the data's range (noisy images saved as 8-bit files are) and
-    ``transform`` clips its inputs likewise. Train the way the noisy data was made.
+    ``clip`` (Gaussian noise on images): False (default), the noise is left as drawn, beyond
+    the data's range, and ``transform`` passes its noisy images to the model unclipped; True,
+    the training corruption is clamped to the data's range (as noisy images saved as 8-bit
+    files are) and ``transform`` clips its inputs likewise. Train the way the noisy data was
+    made. Tables have no range: ``clip=True`` is refused for them. With masking and
+    salt-and-pepper noise, which stay in the range, ``transform`` clips its inputs.
 
     ``transform`` returns arrays of X's shape and layout, in X's value range (images are
     clipped to the training range; tables are un-standardised), dtype float64 unless X is
@@ -89,7 +91,8 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
 
     def fit(self, X: Any, y: Any = None) -> AutoencoderDenoiser:
         """Train on clean X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); ``y`` is ignored."""
-        return self._fit_arrays(X)  # type: ignore[return-value]
+        self._fit_arrays(X)
+        return self
 
     def transform(self, X: Any) -> np.ndarray:
         """The denoised X (the model's reconstruction mean), of X's shape and value range."""
@@ -98,9 +101,13 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         model = self.model_
         fn = model.denoise if hasattr(model, "denoise") else model.reconstruct  # type: ignore[attr-defined]
         dtype = self.codec_.output_dtype(given)
-        # Unclipped noisy inputs reach the model as they are, as the training corruption made
-        # them (session 9: clipping them shifted the noise's mean on black pixels and cost dBs).
-        return self._batched(lambda b, _: fn(b), X, partial(self.codec_.to_model, clip=self.clip), lambda out: self.codec_.from_model(out, dtype))
+        # As the fitted model was trained (its settings, not this estimator's parameters, which
+        # set_params may have changed since): unclipped Gaussian noise reaches it unclipped
+        # (session 9: clipping shifted the noise's mean on black pixels and cost up to 3 dB);
+        # masking, salt-and-pepper and clipped noise never left the range, so inputs are clipped.
+        cfg = model.config
+        clip = cfg.corruption != "gaussian" or bool(getattr(cfg, "clip", False))
+        return self._batched(lambda b, _: fn(b), X, partial(self.codec_.to_model, clip=clip), lambda out: self.codec_.from_model(out, dtype))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

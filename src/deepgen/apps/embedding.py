@@ -73,19 +73,21 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
 
         Warns (``ConvergenceWarning``) when the training rows differ but their codes do not:
         a collapsed encoder, whose codes carry nothing for a downstream task."""
-        self._fit_arrays(X)
-        self._warn_if_collapsed(X)
+        x = self._fit_arrays(X)
+        self._warn_if_collapsed(x)
         return self
 
-    def _warn_if_collapsed(self, X: Any, rows: int = 1024) -> None:
+    def _warn_if_collapsed(self, x: np.ndarray, rows: int = 1024) -> None:
+        """``x``: training data in the model's space. Warns if its first ``rows`` differ
+        (as the model sees them) but their codes do not."""
         # Session 9: a (64, 128)-channel conv AE at lr 2e-3 lost every ReLU of its second
         # layer within an epoch and gave every image the same 32-d code; the probe scored
         # chance (10%) and nothing said why.
-        sample = np.asarray(X)[:rows]  # any array-like fit took (lists, frames, __array__ objects)
-        flat = sample.astype(np.float64).reshape(len(sample), -1)
-        if len(flat) < 2 or not np.ptp(flat, axis=0).any():
-            return  # identical rows: constant codes are right
-        codes = self.transform(sample)
+        sample = x[:rows]
+        flat = sample.reshape(len(sample), -1)
+        if len(flat) < 2 or np.ptp(flat, axis=0).max() <= 1e-6:
+            return  # (nearly) identical rows: constant codes are right
+        codes = self._batched(lambda b, _: self.model_.encode(b), sample)
         if np.ptp(codes, axis=0).max() <= 1e-6 * (1.0 + float(np.abs(codes).max())):
             warnings.warn(
                 f"{type(self).__name__}: the codes of the training data are constant (every dimension varies by less than "
@@ -93,7 +95,7 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
                 f"high a learning rate (lr={self.lr if self.lr is not None else 'the model default'}). Lower lr, or use a "
                 "smaller network.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
     def transform(self, X: Any) -> np.ndarray:

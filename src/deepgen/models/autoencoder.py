@@ -360,6 +360,16 @@ class DenoisingAutoencoder(Autoencoder):
     config_class = DenoisingAEConfig
     config: DenoisingAEConfig
 
+    def __init__(self, config: DenoisingAEConfig, spec: DataSpec, *, networks: Mapping[str, Network] | None = None) -> None:
+        if config.clip and spec.kind == "real":
+            # Real-valued data (a standardised table) has no range to clamp to; the batch's
+            # own minimum and maximum would shrink the noise, to nothing for one row.
+            raise UserError(
+                "clip=true clamps the noisy copy to the data's range, which images and bounded data have; "
+                f"this data is real-valued (kind {spec.kind!r}). Use clip=false."
+            )
+        super().__init__(config, spec, networks=networks)
+
     def _bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The data's minimum and maximum, for salt-and-pepper noise."""
         spec = self.spec

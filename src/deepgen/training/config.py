@@ -41,7 +41,9 @@ class TrainConfig(Config):
     early_stop: int = 0  # patience in epochs on the validation figure (keep_best, default val_loss); 0 = off
     # Under torchrun: all-reduce the gradients in buckets while backward runs (DDP's overlap;
     # distributed.OverlappedReducer) instead of in one buffer after it; the buckets' size;
-    # and the gradients' type on the wire (bfloat16 halves the bytes).
+    # and the gradients' type on the wire (bfloat16 halves the bytes). Under compile=true the
+    # compiled backward hands over every gradient at its end, so the buckets go out together
+    # there (no overlap; DDP needs its DDPOptimizer for that).
     ddp_overlap: bool = False
     ddp_bucket_mb: float = 25.0
     ddp_grad_dtype: Literal["float32", "bfloat16"] = "float32"

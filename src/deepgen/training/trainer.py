@@ -442,6 +442,12 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            # The reducers' hooks come off the parameters (a backward outside fit, or after a
+            # failed step that left one armed, must not start collectives); the next fit
+            # puts them back.
+            for reducer in self._reducers.values():
+                reducer.remove()
+            self._reducers = {}
             self._logger.close()
             self._join_default_stream()  # the caller's work after fit sees every step
         self.seconds = time.perf_counter() - start
