@@ -111,18 +111,22 @@ def test_pipeline_gridsearch_clone_pickle(split):
     np.testing.assert_array_equal(emb2.transform(Xte), emb.transform(Xte))
 
 
-def test_embedding_warns_when_its_codes_collapse(digits):
+def test_embedding_and_denoiser_warn_when_training_collapses(digits):
     """A learning rate that kills every ReLU gives every image the same code: fit says so
     (ConvergenceWarning) instead of handing a downstream model constant features."""
     from sklearn.exceptions import ConvergenceWarning
 
     images = digits[0].reshape(-1, 8, 8) / 16.0
-    with pytest.warns(ConvergenceWarning, match="codes of the training data are constant"):
+    with pytest.warns(ConvergenceWarning, match="codes are the same for every training example"):
         dead = AutoencoderEmbedding(settings={"channels": (16, 32)}, lr=1.0, epochs=3, batch_size=32, random_state=0, device="cpu").fit(images)
     assert np.ptp(dead.transform(images), axis=0).max() == 0
+    with pytest.warns(ConvergenceWarning, match="outputs are the same"):  # the denoiser: one image for every input
+        dead_den = AutoencoderDenoiser(settings={"channels": (16, 32)}, lr=1.0, epochs=3, batch_size=32, random_state=0, device="cpu").fit(images)
+    assert np.ptp(dead_den.transform(images), axis=0).max() == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         AutoencoderEmbedding(**SMALL).fit(images)  # a healthy fit is silent
+        AutoencoderDenoiser(**SMALL).fit(images)
         AutoencoderEmbedding(**TINY).fit(np.repeat(images[:1], 20, axis=0))  # identical rows: constant codes are right
         nearly = np.repeat(images[:1], 20, axis=0)
         nearly[1, 0, 0] += 1e-7  # rows that differ only below float32's resolution of the model's input

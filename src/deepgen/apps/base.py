@@ -26,11 +26,13 @@ Torch's global random state is left as it was: training runs inside ``torch.rand
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
@@ -340,7 +342,37 @@ class AutoencoderEstimator:
         self.codec_ = codec
         self.model_ = model
         self.seed_ = seed
+        self._warn_if_collapsed(x)
         return x
+
+    def _collapse_outputs(self, x: np.ndarray) -> tuple[str, np.ndarray] | None:
+        """What a collapsed model would give every example alike: (a name, outputs (n, ...))
+        of model-space rows ``x``; None: nothing to check (the default)."""
+        return None
+
+    def _warn_if_collapsed(self, x: np.ndarray, rows: int = 1024) -> None:
+        """``x``: training data in the model's space. Warns (``ConvergenceWarning``) if its
+        first ``rows`` differ (as the model sees them) but :meth:`_collapse_outputs` do not."""
+        # Session 9 on the GPU: (64, 128)-channel conv autoencoders at lr 2e-3 lost every
+        # ReLU of a layer within an epoch; the embedding gave every image one code (probe at
+        # chance), the denoiser returned the mean image for every input, and nothing said so.
+        sample = x[:rows]
+        flat = sample.reshape(len(sample), -1)
+        if len(flat) < 2 or np.ptp(flat, axis=0).max() <= 1e-6:
+            return  # (nearly) identical rows: identical outputs are right
+        checked = self._collapse_outputs(sample)
+        if checked is None:
+            return
+        name, out = checked
+        out = out.reshape(len(out), -1)
+        if np.ptp(out, axis=0).max() <= 1e-6 * (1.0 + float(np.abs(out).max())):
+            warnings.warn(
+                f"{type(self).__name__}: the model's {name} are the same for every training example (they vary by less "
+                f"than 1e-6) although the examples differ: training collapsed, typically ReLUs that died at too high a "
+                f"learning rate (lr={self.lr if self.lr is not None else 'the model default'}). Lower lr, or use a smaller network.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
 
     def _create(self, settings: dict[str, Any], spec: DataSpec) -> GenerativeModel:
         cls = model_class(self.model)

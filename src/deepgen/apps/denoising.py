@@ -90,9 +90,17 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         return {"corruption": self.noise, "noise": float(self.noise_level), **({"clip": True} if self.clip else {})}
 
     def fit(self, X: Any, y: Any = None) -> AutoencoderDenoiser:
-        """Train on clean X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); ``y`` is ignored."""
+        """Train on clean X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); ``y`` is ignored.
+
+        Warns (``ConvergenceWarning``) when the training examples differ but the model's
+        outputs for them do not (a collapsed network, which returns one image for all)."""
         self._fit_arrays(X)
         return self
+
+    def _collapse_outputs(self, x: np.ndarray) -> tuple[str, np.ndarray]:
+        model = self.model_
+        fn = model.denoise if hasattr(model, "denoise") else model.reconstruct  # type: ignore[attr-defined]
+        return "outputs", self._batched(lambda b, _: fn(b), x)
 
     def transform(self, X: Any) -> np.ndarray:
         """The denoised X (the model's reconstruction mean), of X's shape and value range."""

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..errors import UserError
@@ -73,30 +71,11 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
 
         Warns (``ConvergenceWarning``) when the training rows differ but their codes do not:
         a collapsed encoder, whose codes carry nothing for a downstream task."""
-        x = self._fit_arrays(X)
-        self._warn_if_collapsed(x)
+        self._fit_arrays(X)
         return self
 
-    def _warn_if_collapsed(self, x: np.ndarray, rows: int = 1024) -> None:
-        """``x``: training data in the model's space. Warns if its first ``rows`` differ
-        (as the model sees them) but their codes do not."""
-        # Session 9: a (64, 128)-channel conv AE at lr 2e-3 lost every ReLU of its second
-        # layer within an epoch and gave every image the same 32-d code; the probe scored
-        # chance (10%) and nothing said why.
-        sample = x[:rows]
-        flat = sample.reshape(len(sample), -1)
-        if len(flat) < 2 or np.ptp(flat, axis=0).max() <= 1e-6:
-            return  # (nearly) identical rows: constant codes are right
-        codes = self._batched(lambda b, _: self.model_.encode(b), sample)
-        if np.ptp(codes, axis=0).max() <= 1e-6 * (1.0 + float(np.abs(codes).max())):
-            warnings.warn(
-                f"{type(self).__name__}: the codes of the training data are constant (every dimension varies by less than "
-                f"1e-6) although the rows differ: the encoder collapsed during training, typically ReLUs that died at too "
-                f"high a learning rate (lr={self.lr if self.lr is not None else 'the model default'}). Lower lr, or use a "
-                "smaller network.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+    def _collapse_outputs(self, x: np.ndarray) -> tuple[str, np.ndarray]:
+        return "codes", self._batched(lambda b, _: self.model_.encode(b), x)
 
     def transform(self, X: Any) -> np.ndarray:
         """Codes (N, latent_dim) float32 of X, batch by batch."""
