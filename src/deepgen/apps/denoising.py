@@ -7,6 +7,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..errors import UserError
@@ -97,25 +98,27 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         self._fit_arrays(X)
         return self
 
-    def _collapse_outputs(self, x: np.ndarray) -> tuple[str, np.ndarray]:
+    def _denoise(self, x: torch.Tensor) -> torch.Tensor:
+        """The fitted model's denoised mean of model-space inputs (N, *shape)."""
         model = self.model_
         fn = model.denoise if hasattr(model, "denoise") else model.reconstruct  # type: ignore[attr-defined]
-        return "outputs", self._batched(lambda b, _: fn(b), x)
+        return fn(x)
+
+    def _collapse_outputs(self, x: np.ndarray) -> tuple[str, np.ndarray]:
+        return "outputs", self._batched(lambda b, _: self._denoise(b), x)
 
     def transform(self, X: Any) -> np.ndarray:
         """The denoised X (the model's reconstruction mean), of X's shape and value range."""
         given = dtype_of(X)
         X = self._validate_input(X)
-        model = self.model_
-        fn = model.denoise if hasattr(model, "denoise") else model.reconstruct  # type: ignore[attr-defined]
         dtype = self.codec_.output_dtype(given)
         # As the fitted model was trained (its settings, not this estimator's parameters, which
         # set_params may have changed since): unclipped Gaussian noise reaches it unclipped
         # (session 9: clipping shifted the noise's mean on black pixels and cost up to 3 dB);
         # masking, salt-and-pepper and clipped noise never left the range, so inputs are clipped.
-        cfg = model.config
+        cfg = self.model_.config
         clip = cfg.corruption != "gaussian" or bool(getattr(cfg, "clip", False))
-        return self._batched(lambda b, _: fn(b), X, partial(self.codec_.to_model, clip=clip), lambda out: self.codec_.from_model(out, dtype))
+        return self._batched(lambda b, _: self._denoise(b), X, partial(self.codec_.to_model, clip=clip), lambda out: self.codec_.from_model(out, dtype))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

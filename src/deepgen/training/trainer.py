@@ -216,7 +216,6 @@ class Trainer:
         self._graphs: dict[str, PhaseGraph] = {}
         # Under torchrun: the gradients' all-reduce (see _set_reducers, set at each fit).
         self._reducers: dict[str, distributed.OverlappedReducer] = {}
-        self._reducer_settings: tuple[float, str] | None = None
         self._wire_dtype: torch.dtype | None = None
         self._eager_runs: dict[str, int] = {}
         self._stream_ahead = False  # steps queued on the stream that the default stream has not joined
@@ -455,20 +454,14 @@ class Trainer:
 
     def _set_reducers(self) -> None:
         """Under torchrun with ``ddp_overlap``: one :class:`~deepgen.training.distributed.OverlappedReducer`
-        per phase (hooks on its parameters), for this fit's settings; otherwise none."""
+        per phase (hooks on its parameters) for this fit, taken off again when it ends."""
         cfg = self.config
-        want = self.world.size > 1 and cfg.ddp_overlap
         self._wire_dtype = torch.bfloat16 if cfg.ddp_grad_dtype == "bfloat16" else None
-        if self._reducers and (not want or self._reducer_settings != (cfg.ddp_bucket_mb, cfg.ddp_grad_dtype)):
-            for reducer in self._reducers.values():
-                reducer.remove()
-            self._reducers = {}
-        if want and not self._reducers:
+        if self.world.size > 1 and cfg.ddp_overlap:
             self._reducers = {
                 phase.name: distributed.OverlappedReducer(phase.parameters, self.world.size, cfg.ddp_bucket_mb, self._wire_dtype)
                 for phase in self.phases
             }
-            self._reducer_settings = (cfg.ddp_bucket_mb, cfg.ddp_grad_dtype)
 
     @torch.no_grad()
     def _initialise(self) -> None:
