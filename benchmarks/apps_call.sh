@@ -8,7 +8,8 @@
 #     bash benchmarks/apps_call.sh                          # speed, then embedding, anomaly, denoising
 #     bash benchmarks/apps_call.sh embedding-long anomaly-sweep denoising   # session 9's second round
 # Environment: LATENT_DIMS (denoising's code sizes, best on validation; default 64,256,1024),
-# SWEEP (anomaly-sweep's code sizes; default 8,16,32,64), LONG_EPOCHS (default 60).
+# SWEEP (anomaly-sweep's code sizes; default 8,16,32,64), LONG_EPOCHS (default 60),
+# WIDE_LATENT, WIDE_EPOCHS, WIDE_LR (denoising-wide; defaults 256, 40, 1e-3).
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 W=$OUT/apps
@@ -42,10 +43,11 @@ for job in "$@"; do
         python benchmarks/apps_denoising.py $common --datasets $ds --sigmas $s --test 10000 --latent-dims ${LATENT_DIMS:-64,256,1024} \
           --out $W/denoising-$ds-$s.json > $W/denoising-$ds-$s.log 2>&1 &
       done; done; wait) & ;;
-    # A wider network trained longer (session 9's third round), one code size.
+    # A wider network trained longer, one code size (session 9: at lr 2e-3 it collapsed in
+    # all four settings, every output the mean image; hence lr 1e-3 by default).
     denoising-wide) (one; for ds in mnist fashion-mnist; do for s in 0.3 0.5; do
         python benchmarks/apps_denoising.py $common --datasets $ds --sigmas $s --test 10000 --latent-dims ${WIDE_LATENT:-256} --channels 64,128 \
-          --epochs ${WIDE_EPOCHS:-40} --out $W/denoising-wide-$ds-$s.json > $W/denoising-wide-$ds-$s.log 2>&1 &
+          --epochs ${WIDE_EPOCHS:-40} --lr ${WIDE_LR:-1e-3} --out $W/denoising-wide-$ds-$s.json > $W/denoising-wide-$ds-$s.log 2>&1 &
       done; done; wait) & ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac
