@@ -47,7 +47,7 @@ import sys
 import time
 
 import torch
-from timing import BestWeights
+from timing import BestWeights, timed_continuation
 
 import deepgen
 from deepgen.bench import hardware
@@ -127,11 +127,7 @@ def _probe(args, ds: Dataset, base: TrainConfig) -> dict:
     t0 = time.perf_counter()
     trainer.fit()
     warm = time.perf_counter() - t0
-    trainer.config = base.replace(max_steps=0, max_seconds=trainer.seconds + args.probe_seconds)  # max_seconds counts the run's whole time
-    t1 = time.perf_counter()
-    trainer.fit()
-    seconds = time.perf_counter() - t1
-    steps = trainer.step - WARMUP
+    steps, seconds = timed_continuation(trainer, base.replace(max_steps=0), args.probe_seconds)
     return {"warmup_steps": WARMUP, "warmup_seconds": round(warm, 1), "steps": steps, "seconds": round(seconds, 1),
             "steps_per_s": round(steps / max(seconds, 1e-9), 1)}
 

@@ -96,6 +96,20 @@ def write_record(path: str, rows: list[dict], hardware: str, **extra: Any) -> No
     Path(path).write_text(json.dumps(record, indent=2))
 
 
+def timed_continuation(trainer: Trainer, config: TrainConfig, seconds: float) -> tuple[int, float]:
+    """Go on training a warmed-up ``trainer`` under ``config`` for ``seconds`` more (its
+    ``max_seconds`` counts the trainer's whole time, so the limit is the time so far plus
+    ``seconds``); returns (steps taken, seconds they took, device work included). Graph
+    capture, compilation and the first steps' one-off costs stay outside the timing
+    (ar_mnist_nll.py's and vae_mnist_nll.py's step-rate probes)."""
+    start = trainer.step
+    trainer.config = config.replace(max_seconds=trainer.seconds + seconds)
+    t0 = time.perf_counter()
+    trainer.fit()
+    sync(trainer.device)
+    return trainer.step - start, time.perf_counter() - t0
+
+
 def common_args(p: argparse.ArgumentParser, tiny: str = "tiny networks and data (CPU smoke test)") -> None:
     """The options every measurement script shares: --data-dir, --device, --seed, --tiny, --out."""
     p.add_argument("--data-dir", default=None)

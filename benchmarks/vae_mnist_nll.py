@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timing import timed_continuation
 
 import deepgen
 from deepgen.bench import hardware
@@ -132,16 +133,10 @@ def step_budget(ds: deepgen.Dataset, args: argparse.Namespace, device: torch.dev
     t0 = time.perf_counter()
     trainer = Trainer(model, ds, train_config(args, max_steps=min(WARMUP_STEPS, planned)).replace(max_seconds=0.0), run_dir=None)
     trainer.fit()
-    warm_steps = trainer.step
-    if warm_steps >= planned:  # the whole run is shorter than the warm-up: no budget needed
+    if trainer.step >= planned:  # the whole run is shorter than the warm-up: no budget needed
         return planned, time.perf_counter() - t0
-    # max_seconds counts the trainer's whole time, so the probe's limit is its time so far plus the probe.
-    trainer.config = train_config(args, max_steps=planned).replace(max_seconds=trainer.seconds + PROBE_SECONDS)
-    t1 = time.perf_counter()
-    trainer.fit()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    rate = (trainer.step - warm_steps) / max(time.perf_counter() - t1, 1e-6)
+    steps, seconds = timed_continuation(trainer, train_config(args, max_steps=planned), PROBE_SECONDS)
+    rate = steps / max(seconds, 1e-6)
     return max(1, int(0.97 * args.time_budget * rate)), time.perf_counter() - t0
 
 

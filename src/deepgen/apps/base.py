@@ -308,9 +308,9 @@ class AutoencoderEstimator:
     def _seed(self) -> int:
         return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
 
-    def _fit_arrays(self, X: Any) -> np.ndarray:
-        """Validate X, fit the codec, build and train the model; sets the fitted attributes.
-        Returns the training data in the model's space (N, *spec.shape), float32."""
+    def _fit_arrays(self, X: Any) -> None:
+        """Validate X, fit the codec, build and train the model; sets the fitted attributes
+        and warns if the training collapsed (:meth:`_warn_if_collapsed`)."""
         X, dtype = self._validate_fit_input(X)
         codec, x = ArrayCodec.fit(X, dtype, self.layout)
         self._check_model(model_class(self.model))
@@ -343,7 +343,6 @@ class AutoencoderEstimator:
         self.model_ = model
         self.seed_ = seed
         self._warn_if_collapsed(x)
-        return x
 
     def _collapse_outputs(self, x: np.ndarray) -> tuple[str, np.ndarray] | None:
         """What a collapsed model would give every example alike: (a name, outputs (n, ...))

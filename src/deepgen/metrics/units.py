@@ -229,8 +229,8 @@ def logged_figures(last: Mapping[str, Any]) -> list[Figure]:
             if is_neg_elbo(phase, pre, base):
                 continue  # the loss beside it is this bound, negated: printed once, as "loss (-ELBO)"
             label, value, base = _negated_label(key), -v, "-" + base
-        elif base == "loss" and (is_neg_elbo(phase, pre) or is_neg_elbo(phase, pre, "iwae")):
-            label = f"{key} ({_BOUNDS['elbo' if is_neg_elbo(phase, pre) else 'iwae']})"
+        elif base == "loss" and (bound := next((b for b in _BOUNDS if is_neg_elbo(phase, pre, b)), None)):
+            label = f"{key} ({_BOUNDS[bound]})"
         unit = NATS if base.removeprefix("-") in _BOUNDS else _unit(phase, base, keys, game)
         out.append(Figure(key, label, value, unit))
     return out

@@ -441,16 +441,9 @@ class VAE(LatentCodeMixin, GenerativeModel):
         else the mean of the k one-sample estimates log q(z | x) - log p(z).
         """
         q = self._encoder_outputs(x, c)
-        if not self._analytic_kl:
-            log_px_z, log_ratio = self._draw(x, c, q, k, generator)
-            return -log_px_z.mean(0), -log_ratio.mean(0)
+        log_px_z, log_ratio = self._draw(x, c, q, k, generator)  # (K, N) each
         mu, logvar, _ = q
-        n, L = len(x), self.config.latent_dim
-        # Reparameterisation (Kingma & Welling 2014, eq. 4): z = mu + sigma * eps, eps ~ N(0, I).
-        eps = torch.randn((k, n, L), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = (mu + torch.exp(0.5 * logvar) * eps).reshape(k * n, L)  # (K*N, L)
-        recon = self.head.nll(self.decoder_params(z, _repeat(c, k)), _repeat(x, k)).reshape(k, n).mean(0)  # -log p(x | z)
-        return recon, gaussian_kl(mu, logvar)
+        return -log_px_z.mean(0), gaussian_kl(mu, logvar) if self._analytic_kl else -log_ratio.mean(0)
 
     def loss(self, batch: Batch, phase: str = "main") -> LossOutput:
         """The training loss, averaged over the batch; logs in nats per example.

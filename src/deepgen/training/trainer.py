@@ -216,7 +216,6 @@ class Trainer:
         self._graphs: dict[str, PhaseGraph] = {}
         # Under torchrun: the gradients' all-reduce (see _set_reducers, set at each fit).
         self._reducers: dict[str, distributed.OverlappedReducer] = {}
-        self._wire_dtype: torch.dtype | None = None
         self._eager_runs: dict[str, int] = {}
         self._stream_ahead = False  # steps queued on the stream that the default stream has not joined
         self._after_default = True  # the next step must wait for the default stream's work
@@ -456,12 +455,16 @@ class Trainer:
         """Under torchrun with ``ddp_overlap``: one :class:`~deepgen.training.distributed.OverlappedReducer`
         per phase (hooks on its parameters) for this fit, taken off again when it ends."""
         cfg = self.config
-        self._wire_dtype = torch.bfloat16 if cfg.ddp_grad_dtype == "bfloat16" else None
         if self.world.size > 1 and cfg.ddp_overlap:
             self._reducers = {
                 phase.name: distributed.OverlappedReducer(phase.parameters, self.world.size, cfg.ddp_bucket_mb, self._wire_dtype)
                 for phase in self.phases
             }
+
+    @property
+    def _wire_dtype(self) -> torch.dtype | None:
+        """The gradients' dtype in the all-reduce (``ddp_grad_dtype``; None: their own)."""
+        return torch.bfloat16 if self.config.ddp_grad_dtype == "bfloat16" else None
 
     @torch.no_grad()
     def _initialise(self) -> None:
