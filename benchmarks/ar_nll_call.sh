@@ -9,6 +9,7 @@
 #     BUDGET=520 EPOCHS=104 bash benchmarks/ar_nll_call.sh pixelcnn-full    # all 60,000 images, then pixelcnn-resume
 #     DROPOUT=0.2 ... pixelcnn-long                                         # the gated layers' dropout
 #     EMA=0.9995 ... pixelcnn-full                                          # validate, test and sample the EMA weights
+#     LAYERS=12 ... pixelcnn-full                                           # gated layers (default 10)
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-470}
@@ -32,7 +33,7 @@ for model in "${@:-made pixelcnn transformer}"; do
     # All 60,000 training images, no hold-out, for the EPOCHS that a validated run chose
     # (session 7: the best validation epoch was 104 of a 147-epoch schedule); resume with
     # pixelcnn-resume. The final weights are tested.
-    pixelcnn-full) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=10 ${DROPOUT:+dropout=$DROPOUT} \
+    pixelcnn-full) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=${LAYERS:-10} ${DROPOUT:+dropout=$DROPOUT} \
             --validation 0 --epochs ${EPOCHS:-104} --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} --time-budget $B \
             --data-dir .data --device cuda --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
     pixelcnn-resume) python benchmarks/ar_mnist_nll.py --model pixelcnn --resume --run-dir runs/ar-pixelcnn --time-budget $B \
