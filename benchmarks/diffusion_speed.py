@@ -26,6 +26,16 @@ Sampling: 10,000 images (``--sample-n``) with 50 DDIM steps (``--sample-steps``)
 for the whole set in batches of ``--sample-batch``: ``eager`` (fp32), ``bf16`` (autocast),
 ``compile`` (the denoiser through ``torch.compile``, bf16; the compilation is a warm-up
 call, not timed) and ``compile_cl`` (the same with channels-last weights). A failing configuration is recorded with its error; the others run.
+``--sample-settings key=value ...`` samples another ddpm network (e.g. ``channels=32``: the
+speed of a smaller network whose FID diffusion_quality.py measures; the weights are random,
+which does not change the time).
+
+``--profile``: where the time goes. One training step of deepgen's fastest eager-launch
+mode (bf16, compile, channels-last; the CUDA graph replays the same kernels but hides them
+from the profiler) at each batch size, and one compiled channels-last sampling step at
+``--sample-batch``, under torch.profiler: the GPU time by kernel category (convolution,
+matmul, attention, the compiled fused kernels of the norms and element-wise ops, the
+optimizer, copies) and the top kernels, in the record's ``profile``.
 
     python benchmarks/diffusion_speed.py --data-dir .data --device cuda --out $OUT/diffusion_speed.json
 
@@ -139,6 +149,11 @@ def sample_seconds(model: deepgen.GenerativeModel, args, device: torch.device, m
     if mode == "compile_cl":
         net.to(memory_format=torch.channels_last)  # in place; undone below
     if mode in ("compile", "compile_cl"):
+        # Forget the graphs compiled before (the training modes, the other sampling mode):
+        # dynamo does not guard on a parameter's strides, so after the in-place switch to
+        # channels-last it reused the contiguous graph, whose stride asserts then failed
+        # (session 10: "expected size 64==64, stride 1==9").
+        torch._dynamo.reset()
         model.denoiser = torch.compile(net)
     try:
         with torch.autocast(device.type, torch.bfloat16, enabled=mode != "eager"):
@@ -157,6 +172,80 @@ def sample_seconds(model: deepgen.GenerativeModel, args, device: torch.device, m
             net.to(memory_format=torch.contiguous_format)
 
 
+# Kernel name fragments -> category, first match wins (cuDNN / CUTLASS / inductor names).
+CATEGORIES = (
+    ("attention", ("flash", "fmha", "attention", "efficient_attention")),
+    ("convolution", ("conv", "implicit", "winograd", "dgrad", "wgrad", "fprop", "cudnn")),
+    ("matmul", ("gemm", "cutlass", "matmul", "sm90", "cublas", "nvjet")),
+    ("optimizer", ("adam", "multi_tensor")),
+    ("compiled fused (norms, activations, adds)", ("triton",)),
+    ("copies and fills", ("copy", "memcpy", "memset", "fill", "cat")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def profile_kernels(step, steps: int, device: torch.device) -> dict:
+    """GPU time by kernel category and the 15 longest kernels over ``steps`` calls of
+    ``step`` (already warmed up): {"ms_per_step", "by_category": {cat: share}, "top": [...]}."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    kernels = [(e.key, e.device_time_total) for e in prof.key_averages() if e.device_time_total > 0 and e.key]
+    total = sum(t for _, t in kernels) or 1.0
+    by_cat: dict[str, float] = {}
+    for name, t in kernels:
+        by_cat[kernel_category(name)] = by_cat.get(kernel_category(name), 0.0) + t
+    top = sorted(kernels, key=lambda kv: -kv[1])[:15]
+    return {"ms_per_step": total / steps / 1e3, "by_category": {k: v / total for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+            "top": [{"kernel": k[:120], "share": t / total, "category": kernel_category(k)} for k, t in top]}
+
+
+def profile_training(ds, settings: dict, batch: int, args, device: torch.device) -> dict:
+    """profile_kernels of the trainer's bf16 + compile + channels-last step (no CUDA graph)."""
+    from deepgen.training import TrainConfig, Trainer
+
+    seed_all(0)
+    model = deepgen.create_model("ddpm", ds, **settings).to(memory_format=torch.channels_last)
+    cfg = TrainConfig(epochs=10**6, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, val_limit=0,
+                      ema=0.0, bf16=True, compile=True)
+    trainer = Trainer(model, ds, cfg, None)
+    trainer.config = cfg.replace(max_steps=args.warmup)
+    trainer.fit()  # compiles and warms up
+
+    def step() -> None:
+        trainer.config = cfg.replace(max_steps=trainer.step + 1)
+        trainer.fit()
+
+    return profile_kernels(step, 10, device)
+
+
+def profile_sampling(model: deepgen.GenerativeModel, args, device: torch.device) -> dict:
+    """profile_kernels of one compiled, channels-last, bf16 denoiser call at ``--sample-batch``."""
+    torch._dynamo.reset()
+    net = model.denoiser.to(memory_format=torch.channels_last)
+    fast = torch.compile(net)
+    x = torch.randn(args.sample_batch, *model.spec.shape, device=device).to(memory_format=torch.channels_last)
+    t = torch.full((args.sample_batch,), 500.0, device=device)
+
+    def step() -> None:
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16):
+            fast(x, t, None)
+
+    step()
+    try:
+        return profile_kernels(step, 5, device)
+    finally:
+        net.to(memory_format=torch.contiguous_format)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -168,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-batch", type=int, default=10_000)
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--sample-modes", default="eager,bf16,compile,compile_cl")
+    p.add_argument("--sample-settings", nargs="*", default=[], help="ddpm settings key=value of the sampled network (default: the benchmark's)")
+    p.add_argument("--profile", action="store_true", help="GPU time by kernel category of the fastest modes (see the docstring)")
     p.add_argument("--tiny", action="store_true", help="tiny networks and batches (CPU smoke test)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -203,14 +294,32 @@ def main(argv: list[str] | None = None) -> int:
             row["share_of_matmul_ceiling"] = row["tflops"] / record["matmul_tflops"]
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.sample_settings:
+        from deepgen.config import parse_assignments
+
+        seed_all(0)
+        ours = deepgen.create_model("ddpm", ds, deepgen.create_model("ddpm", ds, **settings).config.with_overrides(
+            parse_assignments(args.sample_settings))).to(device)
     ours.eval()
-    sampling: dict = {"n": args.sample_n, "steps": args.sample_steps, "batch": args.sample_batch}
+    sampling: dict = {"n": args.sample_n, "steps": args.sample_steps, "batch": args.sample_batch,
+                      "settings": args.sample_settings, "parameters": sum(q.numel() for q in ours.parameters())}
     for mode in args.sample_modes.split(","):
         if mode != "eager" and not gpu:
             continue
         guarded(sampling, f"seconds_{mode}", sample_seconds, ours, args, device, mode)
     print(json.dumps(sampling), flush=True)
     record["sampling"] = sampling
+    if args.profile:
+        record["profile"] = {}
+        for batch in (int(b) for b in args.batches.split(",") if b):
+            guarded(record["profile"], f"train_{batch}", profile_training, ds, settings, batch, args, device)
+        guarded(record["profile"], f"sample_{args.sample_batch}", profile_sampling, ours, args, device)
+        for name, prof in record["profile"].items():
+            if isinstance(prof, dict):
+                shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["by_category"].items())
+                print(f"profile {name}: {prof['ms_per_step']:.2f} ms of GPU time per step; {shares}", flush=True)
+            else:
+                print(f"profile {name}: {prof}", flush=True)
     print(f"\nparameters: deepgen {record['parameters']:,}, diffusers {record['diffusers_parameters']:,}")
     print("| batch | diffusers fp32 | diffusers bf16 | deepgen fp32 | deepgen bf16 + graph | deepgen bf16 + compile | deepgen bf16 + compile + graph "
           "| the same, channels last | best / diffusers fp32 | TFLOP/s |")

@@ -107,11 +107,14 @@ def test_sample_set_overrides_sampling_knobs_of_the_saved_config(
     assert loaded[-1].model.config.iwae_k == 9
     saved = json.loads((run / "config.json").read_text())["model_config"]
     assert saved["iwae_k"] != 7  # the run folder keeps its own settings
+    # A setting given at the value it was trained with changes nothing, so it is accepted.
+    assert main(["sample", str(run), "--n", "3", "--set", f"latent_dim={saved['latent_dim']}", "--out", str(out)]) == 0
     bad = tmp_path / "bad.npy"
     for sets, words in [
         (["--set", "iwae=3"], ["'iwae'"]),  # no such setting
         (["--set", "iwae_k=many"], ["iwae_k"]),  # not a number
-        (["--set", "latent_dim=3"], ["latent_dim", "parameters"]),  # another network
+        (["--set", "latent_dim=3"], ["latent_dim=3", "trained with 16", "iwae_chunk, iwae_k"]),  # another network
+        (["--set", "likelihood=gaussian"], ["likelihood", "defines"]),  # the same parameters, another model
     ]:
         capsys.readouterr()
         assert main(["sample", str(run), *sets, "--out", str(bad)]) == 2, sets

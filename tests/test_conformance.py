@@ -154,7 +154,7 @@ def test_seed_save_load_and_resume(name, data, variant, data_dir, tmp_path):
     del other
     # Save/load round trip: the loaded model gives identical samples and losses.
     loaded = load_run(tmp_path / "full", model_overrides={})
-    model = full.model.eval()
+    model = full.eval_model.eval()  # the EMA weights where the model trains with them (ddpm), as load_run loads
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     with torch.no_grad():
         assert torch.equal(model.sample(5, generator=gen()), loaded.model.sample(5, generator=gen()))
@@ -172,6 +172,19 @@ def test_every_model_is_described_and_has_a_config():
         cls = model_class(name)
         assert cls.describe(), f"{name} needs a one-line docstring"
         cls.config_class()  # defaults are valid
+
+
+def test_every_model_names_real_load_time_settings_and_defaultable_train_settings():
+    """``load_time`` (what a loaded run may change) names fields of the config, and no
+    parameter-bearing one: each is changed on a fresh model without touching its state;
+    ``train_defaults`` only names TrainConfig fields a Trainer fills in (MODEL_DEFAULTED)."""
+    from deepgen.training.config import MODEL_DEFAULTED
+
+    for name in model_names():
+        cls = model_class(name)
+        fields = set(cls.config_class.field_names())
+        assert cls.config_class.load_time <= fields, (name, cls.config_class.load_time - fields)
+        assert set(cls.train_defaults) <= set(MODEL_DEFAULTED), (name, cls.train_defaults)
 
 
 def test_unknown_model_is_a_user_error():

@@ -40,7 +40,8 @@ def ring():
 
 
 @pytest.mark.parametrize("sampling", [
-    {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 200}, {"sampler": "dpm-solver++", "steps": 20},
+    # ddpm at every usable timestep: 198 of the 200 (lambda_t >= -5.1; samplers/base.py)
+    {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 198}, {"sampler": "dpm-solver++", "steps": 20},
     {"sampler": "ddim", "steps": 20, "eta": 1.0},
 ])
 def test_samples_of_a_briefly_trained_model_sit_on_the_modes(ring, sampling):
@@ -218,6 +219,61 @@ def test_the_bound_equals_its_closed_form_for_a_constant_denoiser(kind, stride):
     assert info.kind == "bound" and info.discrete == (kind != "real") and (f"every {stride}-th" in info.note) == (stride > 1)
 
 
+class _LinearInXt(nn.Module):
+    """x0 estimate A(t) x_t + B(t) (prediction="x0"), A and B depending on t: the form of the
+    exact denoiser of Gaussian data, with coefficients that are not its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    @staticmethod
+    def coefficients(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = t.double()
+        return 0.5 + 0.3 * torch.cos(t / 7), 0.1 * torch.sin(t / 5) - 0.05
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        a, b = self.coefficients(t)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return (a.reshape(shape) * x + b.reshape(shape) + 0 * self.w).to(x.dtype)
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_the_bound_matches_its_expectation_for_a_denoiser_that_reads_x_t(stride):
+    """For x0_hat = A(t) x_t + B(t) every term's expectation over x_t = sqrt(abar) x0 +
+    sqrt(1 - abar) eps has a closed form: x0 - x0_hat = (1 - A sqrt(abar)) x0 - B - A
+    sqrt(1 - abar) eps, so E (x0 - x0_hat)^2 = ((1 - A sqrt(abar)) x0 - B)^2 + A^2 (1 - abar).
+    The mean of many one-draw bounds must match it (within 5 standard errors): a wrong t in
+    q_sample or given to the network, or the wrong noise scale, moves it by far more."""
+    spec = DataSpec((2,), "real")
+    model = deepgen.create_model("ddpm", spec, prediction="x0", timesteps=40, steps=10, bound_stride=stride, network="mlp", hidden=(4,))
+    model.denoiser = _LinearInXt()
+    model = model.double()
+    x0 = torch.tensor([[0.8, -1.3]], dtype=torch.float64)
+    n = 40_000
+    draws = model.log_prob(x0.expand(n, 2), generator=torch.Generator().manual_seed(3))
+    abar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - model.betas.double(), 0)])  # abar[t + 1]
+    ts = list(range(0, 40, stride))
+
+    def sq_err(t: int) -> torch.Tensor:  # E (x0 - x0_hat(x_t))^2 per dimension
+        a, b = _LinearInXt.coefficients(torch.tensor(float(t)))
+        at = abar[t + 1]
+        return ((1 - a * at.sqrt()) * x0 - b) ** 2 + a**2 * (1 - at)
+
+    a = abar[ts[-1] + 1]
+    want = -0.5 * ((1 - a) + a * x0**2 - 1 - torch.log(1 - a)).sum()
+    for t, s in zip(ts[1:], ts[:-1]):
+        at, as_ = abar[t + 1], abar[s + 1]
+        beta = 1 - at / as_
+        c0, var = as_.sqrt() * beta / (1 - at), (1 - as_) / (1 - at) * beta
+        want = want - (c0**2 * sq_err(t) / (2 * var)).sum()
+    var0 = (1 - abar[1]) / (1 - abar[2]) * (1 - abar[2] / abar[1])
+    want = want - 0.5 * (sq_err(0) / var0 + torch.log(var0) + math.log(2 * math.pi)).sum()
+    se = float(draws.std()) / math.sqrt(n)
+    assert abs(float(draws.mean()) - float(want)) < 5 * se, (float(draws.mean()), float(want), se)
+    assert se < 0.02 * abs(float(want))  # the check has teeth: the error bar is small against the figure
+
+
 def test_the_bound_of_a_trained_model_is_a_bound_on_a_tiny_discrete_space():
     """Two binary pixels, trained on a skewed distribution: E[bound(x)] <= log p(x) for
     every x, so sum_x exp(E[bound(x)]) <= 1 (E estimated over 100 draws of x_t each);
@@ -261,6 +317,7 @@ def test_the_discretized_gaussian_gives_the_levels_probabilities_summing_to_one(
 @pytest.mark.parametrize("settings,words", [
     ({"sampler": "euler"}, "sampler must be one of ddim, ddpm, dpm-solver++"),
     ({"steps": 2000}, "steps must be in 1..timesteps"),
+    ({"schedule": "cosine", "steps": 1000}, "steps must be in 1..996: the cosine schedule has 996"),
     ({"sampler": "ddpm", "eta": 0.5}, "eta is DDIM's setting"),
     ({"spacing": "linspace"}, "spacing must be one of"),
     ({"spacing": "quadratic", "steps": 900}, "quadratic spacing repeats"),
@@ -286,6 +343,13 @@ def test_a_ddpm_trains_with_an_ema_unless_told_otherwise(tmp_path: Path) -> None
     ds = deepgen.load_dataset("moons")
     model = deepgen.create_model("ddpm", ds, hidden=(8,), timesteps=10, steps=5)
     assert Trainer(model, ds).config.ema == 0.9999
+    # A config of the user's own keeps the model's EMA unless it says otherwise.
+    given = Trainer(model, ds, TrainConfig(epochs=3, progress=False)).config
+    assert (given.ema, given.ema_warmup, given.epochs) == (0.9999, 0.75, 3)
+    for off in (TrainConfig(ema=0.0, ema_warmup=0.0), TrainConfig(ema=0.0)):  # no EMA: no warm-up either
+        resolved = Trainer(model, ds, off).config
+        assert (resolved.ema, resolved.ema_warmup) == (0.0, 0.0)
+    assert Trainer(deepgen.create_model("vae", ds), ds, TrainConfig()).config.ema == 0.0  # no default: off
     run = tmp_path / "run"
     args = ["train", "ddpm", "--data", "moons", "--epochs", "1", "--set", "hidden=8", "--set", "timesteps=10", "--set", "steps=4",
             "--set", "max_train=128", "--set", "progress=false", "--set", "tensorboard=false", "--out"]
@@ -316,6 +380,13 @@ def test_cli_samples_with_another_sampler_and_evaluates_the_bound(tmp_path: Path
     assert math.isfinite(entry["values"]["nll_bpd"]) and "every 5-th timestep" in entry["values"]["nll_note"]
     assert main(["sample", str(run), "--n", "2", "--out", str(out), "--set", "sampler=ddpm", "--set", "eta=0.3"]) == 2
     assert "eta is DDIM's setting" in capsys.readouterr().err
+    # The process and the parameterisation define the trained network (no parameter shape
+    # changes with them): a loaded run refuses them instead of sampling another model.
+    for change in ("timesteps=10", "prediction=v", "schedule=cosine", "heads=1"):
+        assert main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "no.npy"), "--set", change]) == 2, change
+        err = capsys.readouterr().err
+        assert f"cannot change {change.split('=')[0]}=" in err and "sampler" in err and "Traceback" not in err, err
+    assert not (tmp_path / "no.npy").exists()
 
 
 # -- found in review: the cosine schedule's end, dtypes, modes, pictures ------------------------------

@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from deepgen.errors import UserError
-from deepgen.samplers import SAMPLERS, NoiseSchedule, make_sampler, spaced_timesteps
+from deepgen.samplers import (
+    SAMPLERS,
+    NoiseSchedule,
+    make_sampler,
+    spaced_timesteps,
+    usable_timesteps,
+)
 
 T = 1000
 F64 = torch.float64
@@ -284,6 +290,33 @@ def test_default_spacing_and_prev(linear, name, spacing):
     assert q.spacing == "quadratic" and q.prev.tolist() == q.timesteps.tolist()[1:] + [-1]
 
 
+@pytest.mark.parametrize("steps", [10, 20, 50, 100, 996])
+def test_cosine_spacings_run_over_its_usable_timesteps(steps):
+    """On the cosine schedule the samplers space over the 996 timesteps with lambda >= -5.1
+    (computed here from abar itself, not by the library's helper): DDIM's uniform
+    tau_i = floor(i * 996 / S), 50 steps 976, 956, ..., 0; trailing starts at 995."""
+    cosine = NoiseSchedule.make("cosine", T)
+    abar = cosine.abar[1:].double()
+    usable = int((0.5 * torch.log(abar / (1 - abar)) >= -5.1).sum())
+    assert usable == 996
+    ddim = make_sampler("ddim", cosine, steps)
+    assert ddim.timesteps.tolist() == [i * usable // steps for i in reversed(range(steps))]
+    if steps == 50:
+        assert ddim.timesteps[:3].tolist() == [976, 956, 936]
+    assert make_sampler("dpm-solver++", cosine, steps).timesteps[0].item() == usable - 1
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "dpm-solver++"])
+def test_more_steps_than_usable_timesteps_is_refused(name):
+    """997..1000 steps on the cosine schedule would have to start where lambda < -5.1 (the
+    region the clip avoids): refused with the limit, not silently run unclipped."""
+    cosine = NoiseSchedule.make("cosine", T)
+    for steps in (997, 1000):
+        with pytest.raises(ValueError, match="steps must be in 1..996"):
+            make_sampler(name, cosine, steps)
+    assert make_sampler(name, NoiseSchedule.make("linear", T), 1000).timesteps.tolist() == list(reversed(range(T)))
+
+
 # -- 6. DDIM ------------------------------------------------------------------------------------------
 def _gaussian_denoiser(sched, m, s):
     """E[x_0 | x_t] for x_0 ~ N(m, s^2): m + sqrt(a) s^2 / (a s^2 + 1 - a) (x_t - sqrt(a) m)."""
@@ -311,13 +344,15 @@ def test_ddim_eta0_is_deterministic(linear):
 @pytest.mark.parametrize("steps,spacing", [(T, "uniform"), (50, "uniform"), (13, "trailing"), (20, "quadratic")])
 def test_ddim_eta1_is_ddpm_posterior(kind, steps, spacing):
     sched = NoiseSchedule.make(kind, T)
+    full = steps == T
+    steps = min(steps, usable_timesteps(sched))  # "all steps": the cosine schedule's 996 usable ones
     ddim = make_sampler("ddim", sched, steps, eta=1.0, spacing=spacing)
     g = _gen(steps)
     x = torch.randn(6, 3, generator=g, dtype=F64)
     x0 = torch.randn(6, 3, generator=g, dtype=F64)
     for i in range(steps):
         t, s = int(ddim.timesteps[i]), int(ddim.prev[i])
-        if steps == T:
+        if full:
             assert s == t - 1
         eps = sched.eps_from_x0(x0, x, t)
         mean, var = sched.posterior(x0, x, t, s)
@@ -463,7 +498,7 @@ def _moments_by_recursion(sched, name, timesteps, eta=0.0):
 def test_samplers_on_gaussian_data(kind, name, steps, kw, tol_std):
     sched = NoiseSchedule.make(kind, T)
     xT = torch.randn(N_SAMPLES, 1, generator=_gen(0), dtype=F64)
-    sampler = make_sampler(name, sched, steps, **kw)
+    sampler = make_sampler(name, sched, min(steps, usable_timesteps(sched)), **kw)  # cosine: 996 at most
     out = _run(sampler, xT, _gaussian_denoiser(sched, M, S), _gen(1))
     assert abs(out.mean().item() - M) < 0.02
     assert abs(out.std().item() - S) < tol_std

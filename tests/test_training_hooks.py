@@ -37,6 +37,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "deepgen"
 
 @dataclass(frozen=True)
 class ShiftConfig(ModelConfig):
+    load_time: ClassVar[frozenset[str]] = frozenset({"temperature"})  # what a loaded run may change
+
     lr: float = 1e-2
     conditional: bool = False
     weight_decay: float = 0.0  # > 0: nanoGPT's AdamW groups (decay_groups)
@@ -256,7 +258,9 @@ def test_ema_warmup_copies_first_then_follows_the_decay_schedule(shift):
     _trainer(None, callbacks=[plain], ema=0.99, max_steps=1).fit()  # no warm-up: the fixed decay
     assert not all(torch.equal(e, m) for e, m in zip(plain.ema[0], plain.model[0]))
     with pytest.raises(UserError, match="ema_warmup"):
-        TrainConfig(ema_warmup=0.75)  # no EMA to warm up
+        TrainConfig(ema=0.0, ema_warmup=0.75)  # no EMA to warm up
+    with pytest.raises(UserError, match="ema_warmup"):  # ema unset: the model's default, none for this one
+        _trainer(None, ema_warmup=0.75)
 
 
 def test_a_resumed_run_with_ema_warmup_equals_an_uninterrupted_one(shift, tmp_path):

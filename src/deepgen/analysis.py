@@ -51,6 +51,7 @@ import torch
 from .data.dataset import Dataset, DataSpec
 from .data.resident import iterate
 from .data.text import decode_text
+from .errors import UserError
 from .io import atomic_path
 from .models.base import (
     Completion,
@@ -78,6 +79,15 @@ SAMPLER_ROWS = tuple(
     for name, steps, eta in (("ddim", 10, 0.0), ("ddim", 50, 0.0), ("dpm-solver++", 10, 0.0), ("dpm-solver++", 20, 0.0), ("ddim", 50, 1.0))
 )
 GUIDANCE = (0.0, 1.0, 2.0, 4.0)  # guidance.png: one row per classifier-free guidance scale, labels 0..7
+
+
+def _accepts(model: GenerativeModel, settings: dict[str, Any]) -> bool:
+    """Whether ``model``'s config takes ``settings`` (e.g. no 50-step row for a 20-step process)."""
+    try:
+        model.config.replace(**settings)
+    except (UserError, TypeError):  # a bad value; a field the config does not have
+        return False
+    return True
 
 
 def _rows_of_samples(model: GenerativeModel, settings: list[dict[str, Any]], device: torch.device, seed: int) -> torch.Tensor:
@@ -256,7 +266,7 @@ def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torc
     if spec.is_image:
         for name, field, settings in (
             ("temperatures.png", "temperature", [{"temperature": t} for t in TEMPERATURES]),
-            ("samplers.png", "sampler", [s for s in SAMPLER_ROWS if s["steps"] <= getattr(model.config, "timesteps", 0)]),
+            ("samplers.png", "sampler", [s for s in SAMPLER_ROWS if _accepts(model, s)]),
             ("guidance.png", "guidance", [{"guidance": g} for g in GUIDANCE] if model.num_classes else []),
         ):
             if hasattr(model.config, field) and settings:

@@ -190,7 +190,7 @@ def _plan_train(
         )
     if data not in {n for n, _ in dataset_descriptions()} and Path(data).expanduser().exists():
         data = str(Path(data).expanduser().resolve())  # the run works from any folder later
-    defaults = {"model": cls.config_class(), "train": TrainConfig().replace(**cls.train_defaults), "data": DataConfig(name=data)}
+    defaults = {"model": cls.config_class(), "train": TrainConfig().for_model(cls.train_defaults), "data": DataConfig(name=data)}
     _check_setting_names({**sets, **shortcuts}, defaults, model_name)
     routed = split_overrides({**sets, **shortcuts}, defaults)
     data_over = dict(routed["data"])

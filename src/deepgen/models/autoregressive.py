@@ -58,6 +58,7 @@ class AutoregressiveConfig(ModelConfig):
     """Settings every autoregressive model has. ``temperature`` and ``top_k`` are sampling
     knobs (overridable when a run is loaded: ``deepgen sample RUN --set temperature=0.8``)."""
 
+    load_time: ClassVar[frozenset[str]] = frozenset({"temperature", "top_k"})
     conditional: bool = False  # class-conditional: p(x | y)
     likelihood: str = "auto"  # output distribution: auto = bernoulli (binary) or categorical (levels, tokens)
     components: int = 5  # mixture components of the "logistic-mixture" output
@@ -111,6 +112,7 @@ class PixelCNNConfig(AutoregressiveConfig):
 class TransformerConfig(AutoregressiveConfig):
     """Settings of ``transformer`` (defaults: nanoGPT's shakespeare_char model)."""
 
+    load_time: ClassVar[frozenset[str]] = AutoregressiveConfig.load_time | {"decode_graph"}
     lr: float = 1e-3
     layers: int = 6
     heads: int = 6

@@ -104,9 +104,14 @@ class ModelConfig(Config):
     """Base of every family's config. Families add their own fields.
 
     Sampling options (steps, sampler, eta, guidance, temperature, top-k) are fields of the
-    families that have them; a loaded run may override them (``deepgen sample --set``,
-    ``load_run(model_overrides=...)``) because they change no parameter.
+    families that have them. ``load_time`` names the fields a loaded run may override
+    (``deepgen sample --set``, ``load_run(model_overrides=...)``): the sampling and
+    evaluation knobs. Every other field defines the model that was trained (a schedule, a
+    likelihood, a head count), so changing it would make the loaded weights compute
+    something else, silently when no parameter shape changes.
     """
+
+    load_time: ClassVar[frozenset[str]] = frozenset()
 
     lr: float = 1e-3
 
@@ -159,8 +164,9 @@ class GenerativeModel(nn.Module):
     #: what a small batch of inputs is and what output shape its own network returns.
     replaceable_networks: ClassVar[Mapping[str, str]] = {}
     #: Trainer settings (TrainConfig fields) this family trains with unless the user sets
-    #: them: ``deepgen train`` and ``deepgen bench`` start from them, and so does
-    #: ``Trainer(model, data)`` without a config (DDPM: an EMA of the weights).
+    #: them: ``deepgen train`` and ``deepgen bench`` start from them, and a ``Trainer``
+    #: fills a config's unset fields from them (TrainConfig.for_model; DDPM: an EMA of the
+    #: weights). Only the fields of ``training.config.MODEL_DEFAULTED`` can be unset.
     train_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(

@@ -78,6 +78,7 @@ class DDPMConfig(ModelConfig):
     ``clip_denoised`` and ``bound_stride`` change no parameter: a loaded run may override
     them (``deepgen sample RUN --set sampler=ddim --set steps=50``)."""
 
+    load_time: ClassVar[frozenset[str]] = frozenset({"sampler", "steps", "eta", "spacing", "guidance", "clip_denoised", "bound_stride"})
     lr: float = 2e-4  # Ho et al. 2020's Adam rate (their CIFAR-10 runs)
     timesteps: int = 1000  # T
     schedule: str = "linear"  # linear (Ho et al. 2020) | cosine (Nichol & Dhariwal 2021)
@@ -124,10 +125,14 @@ class DDPMConfig(ModelConfig):
             self.check(self.eta in (0.0, fixed), f"eta is DDIM's setting; the {self.sampler} sampler has eta = {fixed:g} built in. "
                        f"Use sampler=ddim for eta={self.eta:g}")
         self.check(self.spacing in SPACINGS, f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
-        if self.spacing == "quadratic":  # over the timesteps the samplers use (usable_timesteps)
+        # The samplers space their steps over the timesteps with lambda_t >= -5.1 (all 1000
+        # of the linear schedule, 996 of the cosine one: samplers/base.py says why).
+        usable = usable_timesteps(NoiseSchedule.make(self.schedule, self.timesteps))
+        self.check(self.steps <= usable, f"steps must be in 1..{usable}: the {self.schedule} schedule has {usable} of its "
+                   f"{self.timesteps} timesteps where the samplers run (lambda_t >= -5.1), got {self.steps}")
+        if self.spacing == "quadratic":
             try:
-                usable = usable_timesteps(NoiseSchedule.make(self.schedule, self.timesteps))
-                spaced_timesteps(max(usable, self.steps), self.steps, "quadratic")
+                spaced_timesteps(usable, self.steps, "quadratic")
             except ValueError as e:
                 self.check(False, str(e))
         self.check(math.isfinite(self.guidance) and self.guidance >= 0, f"guidance must be a number >= 0, got {self.guidance}")
@@ -174,7 +179,8 @@ class DDPM(GenerativeModel):
 
     @classmethod
     def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
-        """A small network of the same architecture; conditional models also with guidance."""
+        """A small network of the same architecture, and the same with v-prediction and
+        DPM-Solver++ (guidance needs labels: tests/test_diffusion.py samples with it)."""
         if len(spec.shape) == 3:
             small: dict[str, object] = {"channels": 8, "channel_mult": (1, 2), "res_blocks": 1, "attention": (1,), "heads": 2,
                                         "timesteps": 20, "steps": 5}
@@ -399,7 +405,8 @@ class DDPM(GenerativeModel):
     # -- the variational bound (Ho et al. 2020, eq. 5 and sec. 3.3) --------------------------------
     def likelihood_info(self) -> Likelihood:
         k = self.config.bound_stride
-        chain = "every timestep" if k == 1 else f"every {k}-th timestep ({len(range(0, self.config.timesteps, k))} of {self.config.timesteps})"
+        chain = ("every timestep" if k == 1 else
+                 f"every {k}-th timestep ({len(range(0, self.config.timesteps, k))} of {self.config.timesteps}; looser than every timestep's)")
         decoder = "a discretized Gaussian decoder at t = 0" if self._discrete else "a Gaussian decoder at t = 0"
         return Likelihood("bound", self._discrete, f"variational bound of the reverse process on {chain}, {decoder}, one x_t draw per term")
 

@@ -58,8 +58,9 @@ NORMS = ("none", "batchnorm", "actnorm")
 
 @dataclass(frozen=True)
 class FlowConfig(ModelConfig):
-    """What every flow shares."""
+    """What every flow shares. ``temperature`` may change when a run is loaded."""
 
+    load_time: ClassVar[frozenset[str]] = frozenset({"temperature"})
     conditional: bool = False  # class-conditional p(x | y): labels enter every coupling network
     # [0, 1] data: y -> logit(alpha + (1 - 2 alpha) y) (RealNVP sec. 4.1). 1e-6 as MAF's
     # MNIST runs (Papamakarios et al. 2017, sec. 4.3): with RealNVP's 0.05 the blank

@@ -29,7 +29,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +67,10 @@ _IAF_GATE_BIAS = 1.0
 
 @dataclass(frozen=True)
 class VAEConfig(EncoderDecoderConfig):
-    """Settings of the ``vae`` family (network and head knobs: EncoderDecoderConfig)."""
+    """Settings of the ``vae`` family (network and head knobs: EncoderDecoderConfig).
+    ``iwae_k`` and ``iwae_chunk`` (how ``log_prob`` is estimated) may change when a run is loaded."""
 
+    load_time: ClassVar[frozenset[str]] = frozenset({"iwae_k", "iwae_chunk"})
     hidden: tuple[int, ...] = (512, 256)  # mlp widths, encoder order (the decoder mirrors it)
     beta: float = 1.0  # KL weight in the training loss (beta-VAE); 1 is the plain ELBO
     conditional: bool = False  # CVAE: one-hot labels into encoder and decoder

@@ -104,7 +104,15 @@ class Sampler:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.spacing = self.default_spacing if spacing == "auto" else spacing
         device = schedule.abar.device
-        self.timesteps = spaced_timesteps(max(usable_timesteps(schedule, lambda_min), steps), steps, self.spacing).to(device)
+        usable = usable_timesteps(schedule, lambda_min)
+        if not 1 <= steps <= usable:
+            # More steps than usable timesteps would have to start in the region the clip
+            # exists to avoid (or repeat a timestep): refused, not silently unclipped.
+            raise ValueError(
+                f"steps must be in 1..{usable}: the schedule has {usable} of its {len(schedule.abar) - 1} timesteps "
+                f"with lambda_t >= {lambda_min:g} (where the samplers run), got {steps}"
+            )
+        self.timesteps = spaced_timesteps(usable, steps, self.spacing).to(device)
         self.prev = torch.cat([self.timesteps[1:], torch.full((1,), -1, dtype=torch.long, device=device)])
 
     def __len__(self) -> int:

@@ -707,15 +707,25 @@ def _parsed(part: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
 
 def saved_model_config(cfg: Mapping[str, Any], model_overrides: Mapping[str, str] | None = None) -> ModelConfig:
     """The model config saved in ``config.json`` (``cfg``, from :func:`read_run_config`),
-    with ``key -> text`` overrides parsed by each field's type (an unknown key is a
-    :class:`UserError` listing the accepted ones)."""
+    with ``key -> text`` overrides parsed by each field's type. An unknown key, or a change
+    of a setting outside the config's ``load_time`` ones (a setting that defines the
+    trained model), is a :class:`UserError` listing the accepted ones."""
     try:
         cls = model_class(cfg["model"])
     except UserError as e:
         raise UserError(f"the run's {CONFIG} names a model this deepgen does not have: {e}") from None
-    model_config = _parsed("model_config", cls.config_class, cfg["model_config"])
-    if model_overrides:
-        model_config = model_config.with_overrides(dict(model_overrides))
+    saved = _parsed("model_config", cls.config_class, cfg["model_config"])
+    if not model_overrides:
+        return saved
+    model_config = saved.with_overrides(dict(model_overrides))
+    fixed = sorted(k for k in model_overrides if k not in saved.load_time and getattr(model_config, k) != getattr(saved, k))
+    if fixed:
+        changes = ", ".join(f"{k}={getattr(model_config, k)!r} (trained with {getattr(saved, k)!r})" for k in fixed)
+        allowed = ", ".join(sorted(saved.load_time)) or "none"
+        raise UserError(
+            f"cannot change {changes} of a trained {cfg['model']} run: {'it defines' if len(fixed) == 1 else 'they define'} "
+            f"the model its weights were trained as. Settings a loaded {cfg['model']} run may change: {allowed}."
+        )
     return model_config
 
 
@@ -836,8 +846,8 @@ def load_run(
     """Load a run folder's model and configs.
 
     ``model_overrides`` are ``key -> text`` settings applied to the saved model config
-    (sampling and evaluation knobs such as ``iwae_k``); an unknown key, or a change that
-    alters the parameters, is one :class:`UserError`. ``use_ema``: load the EMA weights
+    (its ``load_time`` ones: sampling and evaluation knobs such as ``iwae_k``); an unknown
+    key, or a change of any other setting, is one :class:`UserError`. ``use_ema``: load the EMA weights
     when the run has them. ``checkpoint``: ``"latest"`` (the current one), ``"best"`` (by
     the run's ``keep_best`` figure) or a step still kept in ``checkpoints/``.
     """
@@ -861,12 +871,6 @@ def load_run(
         raise UserError(f"cannot load {run_dir}: its checkpoints keep changing (is it training with checkpoint_every=1?); try again.")
     why = _mismatch(model, state)
     if why is not None:
-        if model_overrides and _mismatch(build_model(cfg), state) is None:  # the saved settings fit: the overrides do not
-            raise UserError(
-                f"cannot load {run_dir} with {', '.join(sorted(model_overrides))} changed: the change alters the "
-                f"model's parameters ({why}). A loaded run may change only settings that leave the parameters "
-                "as they are (sampling and evaluation knobs)."
-            )
         raise UserError(f"the weights in {ck.path / name} do not fit the model config: {why}. {_no_longer_describes(model)}")
     model.to(device).eval()
     return Run(

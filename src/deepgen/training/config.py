@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..config import Config
+
+#: The fields whose unset value (None) means "the model's default" (GenerativeModel.train_defaults), with their off values.
+MODEL_DEFAULTED: dict[str, float] = {"ema": 0.0, "ema_warmup": 0.0}
 
 
 @dataclass(frozen=True)
@@ -20,8 +24,9 @@ class TrainConfig(Config):
     bf16: bool = False  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the loss (forward and backward); pays off on GPUs
     cuda_graph: bool = False  # capture each phase's step in a CUDA graph, one launch per step (CUDA only); with compile, the compiled step is captured
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
-    ema_warmup: float = 0.0  # power of diffusers' EMA warm-up: decay min(ema, 1 - (1 + step)^-power); 0 = off
+    # None (unset): the model's own default (its train_defaults: ddpm 0.9999 and 0.75), else 0.
+    ema: float | None = None  # decay of an exponential moving average of the weights; 0 = off
+    ema_warmup: float | None = None  # power of diffusers' EMA warm-up: decay min(ema, 1 - (1 + step)^-power); 0 = off
     log_every: int = 50  # steps between reads of the logged device tensors (one sync each)
     osc_window: int = 20  # log points in the moving window of the oscillation measure (<key>_osc)
     sample_every: int = 0  # steps between sample points (trainer.sample_due: pictures); 0 = at the end of each epoch
@@ -48,16 +53,26 @@ class TrainConfig(Config):
     ddp_bucket_mb: float = 25.0
     ddp_grad_dtype: Literal["float32", "bfloat16"] = "float32"
 
+    def for_model(self, defaults: Mapping[str, Any]) -> TrainConfig:
+        """This config with each unset (None) field of :data:`MODEL_DEFAULTED` taken from a
+        model's ``train_defaults`` (``defaults``), else its off value: what a trainer runs.
+        A value the user set, 0 included, is kept; with the EMA off (ema=0), an unset
+        warm-up is off too (there is nothing to warm up)."""
+        filled = {k: defaults.get(k, off) for k, off in MODEL_DEFAULTED.items() if getattr(self, k) is None}
+        if "ema_warmup" in filled and not filled.get("ema", self.ema):
+            filled["ema_warmup"] = 0.0
+        return self.replace(**filled)
+
     def validate(self) -> None:
         self.check(self.threads >= 0, f"threads must be >= 0 (0 = deepgen's choice), got {self.threads}")
         self.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         self.check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         self.check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         self.check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        self.check(0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (0 = off), got {self.ema}")
-        self.check(self.ema_warmup >= 0, f"ema_warmup must be >= 0 (0 = off), got {self.ema_warmup}")
+        self.check(self.ema is None or 0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (0 = off), got {self.ema}")
+        self.check(self.ema_warmup is None or self.ema_warmup >= 0, f"ema_warmup must be >= 0 (0 = off), got {self.ema_warmup}")
         self.check(
-            not (self.ema_warmup and not self.ema),
+            self.ema is None or self.ema_warmup is None or not (self.ema_warmup and not self.ema),
             f"ema_warmup={self.ema_warmup} ramps up the EMA's decay, but ema=0 (off); set ema (e.g. 0.999) as well",
         )
         self.check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")

@@ -177,7 +177,9 @@ class Trainer:
         callbacks: Sequence[CallbackLike] = (),
         _resume_state: dict[str, Any] | None = None,
     ) -> None:
-        self.config = config or TrainConfig().replace(**model.train_defaults)
+        # Unset fields (None) take the model's defaults: TrainConfig(epochs=20) trains a ddpm
+        # with its EMA, as the command line does; ema=0 said explicitly turns it off.
+        self.config = (config or TrainConfig()).for_model(model.train_defaults)
         # Under torchrun: this process's rank; rank r trains on cuda:LOCAL_RANK, and only
         # rank 0 writes the run folder (the others keep run_dir None).
         self.world = distributed.current_world()
