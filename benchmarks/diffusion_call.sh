@@ -4,30 +4,53 @@
 # and .data). JSON records, logs and sample grids go to $OUT.
 #     bash benchmarks/diffusion_call.sh speed                     # deepgen vs diffusers, training and sampling
 #     BATCHES=128 SAMPLE_MODES=compile TAG=-128 bash benchmarks/diffusion_call.sh speed   # a part (BATCHES="": sampling only)
+#     SPEED_ARGS="--autotune --profile --sample-settings channels=32" ... speed            # more of diffusion_speed.py's options
 #     BUDGET=480 bash benchmarks/diffusion_call.sh mnist          # train, then FID against steps (10,000 samples each)
 #     BUDGET=480 bash benchmarks/diffusion_call.sh mnist-resume   # at once, on the same warm machine: train on, score again
 #     bash benchmarks/diffusion_call.sh mnist-eval                # at once: the rest of the FID table, no training
 #     GRID=ddim:1000:0,ddim:1000:1 TAG=-1000 bash benchmarks/diffusion_call.sh mnist-eval
+#     BUDGET=420 bash benchmarks/diffusion_call.sh mnist-guided      # conditional: FID and accuracy at guidance 0, 1, 2, 4
+#     bash benchmarks/diffusion_call.sh bench                     # the leaderboard's ddpm row (25 s, as the other presets)
+#     PARALLEL=1 BUDGET=420 bash benchmarks/diffusion_call.sh mnist fashion-mnist mnist-guided   # the jobs at once, sharing the GPU
+#     SETTINGS="channels=32" RUN=-c32 BUDGET=420 bash benchmarks/diffusion_call.sh mnist  # another network, its own run folder
+#     BOUND=1 BOUND_LIMIT=2000 GRID=ddim:50:0 bash benchmarks/diffusion_call.sh mnist-eval # the bits/dim bound, every timestep
+# With PARALLEL=1 the processes share the GPU's time: each training time is an upper bound
+# on what that run needs alone (quality runs only; never for the speed job).
 set -u
 export PYTHONPATH=$PWD/src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-480}
 quality="python benchmarks/diffusion_quality.py --data-dir .data --device cuda --pictures $OUT"
-for job in "$@"; do
+run_job() {
+  local job=$1
   case $job in
     speed) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
            PYTHONPATH=$PYTHONPATH:/tmp/site timeout ${SPEED_LIMIT:-500} python benchmarks/diffusion_speed.py --data-dir .data --device cuda \
-             --batches "${BATCHES-128,1024}" --sample-modes "${SAMPLE_MODES:-eager,bf16,compile,compile_cl}" \
+             --batches "${BATCHES-128,1024}" --sample-modes "${SAMPLE_MODES:-eager,bf16,compile,compile_cl}" ${SPEED_ARGS:-} \
              --out $OUT/diffusion_speed${TAG:-}.json > $OUT/diffusion_speed${TAG:-}.log 2>&1 ;;
-    mnist|fashion-mnist) $quality --dataset $job --time-budget $B --train bf16=true cuda_graph=true --run-dir runs/ddpm-$job \
-           --grid "${GRID:-ddim:10:0,ddim:20:0,ddim:50:0,dpm-solver++:10:0,dpm-solver++:20:0}" --out $OUT/ddpm_$job.json > $OUT/ddpm_$job.log 2>&1 ;;
-    mnist-resume|fashion-mnist-resume) d=${job%-resume}; $quality --dataset $d --resume --time-budget $B --run-dir runs/ddpm-$d \
-           ${GRID:+--grid $GRID} --bound-stride ${STRIDE:-10} --out $OUT/ddpm_$d.json > $OUT/ddpm_$d.log 2>&1 ;;
+    mnist|fashion-mnist) $quality --dataset $job ${SETTINGS:+--settings $SETTINGS} --time-budget $B --train bf16=true cuda_graph=true \
+           --run-dir runs/ddpm-$job${RUN:-} --grid "${GRID:-ddim:10:0,ddim:20:0,ddim:50:0,dpm-solver++:10:0,dpm-solver++:20:0}" \
+           --out $OUT/ddpm_$job${RUN:-}.json > $OUT/ddpm_$job${RUN:-}.log 2>&1 ;;
+    mnist-resume|fashion-mnist-resume) d=${job%-resume}; $quality --dataset $d --resume --time-budget $B --run-dir runs/ddpm-$d${RUN:-} \
+           ${GRID:+--grid $GRID} --bound-stride ${STRIDE:-10} --out $OUT/ddpm_$d${RUN:-}.json > $OUT/ddpm_$d${RUN:-}.log 2>&1 ;;
     # No more training: the rest of the table on the same warm machine, e.g.
     # GRID=ddim:1000:0,ddim:1000:1 (about 4.3 min each with fast sampling).
-    mnist-eval|fashion-mnist-eval) d=${job%-eval}; $quality --dataset $d --resume --time-budget 0 --run-dir runs/ddpm-$d \
+    mnist-eval|fashion-mnist-eval) d=${job%-eval}; $quality --dataset $d --resume --time-budget 0 --run-dir runs/ddpm-$d${RUN:-} \
            --grid "${GRID:-ddim:100:0,ddim:10:1,ddim:20:1,ddim:50:1,ddim:100:1}" ${GUIDANCE:+--guidance $GUIDANCE} \
-           --out $OUT/ddpm_${d}_eval${TAG:-}.json > $OUT/ddpm_${d}_eval${TAG:-}.log 2>&1 ;;
-    *) echo "unknown job $job"; exit 2 ;;
+           ${BOUND:+--bound-stride $BOUND --bound-limit ${BOUND_LIMIT:-2000}} \
+           --out $OUT/ddpm_${d}${RUN:-}_eval${TAG:-}.json > $OUT/ddpm_${d}${RUN:-}_eval${TAG:-}.log 2>&1 ;;
+    mnist-guided) $quality --dataset mnist --settings conditional=true --time-budget $B --train bf16=true cuda_graph=true \
+           --run-dir runs/ddpm-mnist-guided --grid ddim:50:0 --guidance ${GUIDANCE:-0,1,2,4} \
+           --out $OUT/ddpm_mnist_guided.json > $OUT/ddpm_mnist_guided.log 2>&1 ;;
+    bench) python -m deepgen bench mnist --models ddpm --budget ${BENCH_BUDGET:-25} --device cuda --data-dir .data \
+           --out $OUT/bench-mnist > $OUT/bench_mnist.log 2>&1 ;;
   esac
+}
+JOBS=" speed mnist fashion-mnist mnist-resume fashion-mnist-resume mnist-eval fashion-mnist-eval mnist-guided bench "
+for job in "$@"; do  # every name checked before any job starts
+  [[ $JOBS == *" $job "* ]] || { echo "unknown job $job (accepted:$JOBS)"; exit 2; }
 done
+for job in "$@"; do
+  if [ -n "${PARALLEL:-}" ]; then run_job $job & else run_job $job; fi
+done
+wait
 tail -8 $OUT/*.log 2>/dev/null

@@ -15,7 +15,9 @@ the GPU on both sides, Adam, the epsilon objective at uniform t):
 * ``deepgen_eager`` (fp32, the trainer without fast paths), ``deepgen_graph``
   (``bf16=true cuda_graph=true``), ``deepgen_compile`` (``bf16=true compile=true``),
   ``deepgen_compile_graph`` (both: the compiled step captured) and
-  ``deepgen_compile_graph_cl`` (the same with the weights in channels-last format).
+  ``deepgen_compile_graph_cl`` (the same with the weights in channels-last format); with
+  ``--autotune`` also ``deepgen_autotune_graph_cl`` (the same under
+  ``compile_mode=max-autotune-no-cudagraphs``: minutes of compilation).
 
 At each batch size (``--batches``, default 128 and 1024). ``flops_per_sample`` is one
 training step's FLOPs per example (``torch.utils.flop_counter`` on deepgen's network,
@@ -61,7 +63,7 @@ SETTINGS = {"channels": 64, "channel_mult": (1, 2, 2), "res_blocks": 2, "attenti
 TINY = {"channels": 8, "channel_mult": (1, 2), "res_blocks": 1, "attention": (1,), "heads": 2, "scale_shift": False, "dropout": 0.0}
 
 
-DEEPGEN_MODES = ("deepgen_eager", "deepgen_graph", "deepgen_compile", "deepgen_compile_graph", "deepgen_compile_graph_cl")
+DEEPGEN_MODES = ("deepgen_eager", "deepgen_graph", "deepgen_compile", "deepgen_compile_graph", "deepgen_compile_graph_cl", "deepgen_autotune_graph_cl")
 
 
 def padded_mnist(data_dir: str | None, limit: int) -> deepgen.Dataset:
@@ -260,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--sample-modes", default="eager,bf16,compile,compile_cl")
     p.add_argument("--sample-settings", nargs="*", default=[], help="ddpm settings key=value of the sampled network (default: the benchmark's)")
+    p.add_argument("--autotune", action="store_true", help="also deepgen_autotune_graph_cl: compile_mode=max-autotune-no-cudagraphs")
     p.add_argument("--profile", action="store_true", help="GPU time by kernel category of the fastest modes (see the docstring)")
     p.add_argument("--tiny", action="store_true", help="tiny networks and batches (CPU smoke test)")
     p.add_argument("--out", default=None)
@@ -289,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             guarded(row, "deepgen_compile_graph", deepgen_rate, ds, settings, batch, args, device, bf16=True, compile=True, cuda_graph=True)
             guarded(row, "deepgen_compile_graph_cl", deepgen_rate, ds, settings, batch, args, device, channels_last=True,
                     bf16=True, compile=True, cuda_graph=True)
+            if args.autotune:
+                guarded(row, "deepgen_autotune_graph_cl", deepgen_rate, ds, settings, batch, args, device, channels_last=True,
+                        bf16=True, compile=True, compile_mode="max-autotune-no-cudagraphs", cuda_graph=True)
         best = max((row[k] for k in DEEPGEN_MODES if k in row), default=0.0)
         row["speedup_vs_diffusers_fp32"] = best / row["diffusers_fp32"] if "diffusers_fp32" in row and best else None
         row["tflops"] = best * record["flops_per_sample"] / 1e12
@@ -324,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"profile {name}: {prof}", flush=True)
     print(f"\nparameters: deepgen {record['parameters']:,}, diffusers {record['diffusers_parameters']:,}")
     print("| batch | diffusers fp32 | diffusers bf16 | deepgen fp32 | deepgen bf16 + graph | deepgen bf16 + compile | deepgen bf16 + compile + graph "
-          "| the same, channels last | best / diffusers fp32 | TFLOP/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| the same, channels last | the same, autotuned | best / diffusers fp32 | TFLOP/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
     def f(r, k):
         return f"{r[k]:,.0f}" if k in r else "failed" if k + "_error" in r else "-"
@@ -333,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         ratio = f"{r['speedup_vs_diffusers_fp32']:.2f}x" if r.get("speedup_vs_diffusers_fp32") else "-"
         print(f"| {r['batch']} | {f(r, 'diffusers_fp32')} | {f(r, 'diffusers_bf16')} | {f(r, 'deepgen_eager')} | {f(r, 'deepgen_graph')} "
-              f"| {f(r, 'deepgen_compile')} | {f(r, 'deepgen_compile_graph')} | {f(r, 'deepgen_compile_graph_cl')} | {ratio} | {r['tflops']:.1f} |")
+              f"| {f(r, 'deepgen_compile')} | {f(r, 'deepgen_compile_graph')} | {f(r, 'deepgen_compile_graph_cl')} "
+              f"| {f(r, 'deepgen_autotune_graph_cl')} | {ratio} | {r['tflops']:.1f} |")
     if args.out:
         write_record(args.out, [record, *rows], hardware(device))
     return 0

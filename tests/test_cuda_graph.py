@@ -53,6 +53,18 @@ def test_compile_and_cuda_graph_go_together():
     assert cfg.compile and cfg.cuda_graph
 
 
+def test_compile_mode_reaches_torch_compile_and_needs_compile(monkeypatch):
+    """compile_mode is passed to torch.compile as its mode ("default": torch's own default,
+    no mode argument); without compile=true it is refused, not ignored."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    _trainer("ae", compile=True, compile_mode="max-autotune-no-cudagraphs")
+    _trainer("ae", compile=True)
+    assert seen == [{"dynamic": False, "mode": "max-autotune-no-cudagraphs"}, {"dynamic": False, "mode": None}]
+    with pytest.raises(UserError, match="compile_mode=max-autotune-no-cudagraphs is a mode of torch.compile: set compile=true"):
+        TrainConfig(compile_mode="max-autotune-no-cudagraphs")
+
+
 # -- optimizer state across implementations (any machine) ------------------------------------
 
 

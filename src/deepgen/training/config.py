@@ -23,6 +23,10 @@ class TrainConfig(Config):
     grad_clip: float = 0.0  # max global gradient norm per phase; 0 = off
     bf16: bool = False  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the loss (forward and backward); pays off on GPUs
+    # torch.compile's mode: max-autotune-no-cudagraphs times Triton templates against the
+    # library kernels for each matmul and convolution shape (minutes of compilation more;
+    # cuda_graph=true does the capturing, so not max-autotune's own CUDA graphs).
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     cuda_graph: bool = False  # capture each phase's step in a CUDA graph, one launch per step (CUDA only); with compile, the compiled step is captured
     # None (unset): the model's own default (its train_defaults: ddpm 0.9999 and 0.75), else 0.
     ema: float | None = None  # decay of an exponential moving average of the weights; 0 = off
@@ -66,6 +70,7 @@ class TrainConfig(Config):
     def validate(self) -> None:
         self.check(self.threads >= 0, f"threads must be >= 0 (0 = deepgen's choice), got {self.threads}")
         self.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        self.check(self.compile or self.compile_mode == "default", f"compile_mode={self.compile_mode} is a mode of torch.compile: set compile=true as well")
         self.check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         self.check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         self.check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")

@@ -239,7 +239,8 @@ class Trainer:
         # torch.compile of the loss (forward and, through AOTAutograd, backward): fewer,
         # fused kernels for launch-bound small models. Batches have one size (the loader
         # drops the tail), so static shapes: no dynamic-shape recompiles.
-        self._loss = torch.compile(model.loss, dynamic=False) if self.config.compile else model.loss
+        mode = None if self.config.compile_mode == "default" else self.config.compile_mode
+        self._loss = torch.compile(model.loss, dynamic=False, mode=mode) if self.config.compile else model.loss
         self.step = 0
         self.seconds = 0.0
         # Per phase: the names of its logged values and their running sums, one device
