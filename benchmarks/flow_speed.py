@@ -21,7 +21,9 @@ the library has no mixed-precision or graph path); deepgen through its trainer:
 
 * ``deepgen_eager``: fp32, no fast path (the trainer's overhead against the peer);
 * ``deepgen_graph``: ``bf16=true cuda_graph=true``;
-* ``deepgen_compile``: ``bf16=true compile=true``.
+* ``deepgen_compile``: ``bf16=true compile=true``;
+* ``deepgen_compile_graph``: ``bf16=true compile=true cuda_graph=true`` (the compiled step
+  captured: the diffusion U-Net's fastest mode at small batches, RESULTS.md).
 
 A configuration that fails is recorded with its error, and the others still run.
 Sampling: images/s of ``model.sample(n)`` for batches of ``--sample-batch`` images under
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         if gpu:
             guarded(row, "deepgen_graph", deepgen_train_rate, name, ds, settings, batch, args, device, bf16=True, cuda_graph=True)
             guarded(row, "deepgen_compile", deepgen_train_rate, name, ds, settings, batch, args, device, bf16=True, compile=True)
+            guarded(row, "deepgen_compile_graph", deepgen_train_rate, name, ds, settings, batch, args, device, bf16=True, compile=True,
+                    cuda_graph=True)
         ours.eval()
         peer.eval()
         n, reps = (16, 1) if args.tiny else (args.sample_batch, args.sample_repeats)
@@ -170,16 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         guarded(row, "deepgen_sample", sample_rate, ours.sample, n, reps, device)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| model | normflows train | deepgen fp32 | deepgen bf16 + graph | deepgen bf16 + compile | best / normflows | normflows sample | deepgen sample |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| model | normflows train | deepgen fp32 | deepgen bf16 + graph | deepgen bf16 + compile | deepgen bf16 + compile + graph "
+          "| best / normflows | normflows sample | deepgen sample |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
     def f(r, k):
         return f"{r[k]:,.0f}" if k in r else "failed" if k + "_error" in r else "-"
 
     for r in rows:
-        best = max((r[k] for k in ("deepgen_eager", "deepgen_graph", "deepgen_compile") if k in r), default=None)
+        best = max((r[k] for k in ("deepgen_eager", "deepgen_graph", "deepgen_compile", "deepgen_compile_graph") if k in r), default=None)
         ratio = f"{best / r['normflows_train']:.2f}x" if best and "normflows_train" in r else "-"
-        print(f"| {r['model']} | {f(r, 'normflows_train')} | {f(r, 'deepgen_eager')} | {f(r, 'deepgen_graph')} | {f(r, 'deepgen_compile')} | {ratio} "
+        print(f"| {r['model']} | {f(r, 'normflows_train')} | {f(r, 'deepgen_eager')} | {f(r, 'deepgen_graph')} | {f(r, 'deepgen_compile')} "
+              f"| {f(r, 'deepgen_compile_graph')} | {ratio} "
               f"| {f(r, 'normflows_sample')} | {f(r, 'deepgen_sample')} |")
     if args.out:
         write_record(args.out, rows, hardware(device))
