@@ -10,6 +10,11 @@
 #     BUDGET_A=120 BUDGET_B=360 bash benchmarks/vae_call.sh
 #     PHASES=B bash benchmarks/vae_call.sh        # phase B only
 #     PHASES=C BUDGET_C=400 bash benchmarks/vae_call.sh   # phase C: the IWAE rows, longer
+#   Phases L and R: the two IWAE rows on one schedule over several calls on one warm
+#   machine (run folders in runs/), TOTAL_L seconds of training in all, BUDGET_L per call.
+#     PHASES=L BUDGET_L=540 TOTAL_L=2160 bash benchmarks/vae_call.sh   # starts them
+#     PHASES=R BUDGET_L=540 bash benchmarks/vae_call.sh                # at once, each next call
+#   TRAIN_A: phase A's trainer settings (default cuda_graph=true; e.g. "cuda_graph=true compile=true").
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 W=$OUT/vae
@@ -22,15 +27,16 @@ run() {  # run NAME ARGS...: vae_mnist_nll.py with ARGS, its JSON and log under 
   python benchmarks/vae_mnist_nll.py --data-dir .data --device cuda --out $W/$name.json "$@" > $W/$name.log 2>&1
 }
 small="--batch-size 100 --lr 1e-3"
+two="hidden=200,200 latent_dim=100 stochastic_layers=2 latent_dim2=50 hidden2=100,100"  # Burda et al.'s two stochastic layers
 if [[ ${PHASES:-AB} == *A* ]]; then
-  run vae-120s $small --time-budget $A --train cuda_graph=true --label "VAE, batch 100, CUDA graphs" \
+  run vae-120s $small --time-budget $A --train ${TRAIN_A:-cuda_graph=true} --label "VAE, batch 100, ${TRAIN_A:-cuda_graph=true}" \
     || run vae-120s-eager $small --time-budget $A --label "VAE, batch 100, eager"
 fi
 if [[ ${PHASES:-AB} == *B* ]]; then
   g="cuda_graph=true"
   run iwae50 $small --time-budget $B --train $g --settings objective=iwae train_k=50 --paper 84.78 &
   run iwae50-2layer $small --time-budget $B --train $g --paper 82.90 \
-    --settings hidden=200,200 latent_dim=100 stochastic_layers=2 latent_dim2=50 hidden2=100,100 objective=iwae train_k=50 &
+    --settings $two objective=iwae train_k=50 &
   run iaf $small --time-budget $B --train $g --settings posterior=iaf --paper 79.10 &
   run mixture-bernoulli $small --time-budget $B --train $g --settings likelihood=mixture-bernoulli components=5 &
   cap="max_seconds=$((B + 60))"
@@ -44,7 +50,20 @@ if [[ ${PHASES:-AB} == *C* ]]; then  # the two IWAE rows trained longer, side by
   C=${BUDGET_C:-400}
   run iwae50-long $small --time-budget $C --train cuda_graph=true --settings objective=iwae train_k=50 --paper 84.78 &
   run iwae50-2layer-long $small --time-budget $C --train cuda_graph=true --paper 82.90 \
-    --settings hidden=200,200 latent_dim=100 stochastic_layers=2 latent_dim2=50 hidden2=100,100 objective=iwae train_k=50 &
+    --settings $two objective=iwae train_k=50 &
+  wait
+fi
+L=${BUDGET_L:-540}
+if [[ ${PHASES:-AB} == *L* ]]; then
+  run iwae50-run $small --time-budget $L --total-budget ${TOTAL_L:-2160} --run-dir runs/vae-iwae50 --train cuda_graph=true \
+    --settings objective=iwae train_k=50 --paper 84.78 &
+  run iwae50-2layer-run $small --time-budget $L --total-budget ${TOTAL_L:-2160} --run-dir runs/vae-iwae50-2layer --train cuda_graph=true \
+    --settings $two objective=iwae train_k=50 --paper 82.90 &
+  wait
+fi
+if [[ ${PHASES:-AB} == *R* ]]; then
+  run iwae50-run --resume --run-dir runs/vae-iwae50 --time-budget $L --paper 84.78 &
+  run iwae50-2layer-run --resume --run-dir runs/vae-iwae50-2layer --time-budget $L --paper 82.90 &
   wait
 fi
 tar -czf $OUT/vae.tar.gz -C $OUT vae && rm -rf $W

@@ -19,6 +19,12 @@ CPU smoke check (a minute)::
     python benchmarks/vae_mnist_nll.py --data-dir ../shared/data --device cpu \\
         --epochs 1 --k 10 --limit-test 200 --max-train 2000
 
+A run longer than one device call: ``--run-dir DIR --total-budget T`` sizes the step
+budget (and so the cosine schedule) for T seconds of training but stops this call after
+``--time-budget`` seconds, with a checkpoint; ``--resume --run-dir DIR --time-budget B``
+continues it for B seconds more on the same schedule. Every call tests the weights it
+ends with.
+
 Prints a Markdown row for benchmarks/RESULTS.md and, with ``--out``, writes the figures,
 times, hardware, versions and the exact command as JSON.
 """
@@ -79,11 +85,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the loss (TrainConfig.compile)")
     p.add_argument("--run-dir", default=None, help="write the run folder (checkpoint, logs) here; default: write nothing")
+    p.add_argument("--total-budget", type=float, default=0.0,
+                   help="training seconds the step budget is sized for, over several calls (0 = --time-budget); needs --run-dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir for another --time-budget seconds")
     p.add_argument("--out", default=None, help="write the figures and the setting as JSON here")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "k"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if (args.resume or args.total_budget) and not args.run_dir:
+        p.error("--resume and --total-budget continue or write a run folder: give --run-dir")
+    if (args.resume or args.total_budget) and args.time_budget <= 0:
+        p.error("--resume and --total-budget need --time-budget (this call's training seconds)")
+    if args.total_budget and args.total_budget < args.time_budget:
+        p.error("--total-budget must be at least --time-budget")
     return args
 
 
@@ -137,7 +152,7 @@ def step_budget(ds: deepgen.Dataset, args: argparse.Namespace, device: torch.dev
         return planned, time.perf_counter() - t0
     steps, seconds = timed_continuation(trainer, train_config(args, max_steps=planned), PROBE_SECONDS)
     rate = steps / max(seconds, 1e-6)
-    return max(1, int(0.97 * args.time_budget * rate)), time.perf_counter() - t0
+    return max(1, int(0.97 * (args.total_budget or args.time_budget) * rate)), time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -151,22 +166,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # -- train --------------------------------------------------------------------------
     max_steps, calib_seconds = 0, 0.0
-    if args.time_budget > 0:
-        budget_steps, calib_seconds = step_budget(ds, args, device, planned)
-        if budget_steps < planned:
-            max_steps = budget_steps
-        print(f"time budget {args.time_budget:.0f} s -> {budget_steps} steps (planned {planned}; timed in {calib_seconds:.1f} s)", flush=True)
-
-    seed_all(args.seed)  # the weights (the trainer seeds data order and noise itself)
-    model = build_model(ds, args, device)
-    trainer = Trainer(model, ds, train_config(args, max_steps), run_dir=args.run_dir)
+    if args.resume:
+        trainer = Trainer.resume(args.run_dir)
+        # max_seconds counts the run's training time over every call: this call adds its budget.
+        trainer.config = trainer.config.replace(max_seconds=trainer.seconds + args.time_budget)
+    else:
+        if args.time_budget > 0:
+            budget_steps, calib_seconds = step_budget(ds, args, device, planned)
+            if budget_steps < planned:
+                max_steps = budget_steps
+            total = args.total_budget or args.time_budget
+            print(f"time budget {total:.0f} s -> {budget_steps} steps (planned {planned}; timed in {calib_seconds:.1f} s)", flush=True)
+        seed_all(args.seed)  # the weights (the trainer seeds data order and noise itself)
+        model = build_model(ds, args, device)
+        config = train_config(args, max_steps)
+        if args.total_budget:  # this call stops at its own budget, a checkpoint written; --resume goes on
+            config = config.replace(max_seconds=args.time_budget)
+        trainer = Trainer(model, ds, config, run_dir=args.run_dir)
+    t_call = time.perf_counter()
     result = trainer.fit()
+    call_seconds = time.perf_counter() - t_call
+    ds, cfg = trainer.dataset, trainer.config  # a resumed run's own data and settings
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_seconds = result.seconds
     print(
         f"trained {result.steps} steps ({result.epochs} epochs) in {train_seconds:.1f} s, "
-        f"{result.steps * args.batch_size / max(train_seconds, 1e-9):,.0f} images/s; last: "
+        f"{result.steps * cfg.batch_size / max(train_seconds, 1e-9):,.0f} images/s; last: "
         + ", ".join(f"{k} {v:.3f}" for k, v in result.last.items()),
         flush=True,
     )
@@ -185,8 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     record: dict[str, Any] = {
         "benchmark": "vae_mnist_nll",
-        "protocol": f"IWAE paper (Burda et al. 2016) Table 1: {args.binarization} binarization, test NLL by importance sampling",
-        "binarization": args.binarization,
+        "protocol": f"IWAE paper (Burda et al. 2016) Table 1: {trainer.data_config.binarization} binarization, test NLL by importance sampling",
+        "binarization": trainer.data_config.binarization,
         "model_settings": trainer.eval_model.config.to_dict(),
         "label": args.label or describe(trainer.eval_model),
         "paper_nll": args.paper,
@@ -197,16 +223,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "neg_elbo": -figures["elbo"],
         "elbo_sem": figures["elbo_sem"],
         "test_images": figures["n"],
-        "k": args.k,
+        "k": trainer.eval_model.config.iwae_k,
         "train_images": len(ds.train),
         "steps": result.steps,
         "epochs_completed": result.epochs,
         "train_seconds": round(train_seconds, 2),
+        "this_call_seconds": round(call_seconds, 2),
+        "resumed": args.resume,
         "calibration_seconds": round(calib_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
         "eval_batch": eval_batch,
         "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in ARCHITECTURE.items()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        # The flags, with the run's own batch, schedule and lr (a resumed call's flags may differ).
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("out",)},
+                     "batch_size": cfg.batch_size, "schedule": cfg.schedule, "lr": trainer.eval_model.config.lr},
         "hardware": hardware(device),
         "torch": torch.__version__,
         "deepgen": deepgen.__version__,

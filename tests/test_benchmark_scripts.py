@@ -375,6 +375,25 @@ def test_vae_nll_benchmark_takes_settings_binarization_and_the_iwae_schedule(rea
         vae.main(["--data-dir", str(real_data_dir), "--device", "cpu", "--epochs", "1", "--k", "2", "--max-train", "100", "--settings", "latnet_dim=8"])
 
 
+def test_vae_nll_benchmark_runs_over_several_calls_on_one_schedule(real_data_dir: Path, tmp_path: Path) -> None:
+    """--total-budget sizes the step budget for the whole run and stops the first call at
+    its own --time-budget with a checkpoint; --resume continues on the same schedule with
+    the run's own data and settings (not the flags' defaults), to the planned steps."""
+    vae = _load("vae_mnist_nll")
+    run, out = tmp_path / "run", tmp_path / "v.json"
+    common = ["--data-dir", str(real_data_dir), "--device", "cpu", "--k", "5", "--limit-test", "20", "--run-dir", str(run), "--out", str(out)]
+    first = vae.main([*common, "--max-train", "400", "--batch-size", "20", "--lr", "2e-3", "--binarization", "static", "--epochs", "50",
+                      "--time-budget", "0.3", "--total-budget", "1.5", "--settings", "latent_dim=4"])
+    cfg = json.loads((run / "config.json").read_text())["train"]
+    assert 0 < first["steps"] < cfg["max_steps"] <= 50 * 20 and cfg["schedule"] == "cosine" and not first["resumed"]
+    second = vae.main([*common, "--resume", "--time-budget", "600"])
+    assert second["resumed"] and second["steps"] == cfg["max_steps"] and second["binarization"] == "static"
+    assert second["settings"]["batch_size"] == 20 and second["settings"]["lr"] == 2e-3 and second["model_settings"]["latent_dim"] == 4
+    assert second["train_seconds"] > first["train_seconds"] and math.isfinite(second["nll"])
+    with pytest.raises(SystemExit):  # a folder is needed to go on from
+        vae.main(["--device", "cpu", "--resume", "--time-budget", "5"])
+
+
 def test_diffusion_quality_fast_sampling_runs_the_denoiser_in_bf16_only(real_data_dir: Path) -> None:
     """The quality script's fast sampling: the denoiser under bf16 autocast with a float32
     output (close to the full-precision one), swapped in only inside the context."""
