@@ -14,6 +14,9 @@
 #   machine (run folders in runs/), TOTAL_L seconds of training in all, BUDGET_L per call.
 #     PHASES=L BUDGET_L=540 TOTAL_L=2160 bash benchmarks/vae_call.sh   # starts them
 #     PHASES=R BUDGET_L=540 bash benchmarks/vae_call.sh                # at once, each next call
+#   Phase I: the IAF row with convolutional networks (Kingma et al. 2016's 79.10 is a
+#   convolutional ResNet VAE; the MLP IAF of phase B reached 93.66), BUDGET_I seconds.
+#     PHASES=I BUDGET_I=500 bash benchmarks/vae_call.sh
 #   TRAIN_A: phase A's trainer settings (default cuda_graph=true; e.g. "cuda_graph=true compile=true").
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
@@ -52,6 +55,11 @@ if [[ ${PHASES:-AB} == *C* ]]; then  # the two IWAE rows trained longer, side by
   run iwae50-2layer-long $small --time-budget $C --train cuda_graph=true --paper 82.90 \
     --settings $two objective=iwae train_k=50 &
   wait
+fi
+if [[ ${PHASES:-AB} == *I* ]]; then
+  conv="network=conv channels=${IAF_CHANNELS:-64,128} latent_dim=32 posterior=iaf iaf_steps=${IAF_STEPS:-4}"
+  run iaf-conv $small --time-budget ${BUDGET_I:-500} --train cuda_graph=true --settings $conv --paper 79.10 \
+    || run iaf-conv-eager $small --time-budget ${BUDGET_I:-500} --settings $conv --paper 79.10
 fi
 L=${BUDGET_L:-540}
 if [[ ${PHASES:-AB} == *L* ]]; then

@@ -259,7 +259,7 @@ def describe(model: deepgen.GenerativeModel) -> str:
     """The model column of a row, from the trained model's settings (not from the flags, so
     a two-layer or mixture-head run is not labelled as the paper's one-layer VAE)."""
     c = model.config
-    widths = "-".join(map(str, c.hidden))
+    widths = f"conv {'-'.join(map(str, c.channels))}" if c.network == "conv" else "-".join(map(str, c.hidden))
     layers = f"{widths} {c.activation}, {c.latent_dim} latent"
     if c.stochastic_layers == 2:
         layers += f", then {'-'.join(map(str, c.hidden2))}, {c.latent_dim2} latent"

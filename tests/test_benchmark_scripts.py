@@ -368,6 +368,8 @@ def test_vae_nll_benchmark_takes_settings_binarization_and_the_iwae_schedule(rea
     two = deepgen.create_model("vae", ds, hidden=(20,), latent_dim=6, stochastic_layers=2, latent_dim2=3, hidden2=(5,), objective="iwae",
                                train_k=5, estimator="dreg", activation="tanh")
     assert vae.describe(two) == "VAE, 2 stochastic layers (20 tanh, 6 latent, then 5, 3 latent), bernoulli, IWAE k=5, DReG"
+    conv = deepgen.create_model("vae", ds, network="conv", channels=(8, 16), latent_dim=4, posterior="iaf", iaf_steps=3)
+    assert vae.describe(conv).startswith("VAE, 1 stochastic layer (conv 8-16 ") and "IAF posterior (3 steps)" in vae.describe(conv)
     assert "NOT the paper's protocol" in vae.markdown_row(saved)
     from deepgen.errors import UserError
 
