@@ -213,13 +213,15 @@ def profile_kernels(step, steps: int, device: torch.device) -> dict:
 
 
 def profile_training(ds, settings: dict, batch: int, args, device: torch.device) -> dict:
-    """profile_kernels of the trainer's bf16 + compile + channels-last step (no CUDA graph)."""
+    """profile_kernels of the trainer's bf16 + compile + channels-last step (no CUDA graph;
+    on a CPU, the smoke test, the plain fp32 step: the machinery, not a figure)."""
     from deepgen.training import TrainConfig, Trainer
 
     seed_all(0)
     model = deepgen.create_model("ddpm", ds, **settings).to(memory_format=torch.channels_last)
+    gpu = device.type == "cuda"
     cfg = TrainConfig(epochs=10**6, batch_size=batch, device=str(device), progress=False, tensorboard=False, log_every=100, val_limit=0,
-                      ema=0.0, bf16=True, compile=True)
+                      ema=0.0, bf16=gpu, compile=gpu)
     trainer = Trainer(model, ds, cfg, None)
     trainer.config = cfg.replace(max_steps=args.warmup)
     trainer.fit()  # compiles and warms up
@@ -228,24 +230,26 @@ def profile_training(ds, settings: dict, batch: int, args, device: torch.device)
         trainer.config = cfg.replace(max_steps=trainer.step + 1)
         trainer.fit()
 
-    return profile_kernels(step, 10, device)
+    return profile_kernels(step, 2 if args.tiny else 10, device)
 
 
 def profile_sampling(model: deepgen.GenerativeModel, args, device: torch.device) -> dict:
-    """profile_kernels of one compiled, channels-last, bf16 denoiser call at ``--sample-batch``."""
+    """profile_kernels of one compiled, channels-last, bf16 denoiser call at ``--sample-batch``
+    (on a CPU: eager, fp32)."""
     torch._dynamo.reset()
     net = model.denoiser.to(memory_format=torch.channels_last)
-    fast = torch.compile(net)
+    gpu = device.type == "cuda"
+    fast = torch.compile(net) if gpu else net
     x = torch.randn(args.sample_batch, *model.spec.shape, device=device).to(memory_format=torch.channels_last)
     t = torch.full((args.sample_batch,), 500.0, device=device)
 
     def step() -> None:
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16):
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=gpu):
             fast(x, t, None)
 
     step()
     try:
-        return profile_kernels(step, 5, device)
+        return profile_kernels(step, 1 if args.tiny else 5, device)
     finally:
         net.to(memory_format=torch.contiguous_format)
 

@@ -254,10 +254,16 @@ def test_diffusion_speed_matches_diffusers_network_and_runs(real_data_dir: Path,
     assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in ds_speed.diffusers_unet(False).parameters()) == 6_469_889
     out = tmp_path / "d.json"
     assert ds_speed.main(["--tiny", "--device", "cpu", "--data-dir", str(real_data_dir), "--batches", "4", "--steps", "2", "--warmup", "1",
-                          "--sample-n", "8", "--sample-batch", "4", "--sample-steps", "3", "--out", str(out)]) == 0
+                          "--sample-n", "8", "--sample-batch", "4", "--sample-steps", "3", "--profile", "--sample-settings", "channels=4",
+                          "--out", str(out)]) == 0
     record, row = json.loads(out.read_text())["rows"]
     assert record["parameters"] == record["diffusers_parameters"] and record["flops_per_sample"] > 0
     assert row["diffusers_fp32"] > 0 and row["deepgen_eager"] > 0 and record["sampling"]["seconds_eager"] > 0
+    # --sample-settings: another network is sampled; --profile: the time by category sums to all of it.
+    assert record["sampling"]["settings"] == ["channels=4"] and record["sampling"]["parameters"] < record["parameters"]
+    for name in ("train_4", "sample_4"):
+        prof = record["profile"][name]
+        assert prof["ms_per_step"] > 0 and sum(prof["by_category"].values()) == pytest.approx(1.0) and prof["top"], name
 
 
 def test_diffusion_quality_scores_each_sampler_setting_separately(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
