@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Device calls for the diffusion benchmarks; each argument one job, one after the other.
 # diffusers travels as wheels in .whl/ (diffusers, importlib_metadata; `carry` names .whl
-# and .data). JSON records, logs and sample grids go to $OUT.
+# and .data). JSON records, logs and sample grids (a folder per job) are packed into one
+# archive per invocation, $OUT/diffusion-<jobs><RUN><TAG>.tar.gz (the device returns at most
+# eight files; two invocations in one call get two archives).
 #     bash benchmarks/diffusion_call.sh speed                     # deepgen vs diffusers, training and sampling
 #     BATCHES=128 SAMPLE_MODES=compile TAG=-128 bash benchmarks/diffusion_call.sh speed   # a part (BATCHES="": sampling only)
 #     SPEED_ARGS="--autotune --profile --sample-settings channels=32" ... speed            # more of diffusion_speed.py's options
@@ -19,38 +21,41 @@
 set -u
 export PYTHONPATH=$PWD/src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-480}
-quality="python benchmarks/diffusion_quality.py --data-dir .data --device cuda --pictures $OUT"
+quality="python benchmarks/diffusion_quality.py --data-dir .data --device cuda"
 run_job() {
   local job=$1
+  local pics="--pictures $W/pictures-$job${RUN:-}${TAG:-}"
   case $job in
     speed) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
            PYTHONPATH=$PYTHONPATH:/tmp/site timeout ${SPEED_LIMIT:-500} python benchmarks/diffusion_speed.py --data-dir .data --device cuda \
              --batches "${BATCHES-128,1024}" --sample-modes "${SAMPLE_MODES:-eager,bf16,compile,compile_cl}" ${SPEED_ARGS:-} \
-             --out $OUT/diffusion_speed${TAG:-}.json > $OUT/diffusion_speed${TAG:-}.log 2>&1 ;;
-    mnist|fashion-mnist) $quality --dataset $job ${SETTINGS:+--settings $SETTINGS} --time-budget $B --train bf16=true cuda_graph=true \
+             --out $W/diffusion_speed${TAG:-}.json > $W/diffusion_speed${TAG:-}.log 2>&1 ;;
+    mnist|fashion-mnist) $quality $pics --dataset $job ${SETTINGS:+--settings $SETTINGS} --time-budget $B --train bf16=true cuda_graph=true \
            --run-dir runs/ddpm-$job${RUN:-} --grid "${GRID:-ddim:10:0,ddim:20:0,ddim:50:0,dpm-solver++:10:0,dpm-solver++:20:0}" \
-           --out $OUT/ddpm_$job${RUN:-}.json > $OUT/ddpm_$job${RUN:-}.log 2>&1 ;;
-    mnist-resume|fashion-mnist-resume) d=${job%-resume}; $quality --dataset $d --resume --time-budget $B --run-dir runs/ddpm-$d${RUN:-} \
-           ${GRID:+--grid $GRID} --bound-stride ${STRIDE:-10} --out $OUT/ddpm_$d${RUN:-}.json > $OUT/ddpm_$d${RUN:-}.log 2>&1 ;;
+           --out $W/ddpm_$job${RUN:-}.json > $W/ddpm_$job${RUN:-}.log 2>&1 ;;
+    mnist-resume|fashion-mnist-resume) d=${job%-resume}; $quality $pics --dataset $d --resume --time-budget $B --run-dir runs/ddpm-$d${RUN:-} \
+           ${GRID:+--grid $GRID} --bound-stride ${STRIDE:-10} --out $W/ddpm_$d${RUN:-}.json > $W/ddpm_$d${RUN:-}.log 2>&1 ;;
     # No more training: the rest of the table on the same warm machine, e.g.
     # GRID=ddim:1000:0,ddim:1000:1 (about 4.3 min each with fast sampling).
-    mnist-eval|fashion-mnist-eval) d=${job%-eval}; $quality --dataset $d --resume --time-budget 0 --run-dir runs/ddpm-$d${RUN:-} \
+    mnist-eval|fashion-mnist-eval) d=${job%-eval}; $quality $pics --dataset $d --resume --time-budget 0 --run-dir runs/ddpm-$d${RUN:-} \
            --grid "${GRID:-ddim:100:0,ddim:10:1,ddim:20:1,ddim:50:1,ddim:100:1}" ${GUIDANCE:+--guidance $GUIDANCE} \
            ${BOUND:+--bound-stride $BOUND --bound-limit ${BOUND_LIMIT:-2000}} \
-           --out $OUT/ddpm_${d}${RUN:-}_eval${TAG:-}.json > $OUT/ddpm_${d}${RUN:-}_eval${TAG:-}.log 2>&1 ;;
-    mnist-guided) $quality --dataset mnist --settings conditional=true --time-budget $B --train bf16=true cuda_graph=true \
+           --out $W/ddpm_${d}${RUN:-}_eval${TAG:-}.json > $W/ddpm_${d}${RUN:-}_eval${TAG:-}.log 2>&1 ;;
+    mnist-guided) $quality $pics --dataset mnist --settings conditional=true --time-budget $B --train bf16=true cuda_graph=true \
            --run-dir runs/ddpm-mnist-guided --grid ddim:50:0 --guidance ${GUIDANCE:-0,1,2,4} \
-           --out $OUT/ddpm_mnist_guided.json > $OUT/ddpm_mnist_guided.log 2>&1 ;;
+           --out $W/ddpm_mnist_guided.json > $W/ddpm_mnist_guided.log 2>&1 ;;
     bench) python -m deepgen bench mnist --models ddpm --budget ${BENCH_BUDGET:-25} --device cuda --data-dir .data \
-           --out $OUT/bench-mnist > $OUT/bench_mnist.log 2>&1 ;;
+           --out $W/bench-mnist > $W/bench_mnist.log 2>&1 ;;
   esac
 }
 JOBS=" speed mnist fashion-mnist mnist-resume fashion-mnist-resume mnist-eval fashion-mnist-eval mnist-guided bench "
 for job in "$@"; do  # every name checked before any job starts
   [[ $JOBS == *" $job "* ]] || { echo "unknown job $job (accepted:$JOBS)"; exit 2; }
 done
+W=$(mktemp -d $OUT/work.XXXX)  # this invocation's outputs, packed at the end
 for job in "$@"; do
   if [ -n "${PARALLEL:-}" ]; then run_job $job & else run_job $job; fi
 done
 wait
-tail -8 $OUT/*.log 2>/dev/null
+tail -n 8 $W/*.log 2>/dev/null
+tar -czf "$OUT/diffusion-$(echo "$@" | tr ' ' '_')${RUN:-}${TAG:-}.tar.gz" -C $W . && rm -rf $W

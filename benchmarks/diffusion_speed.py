@@ -174,19 +174,27 @@ def sample_seconds(model: deepgen.GenerativeModel, args, device: torch.device, m
             net.to(memory_format=torch.contiguous_format)
 
 
-# Kernel name fragments -> category, first match wins (cuDNN / CUTLASS / inductor names).
+# Kernel name fragments -> category, first match wins (cuDNN / CUTLASS / cuBLAS names;
+# Triton kernels first, by kernel_category).
 CATEGORIES = (
     ("attention", ("flash", "fmha", "attention", "efficient_attention")),
     ("convolution", ("conv", "implicit", "winograd", "dgrad", "wgrad", "fprop", "cudnn")),
     ("matmul", ("gemm", "cutlass", "matmul", "sm90", "cublas", "nvjet")),
     ("optimizer", ("adam", "multi_tensor")),
-    ("compiled fused (norms, activations, adds)", ("triton",)),
     ("copies and fills", ("copy", "memcpy", "memset", "fill", "cat")),
 )
 
 
 def kernel_category(name: str) -> str:
+    """The category of a kernel name. Inductor's names carry the ops they fuse
+    (``triton_poi_fused_convolution_silu``: a pointwise kernel beside a convolution), so a
+    Triton kernel is "compiled fused" unless it is a template (``triton_tem_``, the matmul or
+    convolution itself, as max-autotune picks them)."""
     low = name.lower()
+    if "triton" in low and "triton_tem" not in low:
+        return "compiled fused (norms, activations, adds)"
+    if "triton_tem" in low:
+        return "convolution" if "conv" in low else "matmul"
     return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
 
 

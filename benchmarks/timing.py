@@ -103,7 +103,7 @@ def timed_continuation(trainer: Trainer, config: TrainConfig, seconds: float) ->
     capture, compilation and the first steps' one-off costs stay outside the timing
     (ar_mnist_nll.py's and vae_mnist_nll.py's step-rate probes)."""
     start = trainer.step
-    trainer.config = config.replace(max_seconds=trainer.seconds + seconds)
+    trainer.config = config.for_model(type(trainer.model).train_defaults).replace(max_seconds=trainer.seconds + seconds)
     t0 = time.perf_counter()
     trainer.fit()
     sync(trainer.device)

@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--resume and --total-budget continue or write a run folder: give --run-dir")
     if (args.resume or args.total_budget) and args.time_budget <= 0:
         p.error("--resume and --total-budget need --time-budget (this call's training seconds)")
+    if args.resume and args.total_budget:
+        p.error("--total-budget sizes a new run's schedule; a resumed run keeps its own (give --time-budget only)")
     if args.total_budget and args.total_budget < args.time_budget:
         p.error("--total-budget must be at least --time-budget")
     return args
@@ -201,13 +203,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Full fp32 matmuls for the estimate (no TF32), so the figure does not depend on the GPU's math mode.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    eval_batch = args.eval_batch or max(1, 500_000 // args.k)
+    k = trainer.eval_model.config.iwae_k  # the run's own (a resumed call's --k is not applied)
+    eval_batch = args.eval_batch or max(1, 500_000 // k)
     t0 = time.perf_counter()
     figures = evaluate(trainer.eval_model, ds, ["elbo", "nll"], split="test", batch_size=eval_batch, limit=args.limit_test, seed=args.seed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     eval_seconds = time.perf_counter() - t0
-    print(f"evaluated {figures['n']} test images with k={args.k} in {eval_seconds:.1f} s", flush=True)
+    print(f"evaluated {figures['n']} test images with k={k} in {eval_seconds:.1f} s", flush=True)
 
     record: dict[str, Any] = {
         "benchmark": "vae_mnist_nll",
@@ -223,9 +226,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "neg_elbo": -figures["elbo"],
         "elbo_sem": figures["elbo_sem"],
         "test_images": figures["n"],
-        "k": trainer.eval_model.config.iwae_k,
+        "k": k,
         "train_images": len(ds.train),
         "steps": result.steps,
+        "max_steps": cfg.max_steps,  # the schedule's length (0: the epochs'): steps == max_steps when it has run to its end
         "epochs_completed": result.epochs,
         "train_seconds": round(train_seconds, 2),
         "this_call_seconds": round(call_seconds, 2),

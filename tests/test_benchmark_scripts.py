@@ -259,6 +259,10 @@ def test_diffusion_speed_matches_diffusers_network_and_runs(real_data_dir: Path,
     record, row = json.loads(out.read_text())["rows"]
     assert record["parameters"] == record["diffusers_parameters"] and record["flops_per_sample"] > 0
     assert row["diffusers_fp32"] > 0 and row["deepgen_eager"] > 0 and record["sampling"]["seconds_eager"] > 0
+    cat = ds_speed.kernel_category
+    assert cat("triton_poi_fused_convolution_silu_3") == cat("triton_red_fused_native_group_norm_0") == "compiled fused (norms, activations, adds)"
+    assert cat("triton_tem_fused_mm_4") == "matmul" and cat("triton_tem_fused_convolution_1") == "convolution"
+    assert cat("sm90_xmma_fprop_implicit_gemm_bf16") == "convolution" and cat("pytorch_flash::flash_fwd_kernel") == "attention"
     # --sample-settings: another network is sampled; --profile: the time by category sums to all of it.
     assert record["sampling"]["settings"] == ["channels=4"] and record["sampling"]["parameters"] < record["parameters"]
     for name in ("train_4", "sample_4"):
@@ -397,7 +401,7 @@ def test_vae_nll_benchmark_runs_over_several_calls_on_one_schedule(real_data_dir
     second = vae.main([*common, "--resume", "--time-budget", "600"])
     assert second["resumed"] and second["steps"] == cfg["max_steps"] and second["binarization"] == "static"
     assert second["settings"]["batch_size"] == 20 and second["settings"]["lr"] == 2e-3 and second["model_settings"]["latent_dim"] == 4
-    assert second["train_seconds"] > first["train_seconds"] and math.isfinite(second["nll"])
+    assert second["train_seconds"] > first["train_seconds"] and math.isfinite(second["nll"]) and second["max_steps"] == cfg["max_steps"]
     with pytest.raises(SystemExit):  # a folder is needed to go on from
         vae.main(["--device", "cpu", "--resume", "--time-budget", "5"])
 

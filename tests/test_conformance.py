@@ -175,9 +175,10 @@ def test_every_model_is_described_and_has_a_config():
 
 
 def test_every_model_names_real_load_time_settings_and_defaultable_train_settings():
-    """``load_time`` (what a loaded run may change) names fields of the config, and no
-    parameter-bearing one: each is changed on a fresh model without touching its state;
-    ``train_defaults`` only names TrainConfig fields a Trainer fills in (MODEL_DEFAULTED)."""
+    """``load_time`` (what a loaded run may change) names real fields of each config (a
+    typo would refuse the knob it meant), and ``train_defaults`` only TrainConfig fields a
+    Trainer fills in (MODEL_DEFAULTED). That each load_time knob leaves the weights as they
+    are is the family tests' business (sampling with them on a loaded run)."""
     from deepgen.training.config import MODEL_DEFAULTED
 
     for name in model_names():

@@ -226,6 +226,19 @@ def test_cosmetic_settings_are_left_out_of_the_differences(runs: tuple[Path, Pat
     assert "<td>train.grad_clip</td>" in diff and "<td>train.progress</td>" not in diff
 
 
+def test_a_trainer_setting_newer_than_a_run_is_not_a_difference(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run saved before a TrainConfig field existed (compile_mode) trained with its
+    default: beside a newer run it is the same setting, not "-" against a value."""
+    from deepgen.report import read_run
+
+    a, _ = runs
+    old = _copy_run(a, tmp_path / "old")
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["train"]["compile_mode"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert read_run(old).settings()["train.compile_mode"] == read_run(a).settings()["train.compile_mode"] == "default"
+
+
 def test_validation_values_share_their_training_value_panel() -> None:
     from deepgen.report import curve_panels, train_key_of
 

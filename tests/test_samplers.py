@@ -17,13 +17,7 @@ import pytest
 import torch
 
 from deepgen.errors import UserError
-from deepgen.samplers import (
-    SAMPLERS,
-    NoiseSchedule,
-    make_sampler,
-    spaced_timesteps,
-    usable_timesteps,
-)
+from deepgen.samplers import SAMPLERS, NoiseSchedule, make_sampler, spaced_timesteps
 
 T = 1000
 F64 = torch.float64
@@ -307,13 +301,16 @@ def test_cosine_spacings_run_over_its_usable_timesteps(steps):
 
 
 @pytest.mark.parametrize("name", ["ddim", "ddpm", "dpm-solver++"])
-def test_more_steps_than_usable_timesteps_is_refused(name):
-    """997..1000 steps on the cosine schedule would have to start where lambda < -5.1 (the
-    region the clip avoids): refused with the limit, not silently run unclipped."""
+def test_more_steps_than_usable_timesteps_run_the_full_process(name):
+    """997..1000 steps on the cosine schedule cannot all fit below the clip: they are spaced
+    over all T and start at T - 1 (the full process), as documented; 996 is the last count
+    spaced over the usable timesteps."""
     cosine = NoiseSchedule.make("cosine", T)
+    spacing = make_sampler(name, cosine, 10).spacing
+    assert make_sampler(name, cosine, 996).timesteps.tolist() == spaced_timesteps(996, 996, spacing).tolist()
     for steps in (997, 1000):
-        with pytest.raises(ValueError, match="steps must be in 1..996"):
-            make_sampler(name, cosine, steps)
+        assert make_sampler(name, cosine, steps).timesteps.tolist() == spaced_timesteps(T, steps, spacing).tolist()
+    assert make_sampler(name, cosine, 1000).timesteps.tolist() == list(reversed(range(T)))
     assert make_sampler(name, NoiseSchedule.make("linear", T), 1000).timesteps.tolist() == list(reversed(range(T)))
 
 
@@ -345,7 +342,6 @@ def test_ddim_eta0_is_deterministic(linear):
 def test_ddim_eta1_is_ddpm_posterior(kind, steps, spacing):
     sched = NoiseSchedule.make(kind, T)
     full = steps == T
-    steps = min(steps, usable_timesteps(sched))  # "all steps": the cosine schedule's 996 usable ones
     ddim = make_sampler("ddim", sched, steps, eta=1.0, spacing=spacing)
     g = _gen(steps)
     x = torch.randn(6, 3, generator=g, dtype=F64)
@@ -498,7 +494,7 @@ def _moments_by_recursion(sched, name, timesteps, eta=0.0):
 def test_samplers_on_gaussian_data(kind, name, steps, kw, tol_std):
     sched = NoiseSchedule.make(kind, T)
     xT = torch.randn(N_SAMPLES, 1, generator=_gen(0), dtype=F64)
-    sampler = make_sampler(name, sched, min(steps, usable_timesteps(sched)), **kw)  # cosine: 996 at most
+    sampler = make_sampler(name, sched, steps, **kw)
     out = _run(sampler, xT, _gaussian_denoiser(sched, M, S), _gen(1))
     assert abs(out.mean().item() - M) < 0.02
     assert abs(out.std().item() - S) < tol_std

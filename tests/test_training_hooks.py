@@ -257,10 +257,9 @@ def test_ema_warmup_copies_first_then_follows_the_decay_schedule(shift):
     plain = Weights()
     _trainer(None, callbacks=[plain], ema=0.99, max_steps=1).fit()  # no warm-up: the fixed decay
     assert not all(torch.equal(e, m) for e, m in zip(plain.ema[0], plain.model[0]))
-    with pytest.raises(UserError, match="ema_warmup"):
-        TrainConfig(ema=0.0, ema_warmup=0.75)  # no EMA to warm up
-    with pytest.raises(UserError, match="ema_warmup"):  # ema unset: the model's default, none for this one
-        _trainer(None, ema_warmup=0.75)
+    with pytest.raises(UserError, match="ema_warmup=0.75 ramps up the EMA's decay, but this model trains without an EMA"):
+        _trainer(None, ema_warmup=0.75)  # ema unset: the model's default, none for this one
+    assert _trainer(None, ema=0.0, ema_warmup=0.75).ema is None  # said off: off
 
 
 def test_a_resumed_run_with_ema_warmup_equals_an_uninterrupted_one(shift, tmp_path):

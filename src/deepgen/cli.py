@@ -190,7 +190,7 @@ def _plan_train(
         )
     if data not in {n for n, _ in dataset_descriptions()} and Path(data).expanduser().exists():
         data = str(Path(data).expanduser().resolve())  # the run works from any folder later
-    defaults = {"model": cls.config_class(), "train": TrainConfig().for_model(cls.train_defaults), "data": DataConfig(name=data)}
+    defaults = {"model": cls.config_class(), "train": TrainConfig(), "data": DataConfig(name=data)}
     _check_setting_names({**sets, **shortcuts}, defaults, model_name)
     routed = split_overrides({**sets, **shortcuts}, defaults)
     data_over = dict(routed["data"])
@@ -199,7 +199,9 @@ def _plan_train(
     if "name" in data_over:
         raise UserError("choose the dataset with --data, not --set name=...")
     model_config = defaults["model"].with_overrides(routed["model"])
-    train_config = defaults["train"].with_overrides(routed["train"])
+    # The user's settings first, then the model's defaults for what they left unset (a ddpm's
+    # EMA): --set ema=0 turns the EMA off, and its warm-up with it.
+    train_config = defaults["train"].with_overrides(routed["train"]).for_model(cls.train_defaults)
     data_config = defaults["data"].with_overrides(data_over)
     _device(train_config.device)
     out = out if out is not None else Path("runs") / model_name

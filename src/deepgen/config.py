@@ -251,6 +251,11 @@ class Config:
 
     def with_overrides(self: C, overrides: Mapping[str, str]) -> C:
         """A copy with ``key -> "text"`` overrides parsed by each field's type."""
+        return self.replace(**self.parse_overrides(overrides))
+
+    def parse_overrides(self, overrides: Mapping[str, str]) -> dict[str, Any]:
+        """``key -> "text"`` overrides parsed by each field's type, not yet applied (nor the
+        config validated with them); an unknown key or a bad value is a :class:`UserError`."""
         hints = typing.get_type_hints(type(self))
         names = self.field_names()
         parsed = {}
@@ -263,7 +268,7 @@ class Config:
                     f"got {type(text).__name__} {_short_repr(text)}; use replace({key}=...) for a value."
                 )
             parsed[key] = _parse(text, hints[key], f"{type(self).__name__}.{key}")
-        return self.replace(**parsed)
+        return parsed
 
     def describe_fields(self) -> list[tuple[str, str, Any]]:
         """(name, type, current value) for each field; used by ``deepgen models``."""

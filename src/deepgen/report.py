@@ -47,6 +47,7 @@ from .training.checkpoint import (
     current_checkpoint,
     read_run_config,
 )
+from .training.config import MODEL_DEFAULTED
 from .version import __version__
 
 # Picture files first in this order (the rest of a run's PNGs follow, sorted by name).
@@ -225,9 +226,14 @@ class RunSummary:
 
     def settings(self) -> dict[str, Any]:
         """Every setting, flattened: ``model.latent_dim``, ``train.lr``, ``data.name``, ..."""
+        from .training import TrainConfig
+
         out: dict[str, Any] = {"model": self.config["model"]}
-        for part, key in (("model", "model_config"), ("train", "train"), ("data", "data")):
-            for k, v in self.config[key].items():
+        # A trainer setting newer than the run (compile_mode in a run saved before it) is
+        # the value the run trained with, the default, not a difference between runs.
+        train = {k: v for k, v in TrainConfig().to_dict().items() if k not in MODEL_DEFAULTED}
+        for part, values in (("model", self.config["model_config"]), ("train", {**train, **self.config["train"]}), ("data", self.config["data"])):
+            for k, v in values.items():
                 out[f"{part}.{k}"] = v
         return out
 

@@ -336,8 +336,9 @@ class AutoencoderEstimator:
         forked = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=forked, device_type="cuda"):
             torch.manual_seed(seed)
-            model = self._create(settings, codec.spec)
-            Trainer(model, data, config, run_dir=None).fit()
+            trainer = Trainer(self._create(settings, codec.spec), data, config, run_dir=None)
+            trainer.fit()
+        model = trainer.eval_model  # the EMA copy where the model trains with one (ddpm), as load_run and evaluate use
         model.eval()
         self.codec_ = codec
         self.model_ = model

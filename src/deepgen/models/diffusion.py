@@ -125,14 +125,10 @@ class DDPMConfig(ModelConfig):
             self.check(self.eta in (0.0, fixed), f"eta is DDIM's setting; the {self.sampler} sampler has eta = {fixed:g} built in. "
                        f"Use sampler=ddim for eta={self.eta:g}")
         self.check(self.spacing in SPACINGS, f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
-        # The samplers space their steps over the timesteps with lambda_t >= -5.1 (all 1000
-        # of the linear schedule, 996 of the cosine one: samplers/base.py says why).
-        usable = usable_timesteps(NoiseSchedule.make(self.schedule, self.timesteps))
-        self.check(self.steps <= usable, f"steps must be in 1..{usable}: the {self.schedule} schedule has {usable} of its "
-                   f"{self.timesteps} timesteps where the samplers run (lambda_t >= -5.1), got {self.steps}")
-        if self.spacing == "quadratic":
+        if self.spacing == "quadratic":  # over the timesteps the samplers use (samplers/base.py)
+            usable = usable_timesteps(NoiseSchedule.make(self.schedule, self.timesteps))
             try:
-                spaced_timesteps(usable, self.steps, "quadratic")
+                spaced_timesteps(usable if self.steps <= usable else self.timesteps, self.steps, "quadratic")
             except ValueError as e:
                 self.check(False, str(e))
         self.check(math.isfinite(self.guidance) and self.guidance >= 0, f"guidance must be a number >= 0, got {self.guidance}")

@@ -84,8 +84,10 @@ class Sampler:
     ``lambda_min_clipped`` for the cosine schedule): where abar_t is ~1e-9 (the cosine
     schedule's last steps) an eps network's x0 estimate (x_t - sqrt(1 - abar) eps) /
     sqrt(abar) multiplies its error by 1 / sqrt(abar_t) ~ 4e4, and a sampler starting there
-    scatters samples far from the data. The linear schedule (abar_{999} = 4e-5, lambda =
-    -5.06) keeps every timestep.
+    scatters samples far from the data. The linear schedule at T = 1000 (abar_{999} = 4e-5,
+    lambda = -5.06) keeps every timestep; at smaller T its rescaled betas lose a few (16 of
+    20, 198 of 200). With more steps than usable timesteps the spacing runs over all T
+    instead (the full process from T - 1; the clip gives way rather than the step count).
     """
 
     default_spacing: ClassVar[str] = "uniform"
@@ -105,14 +107,9 @@ class Sampler:
         self.spacing = self.default_spacing if spacing == "auto" else spacing
         device = schedule.abar.device
         usable = usable_timesteps(schedule, lambda_min)
-        if not 1 <= steps <= usable:
-            # More steps than usable timesteps would have to start in the region the clip
-            # exists to avoid (or repeat a timestep): refused, not silently unclipped.
-            raise ValueError(
-                f"steps must be in 1..{usable}: the schedule has {usable} of its {len(schedule.abar) - 1} timesteps "
-                f"with lambda_t >= {lambda_min:g} (where the samplers run), got {steps}"
-            )
-        self.timesteps = spaced_timesteps(usable, steps, self.spacing).to(device)
+        # More steps than usable timesteps cannot all fit below the clip: they run over all T
+        # (the full process, from T - 1, as Ho et al. sample), the clip giving way.
+        self.timesteps = spaced_timesteps(usable if steps <= usable else len(schedule.abar) - 1, steps, self.spacing).to(device)
         self.prev = torch.cat([self.timesteps[1:], torch.full((1,), -1, dtype=torch.long, device=device)])
 
     def __len__(self) -> int:

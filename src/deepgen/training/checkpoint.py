@@ -717,16 +717,18 @@ def saved_model_config(cfg: Mapping[str, Any], model_overrides: Mapping[str, str
     saved = _parsed("model_config", cls.config_class, cfg["model_config"])
     if not model_overrides:
         return saved
-    model_config = saved.with_overrides(dict(model_overrides))
-    fixed = sorted(k for k in model_overrides if k not in saved.load_time and getattr(model_config, k) != getattr(saved, k))
+    # Refused before the changed config is validated, so that the message is about the
+    # change itself, not a consequence of it (timesteps=4 against the saved steps=50).
+    parsed = saved.parse_overrides(dict(model_overrides))
+    fixed = sorted(k for k, v in parsed.items() if k not in saved.load_time and v != getattr(saved, k))
     if fixed:
-        changes = ", ".join(f"{k}={getattr(model_config, k)!r} (trained with {getattr(saved, k)!r})" for k in fixed)
+        changes = ", ".join(f"{k}={parsed[k]!r} (trained with {getattr(saved, k)!r})" for k in fixed)
         allowed = ", ".join(sorted(saved.load_time)) or "none"
         raise UserError(
             f"cannot change {changes} of a trained {cfg['model']} run: {'it defines' if len(fixed) == 1 else 'they define'} "
             f"the model its weights were trained as. Settings a loaded {cfg['model']} run may change: {allowed}."
         )
-    return model_config
+    return saved.replace(**parsed)
 
 
 def saved_train_config(cfg: Mapping[str, Any]) -> TrainConfig:

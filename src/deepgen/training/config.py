@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import Config
+from ..errors import UserError
 
 #: The fields whose unset value (None) means "the model's default" (GenerativeModel.train_defaults), with their off values.
 MODEL_DEFAULTED: dict[str, float] = {"ema": 0.0, "ema_warmup": 0.0}
@@ -61,10 +62,15 @@ class TrainConfig(Config):
         """This config with each unset (None) field of :data:`MODEL_DEFAULTED` taken from a
         model's ``train_defaults`` (``defaults``), else its off value: what a trainer runs.
         A value the user set, 0 included, is kept; with the EMA off (ema=0), an unset
-        warm-up is off too (there is nothing to warm up)."""
+        warm-up is off too (there is nothing to warm up). A warm-up set for a model that
+        has no EMA by default, with ema unset, is one :class:`UserError` (it would do nothing)."""
         filled = {k: defaults.get(k, off) for k, off in MODEL_DEFAULTED.items() if getattr(self, k) is None}
-        if "ema_warmup" in filled and not filled.get("ema", self.ema):
-            filled["ema_warmup"] = 0.0
+        if not filled.get("ema", self.ema):
+            if "ema_warmup" in filled:
+                filled["ema_warmup"] = 0.0
+            elif "ema" in filled and self.ema_warmup:
+                raise UserError(f"ema_warmup={self.ema_warmup} ramps up the EMA's decay, but this model trains without an EMA "
+                                "by default; set ema (e.g. 0.999) as well")
         return self.replace(**filled)
 
     def validate(self) -> None:
@@ -76,10 +82,8 @@ class TrainConfig(Config):
         self.check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         self.check(self.ema is None or 0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (0 = off), got {self.ema}")
         self.check(self.ema_warmup is None or self.ema_warmup >= 0, f"ema_warmup must be >= 0 (0 = off), got {self.ema_warmup}")
-        self.check(
-            self.ema is None or self.ema_warmup is None or not (self.ema_warmup and not self.ema),
-            f"ema_warmup={self.ema_warmup} ramps up the EMA's decay, but ema=0 (off); set ema (e.g. 0.999) as well",
-        )
+        # ema=0 with a warm-up is allowed (the warm-up does nothing): a ddpm's defaults bring
+        # ema_warmup=0.75, and ema=0 alone must turn its EMA off, on a resume too.
         self.check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         self.check(self.osc_window >= 2, f"osc_window must be >= 2, got {self.osc_window}")
         self.check(self.max_seconds >= 0, f"max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}")
