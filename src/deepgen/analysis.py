@@ -85,7 +85,7 @@ def _accepts(model: GenerativeModel, settings: dict[str, Any]) -> bool:
     """Whether ``model``'s config takes ``settings`` (e.g. no 50-step row for a 20-step process)."""
     try:
         model.config.replace(**settings)
-    except (UserError, TypeError):  # a bad value; a field the config does not have
+    except UserError:  # a bad value, or a field the config does not have
         return False
     return True
 

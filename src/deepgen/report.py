@@ -47,7 +47,7 @@ from .training.checkpoint import (
     current_checkpoint,
     read_run_config,
 )
-from .training.config import MODEL_DEFAULTED
+from .training.config import MODEL_DEFAULTED, TrainConfig
 from .version import __version__
 
 # Picture files first in this order (the rest of a run's PNGs follow, sorted by name).
@@ -226,8 +226,6 @@ class RunSummary:
 
     def settings(self) -> dict[str, Any]:
         """Every setting, flattened: ``model.latent_dim``, ``train.lr``, ``data.name``, ..."""
-        from .training import TrainConfig
-
         out: dict[str, Any] = {"model": self.config["model"]}
         # A trainer setting newer than the run (compile_mode in a run saved before it) is
         # the value the run trained with, the default, not a difference between runs.
