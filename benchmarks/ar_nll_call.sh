@@ -10,6 +10,8 @@
 #     DROPOUT=0.2 ... pixelcnn-long                                         # the gated layers' dropout
 #     EMA=0.9995 ... pixelcnn-full                                          # validate, test and sample the EMA weights
 #     LAYERS=12 ... pixelcnn-full                                           # gated layers (default 10)
+#     BINARIZATION=static LAYERS=12 DROPOUT=0.2 BUDGET=520 TOTAL=1040 ... pixelcnn-long   # the paper's fixed draw,
+#                                                                           # selected on 10,000 held-out images
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-470}
@@ -27,7 +29,8 @@ for model in "${@:-made pixelcnn transformer}"; do
     # The PixelCNN alone with compile, on a schedule sized for TOTAL seconds over several
     # calls on one warm machine: pixelcnn-long starts it (runs/ is kept between calls while
     # the machine stays warm), pixelcnn-resume continues it; each call tests the best epoch.
-    pixelcnn-long) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=10 ${DROPOUT:+dropout=$DROPOUT} \
+    pixelcnn-long) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=${LAYERS:-10} ${DROPOUT:+dropout=$DROPOUT} \
+            ${BINARIZATION:+--binarization $BINARIZATION} \
             --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} --time-budget $B --total-budget ${TOTAL:-1040} $common \
             --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
     # All 60,000 training images, no hold-out, for the EPOCHS that a validated run chose
