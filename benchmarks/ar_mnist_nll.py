@@ -47,7 +47,7 @@ import sys
 import time
 
 import torch
-from timing import BestWeights, timed_continuation
+from timing import BestWeights, resumed, timed_continuation
 
 import deepgen
 from deepgen.bench import hardware
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     device = resolve_device(args.device)
     if args.resume:
-        trainer, probe, keeper = Trainer.resume(args.run_dir), None, None
-        # max_seconds counts the run's training time over every call: this call adds its budget.
-        trainer.config = trainer.config.replace(max_seconds=trainer.seconds + args.time_budget)
+        trainer, probe, keeper = resumed(args.run_dir, args.time_budget), None, None
     else:
         trainer, probe, keeper = fresh_trainer(args, device)
     cfg = trainer.config

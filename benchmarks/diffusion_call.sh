@@ -49,13 +49,9 @@ run_job() {
   esac
 }
 JOBS=" speed mnist fashion-mnist mnist-resume fashion-mnist-resume mnist-eval fashion-mnist-eval mnist-guided bench "
-for job in "$@"; do  # every name checked before any job starts
-  [[ $JOBS == *" $job "* ]] || { echo "unknown job $job (accepted:$JOBS)"; exit 2; }
-done
+source benchmarks/jobs.sh
+check_jobs "$@"
 W=$(mktemp -d $OUT/work.XXXX)  # this invocation's outputs, packed at the end
-for job in "$@"; do
-  if [ -n "${PARALLEL:-}" ]; then run_job $job & else run_job $job; fi
-done
-wait
+run_jobs "$@"
 tail -n 8 $W/*.log 2>/dev/null
 tar -czf "$OUT/diffusion-$(echo "$@" | tr ' ' '_')${RUN:-}${TAG:-}.tar.gz" -C $W . && rm -rf $W

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from timing import resumed
 
 import deepgen
 from deepgen.bench import hardware
@@ -82,8 +83,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def trained(args, device: torch.device) -> Trainer:
     """A trainer that has run this call's budget (a fresh run, or the resumed one)."""
     if args.resume:
-        trainer = Trainer.resume(args.run_dir)
-        trainer.config = trainer.config.replace(max_seconds=trainer.seconds + args.time_budget)  # max_seconds counts the whole run
+        trainer = resumed(args.run_dir, args.time_budget)
     else:
         data = DataConfig(name=args.dataset, data_dir=args.data_dir, max_train=args.max_train)
         ds = deepgen.load_dataset(data)

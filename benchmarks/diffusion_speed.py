@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -144,9 +145,11 @@ def matmul_tflops(device: torch.device, size: int = 8192, reps: int = 20) -> flo
     return 2 * size**3 * reps / seconds / 1e12
 
 
-def sample_seconds(model: deepgen.GenerativeModel, args, device: torch.device, mode: str) -> float:
-    """Seconds for ``--sample-n`` images with ``--sample-steps`` DDIM steps (one untimed batch first)."""
-    model.config = model.config.replace(sampler="ddim", steps=args.sample_steps, eta=0.0)
+@contextmanager
+def sampling_mode(model: deepgen.GenerativeModel, device: torch.device, mode: str):
+    """Inside: ``model.denoiser`` as a sampling mode runs it (eager fp32; ``bf16`` autocast;
+    ``compile`` also through torch.compile; ``compile_cl`` also with channels-last weights);
+    the plain network, contiguous, after."""
     net = model.denoiser
     if mode == "compile_cl":
         net.to(memory_format=torch.channels_last)  # in place; undone below
@@ -159,19 +162,26 @@ def sample_seconds(model: deepgen.GenerativeModel, args, device: torch.device, m
         model.denoiser = torch.compile(net)
     try:
         with torch.autocast(device.type, torch.bfloat16, enabled=mode != "eager"):
-            model.sample(args.sample_batch, generator=torch.Generator(device).manual_seed(0))  # warm-up (compilation)
-            sync(device)
-            t0 = time.perf_counter()
-            left = args.sample_n
-            while left > 0:
-                model.sample(min(left, args.sample_batch), generator=torch.Generator(device).manual_seed(left))
-                left -= args.sample_batch
-            sync(device)
-            return time.perf_counter() - t0
+            yield
     finally:
         model.denoiser = net
         if mode == "compile_cl":
             net.to(memory_format=torch.contiguous_format)
+
+
+def sample_seconds(model: deepgen.GenerativeModel, args, device: torch.device, mode: str) -> float:
+    """Seconds for ``--sample-n`` images with ``--sample-steps`` DDIM steps (one untimed batch first)."""
+    model.config = model.config.replace(sampler="ddim", steps=args.sample_steps, eta=0.0)
+    with sampling_mode(model, device, mode):
+        model.sample(args.sample_batch, generator=torch.Generator(device).manual_seed(0))  # warm-up (compilation)
+        sync(device)
+        t0 = time.perf_counter()
+        left = args.sample_n
+        while left > 0:
+            model.sample(min(left, args.sample_batch), generator=torch.Generator(device).manual_seed(left))
+            left -= args.sample_batch
+        sync(device)
+        return time.perf_counter() - t0
 
 
 # Kernel name fragments -> category, first match wins (cuDNN / CUTLASS / cuBLAS names;
@@ -242,24 +252,13 @@ def profile_training(ds, settings: dict, batch: int, args, device: torch.device)
 
 
 def profile_sampling(model: deepgen.GenerativeModel, args, device: torch.device) -> dict:
-    """profile_kernels of one compiled, channels-last, bf16 denoiser call at ``--sample-batch``
-    (on a CPU: eager, fp32)."""
-    torch._dynamo.reset()
-    net = model.denoiser.to(memory_format=torch.channels_last)
-    gpu = device.type == "cuda"
-    fast = torch.compile(net) if gpu else net
+    """profile_kernels of one denoiser call at ``--sample-batch`` in the ``compile_cl``
+    sampling mode (on a CPU: eager, fp32)."""
     x = torch.randn(args.sample_batch, *model.spec.shape, device=device).to(memory_format=torch.channels_last)
     t = torch.full((args.sample_batch,), 500.0, device=device)
-
-    def step() -> None:
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=gpu):
-            fast(x, t, None)
-
-    step()
-    try:
-        return profile_kernels(step, 1 if args.tiny else 5, device)
-    finally:
-        net.to(memory_format=torch.contiguous_format)
+    with sampling_mode(model, device, "compile_cl" if device.type == "cuda" else "eager"), torch.no_grad():
+        model.denoiser(x, t, None)  # warm-up (compilation)
+        return profile_kernels(lambda: model.denoiser(x, t, None), 1 if args.tiny else 5, device)
 
 
 def main(argv: list[str] | None = None) -> int:

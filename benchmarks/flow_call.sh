@@ -35,12 +35,8 @@ run_job() {
   esac
 }
 JOBS=" speed maf realnvp glow realnvp-long glow-long realnvp-resume glow-resume "
-for job in "$@"; do  # every name checked before any job starts
-  [[ $JOBS == *" $job "* ]] || { echo "unknown job $job (accepted:$JOBS)"; exit 2; }
-done
-for job in "$@"; do
-  if [ -n "${PARALLEL:-}" ]; then run_job $job & else run_job $job; fi
-done
-wait
+source benchmarks/jobs.sh
+check_jobs "$@"
+run_jobs "$@"
 tail -4 $OUT/flow_speed.log 2>/dev/null
 grep -h '"nll_bpd"\|best_epoch\|train_seconds' $OUT/*.json 2>/dev/null

@@ -96,6 +96,15 @@ def write_record(path: str, rows: list[dict], hardware: str, **extra: Any) -> No
     Path(path).write_text(json.dumps(record, indent=2))
 
 
+def resumed(run_dir: str, seconds: float) -> Trainer:
+    """The run in ``run_dir`` resumed, allowed ``seconds`` more training in this call:
+    ``max_seconds`` counts a run's training time over every call, so this call's budget goes
+    on top of what the run has trained (ar_mnist_nll.py, vae_mnist_nll.py, diffusion_quality.py)."""
+    trainer = Trainer.resume(run_dir)
+    trainer.config = trainer.config.replace(max_seconds=trainer.seconds + seconds)
+    return trainer
+
+
 def timed_continuation(trainer: Trainer, config: TrainConfig, seconds: float) -> tuple[int, float]:
     """Go on training a warmed-up ``trainer`` under ``config`` for ``seconds`` more (its
     ``max_seconds`` counts the trainer's whole time, so the limit is the time so far plus

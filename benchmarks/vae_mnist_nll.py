@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timing import timed_continuation
+from timing import resumed, timed_continuation
 
 import deepgen
 from deepgen.bench import hardware
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # -- train --------------------------------------------------------------------------
     max_steps, calib_seconds = 0, 0.0
     if args.resume:
-        trainer = Trainer.resume(args.run_dir)
-        # max_seconds counts the run's training time over every call: this call adds its budget.
-        trainer.config = trainer.config.replace(max_seconds=trainer.seconds + args.time_budget)
+        trainer = resumed(args.run_dir, args.time_budget)
     else:
         if args.time_budget > 0:
             budget_steps, calib_seconds = step_budget(ds, args, device, planned)
