@@ -12,6 +12,7 @@
 #     LAYERS=12 ... pixelcnn-full                                           # gated layers (default 10)
 #     BINARIZATION=static LAYERS=12 DROPOUT=0.2 BUDGET=520 TOTAL=1040 ... pixelcnn-long   # the paper's fixed draw,
 #                                                                           # selected on 10,000 held-out images
+#     EPOCHS=40 WD=1e-5 ... pixelcnn-long                                       # a fixed schedule (no probe); L2 decay (Adam)
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-470}
@@ -31,7 +32,8 @@ for model in "${@:-made pixelcnn transformer}"; do
     # the machine stays warm), pixelcnn-resume continues it; each call tests the best epoch.
     pixelcnn-long) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=${LAYERS:-10} ${DROPOUT:+dropout=$DROPOUT} \
             ${BINARIZATION:+--binarization $BINARIZATION} \
-            --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} --time-budget $B --total-budget ${TOTAL:-1040} $common \
+            ${EPOCHS:+--epochs $EPOCHS} --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} ${WD:+weight_decay=$WD} \
+            --time-budget $B --total-budget ${TOTAL:-1040} $common \
             --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
     # All 60,000 training images, no hold-out, for the EPOCHS that a validated run chose
     # (session 7: the best validation epoch was 104 of a 147-epoch schedule); resume with
