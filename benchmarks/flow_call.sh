@@ -8,6 +8,7 @@
 #     BUDGET=540 bash benchmarks/flow_call.sh glow-resume                # at once on the same warm machine: the next part
 #     PARALLEL=1 ... realnvp-long glow-long                              # the jobs at once (each time an upper bound)
 #     FAST="bf16=true compile=true cuda_graph=true" ...                  # the trainer's fast path for the long runs
+#     SAVE_RUNS=1 ... glow-resume        # runs/ back in $OUT for a later session (benchmarks/README.md)
 set -u
 export PYTHONPATH=$PWD/src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-400}
@@ -37,6 +38,8 @@ run_job() {
 JOBS=" speed maf realnvp glow realnvp-long glow-long realnvp-resume glow-resume "
 source benchmarks/jobs.sh
 check_jobs "$@"
+restore_runs
 run_jobs "$@"
+if [ -n "${SAVE_RUNS:-}" ]; then save_runs $OUT/*.log $OUT/*.png; fi
 tail -4 $OUT/flow_speed.log 2>/dev/null
 grep -h '"nll_bpd"\|best_epoch\|train_seconds' $OUT/*.json 2>/dev/null

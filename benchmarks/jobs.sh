@@ -15,3 +15,29 @@ run_jobs() {
   done
   wait
 }
+# Runs longer than a session's device time: the machine, and runs/ on it, is lost between
+# sessions. save_runs FILE... packs runs/ (each run's newest checkpoint only, to fit what a
+# call returns: files of at most 16 MiB, 64 MiB in all) and the FILEs named (logs, sample
+# grids: a call returns at most eight files; they are moved in) into
+# $OUT/runs.tgz.part-00, -01, ... of 15 MiB each. Copied here into .runs/ (git-ignored) and
+# carried by the next call (`carry` names .runs), restore_runs unpacks runs/ before its
+# jobs start. benchmarks/README.md has the steps.
+restore_runs() {
+  compgen -G ".runs/runs.tgz.part-*" > /dev/null || return 0
+  cat .runs/runs.tgz.part-* | tar -xz runs || exit
+  echo "restored from .runs/: $(ls runs | tr '\n' ' ')"
+}
+save_runs() {
+  [ -d runs ] || return 0
+  local run step newest excl=() extras=() f
+  for run in runs/*/; do
+    newest=$(ls -d "${run}"checkpoints/step-* 2>/dev/null | sort | tail -n 1)
+    for step in "${run}"checkpoints/step-*; do
+      [ -e "$step" ] && [ "$step" != "$newest" ] && excl+=("--exclude=$step")
+    done
+  done
+  for f in "$@"; do [ -f "$f" ] && extras+=("$(basename "$f")"); done
+  tar -cz "${excl[@]}" runs ${extras[@]:+-C "$OUT" "${extras[@]}"} | split -b 15M -d -a 2 - "$OUT/runs.tgz.part-" || return
+  for f in "${extras[@]}"; do rm -f "$OUT/$f"; done
+  ls -l "$OUT"/runs.tgz.part-*
+}

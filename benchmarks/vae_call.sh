@@ -17,11 +17,14 @@
 #   Phase I: the IAF row with convolutional networks (Kingma et al. 2016's 79.10 is a
 #   convolutional ResNet VAE; the MLP IAF of phase B reached 93.66), BUDGET_I seconds.
 #     PHASES=I BUDGET_I=500 bash benchmarks/vae_call.sh
+#   SAVE_RUNS=1: runs/ back in $OUT for a later session's phase R (benchmarks/README.md).
 #   TRAIN_A: phase A's trainer settings (default cuda_graph=true; e.g. "cuda_graph=true compile=true").
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 W=$OUT/vae
 mkdir -p $W
+source benchmarks/jobs.sh
+restore_runs  # runs/ of an earlier session's SAVE_RUNS=1 call, carried as .runs
 A=${BUDGET_A:-120}
 B=${BUDGET_B:-360}
 E=${ABLATION_EPOCHS:-300}
@@ -76,3 +79,4 @@ if [[ ${PHASES:-AB} == *R* ]]; then
 fi
 tar -czf $OUT/vae.tar.gz -C $OUT vae && rm -rf $W
 tar -xzOf $OUT/vae.tar.gz --wildcards '*.log' | grep -i '^trained\|error\|traceback' | head -30
+if [ -n "${SAVE_RUNS:-}" ]; then save_runs $OUT/vae.tar.gz; fi  # runs/ (and the rows) for a later session

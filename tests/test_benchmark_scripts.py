@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -181,6 +182,46 @@ def test_ar_nll_run_dir_resumes_on_its_schedule(real_data_dir: Path, tmp_path: P
     assert 1 <= second["best_epoch"] <= 4 and second["validation_images"] == 100
     # max_seconds counts the run's whole training time: the resumed call adds its own budget to it.
     assert second["train"]["max_seconds"] == pytest.approx(first["train_seconds"] + 600, abs=0.5)
+
+
+def test_saved_runs_resume_on_another_machine(real_data_dir: Path, tmp_path: Path) -> None:
+    """save_runs / restore_runs of benchmarks/jobs.sh (runs longer than a session): the
+    archive holds each run's newest checkpoint and the logs named, in parts of at most
+    15 MiB; unpacked in another checkout it resumes the run on its schedule, and the logs
+    stay in the archive, not in the checkout."""
+    import subprocess
+
+    nll = _load("ar_mnist_nll")
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    out.mkdir()
+    (out / "x.log").write_text("log")
+    common = ["--model", "pixelcnn", "--tiny", "--limit-test", "20", "--max-train", "64", "--validation", "100", "--batch-size", "16",
+              "--data-dir", str(real_data_dir), "--device", "cpu", "--out", str(tmp_path / "row.json")]
+    assert nll.main([*common, "--run-dir", str(first / "runs" / "r"), "--epochs", "4", "--time-budget", "0.01"]) == 0
+    (newest,) = (first / "runs" / "r" / "checkpoints").iterdir()
+    shutil.copytree(newest, newest.with_name("step-0000000"))  # an older (best) checkpoint kept beside the newest
+    steps = sorted(p.name for p in newest.parent.iterdir())
+    jobs = ROOT / "benchmarks" / "jobs.sh"
+
+    def bash(cwd: Path, script: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f"set -u; source {jobs}; {script}"], cwd=cwd, env={"OUT": str(out), "PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True, check=True)
+
+    bash(first, f"save_runs {out}/x.log {out}/absent.png")
+    parts = sorted(out.glob("runs.tgz.part-*"))
+    assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts) and not (out / "x.log").exists()
+    (second / ".runs").mkdir(parents=True)
+    for p in parts:
+        (second / ".runs" / p.name).write_bytes(p.read_bytes())
+    assert "restored from .runs/: r" in bash(second, "restore_runs").stdout
+    assert sorted(p.name for p in (second / "runs" / "r" / "checkpoints").iterdir()) == steps[-1:]
+    assert not (second / "x.log").exists()
+    listing = subprocess.run(f"cat {second}/.runs/runs.tgz.part-* | tar -tz", shell=True, capture_output=True, text=True, check=True).stdout
+    assert "x.log" in listing.split()
+    assert nll.main([*common, "--run-dir", str(second / "runs" / "r"), "--resume", "--time-budget", "600"]) == 0
+    row = json.loads((tmp_path / "row.json").read_text())
+    assert row["resumed"] and row["epochs"] == 4 and row["steps"] == 4 * (64 // 16)
+    assert bash(tmp_path, "restore_runs").returncode == 0  # nothing carried: nothing to do
 
 
 def test_flow_tables_compares_flows_with_a_mixture_on_held_out_data(tmp_path: Path) -> None:
