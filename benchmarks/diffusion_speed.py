@@ -32,6 +32,10 @@ call, not timed) and ``compile_cl`` (the same with channels-last weights). A fai
 speed of a smaller network whose FID diffusion_quality.py measures; the weights are random,
 which does not change the time).
 
+``--cudnn-benchmark``: cuDNN times its convolution algorithms per shape and keeps the
+fastest, for every mode of the call (diffusers' and deepgen's alike; the trainer's
+``cudnn_benchmark=true``); without it both run cuDNN's heuristic choice, torch's default.
+
 ``--profile``: where the time goes. One training step of deepgen's fastest eager-launch
 mode (bf16, compile, channels-last; the CUDA graph replays the same kernels but hides them
 from the profiler) at each batch size, and one compiled channels-last sampling step at
@@ -275,17 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-settings", nargs="*", default=[], help="ddpm settings key=value of the sampled network (default: the benchmark's)")
     p.add_argument("--autotune", action="store_true", help="also deepgen_autotune_graph_cl: compile_mode=max-autotune-no-cudagraphs")
     p.add_argument("--profile", action="store_true", help="GPU time by kernel category of the fastest modes (see the docstring)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark for every mode, diffusers' and deepgen's (the trainer's cudnn_benchmark=true)")
     p.add_argument("--tiny", action="store_true", help="tiny networks and batches (CPU smoke test)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark  # process-wide: both sides alike
     ds = padded_mnist(args.data_dir, 256 if args.tiny else 0)
     x_u8 = ds.train.x.to(device)
     settings = TINY if args.tiny else SETTINGS
     gpu = device.type == "cuda"
     seed_all(0)
     ours = deepgen.create_model("ddpm", ds, **settings).to(device)
-    record: dict = {"parameters": sum(q.numel() for q in ours.parameters()), "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
+    record: dict = {"parameters": sum(q.numel() for q in ours.parameters()), "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+                    "cudnn_benchmark": args.cudnn_benchmark}
     record["diffusers_parameters"] = sum(q.numel() for q in diffusers_unet(args.tiny).parameters())
     record["flops_per_sample"] = flops_per_sample(ours, ds.spec.shape)
     if gpu:

@@ -292,3 +292,15 @@ def test_a_run_whose_saved_standardisation_differs_is_refused(tmp_path):
         Trainer.resume(run, epochs=2)
     with pytest.raises(UserError, match="preprocessing statistics"):
         load_run(run).load_dataset()
+
+
+def test_cudnn_benchmark_is_a_cuda_setting_recorded_in_the_run(tmp_path):
+    """cudnn_benchmark=true is torch's process-wide flag for CUDA convolutions: on the CPU
+    the flag is left as it was, and the run folder records the setting (a resumed run
+    gets it back)."""
+    before = torch.backends.cudnn.benchmark
+    trainer = _trainer(tmp_path / "run", cudnn_benchmark=True)
+    trainer.fit()
+    assert torch.backends.cudnn.benchmark is before
+    assert Trainer.resume(tmp_path / "run").config.cudnn_benchmark is True
+    assert TrainConfig().cudnn_benchmark is False

@@ -43,6 +43,12 @@ class TrainConfig(Config):
     max_seconds: float = 0.0  # stop at the first step boundary past this much training time (0 = no limit)
     picture_samples: int = 64  # examples in each sample picture of deepgen.pictures.SamplePictures (2-D data: 20x as many points)
     progress: bool = True  # tqdm progress bar (shown when stderr is a terminal)
+    # cuDNN times its algorithms for each convolution shape at first use and keeps the
+    # fastest (torch.backends.cudnn.benchmark, a process-wide flag set at fit, never unset):
+    # a one-off cost per shape, for convolutional networks trained on one batch shape (the
+    # loader drops the tail). Off by default, as in torch; the chosen algorithms may differ
+    # from run to run, so a resumed run's figures can differ in the last bits.
+    cudnn_benchmark: bool = False
     threads: int = 0  # CPU threads; 0 = leave torch's (one per core; importing deepgen shortens OpenMP's spin-wait, so it does not stall beside busy processes)
     tensorboard: bool = True  # TensorBoard event files in run/tb (needs the tensorboard package)
     grad_accum: int = 1  # micro-batches per optimizer step: each batch is split in this many equal parts, their gradients summed

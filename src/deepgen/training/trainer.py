@@ -380,6 +380,8 @@ class Trainer:
         fit_hooks = hooks(self.callbacks, "on_fit_end")
         if cfg.threads:
             configure_threads(cfg.threads)
+        if cfg.cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.model.train()
         if not self._initialised:
             self._initialise()
