@@ -13,6 +13,8 @@
 #     BINARIZATION=static LAYERS=12 DROPOUT=0.2 BUDGET=520 TOTAL=1040 ... pixelcnn-long   # the paper's fixed draw,
 #                                                                           # selected on 10,000 held-out images
 #     EPOCHS=40 WD=1e-5 ... pixelcnn-long                                       # a fixed schedule (no probe); L2 decay (Adam)
+#     CHANNELS=96 TAG=-c96 ... pixelcnn-long                                    # another width; TAG names its run and files,
+#                                                                           # so two invocations can share one call (&, wait)
 set -u
 export PYTHONPATH=src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-470}
@@ -30,19 +32,19 @@ for model in "${@:-made pixelcnn transformer}"; do
     # The PixelCNN alone with compile, on a schedule sized for TOTAL seconds over several
     # calls on one warm machine: pixelcnn-long starts it (runs/ is kept between calls while
     # the machine stays warm), pixelcnn-resume continues it; each call tests the best epoch.
-    pixelcnn-long) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=${LAYERS:-10} ${DROPOUT:+dropout=$DROPOUT} \
+    pixelcnn-long) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=${CHANNELS:-128} layers=${LAYERS:-10} ${DROPOUT:+dropout=$DROPOUT} \
             ${BINARIZATION:+--binarization $BINARIZATION} \
             ${EPOCHS:+--epochs $EPOCHS} --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} ${WD:+weight_decay=$WD} \
             --time-budget $B --total-budget ${TOTAL:-1040} $common \
-            --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
+            --run-dir runs/ar-pixelcnn${TAG:-} --samples $OUT/pixelcnn${TAG:-}.png --out $OUT/pixelcnn${TAG:-}.json > $OUT/pixelcnn${TAG:-}.log 2>&1 & ;;
     # All 60,000 training images, no hold-out, for the EPOCHS that a validated run chose
     # (session 7: the best validation epoch was 104 of a 147-epoch schedule); resume with
     # pixelcnn-resume. The final weights are tested.
     pixelcnn-full) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=${LAYERS:-10} ${DROPOUT:+dropout=$DROPOUT} \
             --validation 0 --epochs ${EPOCHS:-104} --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} --time-budget $B \
             --data-dir .data --device cuda --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
-    pixelcnn-resume) python benchmarks/ar_mnist_nll.py --model pixelcnn --resume --run-dir runs/ar-pixelcnn --time-budget $B \
-            --data-dir .data --device cuda --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
+    pixelcnn-resume) python benchmarks/ar_mnist_nll.py --model pixelcnn --resume --run-dir runs/ar-pixelcnn${TAG:-} --time-budget $B \
+            --data-dir .data --device cuda --samples $OUT/pixelcnn${TAG:-}.png --out $OUT/pixelcnn${TAG:-}.json > $OUT/pixelcnn${TAG:-}.log 2>&1 & ;;
     *) echo "unknown model $model"; exit 2 ;;
   esac
 done
