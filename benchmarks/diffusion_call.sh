@@ -16,12 +16,17 @@
 #     PARALLEL=1 BUDGET=420 bash benchmarks/diffusion_call.sh mnist fashion-mnist mnist-guided   # the jobs at once, sharing the GPU
 #     SETTINGS="channels=32" RUN=-c32 BUDGET=420 bash benchmarks/diffusion_call.sh mnist  # another network, its own run folder
 #     BOUND=1 BOUND_LIMIT=2000 GRID=ddim:50:0 bash benchmarks/diffusion_call.sh mnist-eval # the bits/dim bound, every timestep
+#     GRID=table BOUND=1 BOUND_LIMIT=1000 BUDGET=170 bash benchmarks/diffusion_call.sh mnist # train, then the whole table but
+#                                                                 # its 1000-step rows (GRID=table: $TABLE below), and the bound
 # With PARALLEL=1 the processes share the GPU's time: each training time is an upper bound
 # on what that run needs alone (quality runs only; never for the speed job).
 set -u
 export PYTHONPATH=$PWD/src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-480}
 quality="python benchmarks/diffusion_quality.py --data-dir .data --device cuda"
+# The DDIM paper's Table 1 in spirit, but its 1000-step rows (about 4 minutes each alone).
+TABLE=ddim:10:0,ddim:20:0,ddim:50:0,ddim:100:0,ddim:10:1,ddim:20:1,ddim:50:1,ddim:100:1,dpm-solver++:10:0,dpm-solver++:20:0
+[ "${GRID:-}" = table ] && GRID=$TABLE
 run_job() {
   local job=$1
   local pics="--pictures $W/pictures-$job${RUN:-}${TAG:-}"
@@ -32,6 +37,7 @@ run_job() {
              --out $W/diffusion_speed${TAG:-}.json > $W/diffusion_speed${TAG:-}.log 2>&1 ;;
     mnist|fashion-mnist) $quality $pics --dataset $job ${SETTINGS:+--settings $SETTINGS} --time-budget $B --train bf16=true cuda_graph=true \
            --run-dir runs/ddpm-$job${RUN:-} --grid "${GRID:-ddim:10:0,ddim:20:0,ddim:50:0,dpm-solver++:10:0,dpm-solver++:20:0}" \
+           ${BOUND:+--bound-stride $BOUND --bound-limit ${BOUND_LIMIT:-2000}} \
            --out $W/ddpm_$job${RUN:-}.json > $W/ddpm_$job${RUN:-}.log 2>&1 ;;
     mnist-resume|fashion-mnist-resume) d=${job%-resume}; $quality $pics --dataset $d --resume --time-budget $B --run-dir runs/ddpm-$d${RUN:-} \
            ${GRID:+--grid $GRID} --bound-stride ${STRIDE:-10} --out $W/ddpm_$d${RUN:-}.json > $W/ddpm_$d${RUN:-}.log 2>&1 ;;
