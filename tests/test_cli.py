@@ -377,15 +377,28 @@ def test_argparse_mistakes_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 # -- python -m deepgen ------------------------------------------------------------------------
 
 
-def _python_m(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _python_m(*commands: list[str], cwd: Path) -> list[subprocess.CompletedProcess[str]]:
+    """``python -m deepgen COMMAND`` for each command, each in a fresh process; the processes
+    run side by side (two cores; they write nothing), and each is waited for."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "deepgen", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    procs = [subprocess.Popen([sys.executable, "-m", "deepgen", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+             for args in commands]
+    done = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return done
 
 
 def test_python_m_deepgen(tmp_path: Path) -> None:
-    ok = _python_m("models", cwd=tmp_path)
+    ok, bad = _python_m(["models"], ["train", "vea", "--data", "digits"], cwd=tmp_path)
     assert ok.returncode == 0 and "vae" in ok.stdout
-    bad = _python_m("train", "vea", "--data", "digits", cwd=tmp_path)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and "deepgen: error: unknown model 'vea'" in bad.stderr
     assert not (tmp_path / "runs").exists()

@@ -24,22 +24,85 @@ DEVICE = os.environ.get("DEEPGEN_DIST_DEVICE", "cpu")
 TRAIN = ["train", "--data", "digits", "--set", "max_train=256", "--batch-size", "32", "--device", DEVICE, "--set", "progress=false", "--set", "tensorboard=false"]
 
 
-def _deepgen(args: list[str], ranks: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
+def _start(args: list[str], ranks: int = 1) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else [sys.executable]
-    proc = subprocess.run([*launcher, "-m", "deepgen", *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return proc
+    return subprocess.Popen([*launcher, "-m", "deepgen", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _deepgen(args: list[str], ranks: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
+    return _finish(_start(args, ranks), timeout)
+
+
+def _together(*runs: tuple[list[str], int]) -> list[subprocess.CompletedProcess]:
+    """Independent runs (``(args, ranks)`` each) launched at once and each waited for: they
+    share nothing but the CPU (own run folders, own standalone rendezvous on a free port), so
+    each trains what it would train alone; together they keep both CI cores busy. (On
+    GPUs, where the ranks hold the devices, one after another.)"""
+    if DEVICE != "cpu":
+        return [_deepgen(args, ranks) for args, ranks in runs]
+    procs = [_start(args, ranks) for args, ranks in runs]
+    try:
+        return [_finish(proc) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+# The one-process reference of three tests: the AE on 256 digits, batch 32, 2 epochs, a log
+# point per step (16). Trained once for the module, started in the background by its first user.
+REFERENCE = ["train", "ae", *TRAIN[1:], "--epochs", "2", "--set", "log_every=1"]
+
+
+class _Reference:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.proc = _start([*REFERENCE, "--out", str(out)])
+        self.done = False
+
+    def __call__(self) -> Path:
+        """The run folder, once its run has ended well."""
+        if not self.done:
+            _finish(self.proc)
+            self.done = True
+        return self.out
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory: pytest.TempPathFactory):
+    ref = _Reference(tmp_path_factory.mktemp("reference") / "one")
+    yield ref
+    if ref.proc.poll() is None:
+        ref.proc.kill()
+        ref.proc.communicate()
 
 
 def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_train_what_one_process_trains(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    _deepgen(["train", "ae", *TRAIN[1:], "--epochs", "2", "--set", "log_every=1", "--out", str(one)])
-    out = _deepgen(["train", "ae", *TRAIN[1:], "--epochs", "2", "--set", "log_every=1", "--out", str(two)], ranks=2)
+def test_two_ranks_train_what_one_process_trains(tmp_path, one_process_run):
+    two, three = tmp_path / "two", tmp_path / "overlap"
+    # The all-reduce overlapped with backward, in many small buckets, over two micro-batches
+    # (only the last one's backward reduces): run alongside the plain two-rank run, checked below.
+    out, _ = _together(
+        ([*REFERENCE, "--out", str(two)], 2),
+        ([*REFERENCE, "--set", "ddp_overlap=true", "--set", "ddp_bucket_mb=0.001", "--set", "grad_accum=2", "--out", str(three)], 2),
+    )
+    one = one_process_run()
     assert out.stdout.count("run folder:") == 1, "only rank 0 reports"
     a, b = _losses(one), _losses(two)
     assert len(a) == len(b) == 16
@@ -49,11 +112,7 @@ def test_two_ranks_train_what_one_process_trains(tmp_path):
     # magnify that early on. Without the gradient all-reduce the gap is 0.016 here.
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst < 3e-3, f"weights differ by {worst}"
-    # The all-reduce overlapped with backward, in many small buckets, over two micro-batches
-    # (only the last one's backward reduces): the same training.
-    three = tmp_path / "overlap"
-    _deepgen(["train", "ae", *TRAIN[1:], "--epochs", "2", "--set", "log_every=1", "--set", "ddp_overlap=true", "--set", "ddp_bucket_mb=0.001",
-              "--set", "grad_accum=2", "--out", str(three)], ranks=2)
+    # The overlapped all-reduce over two micro-batches: the same training.
     assert _losses(three) == pytest.approx(a, rel=1e-4)
 
 
@@ -87,19 +146,20 @@ def test_a_resumed_two_rank_run_equals_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_run_resumes_on_another_number_of_processes(tmp_path):
+def test_a_run_resumes_on_another_number_of_processes(tmp_path, one_process_run):
     """The global batch order does not depend on the number of processes and each rank
     takes its share of every global batch, so a run trained on two ranks goes on in one
     process (and a one-process run on two ranks) as an uninterrupted run would: the same
     losses to float summation order. (An AE: no per-rank noise, whose streams cannot carry
     over to another number of ranks.)"""
     args = ["train", "ae", *TRAIN[1:], "--set", "log_every=1"]
-    full = tmp_path / "full"
-    _deepgen([*args, "--epochs", "2", "--out", str(full)])
-    for first, then in ((2, 1), (1, 2)):
-        part = tmp_path / f"part-{first}-{then}"
-        _deepgen([*args, "--epochs", "1", "--out", str(part)], ranks=first)
-        _deepgen(["train", "--resume", str(part), "--epochs", "2"], ranks=then)
+    full = one_process_run()  # [*args, "--epochs", "2"] in one process
+    chains = ((2, 1), (1, 2))
+    parts = [tmp_path / f"part-{first}-{then}" for first, then in chains]
+    # The two chains run side by side: both first halves, then both resumptions.
+    _together(*(([*args, "--epochs", "1", "--out", str(part)], first) for part, (first, _) in zip(parts, chains)))
+    _together(*((["train", "--resume", str(part), "--epochs", "2"], then) for part, (_, then) in zip(parts, chains)))
+    for part, (first, then) in zip(parts, chains):
         assert _losses(part) == pytest.approx(_losses(full), rel=1e-4), (first, then)
 
 
@@ -111,13 +171,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_over_a_rendezvous_train_what_one_process_trains(tmp_path):
+def test_two_nodes_over_a_rendezvous_train_what_one_process_trains(tmp_path, one_process_run):
     """``torchrun --nnodes=2`` with a c10d rendezvous: two "nodes" on 127.0.0.1, one process
     each (RANK 0 and 1, LOCAL_RANK 0 on both), train what one process trains on the whole
     batch; only global rank 0 writes the run folder."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    args = ["train", "ae", *TRAIN[1:], "--epochs", "2", "--set", "log_every=1"]
-    _deepgen([*args, "--out", str(one)])
+    two = tmp_path / "two"
+    args = REFERENCE
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     rdzv = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{_free_port()}", "--rdzv_id=deepgen-test"]
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "deepgen", *args, "--out", str(two)],
@@ -125,7 +184,7 @@ def test_two_nodes_over_a_rendezvous_train_what_one_process_trains(tmp_path):
     outs = [node.communicate(timeout=240) for node in nodes]
     assert all(node.returncode == 0 for node in nodes), [o[1][-3000:] for o in outs]
     assert sum(o[0].count("run folder:") for o in outs) == 1, "only global rank 0 reports"
-    assert _losses(two) == pytest.approx(_losses(one), rel=1e-4)
+    assert _losses(two) == pytest.approx(_losses(one_process_run()), rel=1e-4)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 Fast checks on the built-in ``digits`` data and on small slices of real MNIST; the real
 MNIST classifier is trained at most once per session (into a session-scoped cache
-folder, from which every later test loads it). Fashion-MNIST's accuracy (>= 90%, 8
+folder, from which every later test loads it; a background job started with the session
+trains it on the core the other tests leave idle: conftest.py). Fashion-MNIST's accuracy (>= 90%, 8
 epochs, about 3 minutes on two CPU cores) is left to the GPU: it is not trained here.
 """
 
@@ -35,12 +36,6 @@ from deepgen.metrics.features import (
 SMALL = {"epochs": 1, "max_train": 512}  # a quick MNIST classifier: 4 steps of 128
 
 
-@pytest.fixture(scope="session")
-def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache folder for the session, so the real MNIST classifier is trained once."""
-    return tmp_path_factory.mktemp("features")
-
-
 @contextmanager
 def threads(n: int) -> Iterator[None]:
     old = torch.get_num_threads()
@@ -52,10 +47,17 @@ def threads(n: int) -> Iterator[None]:
 
 
 @pytest.fixture
-def mnist_net(real_data_dir: Path, feature_cache: Path) -> FeatureNet:
-    """The real MNIST classifier: trained on first use (two threads, CI has two cores), then loaded."""
+def mnist_net(real_data_dir: Path, feature_cache: Path, mnist_classifier_job) -> FeatureNet:
+    """The real MNIST classifier, trained once per session into ``feature_cache`` (the
+    session-scoped ``feature_cache`` and ``mnist_classifier_job`` are in conftest.py): by the
+    background job where it ran, else here on first use (two threads, CI has two cores); then
+    loaded from the cache."""
+    fresh = mnist_classifier_job.wait() if mnist_classifier_job is not None else None
     with threads(max(1, min(2, os.cpu_count() or 1))):
-        return mnist_classifier(data_dir=str(real_data_dir), cache_dir=feature_cache)
+        net = mnist_classifier(data_dir=str(real_data_dir), cache_dir=feature_cache)
+    if fresh is not None:  # the cached copy is the network the job trained, as it described itself
+        assert (net.describe(), net.accuracy, net.data_sha256) == (fresh["describe"], fresh["accuracy"], fresh["data_sha256"])
+    return net
 
 
 def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
