@@ -634,6 +634,17 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
 # -- encode / score --------------------------------------------------------------------------
 
 
+def _vocab_difference(want: str, got: str) -> str:
+    """The end of the refusal of text whose vocabulary ``got`` is not the run's ``want``:
+    which characters are extra and which are missing (the first 20 of each)."""
+    extra = "".join(c for c in got if c not in want)
+    lacking = "".join(c for c in want if c not in got)
+    parts = ([f"{extra[:20]!r} are not among them"] if extra else []) + ([f"{lacking[:20]!r} are missing"] if lacking else [])
+    parts = parts or ["the same characters in another order, so each id means another character"]
+    return (f"; its vocabulary of {len(got)} characters is not the run's {len(want)} (text must use exactly the run's "
+            f"characters: {', '.join(parts)})")
+
+
 def _run_and_data(args: argparse.Namespace) -> tuple[Any, Any, torch.device]:
     """The run (loaded on ``--device``) and the data to read: ``--data`` or the run's own,
     checked against the run's data spec before anything is computed."""
@@ -658,12 +669,20 @@ def _run_and_data(args: argparse.Namespace) -> tuple[Any, Any, torch.device]:
             over["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
         dataset = run.load_dataset(**over)
     want, got = run.spec, dataset.spec
+    # Text: the ids are positions in the vocabulary, so another file's ids mean other
+    # characters unless its vocabulary is the run's, character for character.
+    want_vocab, got_vocab = run.data_meta.get("vocab"), dataset.meta.get("vocab")
     if (tuple(want.shape), want.kind) != (tuple(got.shape), got.kind) or (
         want.kind in ("discrete", "tokens") and (want.num_levels, want.vocab_size) != (got.num_levels, got.vocab_size)
-    ):
+    ) or (want.kind == "tokens" and want_vocab != got_vocab):
+        what = ""
+        if want.kind == "tokens" and isinstance(want_vocab, str) and isinstance(got_vocab, str):
+            what = _vocab_difference(want_vocab, got_vocab)
+        elif want.kind == "discrete" and want.num_levels != got.num_levels:
+            what = f"; its values have {got.num_levels} levels, the run's {want.num_levels}"
         raise UserError(
             f"--data {dataset.name!r} does not fit the run {run.path}: its examples are {got.kind} of shape {tuple(got.shape)}, "
-            f"the model takes {want.kind} of shape {tuple(want.shape)}."
+            f"the model takes {want.kind} of shape {tuple(want.shape)}{what}."
         )
     return run, dataset, device
 

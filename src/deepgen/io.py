@@ -119,6 +119,8 @@ def read_tensors(path: str | Path, *, sha256: str | None = None) -> dict[str, to
                 "when it was written. The file is missing or corrupt."
             )
         return load_file(str(path))
+    except UserError:  # a ValueError too: the message above is already the whole story
+        raise
     except (SafetensorError, OSError, ValueError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise UserError(f"cannot read {path}: {why}. The file is missing or corrupt.") from None

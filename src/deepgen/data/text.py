@@ -89,7 +89,7 @@ def text_dataset(text: str, name: str, config: DataConfig, meta: dict | None = N
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a leading byte-order mark (Notepad's UTF-8) is not a character of the text
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8.") from None
     except OSError as e:

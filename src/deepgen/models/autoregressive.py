@@ -141,10 +141,24 @@ def _temper(logits: torch.Tensor, temperature: float, top_k: int, dim: int) -> t
     """Logits for sampling: divided by ``temperature``; with ``top_k`` > 0 everything below
     the k-th largest along ``dim`` set to -inf (Fan et al. 2018)."""
     if temperature != 1.0:
-        logits = logits / temperature
+        # The largest logit subtracted first (the softmax is the same): at a tiny temperature
+        # the quotients would overflow to +inf, and every +inf would tie as the most likely.
+        logits = (logits - logits.amax(dim=dim, keepdim=True)) / temperature
     if top_k and top_k < logits.shape[dim]:
         kth = logits.topk(top_k, dim=dim).values.narrow(dim, top_k - 1, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits
+
+
+def _temper_bernoulli(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+    """:func:`_temper` for Bernoulli logits l (any shape): l is the two-way categorical's
+    (0, l), so l / temperature, and ``top_k`` = 1 keeps the more likely value only (l to
+    +-inf; a tie keeps both); ``top_k`` >= 2 keeps both values."""
+    if temperature != 1.0:
+        logits = logits / temperature  # +-inf at a tiny temperature: the sigmoid saturates, as it should
+    if top_k == 1:
+        inf = torch.full_like(logits, float("inf"))
+        logits = torch.where(logits > 0, inf, torch.where(logits < 0, -inf, logits))
     return logits
 
 
@@ -219,8 +233,10 @@ class Autoregressive(GenerativeModel):
     def _draw(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """One draw of every element from tempered head parameters (N, P, *shape) -> (N, *shape)."""
         cfg = self.config
-        if isinstance(self.head, (Bernoulli, Categorical)):
-            params = _temper(params, cfg.temperature, cfg.top_k if isinstance(self.head, Categorical) else 0, dim=1)
+        if isinstance(self.head, Categorical):
+            params = _temper(params, cfg.temperature, cfg.top_k, dim=1)
+        elif isinstance(self.head, Bernoulli):
+            params = _temper_bernoulli(params, cfg.temperature, cfg.top_k)
         elif cfg.temperature != 1.0 or cfg.top_k:
             raise UserError("temperature and top_k apply to bernoulli and categorical outputs only; set temperature=1 top_k=0.")
         return self.head.sample(params, generator)
@@ -671,13 +687,14 @@ class TransformerModel(GenerativeModel):
             )
         fine = spec.num_levels
         if levels and (levels > fine or fine % levels):
-            raise UserError(f"levels={levels} must divide the data's {fine} levels (e.g. {', '.join(str(d) for d in (2, 4, 8, 16) if fine % d == 0)}).")
+            divisors = [d for d in range(2, fine + 1) if fine % d == 0]
+            raise UserError(f"levels={levels} must divide the data's {fine} levels: one of {', '.join(map(str, divisors[:8]))} (or 0: all).")
         return (levels or fine), fine
 
     # -- ids <-> data --------------------------------------------------------------------------
     def to_ids(self, x: torch.Tensor) -> torch.Tensor:
         """Data (N, *shape) -> ids (N, T) int64."""
-        flat = x.reshape(len(x), -1)
+        flat = x.reshape(len(x), self.length)
         if self.spec.kind in ("tokens", "binary", "discrete"):
             k = flat.round().long() if flat.dtype.is_floating_point else flat.long()
         else:
@@ -802,7 +819,7 @@ class TransformerModel(GenerativeModel):
         pass. x (N, *shape), known (N, *shape) or (*shape) -> (N, *shape); known positions
         are returned unchanged."""
         n = len(x)
-        known = known.to(torch.bool).expand(x.shape).reshape(n, -1)
+        known = known.to(torch.bool).expand(x.shape).reshape(n, self.length)  # not -1: n may be 0
         ids = self.to_ids(x).clone()
         first = self._starts(self.labels(cond, n), n)
         step = self.decoder(first)

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.dataset import Batch, DataSpec, Kind
+from ..data.dequantize import levels_of
 from ..errors import UserError
 from ..nn.likelihoods import log1mexp
 from ..nn.signed import from_signed, to_signed
@@ -127,10 +128,12 @@ class DDPMConfig(ModelConfig):
         self.check(self.spacing in SPACINGS, f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
         if self.spacing == "quadratic":  # over the timesteps the samplers use (samplers/base.py)
             usable = usable_timesteps(NoiseSchedule.make(self.schedule, self.timesteps))
+            over = usable if self.steps <= usable else self.timesteps
             try:
-                spaced_timesteps(usable if self.steps <= usable else self.timesteps, self.steps, "quadratic")
+                spaced_timesteps(over, self.steps, "quadratic")
             except ValueError as e:
-                self.check(False, str(e))
+                why = f" (the samplers space their steps over the {usable} of the {self.timesteps} timesteps below the noise clip)" if over < self.timesteps else ""
+                self.check(False, f"{e}{why}")
         self.check(math.isfinite(self.guidance) and self.guidance >= 0, f"guidance must be a number >= 0, got {self.guidance}")
         self.check(self.conditional or self.guidance == 1.0,
                    f"guidance={self.guidance:g} mixes conditional and unconditional outputs: it needs a model trained with conditional=true")
@@ -341,12 +344,18 @@ class DDPM(GenerativeModel):
         """``n`` examples (n, *shape) in the data's own space: x_T ~ N(0, I), then the
         configured sampler; labels ``cond`` for conditional models (None or -1: the
         unconditional model). Binary data: each pixel drawn with probability (x_0 + 1) / 2
-        of the final x_0 (clamped), or thresholded at 0.5 with ``mean=True``."""
+        of the final x_0 (clamped), or thresholded at 0.5 with ``mean=True``; quantised data:
+        the nearest level."""
         idx = self._index(cond, n)
         with self._evaluating():
             x = torch.randn((n, *self.spec.shape), generator=generator, device=self.device, dtype=self.dtype)
             x = self.reverse(x, idx, generator=generator)
-        return from_signed(x, self.spec, generator, mean=mean)
+        x = from_signed(x, self.spec, generator, mean=mean)
+        if self.spec.kind == "continuous" and self.spec.num_levels:
+            # Quantised [0, 1] data (8-bit images): the nearest of its levels k / (L - 1), the
+            # values the bound's decoder gives a probability (from_signed leaves u in [0, 1]).
+            x = levels_of(x, self.spec) / (self.spec.num_levels - 1)
+        return x
 
     # -- DDIM encoding (Song et al. 2021, sec. 4.3 and 5.4) ----------------------------------------
     def _code_timesteps(self) -> torch.Tensor:

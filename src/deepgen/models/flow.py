@@ -68,7 +68,7 @@ class FlowConfig(ModelConfig):
     # a test image with a stroke where training images are blank gets an enormous NLL
     # (benchmarks/RESULTS.md, the first MAF run on MNIST); at 1e-6 that bin is 8.3 wide.
     logit_alpha: float = 1e-6
-    temperature: float = 1.0  # sampling: z ~ N(0, T^2 I) (Glow sec. 5); 1 = the model's own density
+    temperature: float = 1.0  # sampling: z ~ N(0, T^2 I) (Glow sec. 5); 1 = the model's own density, 0 = z = 0 (the mode of the base)
     # Vectors only (tables, 2-D points), against overfitting small tables:
     dropout: float = 0.0  # dropout after every hidden layer of the conditioner networks (MLPs, MADEs); training only
     # a normalisation bijection before every transform: "batchnorm" (MAF's batch norm,
@@ -79,7 +79,7 @@ class FlowConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         self.check(0 < self.logit_alpha < 0.5, f"logit_alpha must be in (0, 0.5), got {self.logit_alpha}")
-        self.check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        self.check(self.temperature >= 0, f"temperature must be >= 0 (0: every sample at z = 0), got {self.temperature}")
         self.check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1) (0 = off), got {self.dropout}")
         self.check(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
@@ -263,11 +263,14 @@ class Flow(GenerativeModel):
     def sample(
         self, n: int, *, generator: torch.Generator | None = None, cond: torch.Tensor | int | None = None, mean: bool = False
     ) -> torch.Tensor:
-        """``n`` examples (n, *shape): z ~ N(0, T^2 I) (T = ``temperature``; ``mean``: z = 0,
-        the mode of the base density), mapped back; quantised data is put back on its levels."""
+        """``n`` examples (n, *shape): z ~ N(0, T^2 I) (T = ``temperature``; 0: z = 0, the
+        mode of the base density), mapped back; quantised data is put back on its levels.
+        ``mean`` is not used: the inverse map is deterministic, so the output has no noise
+        of its own to average (and callers pass ``mean=True`` for every image model: it must
+        not turn n draws into n copies of the mode)."""
         labels = self.labels(cond, n)
         z = torch.randn((n, self.spec.dim), generator=generator, device=self.device, dtype=self.dtype)
-        z = z * (0.0 if mean else self.config.temperature)
+        z = z * self.config.temperature
         x = self.inverse(z, cond=labels)
         if self.spec.kind == "continuous":
             x = x.clamp(0.0, 1.0)

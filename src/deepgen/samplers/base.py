@@ -56,7 +56,7 @@ def spaced_timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
     elif spacing == "quadratic":
         tau = i if steps == T else torch.floor((i * math.sqrt(0.8 * T) / max(steps - 1, 1)) ** 2)
         if bool((tau[1:] <= tau[:-1]).any()):
-            raise ValueError(f"quadratic spacing repeats timesteps at {steps} of {T} steps; use fewer steps or spacing=uniform")
+            raise ValueError(f"quadratic spacing repeats timesteps at steps={steps} over {T} timesteps; use fewer steps or spacing=uniform")
     elif spacing == "trailing":
         tau = torch.round(T - i * T / steps) - 1
         return tau.long()
