@@ -32,9 +32,31 @@ TINY = dict(settings={"hidden": (8,), "channels": (4,)}, latent_dim=2, epochs=1,
 SMALL = dict(settings={"hidden": (64,), "channels": (16, 32)}, lr=1e-2, epochs=8, batch_size=32, random_state=0, device="cpu")
 
 
-@parametrize_with_checks([AutoencoderEmbedding(**TINY), AutoencoderDenoiser(**TINY), AutoencoderOutlierDetector(**TINY)])
+# sklearn compares a reordered X's outputs at rtol 1e-7; batched float32 CPU kernels give a
+# row results that differ in the last bit or two by its position in the batch (GEMM tail
+# blocks), so that check fails or passes by the draw of the permutation and the library
+# versions. test_outputs_do_not_depend_on_row_order holds the property at float32's precision.
+_ORDER = {"check_methods_sample_order_invariance": "float32 batch-position rounding (last bits); tested at float32 precision below"}
+
+
+@parametrize_with_checks([AutoencoderEmbedding(**TINY), AutoencoderDenoiser(**TINY), AutoencoderOutlierDetector(**TINY)],
+                         expected_failed_checks=lambda est: _ORDER)
 def test_sklearn_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("cls", [AutoencoderEmbedding, AutoencoderDenoiser, AutoencoderOutlierDetector])
+def test_outputs_do_not_depend_on_row_order(cls):
+    """A permuted X (40 rows in batches of 16: full and short batches) gives the permuted
+    outputs, to float32 precision, for every inference method."""
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 8, 8)).astype(np.float32)
+    est = cls(**TINY).fit(X)
+    perm = rng.permutation(len(X))
+    for method in ("transform", "score_samples", "decision_function", "predict"):
+        if hasattr(est, method):
+            out = np.asarray(getattr(est, method)(X))
+            np.testing.assert_allclose(np.asarray(getattr(est, method)(X[perm])), out[perm], rtol=1e-5, atol=1e-6, err_msg=method)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +141,12 @@ def test_embedding_and_denoiser_warn_when_training_collapses(digits):
     images = digits[0].reshape(-1, 8, 8) / 16.0
     with pytest.warns(ConvergenceWarning, match="codes are the same for every training example"):
         dead = AutoencoderEmbedding(settings={"channels": (16, 32)}, lr=1.0, epochs=3, batch_size=32, random_state=0, device="cpu").fit(images)
-    assert np.ptp(dead.transform(images), axis=0).max() == 0
+    codes = dead.transform(images)  # constant up to float32 rounding: the detector's own tolerance
+    assert np.ptp(codes, axis=0).max() <= 1e-6 * (1.0 + np.abs(codes).max())
     with pytest.warns(ConvergenceWarning, match="outputs are the same"):  # the denoiser: one image for every input
         dead_den = AutoencoderDenoiser(settings={"channels": (16, 32)}, lr=1.0, epochs=3, batch_size=32, random_state=0, device="cpu").fit(images)
-    assert np.ptp(dead_den.transform(images), axis=0).max() == 0
+    outs = dead_den.transform(images)
+    assert np.ptp(outs, axis=0).max() <= 1e-6 * (1.0 + np.abs(outs).max())
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         AutoencoderEmbedding(**SMALL).fit(images)  # a healthy fit is silent
@@ -505,3 +529,4 @@ def test_inference_converts_batch_by_batch(digits, monkeypatch):
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a, b)
     assert got[1].dtype == np.uint8 and got[1].shape == X.shape
+
