@@ -217,29 +217,52 @@ def test_unknown_prediction(linear):
 
 
 # -- 5. spacings --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("steps", [1, 10, 20, 50, 100, 250, 1000])
-def test_uniform_is_ddim_code_range(steps):
+def _paper_spacing(T: int, steps: int, power: int) -> list[int]:
+    """Song et al. 2021, appendix D.2: tau_i = floor(c i^power), i = 1..S, c chosen so that
+    tau_S = T, over the paper's 1-indexed timesteps 1..T; minus 1 for ours. Descending."""
+    return [(i**power * T) // steps**power - 1 for i in range(steps, 0, -1)]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 20, 30, 50, 100, 250, 999, 1000])
+def test_uniform_is_ddim_paper_linear_spacing(steps):
     tau = spaced_timesteps(T, steps, "uniform")
     assert tau.dtype == torch.int64
-    assert tau.tolist() == list(reversed(range(0, T, T // steps)))
+    assert tau.tolist() == _paper_spacing(T, steps, 1)
+    assert tau[0].item() == T - 1  # tau_S = T
+    if T % steps == 0:  # the DDIM code's range(0, T, T // S) moved up by T // S - 1, = trailing
+        k = T // steps
+        assert tau.tolist() == [t + k - 1 for t in reversed(range(0, T, k))] == spaced_timesteps(T, steps, "trailing").tolist()
 
 
-def test_uniform_floor_when_steps_do_not_divide():
-    tau = spaced_timesteps(T, 30, "uniform").tolist()
-    assert len(set(tau)) == 30
-    assert tau == [i * T // 30 for i in reversed(range(30))]
+def test_one_step_is_the_last_timestep_for_every_spacing():
+    """S = 1 of the paper's rule is tau_1 = T (ours T - 1), from pure noise to x_0 in one
+    step. The DDIM code's range(0, T, T // 1) is [0]: x_T read as x_0's neighbour (the bug)."""
+    for spacing in ("uniform", "quadratic", "trailing"):
+        for n in (1, 2, 20, 1000):
+            assert spaced_timesteps(n, 1, spacing).tolist() == [n - 1], (spacing, n)
 
 
-@pytest.mark.parametrize("steps", [1, 10, 20, 29, 50])
-def test_quadratic_is_ddim_code(steps):
-    import numpy as np
-
-    ref = ((np.linspace(0, np.sqrt(T * 0.8), steps)) ** 2).astype(int)
-    if len(set(ref.tolist())) < steps:  # from S = 30 of T = 1000 the DDIM formula repeats 0
-        with pytest.raises(ValueError):
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 20, 29, 31, 32, 50])
+def test_quadratic_is_ddim_paper_spacing(steps):
+    if steps**2 > T:  # c = T / S^2 < 1: tau_1 = floor(c) - 1 < 0 and timesteps repeat
+        with pytest.raises(ValueError, match="quadratic spacing repeats"):
             spaced_timesteps(T, steps, "quadratic")
     else:
-        assert spaced_timesteps(T, steps, "quadratic").tolist() == ref[::-1].tolist()
+        tau = spaced_timesteps(T, steps, "quadratic").tolist()
+        assert tau == _paper_spacing(T, steps, 2) and tau[0] == T - 1 and tau[-1] >= 0
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "trailing"])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 20, 200])
+def test_every_step_count_starts_at_the_last_timestep(spacing, n):
+    """For every S in 1..T each spacing (where it is defined) starts at T - 1, descends
+    strictly and stays in 0..T-1."""
+    for steps in range(1, n + 1):
+        if spacing == "quadratic" and steps**2 > n and steps != n:
+            continue
+        tau = spaced_timesteps(n, steps, spacing)
+        assert tau.numel() == steps and tau[0].item() == n - 1, (steps, tau)
+        assert bool((tau[1:] < tau[:-1]).all()) and tau[-1].item() >= 0, (steps, tau)
 
 
 @pytest.mark.parametrize("steps", [10, 20, 50, 1000])
@@ -261,7 +284,7 @@ def test_every_spacing_full_steps(spacing, n):
 @pytest.mark.parametrize("spacing", ["uniform", "quadratic", "trailing"])
 @pytest.mark.parametrize("steps", [1, 3, 10, 25, 37, 100])
 def test_spacings_strictly_descending_in_range(spacing, steps):
-    if spacing == "quadratic" and steps > 29:
+    if spacing == "quadratic" and steps > 31:
         return  # repeats (refused, tested above)
     tau = spaced_timesteps(T, steps, spacing)
     assert tau.numel() == steps
@@ -288,15 +311,16 @@ def test_default_spacing_and_prev(linear, name, spacing):
 def test_cosine_spacings_run_over_its_usable_timesteps(steps):
     """On the cosine schedule the samplers space over the 996 timesteps with lambda >= -5.1
     (computed here from abar itself, not by the library's helper): DDIM's uniform
-    tau_i = floor(i * 996 / S), 50 steps 976, 956, ..., 0; trailing starts at 995."""
+    tau_i = floor(i * 996 / S) - 1, i = 1..S, 50 steps 995, 975, ..., 18; trailing also
+    starts at 995."""
     cosine = NoiseSchedule.make("cosine", T)
     abar = cosine.abar[1:].double()
     usable = int((0.5 * torch.log(abar / (1 - abar)) >= -5.1).sum())
     assert usable == 996
     ddim = make_sampler("ddim", cosine, steps)
-    assert ddim.timesteps.tolist() == [i * usable // steps for i in reversed(range(steps))]
+    assert ddim.timesteps.tolist() == [i * usable // steps - 1 for i in range(steps, 0, -1)]
     if steps == 50:
-        assert ddim.timesteps[:3].tolist() == [976, 956, 936]
+        assert ddim.timesteps[:3].tolist() == [995, 975, 955] and ddim.timesteps[-1].item() == 18
     assert make_sampler("dpm-solver++", cosine, steps).timesteps[0].item() == usable - 1
 
 
@@ -423,7 +447,7 @@ N_SAMPLES = 20_000
 # seed 0, times the samplers' gain, plus <= 0.006 of discretisation). The std's measured
 # errors (exact moments of each discretisation, x_T ~ N(0, 1); linear / cosine schedule)
 # are all negative (the last step returns E[x0 | x_t], which is under-dispersed):
-#   ddim-50 -0.025 / -0.013, ddim-100 -0.013 / -0.007, ddpm-1000 -0.005 / -0.002,
+#   ddim-50 -0.027 / -0.014, ddim-100 -0.014 / -0.007, ddpm-1000 -0.005 / -0.002,
 #   ddpm-100 -0.028 / -0.016, dpm-10 -0.106 / -0.041, dpm-20 -0.041 / -0.009,
 # so each tolerance is the larger one + about 0.01. A sqrt(2) error in x0's, eps's, x's or
 # the alpha term's coefficient moves the moments by > 0.1 (mostly by orders of magnitude);
@@ -609,7 +633,130 @@ def test_dpm_solver_iterates_equal_ddim_for_point_mass(kind):
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
 
 
-# -- 10. registry ------------------------------------------------------------------------------------
+# -- 10. one step and few steps: from x_T (t = T - 1) to x_0 (abar = 1) ------------------------------
+def _run_eps(sampler, x: torch.Tensor, eps_model, generator=None, clip: bool = False) -> torch.Tensor:
+    """The model's loop (DiffusionModel.reverse / denoise) for an eps network: x0 from the
+    x_t identity, clamped to [-1, 1] with ``clip`` (images) and eps recomputed from it."""
+    sched = sampler.schedule
+    for i, t in enumerate(sampler.timesteps):
+        x0, eps = sched.split("eps", eps_model(x, t), x, t)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = sched.eps_from_x0(x0, x, t)
+        x = sampler.step(i, x, x0, eps, generator)
+    return x
+
+
+def _point_mass_eps(sched, x0: torch.Tensor):
+    """The exact eps prediction of the data distribution delta(x0):
+    eps_hat(x_t, t) = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+
+    def eps(x, t):
+        a = sched.alpha_bar(t)
+        return (x - a.sqrt().to(x.dtype) * x0) / (1 - a).sqrt().to(x.dtype)
+
+    return eps
+
+
+def _gaussian_eps(sched, m: float, s: float):
+    """E[eps | x_t] for x_0 ~ N(m, s^2): sqrt(1 - a) (x_t - sqrt(a) m) / (a s^2 + 1 - a)."""
+
+    def eps(x, t):
+        a = sched.alpha_bar(t).item()
+        return math.sqrt(1 - a) * (x - math.sqrt(a) * m) / (a * s**2 + 1 - a)
+
+    return eps
+
+
+ALL_SAMPLERS = [("ddim", {"eta": 0.0}), ("ddim", {"eta": 1.0}), ("ddpm", {}), ("dpm-solver++", {})]
+
+
+@pytest.mark.parametrize("kind,first", [("linear", T - 1), ("cosine", 995)])
+@pytest.mark.parametrize("spacing", ["auto", "uniform", "quadratic", "trailing"])
+@pytest.mark.parametrize("name,kw", ALL_SAMPLERS)
+def test_one_step_goes_from_the_first_timestep_to_clean_data(kind, first, spacing, name, kw):
+    """steps=1: the one timestep is the paper's tau_1 = T (ours T - 1; on the cosine schedule
+    the last of its 996 usable timesteps), and the step goes to t = -1, abar = 1."""
+    sched = NoiseSchedule.make(kind, T)
+    smp = make_sampler(name, sched, 1, spacing=spacing, **kw)
+    assert smp.timesteps.tolist() == [first] and smp.prev.tolist() == [-1]
+    assert sched.alpha_bar(smp.prev[-1]).item() == 1.0
+
+
+@pytest.mark.parametrize("name,kw", ALL_SAMPLERS)
+def test_every_step_count_starts_at_T_minus_1_and_ends_at_x0(linear, name, kw):
+    """For every steps in 1..T (the linear schedule keeps all 1000 timesteps): the first
+    timestep is T - 1 (pure noise, where x_T ~ N(0, I) is drawn), the last update goes to
+    t = -1 (abar = 1)."""
+    for steps in range(1, T + 1):
+        smp = make_sampler(name, linear, steps, **kw)
+        assert smp.timesteps[0].item() == T - 1 and smp.prev[-1].item() == -1 and len(smp) == steps, steps
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 5])
+@pytest.mark.parametrize("name,kw", ALL_SAMPLERS)
+@pytest.mark.parametrize("dtype,atol", [(F64, 1e-5), (torch.float32, 1e-4)])
+def test_point_mass_eps_model_returns_x0(kind, steps, name, kw, dtype, atol):
+    """A point mass at x0 and its exact eps prediction: every sampler returns x0 (1e-5 in
+    float64), DDIM eta = 0 in particular with steps = 1, 2, 5. In float32 one step from
+    T - 1 is off by 1.8e-5: the x0 estimate (x_T - sqrt(1 - abar) eps) / sqrt(abar)
+    multiplies x_T's rounding by 1 / sqrt(abar_{T-1}) ~ 160, hence 1e-4 there. (This holds
+    from any start timestep; the start itself is pinned by the tests above and below.)"""
+    sched = NoiseSchedule.make(kind, T)
+    x0 = torch.tensor([0.37, -0.8, 0.05, 0.99], dtype=dtype)
+    xT = torch.randn(64, 4, generator=_gen(12), dtype=dtype)
+    smp = make_sampler(name, sched, steps, **kw)
+    out = _run_eps(smp, xT, _point_mass_eps(sched, x0), _gen(13), clip=True)
+    assert out.dtype == dtype
+    assert torch.allclose(out, x0.expand_as(out), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("spacing", ["auto", "uniform", "quadratic", "trailing"])
+@pytest.mark.parametrize("name,kw", ALL_SAMPLERS)
+def test_one_step_returns_the_x0_estimate_at_T_minus_1_not_the_noise(kind, spacing, name, kw):
+    """x_0 ~ N(M, S^2) and its exact eps prediction, the x0 estimate clamped to [-1, 1] as
+    for images: one step from x_T returns E[x_0 | x_T] at the first timestep (abar ~ 4e-5),
+    which is M within 5e-3 (M + 6e-4 x_T), not x_T. Starting at t = 0 instead (the DDIM code's range(0, T, T))
+    the x0 estimate is x_T itself and the sample is the clamped noise."""
+    sched = NoiseSchedule.make(kind, T)
+    xT = torch.randn(4000, 1, generator=_gen(14), dtype=F64)
+    smp = make_sampler(name, sched, 1, spacing=spacing, **kw)
+    out = _run_eps(smp, xT, _gaussian_eps(sched, M, S), _gen(15), clip=True)
+    a = sched.alpha_bar(T - 1 if kind == "linear" else 995).item()
+    expected = M + math.sqrt(a) * S**2 / (a * S**2 + 1 - a) * (xT - math.sqrt(a) * M)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-10)
+    assert (out - M).abs().max().item() < 5e-3 and (out - xT.clamp(-1, 1)).abs().mean().item() > 0.5
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("name,spacing", [("ddim", "auto"), ("ddim", "quadratic"), ("dpm-solver++", "auto"), ("dpm-solver++", "uniform")])
+def test_few_steps_on_gaussian_data_follow_the_paper_timesteps(kind, steps, name, spacing):
+    """steps = 1, 2, 3 on x_0 ~ N(M, S^2): the deterministic samplers' output is exactly the
+    moment recursion of section 8 on the timesteps written out here from the papers
+    (DDIM's tau_i = floor(c i^p) - 1, i = 1..S, tau_S = T - 1; trailing T - 1, ...), all
+    starting at the last usable timestep."""
+    sched = NoiseSchedule.make(kind, T)
+    usable = T if kind == "linear" else 996
+    smp = make_sampler(name, sched, steps, spacing=spacing)
+    which = smp.spacing
+    if which == "trailing":
+        import numpy as np
+
+        ts = (np.round(np.arange(usable, 0, -usable / steps)).astype(np.int64) - 1).tolist()
+    else:
+        ts = _paper_spacing(usable, steps, 2 if which == "quadratic" else 1)
+    assert smp.timesteps.tolist() == ts and ts[0] == usable - 1
+    xT = torch.randn(2000, 1, generator=_gen(16), dtype=F64)
+    out = _run_eps(smp, xT, _gaussian_eps(sched, M, S))
+    A, B, V = _moments_by_recursion(sched, name, ts)
+    assert V == 0 and torch.allclose(out, A * xT + B, rtol=0, atol=1e-9)
+    assert abs(out.mean().item() - M) < 0.02  # from pure noise: the data's mean, whatever S
+
+
+# -- 11. registry ------------------------------------------------------------------------------------
 def test_registry(linear):
     assert SAMPLERS.names() == ["ddim", "ddpm", "dpm-solver++"]
     with pytest.raises(UserError) as info:

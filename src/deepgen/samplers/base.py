@@ -18,7 +18,6 @@ instance: build one per sampling call (:func:`make_sampler`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -38,31 +37,46 @@ def register(name: str) -> Callable[[type], type]:
 
 
 def spaced_timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
-    """S = ``steps`` timesteps of 0..T-1, descending (int64 (S,)):
+    """S = ``steps`` timesteps of 0..T-1, descending (int64 (S,)), the first (noisiest) T - 1:
 
-    * ``uniform``: tau_i = floor(i T / S), i = 0..S-1 (the DDIM paper's linear spacing,
-      Song et al. 2021 appendix D.2, and its code's range(0, T, T // S) when S divides T);
-    * ``quadratic``: tau_i = floor((i sqrt(0.8 T) / (S - 1))^2) (the DDIM paper's quadratic
-      spacing, used there for CIFAR-10; S must be small enough that no value repeats);
-    * ``trailing``: tau_i = round(T - i T / S) - 1 (Lin et al. 2024, "Common diffusion noise
-      schedules and sample steps are flawed", table 2): starts at T - 1, pure noise.
+    * ``uniform``: tau_i = floor(i T / S) - 1, i = 1..S, the DDIM paper's linear spacing
+      (Song et al. 2021, appendix D.2: tau_i = floor(c i) with c chosen so that the last
+      tau_S is T, over its 1-indexed timesteps 1..T; ours are 0-indexed, hence the - 1).
+      50 of 1000: 999, 979, ..., 19; 1 of T: T - 1 alone.
+    * ``quadratic``: tau_i = floor(i^2 T / S^2) - 1, i = 1..S, the paper's quadratic spacing
+      (tau_i = floor(c i^2), tau_S = T; its CIFAR-10 choice). Distinct timesteps need
+      S^2 <= T (S <= 31 of 1000), other S < T are refused.
+    * ``trailing``: tau_i = round(T - i T / S) - 1, i = 0..S-1 (Lin et al. 2024, "Common
+      diffusion noise schedules and sample steps are flawed", table 2; diffusers'
+      ``timestep_spacing="trailing"``): the same as ``uniform`` when S divides T, rounding
+      instead of flooring otherwise.
+
+    Every spacing starts at T - 1, where x_T ~ N(0, I) is (nearly) the marginal, and the
+    samplers' last step goes from tau_1 to t = -1 (abar = 1, the clean data). The DDIM
+    authors' code, ``range(0, T, T // S)`` (diffusers' ``"leading"``), starts instead at
+    T - T // S and ends at 0: with S = 1 it is the single timestep 0 (abar_0 = 1 - beta_0),
+    which reads the noise x_T as almost clean data (its x0 estimate (x_T - sqrt(1 - abar_0)
+    eps) / sqrt(abar_0) is about x_T), so one step returned the (clipped) noise; the paper's
+    own rule, tau_S = T, starts from pure noise for every S.
 
     S = T gives every timestep for each spacing."""
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in 1..{T} (the process's timesteps), got {steps}")
-    i = torch.arange(steps, dtype=torch.float64)
+    i = torch.arange(1, steps + 1, dtype=torch.int64)  # the paper's i = 1..S (exact integer arithmetic)
     if spacing == "uniform":
-        tau = torch.floor(i * T / steps)
+        tau = i * T // steps - 1
     elif spacing == "quadratic":
-        tau = i if steps == T else torch.floor((i * math.sqrt(0.8 * T) / max(steps - 1, 1)) ** 2)
-        if bool((tau[1:] <= tau[:-1]).any()):
-            raise ValueError(f"quadratic spacing repeats timesteps at steps={steps} over {T} timesteps; use fewer steps or spacing=uniform")
+        tau = i - 1 if steps == T else i * i * T // (steps * steps) - 1
+        if int(tau[0]) < 0 or bool((tau[1:] <= tau[:-1]).any()):
+            raise ValueError(
+                f"quadratic spacing repeats timesteps at steps={steps} over {T} timesteps (it needs steps^2 <= {T}); "
+                "use fewer steps or spacing=uniform"
+            )
     elif spacing == "trailing":
-        tau = torch.round(T - i * T / steps) - 1
-        return tau.long()
+        tau = torch.round(T - (i - 1).double() * T / steps).long() - 1
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {SPACINGS}")
-    return tau.long().flip(0)
+    return tau.flip(0) if spacing != "trailing" else tau
 
 
 def usable_timesteps(schedule: NoiseSchedule, lambda_min: float = LAMBDA_MIN) -> int:

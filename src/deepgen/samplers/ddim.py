@@ -8,8 +8,10 @@ chosen timestep s:
 
 eta = 0 is deterministic (an ODE sampler: x_T encodes x_0); eta = 1 has the variance of the
 DDPM posterior of (t, s), and with every timestep it is DDPM's ancestral sampler. The
-timesteps follow the paper's spacing (``spacing="uniform"``: tau_i = floor(i T / S),
-appendix D.2); ``"quadratic"`` is its CIFAR-10 choice.
+timesteps follow the paper's spacing (``spacing="uniform"``: tau_i = floor(i T / S), i =
+1..S over its timesteps 1..T, appendix D.2; ours, 0-indexed, start at T - 1); ``"quadratic"``
+is its CIFAR-10 choice. The last step goes to abar = 1 (b = 1, sigma = 0) and returns
+x0_hat: with one step, the x0 estimate at T - 1.
 """
 
 from __future__ import annotations
