@@ -22,9 +22,12 @@ Child processes (torchrun workers) inherit the variables.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 _WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 SHORT_WAIT_ENV = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "1"}
@@ -120,3 +123,33 @@ def configure_threads(n: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+R = TypeVar("R")
+
+
+def compiler_disable(fn: Callable[..., R]) -> Callable[..., R]:
+    """``torch.compiler.disable(fn)``, applied on the first call instead of at import.
+
+    The decorator imports torch._dynamo (about 2.5 s) when it runs; on a method that is at
+    class definition, so loading a family (the GANs' gradient penalty and unrolled step, the
+    VAE's DReG hook) would cost every process that time, compiled or not. Here: without
+    torch._dynamo loaded nothing can be tracing, so ``fn`` is called as it is; once it is
+    loaded (``torch.compile`` loads it), ``fn`` runs through ``torch.compiler.disable(fn)``,
+    made once and kept: traced, the call is a graph break and ``fn`` runs eagerly, as under
+    the decorator. (The first traced call also breaks at making it and recompiles this
+    wrapper once, in the warm-up: reading the kept one is a guard of the compiled wrapper.)
+    """
+    disabled: Callable[..., R] | None = None
+
+    @functools.wraps(fn)
+    def call(*args: object, **kwargs: object) -> R:
+        nonlocal disabled
+        # is_compiling() first: a constant while traced, so the sys.modules read is never traced.
+        if not torch.compiler.is_compiling() and "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return call

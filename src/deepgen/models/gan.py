@@ -29,9 +29,10 @@ The chapter, top to bottom:
 Data spaces. D and G work in a centred space: images (continuous, binary or discrete
 levels) are mapped to [-1, 1] and G ends in ``tanh`` (the DCGAN convention); real data
 (2-D points, tables) is used as it is and G's output is linear. ``sample`` maps back:
-continuous data gets ``(tanh + 1) / 2 = sigmoid(2 a)`` in [0, 1]; binary data gets a
-Bernoulli draw from that probability (or the 0.5 threshold with ``mean=True``); discrete
-data gets the nearest level. During training D sees G's probabilities for binary data
+continuous data gets ``(tanh + 1) / 2 = sigmoid(2 a)`` in [0, 1], put on the nearest of
+its levels k / (L - 1) when it is quantised (8-bit images); binary data gets a Bernoulli
+draw from that probability (or the 0.5 threshold with ``mean=True``); discrete data gets
+the nearest level. During training D sees G's probabilities for binary data
 (the usual continuous relaxation).
 
 Shapes: ``N`` batch, ``Z = noise_dim``, ``K`` classes, ``m`` the PacGAN packing degree.
@@ -49,6 +50,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ..data.dataset import Batch, DataSpec
+from ..data.dequantize import levels_of
+from ..devices import compiler_disable
 from ..errors import UserError
 from ..nn.adversarial import (  # noqa: F401  (the losses and D are part of this chapter's API)
     GAN_LOSSES,
@@ -353,7 +356,12 @@ class GAN(GenerativeModel):
 
     def to_data_space(self, x: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
         """G's outputs (N, *shape) -> data of the spec's kind (see the module docstring)."""
-        return from_signed(x, self.spec, generator, mean)
+        x = from_signed(x, self.spec, generator, mean)
+        if self.spec.kind == "continuous" and self.spec.num_levels:
+            # Quantised [0, 1] data (8-bit images): the nearest of its levels k / (L - 1), as
+            # ddpm's samples; from_signed leaves G's u anywhere in [0, 1].
+            x = levels_of(x, self.spec) / (self.spec.num_levels - 1)
+        return x
 
     # -- G and D -------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -488,7 +496,7 @@ class GAN(GenerativeModel):
 
     # Differentiating through D's gradient steps is a double backward, which torch.compile's
     # AOTAutograd does not support: this part always runs eagerly (TrainConfig.compile).
-    @torch.compiler.disable
+    @compiler_disable
     def _unrolled_generator_objective(self, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None) -> LossOutput:
         return self.generator_objective(real, fake, c, self.unrolled(real, fake, c))
 
@@ -627,7 +635,7 @@ class WGANGP(WGAN):
         gp = self.gradient_penalty(real, fake, c)
         return gp, {"gp": gp.detach()}
 
-    @torch.compiler.disable  # a double backward: eager even under TrainConfig.compile
+    @compiler_disable  # a double backward: eager even under TrainConfig.compile
     def gradient_penalty(
         self,
         real: torch.Tensor,

@@ -38,6 +38,7 @@ from torch.func import functional_call
 
 from ..data.dataset import Batch, DataSpec
 from ..data.dequantize import dequantize
+from ..devices import compiler_disable
 from ..nn.layers import ACTIVATIONS, MLPEncoder, make_decoder, make_encoder
 from ..nn.likelihoods import at_least_float32, make_head
 from ..nn.masked import MADE
@@ -244,7 +245,7 @@ class _DReGWeights:
     def __init__(self) -> None:
         self.weights: torch.Tensor | None = None
 
-    @torch.compiler.disable  # a graph break: the hook is registered in eager autograd (dynamo cannot trace it)
+    @compiler_disable  # a graph break: the hook is registered in eager autograd (dynamo cannot trace it)
     def track(self, z: torch.Tensor) -> torch.Tensor:
         """An alias of z (K, N, L), the same values, whose gradient is scaled by w~ (K, N)."""
         alias = z.view_as(z)
