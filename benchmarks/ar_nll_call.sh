@@ -40,9 +40,10 @@ for model in "${@:-made pixelcnn transformer}"; do
     # All 60,000 training images, no hold-out, for the EPOCHS that a validated run chose
     # (session 7: the best validation epoch was 104 of a 147-epoch schedule); resume with
     # pixelcnn-resume. The final weights are tested.
-    pixelcnn-full) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=128 layers=${LAYERS:-10} ${DROPOUT:+dropout=$DROPOUT} \
+    pixelcnn-full) python benchmarks/ar_mnist_nll.py --model pixelcnn --settings channels=${CHANNELS:-128} layers=${LAYERS:-10} ${DROPOUT:+dropout=$DROPOUT} \
+            ${BINARIZATION:+--binarization $BINARIZATION} \
             --validation 0 --epochs ${EPOCHS:-104} --train bf16=true compile=true schedule=cosine ${EMA:+ema=$EMA} --time-budget $B \
-            --data-dir .data --device cuda --run-dir runs/ar-pixelcnn --samples $OUT/pixelcnn.png --out $OUT/pixelcnn.json > $OUT/pixelcnn.log 2>&1 & ;;
+            --data-dir .data --device cuda --run-dir runs/ar-pixelcnn${TAG:-} --samples $OUT/pixelcnn${TAG:-}.png --out $OUT/pixelcnn${TAG:-}.json > $OUT/pixelcnn${TAG:-}.log 2>&1 & ;;
     pixelcnn-resume) python benchmarks/ar_mnist_nll.py --model pixelcnn --resume --run-dir runs/ar-pixelcnn${TAG:-} --time-budget $B \
             --data-dir .data --device cuda --samples $OUT/pixelcnn${TAG:-}.png --out $OUT/pixelcnn${TAG:-}.json > $OUT/pixelcnn${TAG:-}.log 2>&1 & ;;
     *) echo "unknown model $model"; exit 2 ;;
