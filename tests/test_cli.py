@@ -100,13 +100,19 @@ def test_sample_set_overrides_sampling_knobs_of_the_saved_config(
     original = training.load_run
     monkeypatch.setattr(training, "load_run", lambda *a, **k: loaded.append(original(*a, **k)) or loaded[-1])
     out = tmp_path / "k.npy"
-    assert main(["sample", str(run), "--n", "3", "--set", "iwae_k=7", "--out", str(out)]) == 0
+    # A VAE has no sampling settings; its evaluation ones (iwae_k) are eval's and score's,
+    # and sample, which never reads them, refuses them rather than ignoring them.
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "3", "--set", "iwae_k=7", "--out", str(out)]) == 2
+    assert "'iwae_k' is an evaluation setting" in capsys.readouterr().err and not out.exists()
+    flow = train(tmp_path / "flow", "realnvp", "digits")
+    assert main(["sample", str(flow), "--n", "3", "--set", "temperature=0.5", "--out", str(out)]) == 0
     assert np.load(out).shape == (3, 1, 8, 8)
-    assert loaded[-1].model.config.iwae_k == 7
-    assert main(["sample", str(run), "--n", "3", "--set", "model.iwae_k=9", "--out", str(out)]) == 0
-    assert loaded[-1].model.config.iwae_k == 9
+    assert loaded[-1].model.config.temperature == 0.5
+    assert main(["sample", str(flow), "--n", "3", "--set", "model.temperature=0.25", "--out", str(out)]) == 0
+    assert loaded[-1].model.config.temperature == 0.25
+    assert json.loads((flow / "config.json").read_text())["model_config"]["temperature"] == 1.0  # the run keeps its own
     saved = json.loads((run / "config.json").read_text())["model_config"]
-    assert saved["iwae_k"] != 7  # the run folder keeps its own settings
     # A setting given at the value it was trained with changes nothing, so it is accepted.
     assert main(["sample", str(run), "--n", "3", "--set", f"latent_dim={saved['latent_dim']}", "--out", str(out)]) == 0
     bad = tmp_path / "bad.npy"

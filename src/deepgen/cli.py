@@ -145,6 +145,46 @@ def _check_setting_names(sets: dict[str, str], configs: dict[str, Config], model
         raise UserError(f"unknown setting {key!r} for {where}.{hint} Accepted: {', '.join(sorted(names))}.")
 
 
+def _check_run_settings(run_dir: str | Path, sets: dict[str, str], command: str, extra: Sequence[str] = ()) -> None:
+    """An unknown ``--set`` name of a command on a trained run (``sample``, ``eval``,
+    ``encode``, ``score``): one line naming the settings that command takes of that model,
+    as its config declares them (``load_time``; for ``sample`` its ``sampling`` ones), and
+    ``extra`` (eval's data settings), instead of every field of the config. Known fields
+    pass: ``load_run`` accepts them, or refuses a change of one that defines the trained model."""
+    from .models import model_class
+
+    try:
+        name = ckpt.read_run_config(run_dir)["model"]
+        config_class = model_class(name).config_class
+    except UserError:
+        return  # not a run, or a model this deepgen lacks: load_run says so
+    fields = set(config_class.field_names())
+    loadable = sorted(config_class.load_time)
+    for key in sets:
+        if command == "sample" and key in config_class.load_time and key not in config_class.sampling:
+            # An evaluation setting (a VAE's iwae_k): sample never reads it, so the change would do nothing.
+            raise UserError(
+                f"{key!r} is an evaluation setting of a {name} run ({PROG} eval and score read it); sampling does not. "
+                f"Sampling settings: {', '.join(sorted(config_class.sampling)) or 'none'}."
+            )
+        if key in fields:
+            continue
+        close = closest_names(key, [*loadable, *extra], n=2)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        if command == "sample":
+            sampling = sorted(config_class.sampling)
+            takes = (f"Sampling settings of a loaded {name} run: {', '.join(sampling)}" if sampling else
+                     f"A loaded {name} run has no sampling settings (its samples follow from the weights, --seed, --cond and --draw)")
+            others = [k for k in loadable if k not in sampling]
+            if others:
+                takes += f"; its evaluation settings (for {PROG} eval and score): {', '.join(others)}"
+        else:
+            accepted = [*loadable, *(f"{e} (data)" for e in extra)]
+            takes = (f"Settings a loaded {name} run takes for {PROG} {command}: {', '.join(accepted)}" if accepted else
+                     f"A loaded {name} run takes no settings for {PROG} {command}")
+        raise UserError(f"the {name} run has no setting {key!r}.{hint} {takes}.")
+
+
 def _pictures() -> list[Any]:
     """The callbacks ``train``, ``demo`` and ``bench`` install: the sample pictures."""
     from .pictures import SamplePictures
@@ -363,22 +403,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- sample ----------------------------------------------------------------------------------
 
 
-def _parse_cond(text: str | None, n: int, num_classes: int | None, device: torch.device) -> torch.Tensor | None:
-    """``--cond 3`` / ``--cond 0,1,2`` -> labels (n,), repeated cyclically; the model's
-    ``num_classes`` None (unconditional): no labels."""
-    if num_classes is None:
+def _parse_cond(text: str | None, n: int, model: Any, device: torch.device) -> torch.Tensor | None:
+    """``--cond 3`` / ``--cond 0,1,2`` -> labels (n,), repeated cyclically (default: 0..K-1
+    in turn); None for an unconditional model. ``-1`` (:data:`NULL_LABEL`, no label: the
+    unconditional model) where the model declares ``null_label`` (classifier-free guidance)."""
+    from .models.base import NULL_LABEL
+
+    if model.num_classes is None:
         if text is not None:
             raise UserError("--cond is for conditional models; this run's model is unconditional.")
         return None
-    k = num_classes
+    k = model.num_classes
+    accepted = f"0..{k - 1}" + (f" or {NULL_LABEL} (no label: unconditional samples)" if model.null_label else "")
     if text is None:
         return torch.arange(n, device=device) % k
     try:
         labels = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise UserError(f"--cond expects a label or comma-separated labels in 0..{k - 1}, got {text!r}.") from None
-    if not labels or any(not 0 <= c < k for c in labels):
-        raise UserError(f"--cond labels must be in 0..{k - 1}, got {text!r}.")
+        raise UserError(f"--cond expects a label or comma-separated labels in {accepted}, got {text!r}.") from None
+    low = NULL_LABEL if model.null_label else 0
+    if not labels or any(not low <= c < k for c in labels):
+        why = ""
+        if NULL_LABEL in labels and not model.null_label:
+            why = (f" {NULL_LABEL} (no label: unconditional samples) is accepted only by models trained with label dropout "
+                   "for classifier-free guidance; this one was not.")
+        raise UserError(f"--cond labels must be in {accepted}, got {text!r}.{why}")
     base = torch.tensor(labels, device=device)
     return base.repeat((n + len(base) - 1) // len(base))[:n]
 
@@ -416,6 +465,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--length must be >= 1, got {args.length}.")
     device = _device(args.device)
     settings = _model_settings(args.set)
+    _check_run_settings(args.run, settings, "sample")
     run = load_run(args.run, device=device, model_overrides=settings or None, checkpoint=_which_checkpoint(args.checkpoint))
     spec = run.spec
     if suffix == ".png" and not (spec.is_image or spec.shape == (2,)):
@@ -426,10 +476,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return _sample_text(args, run, out, device)
     if args.complete:
         return _sample_completions(args, run, out, device)
-    cond = _parse_cond(args.cond, args.n, run.model.num_classes, device)
+    cond = _parse_cond(args.cond, args.n, run.model, device)
     dataset = run.load_dataset() if suffix == ".csv" else None
     gen = torch.Generator(device).manual_seed(args.seed)
     mean = spec.is_image and not args.draw
+    # What the samples are, as the model declares it: the mean of an output distribution
+    # given a code (a decoder's E[x | z]) only where it has one; otherwise draws (mean=True
+    # then at most reads binary pixels at the 0.5 threshold).
+    means = mean and run.model.has_output_mean()
     with torch.no_grad():
         samples = run.model.sample(args.n, generator=gen, cond=cond, mean=mean)
     if suffix == ".png":
@@ -450,8 +504,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         header = [str(c) for c in columns] + ([label_name] if cond is not None else [])
         names = run.data_meta.get("label_values")
         labels = None if cond is None else [
-            str(names[c]) if isinstance(names, list) and c < len(names) else str(c) for c in cond.cpu().tolist()
-        ]
+            "" if c < 0 else str(names[c]) if isinstance(names, list) and c < len(names) else str(c) for c in cond.cpu().tolist()
+        ]  # the null label (-1, unconditional samples): no label
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(header)
@@ -459,7 +513,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             writer.writerow([repr(float(v)) for v in row] + ([labels[i]] if labels is not None else []))
         with atomic_path(out) as tmp:
             tmp.write_text(buf.getvalue())
-    kind = "means of the output distribution" if mean else "draws"
+    kind = "means of the output distribution" if means else "draws"
     _say(f"wrote {args.n} samples ({kind}) from {run.path} (step {run.step}) to {out}")
     return 0
 
@@ -492,7 +546,7 @@ def _sample_text(args: argparse.Namespace, run: Any, out: Path, device: torch.de
     length = args.length if args.length is not None else max(context, len(prompt) + 1)
     if len(prompt) > length:
         raise UserError(f"the prompt has {len(prompt)} characters, more than --length {length}.")
-    cond = _parse_cond(args.cond, args.n, model.num_classes, device)
+    cond = _parse_cond(args.cond, args.n, model, device)
     gen = torch.Generator(device).manual_seed(args.seed)
     ids = prompt.to(device)[None].expand(args.n, -1)
     with torch.no_grad():
@@ -578,6 +632,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # normal_class (the auroc metric's normal class) is a data setting an evaluation may set:
     # the test split keeps every class either way, so the run's data is otherwise the same.
     data_sets = {k.removeprefix("data."): settings.pop(k) for k in list(settings) if k.removeprefix("data.") in EVAL_DATA_SETTINGS}
+    _check_run_settings(args.run, settings, "eval", EVAL_DATA_SETTINGS)
     run = load_run(args.run, device=device, model_overrides=settings or None, checkpoint=_which_checkpoint(args.checkpoint))
     check_metrics(run.model, names)
     dataset = run.load_dataset(**run.data_config.with_overrides(data_sets).to_dict()) if data_sets else run.load_dataset()
@@ -657,6 +712,7 @@ def _run_and_data(args: argparse.Namespace) -> tuple[Any, Any, torch.device]:
     device = _device(args.device)
     configure_threads(args.threads)
     settings = _model_settings(getattr(args, "set", None))
+    _check_run_settings(args.run, settings, args.command)
     run = load_run(args.run, device=device, model_overrides=settings or None, checkpoint=_which_checkpoint(args.checkpoint))
     if args.data is None:
         dataset = run.load_dataset()
@@ -904,6 +960,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     lines.append(f"capabilities: {', '.join(_capabilities_of(cls)) or 'none beyond sampling'}")
     lines.append("")
     lines += _describe_config(cls.config_class(), "model settings (--set key=value, or model.key=value):")
+    sampling = sorted(cls.config_class.sampling)
+    evaluation = sorted(cls.config_class.load_time - cls.config_class.sampling)
+    lines.append(f"a trained run's sampling settings ({PROG} sample RUN --set): {', '.join(sampling) or 'none'}")
+    if evaluation:
+        lines.append(f"a trained run's evaluation settings ({PROG} eval RUN --set): {', '.join(evaluation)}")
     lines.append("")
     lines.append(f"Trainer and data settings: {PROG} train --help. Example:")
     lines.append(f"  {_model_example(args.name, cls)}")
@@ -1090,11 +1151,16 @@ def _parser() -> argparse.ArgumentParser:
             "  .png  an image grid (images) or a scatter plot (2-D points)\n"
             "  .npy  the raw array (N, *shape) in the model's space\n"
             "  .csv  one row per sample, in the data's original units (tables)\n"
-            "Images are the means of the output distribution unless --draw is given.\n"
+            "Images of a model with an output distribution given a code (autoencoders,\n"
+            "VAEs) are its means E[x | z] unless --draw is given; every other model's\n"
+            "samples are draws (GANs, diffusion, flows, autoregressive models).\n"
             "\n"
-            "--set changes a sampling knob of the model config (the family's steps,\n"
-            "temperature, ...; list them with `deepgen models MODEL`); a setting that\n"
-            "changes the parameters cannot load the weights.\n"
+            "--set changes a sampling setting of the model config (ddpm's sampler, steps,\n"
+            "eta, guidance; a temperature, top_k; list them with `deepgen models MODEL`);\n"
+            "a setting that defines the trained model cannot change.\n"
+            "\n"
+            "--cond -1 draws from the unconditional model of a run trained with label\n"
+            "dropout for classifier-free guidance (ddpm with conditional=true, p_uncond > 0).\n"
             "\n"
             "examples:\n"
             f"  {PROG} sample runs/vae --n 100 --out samples.png\n"
@@ -1112,8 +1178,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=None, help="text models: characters in all, prompt included (default: the model's context)")
     p.add_argument("--complete", action="store_true", help="image models: draw the lower half of --n test images given the upper half")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
-    p.add_argument("--cond", metavar="LABELS", help="conditional models: a label, or labels 0,1,2,... repeated (default: 0..K-1 in turn)")
-    p.add_argument("--draw", action="store_true", help="draw images from the output distribution instead of its mean")
+    p.add_argument("--cond", metavar="LABELS", help="conditional models: a label, or labels 0,1,2,... repeated (default: 0..K-1 in turn); "
+                   "-1: no label (unconditional samples), for models trained with label dropout (classifier-free guidance)")
+    p.add_argument("--draw", action="store_true", help="models with an output distribution given a code (autoencoders, VAEs): draw images "
+                   "from it instead of writing its mean; other models' samples are draws either way (GANs and diffusion on "
+                   "binary images: each pixel drawn, not thresholded at 0.5)")
     p.add_argument("--device", default="cpu", help="device to sample on (default cpu)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting for sampling (repeatable)")
     p.add_argument("--checkpoint", default="latest", metavar="WHICH", help="latest (default), best (a run trained with keep_best) or a kept step")
@@ -1296,12 +1365,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE_LABELS = re.compile(r"^-\d+(\s*,\s*-?\d+)*\s*,?$")  # "-1,3": a --cond list that starts with the null label
+
+
+def _glue_negative_labels(argv: list[str]) -> list[str]:
+    """``--cond -1,3`` as ``--cond=-1,3``: argparse reads a value that starts with "-" as an
+    option unless it is one negative number, so a label list that starts with the null
+    label (-1) is glued to its flag."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--cond" and i + 1 < len(argv) and _NEGATIVE_LABELS.match(argv[i + 1]):
+            out.append(f"--cond={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = _parser()
-        args = parser.parse_args(args_list)
+        args = parser.parse_args(_glue_negative_labels(args_list))
         if args.func is cmd_eval:
             return cmd_eval(args, args_list)
         return int(args.func(args))

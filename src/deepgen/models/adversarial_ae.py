@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -109,6 +109,7 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
     """Adversarial autoencoder (Makhzani et al. 2016): a GAN on the codes matches them to a prior."""
 
     config_class = AAEConfig
+    output_mean: ClassVar[bool] = True  # mean=True: the decoder head's E[x | z], z from the prior
     config: AAEConfig
     oscillation_keys = ("discriminator/loss", "regularization/loss")
     replaceable_networks = {

@@ -206,6 +206,8 @@ class Autoencoder(LatentCodeMixin, GenerativeModel):
     config: AEConfig
     #: True when the regulariser differentiates the code w.r.t. the input (contractive).
     input_grad: ClassVar[bool] = False
+    #: sample(mean=True) is the likelihood head's mean E[x | z] at codes drawn from the fitted N(mu, Sigma).
+    output_mean: ClassVar[bool] = True
     replaceable_networks: ClassVar[Mapping[str, str]] = {
         "encoder": "x (N, *data_shape) to the code (N, latent_dim) (before the model's squash: sparse-ae's kl sigmoid)",
         "decoder": "z (N, latent_dim) to (N, P, *data_shape): the likelihood head's P parameters per data element",

@@ -59,6 +59,7 @@ class AutoregressiveConfig(ModelConfig):
     knobs (overridable when a run is loaded: ``deepgen sample RUN --set temperature=0.8``)."""
 
     load_time: ClassVar[frozenset[str]] = frozenset({"temperature", "top_k"})
+    sampling: ClassVar[frozenset[str]] = frozenset({"temperature", "top_k"})
     conditional: bool = False  # class-conditional: p(x | y)
     likelihood: str = "auto"  # output distribution: auto = bernoulli (binary) or categorical (levels, tokens)
     components: int = 5  # mixture components of the "logistic-mixture" output
@@ -113,6 +114,7 @@ class TransformerConfig(AutoregressiveConfig):
     """Settings of ``transformer`` (defaults: nanoGPT's shakespeare_char model)."""
 
     load_time: ClassVar[frozenset[str]] = AutoregressiveConfig.load_time | {"decode_graph"}
+    sampling: ClassVar[frozenset[str]] = AutoregressiveConfig.sampling | {"decode_graph"}
     lr: float = 1e-3
     layers: int = 6
     heads: int = 6
@@ -174,6 +176,8 @@ class Autoregressive(GenerativeModel):
 
     config: AutoregressiveConfig
     data_kinds: ClassVar[tuple[Kind, ...]] = ("binary", "continuous", "discrete", "tokens")
+    #: Every sample is a draw, position by position (there is no mean without drawing the earlier positions).
+    output_mean: ClassVar[bool] = False
 
     def __init__(self, config: AutoregressiveConfig, spec: DataSpec) -> None:
         super().__init__(config, spec, conditional=config.conditional)
@@ -535,7 +539,7 @@ class GatedPixelCNN(Autoregressive):
                 for l_, (layer, (_, wh, _)) in enumerate(zip(layers, weights)):
                     half = layer.horizontal.kernel_size[1] - 1
                     window = h_in[l_][:, :, pad + i, pad + j - half : pad + j + 1]  # (N, F, half + 1)
-                    gated = layer._gate(F.linear(window.reshape(n, -1), wh, layer.horizontal.bias) + vh_rows[l_][:, :, j])
+                    gated = layer._gate(F.linear(window.flatten(1), wh, layer.horizontal.bias) + vh_rows[l_][:, :, j])
                     h = F.linear(gated, layer.h_out.weight[:, :, 0, 0], layer.h_out.bias)
                     if not layer.mask_a:
                         h = h + at(h_in[l_], i, j)
@@ -652,6 +656,7 @@ class TransformerModel(GenerativeModel):
     config_class = TransformerConfig
     config: TransformerConfig
     data_kinds: ClassVar[tuple[Kind, ...]] = ("tokens", "binary", "continuous", "discrete")
+    output_mean: ClassVar[bool] = False  # every sample is a draw, token by token
 
     @classmethod
     def variants(cls, spec: DataSpec) -> list[dict[str, object]]:

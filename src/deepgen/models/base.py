@@ -20,7 +20,11 @@ What a model declares, rather than what callers guess from its config:
   by the base class from the family's ``conditional`` argument; all labels travel as
   ``cond=`` and pass through :meth:`GenerativeModel.labels`, which also knows the null
   label (:data:`NULL_LABEL`) of models trained for classifier-free guidance;
-* :meth:`GenerativeModel.likelihood_info`: what its ``log_prob`` is (:class:`Likelihood`).
+* :meth:`GenerativeModel.likelihood_info`: what its ``log_prob`` is (:class:`Likelihood`);
+* ``output_mean``: whether ``sample(mean=True)`` is the mean of an output distribution
+  (a decoder's E[x | z]) rather than a draw (:meth:`GenerativeModel.has_output_mean`);
+* its config's ``load_time`` and ``sampling`` settings: what a loaded run may change,
+  and which of those sampling reads (:class:`ModelConfig`).
 
 Optional capabilities are small Protocols checked with ``isinstance`` (never by name),
 all taking labels as ``cond=``: :class:`LogProb`, :class:`HasELBO`, :class:`Encoder`,
@@ -32,6 +36,8 @@ all taking labels as ``cond=``: :class:`LogProb`, :class:`HasELBO`, :class:`Enco
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -109,9 +115,15 @@ class ModelConfig(Config):
     evaluation knobs. Every other field defines the model that was trained (a schedule, a
     likelihood, a head count), so changing it would make the loaded weights compute
     something else, silently when no parameter shape changes.
+
+    ``sampling`` names the ``load_time`` fields that :meth:`GenerativeModel.sample` reads
+    (a diffusion model's sampler, steps, eta, guidance; a temperature, top-k): what
+    ``deepgen sample --set`` lists. The others are evaluation knobs (an IWAE ``k``, a
+    bound's stride). tests/test_review_s13_cli.py checks ``sampling <= load_time``.
     """
 
     load_time: ClassVar[frozenset[str]] = frozenset()
+    sampling: ClassVar[frozenset[str]] = frozenset()
 
     lr: float = 1e-3
 
@@ -141,6 +153,43 @@ class Likelihood:
         return self.kind != "none"
 
 
+#: The capability methods whose first argument is data x (N, *spec.shape): each family's
+#: definition is wrapped, when the class is made, so that it checks x first
+#: (:meth:`GenerativeModel.check_data`); :data:`CHECKED_METHODS` adds those with other
+#: arguments to check (a count, codes, single examples, a mask).
+DATA_METHODS: tuple[str, ...] = ("log_prob", "elbo", "encode", "reconstruct", "reconstruction_nll", "complete")
+CHECKED_METHODS: tuple[str, ...] = (*DATA_METHODS, "sample", "decode", "interpolate")
+
+
+def _argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], i: int, name: str, default: Any = None) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _is_whole(n: Any) -> bool:
+    """An integer (Python's, numpy's, a 0-d integer tensor's ``__index__``), not a bool."""
+    if isinstance(n, bool):
+        return False
+    try:
+        operator.index(n)
+    except TypeError:
+        return False
+    return True
+
+
+def _checking(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``fn(self, ...)`` that first checks its arguments (:meth:`GenerativeModel.check_arguments`):
+    one :class:`UserError` naming the method, what it takes and what it got, instead of a
+    matrix-shape or index error from deep inside a network."""
+
+    @functools.wraps(fn)
+    def call(self: GenerativeModel, *args: Any, **kwargs: Any) -> Any:
+        self.check_arguments(name, args, kwargs)
+        return fn(self, *args, **kwargs)
+
+    call._checks_arguments = True  # type: ignore[attr-defined]
+    return call
+
+
 class GenerativeModel(nn.Module):
     """Base class of every registered model.
 
@@ -168,6 +217,15 @@ class GenerativeModel(nn.Module):
     #: fills a config's unset fields from them (TrainConfig.for_model; DDPM: an EMA of the
     #: weights). Only the fields of ``training.config.MODEL_DEFAULTED`` can be unset.
     train_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: True when ``sample(mean=True)`` returns the mean of an output distribution given a
+    #: code, E[x | z] (a decoder's likelihood head: autoencoders, the VAE), which is not a
+    #: draw from it; ``deepgen sample`` then calls its images "means of the output
+    #: distribution". False: every sample is a draw (GANs, diffusion, flows, autoregressive
+    #: models), and ``mean`` changes at most how binary values are read (the 0.5
+    #: threshold instead of a Bernoulli draw). None: not declared by the family, which
+    #: then has one exactly when it has an output distribution given a code, the
+    #: :class:`ReconstructionNLL` capability (:meth:`has_output_mean`).
+    output_mean: ClassVar[bool | None] = None
 
     def __init__(
         self,
@@ -203,6 +261,100 @@ class GenerativeModel(nn.Module):
         self.num_classes: int | None = spec.num_classes if conditional else None
         #: True when ``cond`` may hold NULL_LABEL (classifier-free guidance).
         self.null_label = bool(null_label and conditional)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in CHECKED_METHODS:  # each family's definition (or its mixin's) checks its arguments
+            fn = getattr(cls, name, None)
+            if callable(fn) and not getattr(fn, "_checks_arguments", False):
+                setattr(cls, name, _checking(fn, name))
+
+    def code_dim(self) -> int | None:
+        """The width D of the codes (N, D) that ``encode`` returns and ``decode`` takes;
+        None where the model has no code space or does not say."""
+        return None
+
+    def check_arguments(self, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """The checks run before each method of :data:`CHECKED_METHODS` (positional
+        ``args`` and keyword ``kwargs`` as the caller gave them): data x (N, *shape)
+        (:meth:`check_data`); ``sample``'s count n, a whole number >= 0; ``decode``'s codes
+        (N, :meth:`code_dim`); ``interpolate``'s x1 and x2, one example each ((*shape) or
+        (1, *shape)), and its steps >= 1; ``complete``'s mask, (N, *shape) or (*shape)."""
+        where = f"{type(self).registered_name or type(self).__name__}.{method}"
+        if method in DATA_METHODS:
+            x = _argument(args, kwargs, 0, "x")
+            self.check_data(x, method)
+            if method == "complete":
+                known = _argument(args, kwargs, 1, "known")
+                shape = tuple(self.spec.shape)
+                if not isinstance(known, torch.Tensor) or tuple(known.shape) not in (tuple(x.shape), shape):
+                    got = tuple(known.shape) if isinstance(known, torch.Tensor) else type(known).__name__
+                    raise UserError(f"{where} takes known as a bool tensor of x's shape {tuple(x.shape)} or of one example's {shape}; got {got}.")
+        elif method == "sample":
+            n = _argument(args, kwargs, 0, "n")
+            if not _is_whole(n) or n < 0:
+                raise UserError(f"{where} takes n, the number of examples, as a whole number >= 0; got {n!r}.")
+        elif method == "decode":
+            z, dim = _argument(args, kwargs, 0, "z"), self.code_dim()
+            if not isinstance(z, torch.Tensor):
+                raise UserError(f"{where} takes codes z as a torch.Tensor (N, {dim or 'D'}); got a {type(z).__name__}.")
+            if z.dim() != 2 or (dim is not None and z.shape[1] != dim):
+                raise UserError(f"{where} takes codes z of shape (N, {dim or 'D'}) (what encode returns); got {tuple(z.shape)}.")
+        elif method == "interpolate":
+            shape = tuple(self.spec.shape)
+            for i, label in enumerate(("x1", "x2")):
+                x = _argument(args, kwargs, i, label)
+                if not isinstance(x, torch.Tensor) or tuple(x.shape) not in (shape, (1, *shape)):
+                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+                    raise UserError(f"{where} takes {label} as one example, a tensor {shape} or {(1, *shape)}; got {got}.")
+                self.check_data(x.reshape(1, *shape), method)
+            steps = _argument(args, kwargs, 2, "steps", 8)
+            if not _is_whole(steps) or steps < 1:
+                raise UserError(f"{where} takes steps, the points along the path, as a whole number >= 1; got {steps!r}.")
+
+    def check_data(self, x: Any, method: str = "this method") -> None:
+        """Refuse, with one :class:`UserError`, data ``x`` that is not (N, *spec.shape).
+
+        Every capability method taking data (:data:`DATA_METHODS`) calls it first. In eval
+        mode (``model.eval()``: the evaluator, the command line, the applications) it also
+        checks the values, which needs one host sync and is skipped in training mode and
+        while traced, captured or under a torch.func transform (vmap, grad) (the training step, whose batches the data layer checked):
+        finite, and for binary data in [0, 1], for discrete data in 0..num_levels-1, for
+        tokens in 0..vocab_size-1.
+        """
+        spec = self.spec
+        model = type(self).registered_name or type(self).__name__
+        where = f"{model}.{method}"
+        want = f"(N, {', '.join(str(d) for d in spec.shape)})"
+        if not isinstance(x, torch.Tensor):
+            raise UserError(f"{where} takes x as a torch.Tensor {want}, got a {type(x).__name__}.")
+        if tuple(x.shape[1:]) != tuple(spec.shape) or x.dim() != len(spec.shape) + 1:
+            raise UserError(
+                f"{where} takes x of shape {want}: N examples of the data's shape {tuple(spec.shape)}; got {tuple(x.shape)}."
+            )
+        if self.training or x.numel() == 0 or torch.compiler.is_compiling():
+            return
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return
+        if torch._C._functorch.maybe_get_level(x) != -1:
+            return  # under torch.func.vmap / grad (the applications score through vmap): no host reads
+        if x.is_floating_point() or x.is_complex():
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                raise UserError(f"{where}: x holds {bad} NaN or infinite value(s) of {x.numel()}; data must be finite.")
+        if spec.kind == "binary":
+            low, high, accepted = 0, 1, "binary data takes values in [0, 1] (0 and 1, or probabilities)"
+        elif spec.kind == "discrete":
+            assert spec.num_levels is not None
+            low, high, accepted = 0, spec.num_levels - 1, f"discrete data takes levels 0..{spec.num_levels - 1}"
+        elif spec.kind == "tokens":
+            assert spec.vocab_size is not None
+            low, high, accepted = 0, spec.vocab_size - 1, f"token data takes ids 0..{spec.vocab_size - 1}"
+        else:
+            return  # continuous (noisy inputs of a denoiser may leave [0, 1]) and real data: any finite value
+        lo, hi = (x.to(torch.uint8) if x.dtype == torch.bool else x).aminmax()
+        if float(lo) < low or float(hi) > high:
+            raise UserError(f"{where}: {accepted}; x holds values from {float(lo):g} to {float(hi):g}.")
 
     def _check_kind(self, spec: DataSpec) -> None:
         if spec.kind in self.data_kinds:
@@ -283,9 +435,18 @@ class GenerativeModel(nn.Module):
 
         ``cond``: labels (n,) (or one label for all) for conditional models; ignored by
         unconditional ones. ``mean=True`` returns the mean of the output distribution
-        instead of a draw from it, where the family has one.
+        instead of a draw from it, where the family has one (:meth:`has_output_mean`).
         """
         raise NotImplementedError
+
+    @classmethod
+    def has_output_mean(cls) -> bool:
+        """True when ``sample(mean=True)`` is the mean of an output distribution, not a draw
+        (:attr:`output_mean`, or, where the family does not declare it, whether the model
+        has the :class:`ReconstructionNLL` capability)."""
+        if cls.output_mean is not None:
+            return cls.output_mean
+        return issubclass(cls, ReconstructionNLL)
 
     def likelihood_info(self) -> Likelihood | None:
         """What ``log_prob`` computes; None for a model without one. Every model with the

@@ -31,7 +31,9 @@ replaced by a null label with probability ``p_uncond`` in training, so one netwo
 conditional and unconditional. At sampling, ``guidance`` s mixes the two outputs:
 out = out(null) + s (out(y) - out(null)); s = 1 is the plain conditional model, s = 0 the
 unconditional one, s > 1 guides (Ho & Salimans' w is s - 1). The model also accepts the
-null label (-1) itself: ``sample(n, cond=-1)`` draws from the unconditional model.
+null label (-1) itself: ``sample(n, cond=-1)`` (``deepgen sample RUN --cond -1``) draws
+from the unconditional model; both need label dropout (``p_uncond > 0``), without which
+the null label was never trained. ``log_prob`` is the bound of p(x | y), unguided.
 
 Shapes: ``N`` batch, ``D`` values per example, images (N, C, H, W), ``T`` timesteps, ``S``
 sampling steps, ``C`` classes.
@@ -77,9 +79,11 @@ NETWORKS = ("auto", "unet", "mlp")
 class DDPMConfig(ModelConfig):
     """Settings of ``ddpm``. ``sampler``, ``steps``, ``eta``, ``spacing``, ``guidance``,
     ``clip_denoised`` and ``bound_stride`` change no parameter: a loaded run may override
-    them (``deepgen sample RUN --set sampler=ddim --set steps=50``)."""
+    them (``deepgen sample RUN --set sampler=ddim --set steps=50``). Sampling reads all
+    but ``bound_stride``, which is ``log_prob``'s (``deepgen eval RUN --set bound_stride=10``)."""
 
     load_time: ClassVar[frozenset[str]] = frozenset({"sampler", "steps", "eta", "spacing", "guidance", "clip_denoised", "bound_stride"})
+    sampling: ClassVar[frozenset[str]] = frozenset({"sampler", "steps", "eta", "spacing", "guidance", "clip_denoised"})
     lr: float = 2e-4  # Ho et al. 2020's Adam rate (their CIFAR-10 runs)
     timesteps: int = 1000  # T
     schedule: str = "linear"  # linear (Ho et al. 2020) | cosine (Nichol & Dhariwal 2021)
@@ -137,6 +141,10 @@ class DDPMConfig(ModelConfig):
         self.check(math.isfinite(self.guidance) and self.guidance >= 0, f"guidance must be a number >= 0, got {self.guidance}")
         self.check(self.conditional or self.guidance == 1.0,
                    f"guidance={self.guidance:g} mixes conditional and unconditional outputs: it needs a model trained with conditional=true")
+        # Without label dropout the null label's output was never trained: no unconditional model to mix in.
+        self.check(not self.conditional or self.p_uncond > 0 or self.guidance == 1.0,
+                   f"guidance={self.guidance:g} mixes conditional and unconditional outputs: it needs a model trained with "
+                   "label dropout (p_uncond > 0); this one was trained with p_uncond=0")
         self.check(1 <= self.bound_stride < self.timesteps, f"bound_stride must be in 1..{self.timesteps - 1}, got {self.bound_stride}")
 
 
@@ -170,6 +178,8 @@ class DDPM(GenerativeModel):
     config: DDPMConfig
     data_kinds: ClassVar[tuple[Kind, ...]] = ("binary", "continuous", "discrete", "real")
     replaceable_networks: ClassVar[Mapping[str, str]] = {"denoiser": DENOISER_IO}
+    #: Every sample is a draw of the reverse process (``mean`` only thresholds binary pixels at 0.5).
+    output_mean: ClassVar[bool] = False
     #: The trainer settings a DDPM is trained with unless the user says otherwise: an EMA
     #: of the weights (Ho et al.: decay 0.9999) with diffusers' warm-up (power 3/4), so
     #: that short runs are not averaged over their random start; sampling and evaluation
@@ -188,7 +198,10 @@ class DDPM(GenerativeModel):
         return [small, {**small, "prediction": "v", "sampler": "dpm-solver++"}]
 
     def __init__(self, config: DDPMConfig, spec: DataSpec, *, networks: Mapping[str, Any] | None = None) -> None:
-        super().__init__(config, spec, conditional=config.conditional, null_label=config.conditional, networks=networks)
+        # The null label (-1: the unconditional model) is one the network was trained on
+        # only with label dropout (p_uncond > 0).
+        null = config.conditional and config.p_uncond > 0
+        super().__init__(config, spec, conditional=config.conditional, null_label=null, networks=networks)
         sched = NoiseSchedule.make(config.schedule, config.timesteps)
         # The tables as buffers (not saved: the config rebuilds them): they follow the
         # model's device; float64 (see the schedule).
@@ -380,6 +393,10 @@ class DDPM(GenerativeModel):
                 h = a.sqrt() * x0 + (1 - a).sqrt() * eps
         return h.flatten(1)
 
+    def code_dim(self) -> int:
+        """D, the data's size: the code is x_T, of x's shape, flattened."""
+        return self.spec.dim
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Codes z (N, D) (from :meth:`encode`, or N(0, I) draws) -> data (N, *shape): DDIM
@@ -413,7 +430,14 @@ class DDPM(GenerativeModel):
         chain = ("every timestep" if k == 1 else
                  f"every {k}-th timestep ({len(range(0, self.config.timesteps, k))} of {self.config.timesteps}; looser than every timestep's)")
         decoder = "a discretized Gaussian decoder at t = 0" if self._discrete else "a Gaussian decoder at t = 0"
-        return Likelihood("bound", self._discrete, f"variational bound of the reverse process on {chain}, {decoder}, one x_t draw per term")
+        note = f"variational bound of the reverse process on {chain}, {decoder}, one x_t draw per term"
+        if self.conditional:
+            # Guidance mixes two score estimates into a sampler; that mixture is no
+            # normalised model, so the bound is of p(x | y) itself (Ho & Salimans 2021).
+            g = self.config.guidance
+            why = f"this run's guidance={g:g} applies to sampling only" if g != 1.0 else "guidance applies to sampling only"
+            note += f", of p(x | y) at each example's label without guidance ({why}: a guided sampler defines no likelihood)"
+        return Likelihood("bound", self._discrete, note)
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor, *, cond: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -427,7 +451,9 @@ class DDPM(GenerativeModel):
         variance (fixed, "small") around the posterior mean at the network's x0 estimate
         (not clipped); the decoder at t = 0 gives images' levels the mass of their bins
         under N(x0_hat, beta~_1) (edges to +-inf, sec. 3.3), a probability of the discrete
-        data; for real data it is that Gaussian's density. Labels: ``cond`` (guidance 1)."""
+        data; for real data it is that Gaussian's density. Labels: ``cond``: the bound of the
+        conditional model p(x | y), unguided whatever the config's ``guidance`` (a guided
+        sampler defines no likelihood; :meth:`likelihood_info` says so)."""
         idx = self._index(cond, len(x))
         sched = self.schedule
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32

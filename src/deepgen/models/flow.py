@@ -61,6 +61,7 @@ class FlowConfig(ModelConfig):
     """What every flow shares. ``temperature`` may change when a run is loaded."""
 
     load_time: ClassVar[frozenset[str]] = frozenset({"temperature"})
+    sampling: ClassVar[frozenset[str]] = frozenset({"temperature"})
     conditional: bool = False  # class-conditional p(x | y): labels enter every coupling network
     # [0, 1] data: y -> logit(alpha + (1 - 2 alpha) y) (RealNVP sec. 4.1). 1e-6 as MAF's
     # MNIST runs (Papamakarios et al. 2017, sec. 4.3): with RealNVP's 0.05 the blank
@@ -155,6 +156,8 @@ class Flow(GenerativeModel):
 
     config: FlowConfig
     data_kinds: ClassVar[tuple[Kind, ...]] = ("continuous", "real")
+    #: Every sample is a draw: the inverse map of z ~ N(0, T^2 I), with no output noise of its own.
+    output_mean: ClassVar[bool] = False
 
     def __init__(self, config: FlowConfig, spec: DataSpec) -> None:
         super().__init__(config, spec, conditional=config.conditional)
@@ -281,6 +284,10 @@ class Flow(GenerativeModel):
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The code z = f(x): (N, *shape) -> (N, D)."""
         return self.forward(x, cond=cond)[0]
+
+    def code_dim(self) -> int:
+        """D, the data's size: a flow's code z = f(x) holds as many values as x."""
+        return self.spec.dim
 
     def decode(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The inverse map: (N, D) -> (N, *shape)."""

@@ -288,6 +288,8 @@ class GAN(GenerativeModel):
     its power iterations on copies of u, v, like its batch-norm statistics.
     """
 
+    output_mean: ClassVar[bool] = False  # every sample is G(z), z drawn; mean=True only thresholds binary data
+
     config_class = GANConfig
     config: AdversarialConfig
     #: The name of D's phase ("critic" for the Wasserstein GANs).

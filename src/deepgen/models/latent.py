@@ -64,6 +64,7 @@ class LatentCodeMixin:
     head: Any
     decoder: Any
     spec: Any
+    config: Any
     one_hot: Any
 
     @classmethod
@@ -80,6 +81,10 @@ class LatentCodeMixin:
 
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def code_dim(self) -> int:
+        """The codes' width L = ``latent_dim``: encode's (N, L), decode's input."""
+        return int(self.config.latent_dim)
 
     def decoder_params(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """Head parameters (N, P, *shape) for codes z (N, L) and one-hot labels c (N, C) or None."""

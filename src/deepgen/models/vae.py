@@ -284,6 +284,8 @@ class VAE(LatentCodeMixin, GenerativeModel):
     2016) and cannot collapse onto the levels.
     """
 
+    output_mean: ClassVar[bool] = True  # mean=True: the decoder head's E[x | z], z from the prior
+
     config_class = VAEConfig
     config: VAEConfig
     replaceable_networks = {

@@ -42,7 +42,8 @@ def logdet_dtype(x: torch.Tensor) -> torch.dtype:
 
 def sum_per_example(t: torch.Tensor) -> torch.Tensor:
     """(N, ...) -> (N,), summed in :func:`logdet_dtype`."""
-    return t.reshape(len(t), -1).to(logdet_dtype(t)).sum(dim=1)
+    flat = t.flatten(1) if t.dim() > 1 else t.unsqueeze(1)  # not reshape(N, -1): ambiguous for N = 0 (sample(0))
+    return flat.to(logdet_dtype(t)).sum(dim=1)
 
 
 class Bijection(nn.Module):
