@@ -317,10 +317,10 @@ class GenerativeModel(nn.Module):
 
         Every capability method taking data (:data:`DATA_METHODS`) calls it first. In eval
         mode (``model.eval()``: the evaluator, the command line, the applications) it also
-        checks the values, which needs one host sync and is skipped in training mode and
-        while traced, captured or under a torch.func transform (vmap, grad) (the training step, whose batches the data layer checked):
-        finite, and for binary data in [0, 1], for discrete data in 0..num_levels-1, for
-        tokens in 0..vocab_size-1.
+        checks the values: finite, and for binary data in [0, 1], for discrete data in
+        0..num_levels-1, for tokens in 0..vocab_size-1. That needs one host sync, so it is
+        skipped in training mode (the training step, whose batches the data layer checked)
+        and while traced, captured in a CUDA graph or under a torch.func transform (vmap, grad).
         """
         spec = self.spec
         model = type(self).registered_name or type(self).__name__
