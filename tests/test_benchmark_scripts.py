@@ -435,17 +435,17 @@ def test_vae_nll_benchmark_runs_over_several_calls_on_one_schedule(
     its own --time-budget with a checkpoint; --resume continues on the same schedule with
     the run's own data and settings (not the flags' defaults), to the planned steps.
 
-    The timed calibration is replaced by a fixed 400 steps: timed on shared cores it once
+    The timed calibration is replaced by a fixed 120 steps: timed on shared cores it once
     sized the run at 10 steps, which the first call then finished inside its own budget.
-    The first call's 0.05 s cannot hold 400 steps of even this tiny model."""
+    The first call's 0.02 s cannot hold 120 steps of even this tiny model."""
     vae = _load("vae_mnist_nll")
-    monkeypatch.setattr(vae, "step_budget", lambda ds, args, device, planned: (400, 0.0))
+    monkeypatch.setattr(vae, "step_budget", lambda ds, args, device, planned: (120, 0.0))
     run, out = tmp_path / "run", tmp_path / "v.json"
     common = ["--data-dir", str(real_data_dir), "--device", "cpu", "--k", "5", "--limit-test", "20", "--run-dir", str(run), "--out", str(out)]
     first = vae.main([*common, "--max-train", "400", "--batch-size", "20", "--lr", "2e-3", "--binarization", "static", "--epochs", "50",
-                      "--time-budget", "0.05", "--total-budget", "1.5", "--settings", "latent_dim=4"])
+                      "--time-budget", "0.02", "--total-budget", "1.5", "--settings", "latent_dim=4"])
     cfg = json.loads((run / "config.json").read_text())["train"]
-    assert 0 < first["steps"] < cfg["max_steps"] == 400 and cfg["schedule"] == "cosine" and not first["resumed"]
+    assert 0 < first["steps"] < cfg["max_steps"] == 120 and cfg["schedule"] == "cosine" and not first["resumed"]
     second = vae.main([*common, "--resume", "--time-budget", "600"])
     assert second["resumed"] and second["steps"] == cfg["max_steps"] and second["binarization"] == "static"
     assert second["settings"]["batch_size"] == 20 and second["settings"]["lr"] == 2e-3 and second["model_settings"]["latent_dim"] == 4
