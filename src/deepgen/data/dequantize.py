@@ -47,6 +47,15 @@ def dequantize(x: torch.Tensor, spec: DataSpec, generator: torch.Generator | Non
     return (k + u) * spec.bin_width
 
 
+def nearest_level(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    """Continuous values ``x`` in [0, 1] put on the nearest level k / (L - 1) of quantised
+    data (8-bit images); other data unchanged. What a sampler whose output lands anywhere in
+    [0, 1] (diffusion, a GAN's tanh) returns, so that samples are values of the data."""
+    if spec.kind != "continuous" or not spec.num_levels:
+        return x
+    return levels_of(x, spec) / (spec.num_levels - 1)
+
+
 def quantize(y: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     """The inverse: y in [0, 1) -> model-space values of level floor(y * L) (clamped to 0..L-1)."""
     if spec.num_levels is None:

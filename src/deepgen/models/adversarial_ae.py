@@ -157,11 +157,11 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
         fools D (non-saturating loss on its codes)."""
         x = batch.x
         if phase == "reconstruction":
-            recon = self.head.nll(self.decoder(self.encode(x)), x).mean()
+            recon = self.head.nll(self.decoder(self._codes(x)), x).mean()
             return LossOutput(recon, {"recon": recon.detach()})
         if phase == "discriminator":
             with torch.no_grad():
-                codes = self.encode(x)  # the fakes, detached
+                codes = self._codes(x)  # the fakes, detached
             real_out, _ = self.discriminator(self.prior_sample(len(x)))
             fake_out, _ = self.discriminator(codes)
             loss = discriminator_loss(real_out, fake_out)
@@ -171,7 +171,7 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
             # The encoder is the generator; D is frozen (its parameters detached), so this
             # phase's gradient reaches the encoder only.
             frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-            fake_out, _ = torch.func.functional_call(self.discriminator, frozen, (self.encode(x),))
+            fake_out, _ = torch.func.functional_call(self.discriminator, frozen, (self._codes(x),))
             return LossOutput(generator_loss(fake_out, "non-saturating"), {"d_code": torch.sigmoid(fake_out).mean().detach()})
         raise ValueError(f"aae has phases reconstruction, discriminator and regularization, not {phase!r}")
 
@@ -192,6 +192,11 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
         return self.head.mean(params) if mean else self.head.sample(params, generator)
 
     # -- capabilities -----------------------------------------------------------------------------
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        # The loss's path to the codes: encode without the public method's argument checks
+        # (their value checks sync with the host in eval mode, i.e. in every validation step).
+        return self.encoder(self.encoder_input(x))
+
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Codes z = E(x): (N, *shape) -> (N, L). Differentiable; ``cond`` is ignored (unconditional)."""
-        return self.encoder(self.encoder_input(x))
+        return self._codes(x)

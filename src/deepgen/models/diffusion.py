@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.dataset import Batch, DataSpec, Kind
-from ..data.dequantize import levels_of
+from ..data.dequantize import nearest_level
 from ..errors import UserError
 from ..nn.likelihoods import log1mexp
 from ..nn.signed import from_signed, to_signed
@@ -363,12 +363,9 @@ class DDPM(GenerativeModel):
         with self._evaluating():
             x = torch.randn((n, *self.spec.shape), generator=generator, device=self.device, dtype=self.dtype)
             x = self.reverse(x, idx, generator=generator)
-        x = from_signed(x, self.spec, generator, mean=mean)
-        if self.spec.kind == "continuous" and self.spec.num_levels:
-            # Quantised [0, 1] data (8-bit images): the nearest of its levels k / (L - 1), the
-            # values the bound's decoder gives a probability (from_signed leaves u in [0, 1]).
-            x = levels_of(x, self.spec) / (self.spec.num_levels - 1)
-        return x
+        # Quantised [0, 1] data (8-bit images): the nearest of its levels, the values the
+        # bound's decoder gives a probability (from_signed leaves u anywhere in [0, 1]).
+        return nearest_level(from_signed(x, self.spec, generator, mean=mean), self.spec)
 
     # -- DDIM encoding (Song et al. 2021, sec. 4.3 and 5.4) ----------------------------------------
     def _code_timesteps(self) -> torch.Tensor:

@@ -50,7 +50,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..data.dataset import Batch, DataSpec
-from ..data.dequantize import levels_of
+from ..data.dequantize import nearest_level
 from ..devices import compiler_disable
 from ..errors import UserError
 from ..nn.adversarial import (  # noqa: F401  (the losses and D are part of this chapter's API)
@@ -358,12 +358,8 @@ class GAN(GenerativeModel):
 
     def to_data_space(self, x: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
         """G's outputs (N, *shape) -> data of the spec's kind (see the module docstring)."""
-        x = from_signed(x, self.spec, generator, mean)
-        if self.spec.kind == "continuous" and self.spec.num_levels:
-            # Quantised [0, 1] data (8-bit images): the nearest of its levels k / (L - 1), as
-            # ddpm's samples; from_signed leaves G's u anywhere in [0, 1].
-            x = levels_of(x, self.spec) / (self.spec.num_levels - 1)
-        return x
+        # Quantised [0, 1] data (8-bit images): the nearest of its levels, as ddpm's samples.
+        return nearest_level(from_signed(x, self.spec, generator, mean), self.spec)
 
     # -- G and D -------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
