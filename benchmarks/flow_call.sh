@@ -10,6 +10,7 @@
 #     FAST="bf16=true compile=true cuda_graph=true" ...                  # the trainer's fast path for the long runs
 #     SAVE_RUNS=1 ... glow-resume        # runs/ back in $OUT for a later session (benchmarks/README.md)
 #     REALNVP_WIDTH=128 GLOW_WIDTH=256 ...                               # the long runs' coupling widths (defaults 64, 256)
+#     REALNVP_BLOCKS=4 ...                                               # residual blocks per RealNVP coupling network (default 0)
 set -u
 export PYTHONPATH=$PWD/src XDG_CACHE_HOME=/tmp/xdg PYTHONUNBUFFERED=1
 B=${BUDGET:-400}
@@ -28,7 +29,7 @@ run_job() {
     glow) $nll --model glow --settings levels=2 steps=16 channels=256 --samples $OUT/glow.png --out $OUT/glow.json > $OUT/glow.log 2>&1 ;;
     # Runs longer than one call (issue 12 allows an hour of training each): the schedule is
     # sized for TOTAL seconds; each call tests the best validation epoch so far.
-    realnvp-long) $long --train $fast schedule=cosine --model realnvp --settings scales=3 couplings=3 channels=${REALNVP_WIDTH:-64} \
+    realnvp-long) $long --train $fast schedule=cosine --model realnvp --settings scales=3 couplings=3 channels=${REALNVP_WIDTH:-64} blocks=${REALNVP_BLOCKS:-0} \
            --run-dir runs/flow-realnvp --samples $OUT/realnvp.png --out $OUT/realnvp.json > $OUT/realnvp.log 2>&1 ;;
     glow-long) $long --train $fast schedule=cosine --model glow --settings levels=2 steps=16 channels=${GLOW_WIDTH:-256} \
            --run-dir runs/flow-glow --samples $OUT/glow.png --out $OUT/glow.json > $OUT/glow.log 2>&1 ;;

@@ -75,7 +75,9 @@ CASES: dict[str, tuple[Callable[[], fl.Bijection], tuple[int, ...], int, str]] =
     "coupling-half-flip-cond": (lambda: fl.AffineCoupling((5,), "half", True, (8,), COND), (5,), COND, "real"),
     "coupling-checker": (lambda: fl.AffineCoupling((2, 4, 4), "checkerboard", False, 8), (2, 4, 4), 0, "real"),
     "coupling-checker-odd-cond": (lambda: fl.AffineCoupling((2, 4, 4), "checkerboard", True, 8, COND), (2, 4, 4), COND, "real"),
+    "coupling-checker-resnet": (lambda: fl.AffineCoupling((2, 4, 4), "checkerboard", False, 8, blocks=2), (2, 4, 4), 0, "real"),
     "coupling-channel": (lambda: fl.AffineCoupling((4, 4, 4), "channel", False, 8), (4, 4, 4), 0, "real"),
+    "coupling-channel-resnet-cond": (lambda: fl.AffineCoupling((4, 4, 4), "channel", True, 8, COND, blocks=1), (4, 4, 4), COND, "real"),
     "coupling-channel-flip-cond": (lambda: fl.AffineCoupling((4, 4, 4), "channel", True, 8, COND), (4, 4, 4), COND, "real"),
     "squeeze": (lambda: fl.Squeeze(), (2, 4, 4), 0, "real"),
     "permutation-vector": (lambda: fl.Permutation(5, seed=3), (5,), 0, "real"),
@@ -227,6 +229,7 @@ def test_alternating_couplings_transform_everything(shape, mask):
         (lambda: fl.AffineCoupling((5,), "half", False, (8,), COND), (5,)),
         (lambda: fl.AffineCoupling((2, 4, 4), "checkerboard", False, 8, COND), (2, 4, 4)),
         (lambda: fl.AffineCoupling((4, 4, 4), "channel", True, 8, COND), (4, 4, 4)),
+        (lambda: fl.AffineCoupling((4, 4, 4), "channel", True, 8, COND, blocks=2), (4, 4, 4)),
         (lambda: fl.MaskedAffineAutoregressive(5, (16,), COND), (5,)),
     ],
 )
@@ -452,6 +455,10 @@ def test_shape_errors():
         fl.AffineCoupling((5,), "halves")
     with pytest.raises(ValueError, match="at least 2"):
         fl.AffineCoupling((1, 4, 4), "channel")
+    with pytest.raises(ValueError, match="does not apply to vectors"):
+        fl.AffineCoupling((5,), "half", blocks=1)
+    with pytest.raises(ValueError, match="blocks must be >= 0"):
+        fl.AffineCoupling((4, 4, 4), "channel", blocks=-1)
     with pytest.raises(ValueError):
         fl.AffineCoupling((5,), "half")(torch.zeros(2, 6))
     with pytest.raises(ValueError):
