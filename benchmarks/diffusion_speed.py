@@ -38,8 +38,9 @@ fastest, for every mode of the call (diffusers' and deepgen's alike; the trainer
 
 ``--profile``: where the time goes. One training step of deepgen's fastest eager-launch
 mode (bf16, compile, channels-last; the CUDA graph replays the same kernels but hides them
-from the profiler) at each batch size, and one compiled channels-last sampling step at
-``--sample-batch``, under torch.profiler: the GPU time by kernel category (convolution,
+from the profiler; 20 steps in one ``fit``, so that its start and end count once) at each
+batch size of ``--profile-batches`` (default ``--batches``), and one compiled channels-last
+sampling step at ``--sample-batch`` (not with ``--sample-modes ""``), under torch.profiler: the GPU time by kernel category (convolution,
 matmul, attention, the compiled fused kernels of the norms and element-wise ops, the
 optimizer, copies) and the top kernels, in the record's ``profile``.
 
@@ -248,11 +249,15 @@ def profile_training(ds, settings: dict, batch: int, args, device: torch.device)
     trainer.config = cfg.replace(max_steps=args.warmup)
     trainer.fit()  # compiles and warms up
 
-    def step() -> None:
-        trainer.config = cfg.replace(max_steps=trainer.step + 1)
+    n = 2 if args.tiny else 20
+
+    def steps() -> None:  # one fit of n steps: its start (data checks, the resident copy) counted once, not per step
+        trainer.config = cfg.replace(max_steps=trainer.step + n)
         trainer.fit()
 
-    return profile_kernels(step, 2 if args.tiny else 10, device)
+    prof = profile_kernels(steps, 1, device)
+    prof["ms_per_step"] /= n
+    return prof
 
 
 def profile_sampling(model: deepgen.GenerativeModel, args, device: torch.device) -> dict:
@@ -279,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-settings", nargs="*", default=[], help="ddpm settings key=value of the sampled network (default: the benchmark's)")
     p.add_argument("--autotune", action="store_true", help="also deepgen_autotune_graph_cl: compile_mode=max-autotune-no-cudagraphs")
     p.add_argument("--profile", action="store_true", help="GPU time by kernel category of the fastest modes (see the docstring)")
+    p.add_argument("--profile-batches", default=None, help="the training batch sizes --profile profiles (default: --batches)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="torch.backends.cudnn.benchmark for every mode, diffusers' and deepgen's (the trainer's cudnn_benchmark=true)")
     p.add_argument("--tiny", action="store_true", help="tiny networks and batches (CPU smoke test)")
@@ -330,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ours.eval()
     sampling: dict = {"n": args.sample_n, "steps": args.sample_steps, "batch": args.sample_batch,
                       "settings": args.sample_settings, "parameters": sum(q.numel() for q in ours.parameters())}
-    for mode in args.sample_modes.split(","):
+    modes = [m for m in args.sample_modes.split(",") if m]  # --sample-modes "": no sampling, timed or profiled
+    for mode in modes:
         if mode != "eager" and not gpu:
             continue
         guarded(sampling, f"seconds_{mode}", sample_seconds, ours, args, device, mode)
@@ -338,13 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     record["sampling"] = sampling
     if args.profile:
         record["profile"] = {}
-        for batch in (int(b) for b in args.batches.split(",") if b):
-            guarded(record["profile"], f"train_{batch}", profile_training, ds, settings, batch, args, device)
-        guarded(record["profile"], f"sample_{args.sample_batch}", profile_sampling, ours, args, device)
-        for name, prof in record["profile"].items():
+        jobs = [(f"train_{b}", profile_training, (ds, settings, int(b), args, device))
+                for b in (args.batches if args.profile_batches is None else args.profile_batches).split(",") if b]
+        if modes:
+            jobs.append((f"sample_{args.sample_batch}", profile_sampling, (ours, args, device)))
+        for name, fn, fn_args in jobs:
+            guarded(record["profile"], name, fn, *fn_args)
+            prof = record["profile"].get(name, record["profile"].get(name + "_error"))
+            # Printed as each finishes: a call that runs out of time keeps what it measured.
             if isinstance(prof, dict):
                 shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["by_category"].items())
                 print(f"profile {name}: {prof['ms_per_step']:.2f} ms of device time per step; {shares}", flush=True)
+                for k in prof["top"]:
+                    print(f"  {k['share']:.1%} {k['category']}: {k['kernel']}", flush=True)
             else:
                 print(f"profile {name}: {prof}", flush=True)
     print(f"\nparameters: deepgen {record['parameters']:,}, diffusers {record['diffusers_parameters']:,}")

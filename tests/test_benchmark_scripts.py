@@ -309,6 +309,11 @@ def test_diffusion_speed_matches_diffusers_network_and_runs(real_data_dir: Path,
     for name in ("train_4", "sample_4"):
         prof = record["profile"][name]
         assert prof["ms_per_step"] > 0 and sum(prof["by_category"].values()) == pytest.approx(1.0) and prof["top"], name
+    # A profile alone: no throughput rows, no sampling, the training step at --profile-batches.
+    assert ds_speed.main(["--tiny", "--device", "cpu", "--data-dir", str(real_data_dir), "--batches", "", "--sample-modes", "", "--warmup", "1",
+                          "--profile", "--profile-batches", "2", "--out", str(out)]) == 0
+    (record,) = json.loads(out.read_text())["rows"]
+    assert list(record["profile"]) == ["train_2"] and not any(k.startswith("seconds_") for k in record["sampling"])
 
 
 def test_diffusion_quality_scores_each_sampler_setting_separately(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
