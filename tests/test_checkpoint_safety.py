@@ -73,8 +73,11 @@ def _verify_whole(run: Path) -> ckpt.Checkpoint:
 
 # A process that has imported torch and deepgen once and forks one child per command: each
 # child runs `deepgen ...` (deepgen.cli.main, as `python -m deepgen` does) in a fresh
-# process without paying the two seconds of imports each time, so that two dozen kills fit
+# process without paying the seconds of imports each time, so that two dozen kills fit
 # in a few seconds. It answers {"pid": ...} when a child starts and {"rc"/"signal"} when it ends.
+# What every training process loads on its way is loaded here too: torch._dynamo (torch's
+# optimizers import it at their first construction and step: about 3 s a child otherwise)
+# and matplotlib's pyplot (the analysis' scatter plots at the end of a run).
 ZYGOTE = r"""
 import json, os, sys
 import torch
@@ -82,6 +85,15 @@ torch.set_num_threads(1)
 import deepgen.cli, deepgen.analysis, deepgen.pictures, deepgen.training
 from deepgen.models import model_names
 model_names()
+import torch._dynamo
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot
+_p = torch.zeros(1, requires_grad=True)
+_opt = torch.optim.Adam([_p])
+_p.sum().backward()
+_opt.step()
+del _p, _opt
 print(json.dumps({"ready": True}), flush=True)
 while True:
     line = sys.stdin.readline()
@@ -116,8 +128,21 @@ class Zygote:
             [sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd, env=env
         )
         self.buf = b""
+        self.ready = False  # its imports done
         self.child: int | None = None  # the command running now
-        assert self._read(120)["ready"]
+
+    def submit(self, argv: list[str], log: Path) -> None:
+        """Send a command (run once the zygote is ready and the command before has ended)."""
+        self.proc.stdin.write((json.dumps({"argv": argv, "log": str(log)}) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def started(self) -> int:
+        """The pid of the command submitted last, once it has started."""
+        if not self.ready:
+            assert self._read(120)["ready"]
+            self.ready = True
+        self.child = self._read(120)["pid"]
+        return self.child
 
     def _read(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -133,10 +158,8 @@ class Zygote:
         return json.loads(line)
 
     def start(self, argv: list[str], log: Path) -> int:
-        self.proc.stdin.write((json.dumps({"argv": argv, "log": str(log)}) + "\n").encode())
-        self.proc.stdin.flush()
-        self.child = self._read(30)["pid"]
-        return self.child
+        self.submit(argv, log)
+        return self.started()
 
     def ended(self) -> bool:
         """True when the running command has ended (its answer is there to read)."""
@@ -164,7 +187,7 @@ class Zygote:
 
 
 KILLS = 24
-STEPS = 8 * 40  # 40 epochs of 8 steps
+STEPS = 8 * 25  # 25 epochs of 8 steps
 TRAIN = [
     "vae", "--data", "digits", "--set", "max_train=256", "--batch-size", "32", "--epochs", str(STEPS // 8),
     "--set", "hidden=32", "--set", "latent_dim=4", "--set", "ema=0.9", "--set", "log_every=1",
@@ -182,76 +205,23 @@ def _newest_step(run: Path) -> int:
     return max(steps, default=0)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="the fault injection forks its training processes")
-def test_sigkill_at_random_instants_never_loses_the_last_checkpoint(tmp_path: Path) -> None:
-    zygote = Zygote(tmp_path)
-    try:
-        # The uninterrupted run (checkpoints do not change what is trained).
-        full = tmp_path / "full"
-        zygote.start(["train", *TRAIN, "--out", str(full)], tmp_path / "full.log")
-        assert zygote.wait() == {"rc": 0}, (tmp_path / "full.log").read_text()[-3000:]
+SIGKILL_TEST = "test_sigkill_at_random_instants_never_loses_the_last_checkpoint"
 
-        run = tmp_path / "killed"
-        rng = random.Random(16)
-        kills = mid_write = no_checkpoint = killed_at = 0
-        last_step = attempt = 0
-        while last_step < STEPS:
-            attempt += 1
-            log = tmp_path / f"attempt{attempt}.log"
-            resume = ckpt.has_checkpoint(run)
-            # A folder killed before its first checkpoint is started again with the same
-            # command (a dead end no more: `train --out` on it starts afresh).
-            argv = ["train", "--resume", str(run), "--set", "checkpoint_every=1"] if resume else [
-                "train", *TRAIN, "--set", "checkpoint_every=1", "--out", str(run)]
-            pid = zygote.start(argv, log)
-            if kills < KILLS:
-                # The kill instant: a random delay after the start (every fourth kill, the first
-                # included: it may land while the run is loaded, its config written, its log
-                # trimmed), or a random time after the run has gone a random number of steps
-                # further (1 to 10: two dozen kills fit in the first half of the run).
-                if kills % 4 == 0:
-                    deadline, target = time.monotonic() + rng.uniform(0.0, 0.4), last_step + 8
-                else:
-                    deadline, target = time.monotonic() + 60, last_step + rng.randint(1, 10)
-                while time.monotonic() < deadline and _newest_step(run) < target and not zygote.ended():
-                    time.sleep(0.002)
-                time.sleep(rng.uniform(0.0, 0.02))
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            end = zygote.wait()
-            text = log.read_text() if log.exists() else ""
-            assert "Traceback" not in text, text[-3000:]
-            if end.get("signal") == signal.SIGKILL:
-                kills += 1
-                killed_at = _newest_step(run)
-                if (run / ckpt.CHECKPOINTS).is_dir():
-                    mid_write += any(p.name.endswith(".tmp") for p in (run / ckpt.CHECKPOINTS).iterdir())
-            else:
-                assert end == {"rc": 0}, (end, text[-3000:])
-            ck = ckpt.current_checkpoint(run)
-            if ck is None:
-                no_checkpoint += 1
-                assert last_step == 0 and not ckpt.has_checkpoint(run)
-                continue
-            # The folder loads (weights against their checksums), its trainer state is
-            # whole and of the same step, and steps never go back.
-            loaded = load_run(run)
-            assert loaded.step == ck.step >= last_step
-            _verify_whole(run)
-            last_step = ck.step
-        assert kills >= 20 and mid_write >= 2, (kills, mid_write)
-        assert last_step == STEPS
-        for name in (ckpt.WEIGHTS, ckpt.EMA_WEIGHTS):
-            a = ckpt.current_checkpoint(full).read_tensors(name)
-            b = ckpt.current_checkpoint(run).read_tensors(name)
-            assert _same_weights(a, b), f"{name} differs from the uninterrupted run's"
-            assert _same_weights(load_file(str(run / name)), b)  # the top-level view is the current checkpoint
-        kept = sorted(p.name for p in (run / ckpt.CHECKPOINTS).iterdir())
-        assert kept == [ckpt.checkpoint_name(STEPS - 1), ckpt.checkpoint_name(STEPS)]  # keep_checkpoints=2, no leftovers
-        print(f"{kills} kills (the last at step {killed_at} of {STEPS}), {mid_write} inside a checkpoint write, "
-              f"{no_checkpoint} before the first checkpoint, {attempt} attempts")
+
+@pytest.fixture(scope="module", autouse=True)
+def sigkill_zygote(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The zygote of the fault injection (section 5, the module's last test) and its first
+    command, the uninterrupted run (folder ``full``), started with the module's first test:
+    the zygote's imports and that run take the second core while the tests before it run
+    in this process. None where the fault injection is not among the tests to run."""
+    if not hasattr(os, "fork") or not any(item.name == SIGKILL_TEST and item.module is request.module for item in request.session.items):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("sigkill")
+    zygote = Zygote(root)
+    try:
+        zygote.submit(["train", *TRAIN, "--out", str(root / "full")], root / "full.log")
+        yield zygote, root
     finally:
         zygote.close()
 
@@ -482,3 +452,85 @@ def test_a_phase_that_would_never_run_is_refused_up_front(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2  # and on resume
     assert "'finetune'" in _one_line(capsys)
+
+
+# -- 5. SIGKILL at random instants (the zygote and its helpers: section 1) ----------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the fault injection forks its training processes")
+def test_sigkill_at_random_instants_never_loses_the_last_checkpoint(tmp_path: Path, sigkill_zygote) -> None:
+    # The uninterrupted run (checkpoints do not change what is trained), submitted by the fixture.
+    zygote, root = sigkill_zygote
+    full = root / "full"
+    zygote.started()
+    assert zygote.wait() == {"rc": 0}, (root / "full.log").read_text()[-3000:]
+
+    run = tmp_path / "killed"
+    rng = random.Random(16)
+    kills = mid_write = no_checkpoint = killed_at = 0
+    last_step = attempt = 0
+    while last_step < STEPS:
+        attempt += 1
+        log = tmp_path / f"attempt{attempt}.log"
+        resume = ckpt.has_checkpoint(run)
+        # A folder killed before its first checkpoint is started again with the same
+        # command (a dead end no more: `train --out` on it starts afresh).
+        argv = ["train", "--resume", str(run), "--set", "checkpoint_every=1"] if resume else [
+            "train", *TRAIN, "--set", "checkpoint_every=1", "--out", str(run)]
+        pid = zygote.start(argv, log)
+        if kills == 0:
+            # The first kill, before the fresh folder's first checkpoint (about 20 ms after
+            # its config is written): at a random instant up to 0.2 s after the start, or as
+            # soon as the config is there.
+            deadline = time.monotonic() + rng.uniform(0.0, 0.2)
+            while time.monotonic() < deadline and not (run / "config.json").exists() and not zygote.ended():
+                time.sleep(0.001)
+        elif kills < KILLS:
+            # The kill instant: a random delay after the start (every fourth kill: it may
+            # land while the run is loaded, its config written, its log trimmed), or a
+            # random time after the run has gone a random number of steps further (1 to
+            # 10: two dozen kills fit in the first half of the run).
+            if kills % 4 == 0:
+                deadline, target = time.monotonic() + rng.uniform(0.0, 0.4), last_step + 8
+            else:
+                deadline, target = time.monotonic() + 60, last_step + rng.randint(1, 10)
+            while time.monotonic() < deadline and _newest_step(run) < target and not zygote.ended():
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.02))
+        if kills < KILLS:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        end = zygote.wait()
+        text = log.read_text() if log.exists() else ""
+        assert "Traceback" not in text, text[-3000:]
+        if end.get("signal") == signal.SIGKILL:
+            kills += 1
+            killed_at = _newest_step(run)
+            if (run / ckpt.CHECKPOINTS).is_dir():
+                mid_write += any(p.name.endswith(".tmp") for p in (run / ckpt.CHECKPOINTS).iterdir())
+        else:
+            assert end == {"rc": 0}, (end, text[-3000:])
+        ck = ckpt.current_checkpoint(run)
+        if ck is None:
+            no_checkpoint += 1
+            assert last_step == 0 and not ckpt.has_checkpoint(run)
+            continue
+        # The folder loads (weights against their checksums), its trainer state is
+        # whole and of the same step, and steps never go back.
+        loaded = load_run(run)
+        assert loaded.step == ck.step >= last_step
+        _verify_whole(run)
+        last_step = ck.step
+    assert kills >= 20 and mid_write >= 2 and no_checkpoint >= 1, (kills, mid_write, no_checkpoint)
+    assert last_step == STEPS
+    for name in (ckpt.WEIGHTS, ckpt.EMA_WEIGHTS):
+        a = ckpt.current_checkpoint(full).read_tensors(name)
+        b = ckpt.current_checkpoint(run).read_tensors(name)
+        assert _same_weights(a, b), f"{name} differs from the uninterrupted run's"
+        assert _same_weights(load_file(str(run / name)), b)  # the top-level view is the current checkpoint
+    kept = sorted(p.name for p in (run / ckpt.CHECKPOINTS).iterdir())
+    assert kept == [ckpt.checkpoint_name(STEPS - 1), ckpt.checkpoint_name(STEPS)]  # keep_checkpoints=2, no leftovers
+    print(f"{kills} kills (the last at step {killed_at} of {STEPS}), {mid_write} inside a checkpoint write, "
+          f"{no_checkpoint} before the first checkpoint, {attempt} attempts")
