@@ -25,6 +25,7 @@ import json
 import math
 import types
 import typing
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -146,12 +147,25 @@ def _parse(text: str, tp: Any, where: str) -> Any:
     raise TypeError(f"config field type {tp!r} is not supported ({where})")
 
 
+_HINTS: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)`` of a config class, worked out once per class: it
+    evaluates every field's annotation (a string here) on each call, most of the time that
+    building a config took. Read only."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Base class of every config: typed, validated, frozen, JSON round-trippable."""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _type_hints(type(self))
         for f in dataclasses.fields(self):
             where = f"{type(self).__name__}.{f.name}"
             value = _coerce(getattr(self, f.name), hints[f.name], where)
@@ -188,7 +202,7 @@ class Config:
     @classmethod
     def accepted_settings(cls) -> str:
         """``"a (int, required), b (float) ..."``: the settings and their types, for messages."""
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         required = set(cls.required_fields())
         return ", ".join(
             f"{f.name} ({_type_name(hints[f.name])}{', required' if f.name in required else ''})"
@@ -235,7 +249,7 @@ class Config:
                 f"{name} cannot be built from {_short_repr(given)}: {e}. Accepted settings: {cls.accepted_settings()}."
             ) from None
         built = cls(**given)
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         for key in sorted(computed & set(values)):  # to_dict() writes them: fine when they agree
             if _coerce(values[key], hints[key], f"{name}.{key}") != getattr(built, key):
                 raise UserError(
@@ -256,7 +270,7 @@ class Config:
     def parse_overrides(self, overrides: Mapping[str, str]) -> dict[str, Any]:
         """``key -> "text"`` overrides parsed by each field's type, not yet applied (nor the
         config validated with them); an unknown key or a bad value is a :class:`UserError`."""
-        hints = typing.get_type_hints(type(self))
+        hints = _type_hints(type(self))
         names = self.field_names()
         parsed = {}
         for key, text in overrides.items():
@@ -272,7 +286,7 @@ class Config:
 
     def describe_fields(self) -> list[tuple[str, str, Any]]:
         """(name, type, current value) for each field; used by ``deepgen models``."""
-        hints = typing.get_type_hints(type(self))
+        hints = _type_hints(type(self))
         return [(f.name, _type_name(hints[f.name]), getattr(self, f.name)) for f in dataclasses.fields(self)]
 
 
