@@ -18,6 +18,7 @@ checksums) and the one of earlier versions (top-level ``model.safetensors`` and
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import shutil
@@ -54,6 +55,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"new": run, "old": old}
 
 
+# The command line's parser, built once for the module instead of once a command (4 ms each:
+# argparse looks up a translation of every help text); parse_args leaves it as it was.
+_PARSER = functools.cache(deepgen.cli._parser)
+
+
 @pytest.fixture(autouse=True)
 def _no_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
     # Pictures and curves come from weights and logs that these mutations leave alone;
@@ -61,6 +67,7 @@ def _no_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(deepgen.cli, "_pictures", lambda: [])
     monkeypatch.setattr(deepgen.analysis, "write_analysis", lambda *a, **k: [])
     monkeypatch.setattr(deepgen.report, "curves_png", lambda *a, **k: None)
+    monkeypatch.setattr(deepgen.cli, "_parser", _PARSER)
 
 
 # -- the mutations -------------------------------------------------------------------------------
