@@ -26,6 +26,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return a, b
 
 
+@pytest.fixture
+def stand_in_curves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the tests of a page's text: the training curves are a stand-in PNG (the page's
+    sections as they are). The curves themselves, of one run and of several, are drawn and
+    checked by the other tests here (one run's page, every logged key, odd logs)."""
+    import io
+
+    from PIL import Image
+
+    import deepgen.report as report
+
+    buf = io.BytesIO()
+    Image.new("L", (4, 4)).save(buf, format="PNG")
+    monkeypatch.setattr(report, "curves_png", lambda runs, keys: buf.getvalue() if keys else None)
+
+
 def images(page: str) -> list[bytes]:
     """The decoded PNGs embedded in a page."""
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
@@ -51,7 +67,7 @@ def test_one_run_page_has_figures_curves_and_every_picture(runs: tuple[Path, Pat
     assert "wrote" in capsys.readouterr().out
 
 
-def test_several_runs_are_compared(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_several_runs_are_compared(runs: tuple[Path, Path], tmp_path: Path, stand_in_curves: None) -> None:
     a, b = runs
     out = tmp_path / "sub" / "compare.html"
     assert main(["report", str(a), str(b), "--out", str(out)]) == 0
@@ -166,7 +182,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_eval_figures_say_where_they_came_from_and_when_they_go_stale(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_eval_figures_say_where_they_came_from_and_when_they_go_stale(runs: tuple[Path, Path], tmp_path: Path, stand_in_curves: None) -> None:
     from deepgen.report import read_run
     from deepgen.training.checkpoint import current_checkpoint
 
@@ -201,7 +217,7 @@ def test_eval_figures_say_where_they_came_from_and_when_they_go_stale(runs: tupl
     assert "<td>quality_n</td>" not in page.split("Where the figures came from")[0]  # a count, not a figure column
 
 
-def test_cosmetic_settings_are_left_out_of_the_differences(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cosmetic_settings_are_left_out_of_the_differences(runs: tuple[Path, Path], tmp_path: Path, stand_in_curves: None) -> None:
     from deepgen.report import COSMETIC_SETTINGS, read_run
 
     a, _ = runs
