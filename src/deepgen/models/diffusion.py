@@ -369,8 +369,13 @@ class DDPM(GenerativeModel):
 
     # -- DDIM encoding (Song et al. 2021, sec. 4.3 and 5.4) ----------------------------------------
     def _code_timesteps(self) -> torch.Tensor:
-        """The timesteps of DDIM encoding and decoding: ``steps`` of the uniform spacing, descending."""
-        return spaced_timesteps(self.config.timesteps, self.config.steps, "uniform").to(self.device)
+        """The timesteps of DDIM encoding and decoding, descending: those of the DDIM sampler
+        at ``steps`` with the uniform spacing, over the timesteps below its noise clip
+        (lambda_t >= -5.1, samplers/base.py) as sampling is. Spaced over all T instead, the
+        cosine schedule's code sits at abar ~ 2e-9, where decoding multiplies the eps
+        network's error by 1 / sqrt(abar): codes decoded far from the data, and a round trip
+        10x worse than the linear schedule's."""
+        return make_sampler("ddim", self.schedule, self.config.steps, spacing="uniform").timesteps
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
