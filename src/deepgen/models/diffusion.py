@@ -457,6 +457,7 @@ class DDPM(GenerativeModel):
         conditional model p(x | y), unguided whatever the config's ``guidance`` (a guided
         sampler defines no likelihood; :meth:`likelihood_info` says so)."""
         idx = self._index(cond, len(x))
+        self._check_levels(x)
         sched = self.schedule
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
         x0 = to_signed(x.to(dt), self.spec)  # the levels exactly, whatever the model's dtype
@@ -486,6 +487,32 @@ class DDPM(GenerativeModel):
             if self._images:  # a density of [0, 1] data: x_0 = 2 u - 1 adds log 2 per value
                 total = total + x0[0].numel() * math.log(2.0)
         return total
+
+    def _check_levels(self, x: torch.Tensor) -> None:
+        """Refuse, with one :class:`UserError`, discrete data x (N, *shape) off its levels.
+
+        The bound of discrete data (binary, levels) is a probability of the L values: its
+        decoder gives each level the mass of its bin. A value between levels (a binary pixel
+        given as the probability 0.3, a resized or dequantized 8-bit image) or outside them
+        would be scored as a bin centred on itself: a figure that is no bound of anything.
+        One host read, skipped where :meth:`check_data` skips its value checks (training,
+        tracing, CUDA-graph capture, torch.func transforms such as the anomaly app's vmap)."""
+        if not self._discrete or self.training or x.numel() == 0 or torch.compiler.is_compiling():
+            return
+        if (x.is_cuda and torch.cuda.is_current_stream_capturing()) or torch._C._functorch.maybe_get_level(x) != -1:
+            return
+        levels = _levels(self.spec)
+        k = x.double() if self.spec.kind == "discrete" else x.double() * (levels - 1)  # level indices, if on them
+        off = ((k - k.round()).abs() > 1e-2) | (k < -1e-2) | (k > levels - 1 + 1e-2)
+        if bool(off.any()):
+            bad = float(x.flatten()[off.flatten().nonzero()[0]])
+            values = ("0 and 1" if self.spec.kind == "binary" else
+                      f"the integers 0..{levels - 1}" if self.spec.kind == "discrete" else f"k / {levels - 1}, k = 0..{levels - 1}")
+            raise UserError(
+                f"ddpm.log_prob: the bound of {self.spec.kind} data is a probability of its {levels} levels ({values}); "
+                f"x holds {int(off.sum())} value(s) off them (e.g. {bad:g}). Pass the data as its dataset gives it "
+                "(binary pixels drawn or thresholded, 8-bit images as k / 255, not dequantized)."
+            )
 
     def _estimate(self, xt: torch.Tensor, t: torch.Tensor, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) estimates without guidance or clipping (the bound's model), in x_t's dtype."""
