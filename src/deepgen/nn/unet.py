@@ -270,7 +270,7 @@ class UNet(nn.Module):
         channel_mult, attention = tuple(channel_mult), tuple(attention)
         _check_settings(in_channels, out_channels, channels, channel_mult, res_blocks, attention, heads, dropout, groups, num_classes)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.channel_mult = channel_mult
+        self.channel_mult, self.attention = channel_mult, attention
         self.factor = 2 ** (len(channel_mult) - 1)
         if image_size is not None:
             self._check_size(*image_size)
@@ -322,11 +322,15 @@ class UNet(nn.Module):
         # The deepest U-Net this size allows: as many halvings as both H and W take.
         halvings = min((n & -n).bit_length() - 1 if n > 0 else 0 for n in (h, w))
         fits = tuple(self.channel_mult[: halvings + 1])
+        # The attention levels must exist in the shorter channel_mult too (else the
+        # suggestion itself is refused, by _check_settings).
+        attention = tuple(a for a in self.attention if a < len(fits))
+        also = f" and attention={attention}" if attention != self.attention else ""
         raise ValueError(
             f"image size {h}x{w} does not fit channel_mult={self.channel_mult}: H and W must be "
             f"divisible by 2**(len(channel_mult) - 1) = {self.factor} (e.g. {self.factor * 7}, "
             f"{self.factor * 8}); for {h}x{w} use len(channel_mult) <= {halvings + 1}, e.g. "
-            f"channel_mult={fits}, or pad the images"
+            f"channel_mult={fits}{also}, or pad the images"
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
