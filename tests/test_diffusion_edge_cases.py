@@ -105,6 +105,23 @@ def test_every_sampler_runs_at_1_2_and_T_steps_and_refuses_T_plus_1(sampler, eta
             model.config.replace(steps=steps)
 
 
+
+def test_reverse_checks_its_overrides_as_the_settings_are():
+    """reverse(sampler=, steps=, eta=) is the configured sampler with those settings: the
+    same numbers as a config that says so, and the settings' own errors (steps=0 was read as
+    'not given' and ran the config's steps)."""
+    model = _mixture_model("x0", timesteps=20, steps=5, eta=1.0)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = model.reverse(x, None, sampler="ddim", steps=3, eta=0.0)
+    model.config = model.config.replace(steps=3, eta=0.0)
+    assert torch.equal(got, model.reverse(x, None))
+    model.config = model.config.replace(eta=1.0)
+    assert model.reverse(x, None, sampler="dpm-solver++").shape == (16, 2)  # DDIM's eta is not dpm-solver++'s: not refused
+    for kw, words in (({"steps": 0}, r"steps must be in 1\.\.timesteps \(20\), got 0"), ({"steps": 21}, "got 21"),
+                      ({"sampler": "euler"}, "unknown sampler 'euler'"), ({"sampler": "ddpm", "eta": 0.5}, "eta is DDIM's setting")):
+        with pytest.raises(UserError, match=words):
+            model.reverse(x, None, **kw)
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 @pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpm-solver++", 0.0)])
 def test_the_parameterisations_of_one_denoiser_sample_the_same(schedule, sampler, eta):

@@ -329,11 +329,13 @@ class DDPM(GenerativeModel):
     def reverse(self, x: torch.Tensor, idx: torch.Tensor | None, *, sampler: str | None = None, steps: int | None = None,
                 eta: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Run a reverse process from x (N, *shape) at its first timestep to x_0 in model
-        space: the config's sampler (or ``sampler``, ``steps``, ``eta``)."""
-        c = self.config
-        name = sampler or c.sampler
-        eta = c.eta if eta is None else eta
-        smp = make_sampler(name, self.schedule, steps or c.steps, eta=None if SAMPLERS.get(name).fixed_eta is not None else eta,
+        space: the config's sampler (or ``sampler``, ``steps``, ``eta``, checked as the
+        settings are: ``steps=0`` is refused, not read as the config's)."""
+        given = {k: v for k, v in (("sampler", sampler), ("steps", steps), ("eta", eta)) if v is not None}
+        if sampler is not None and eta is None and SAMPLERS.get(sampler).fixed_eta is not None:
+            given["eta"] = 0.0  # the config's DDIM eta is not this sampler's ("not set")
+        c = self.config.replace(**given) if given else self.config
+        smp = make_sampler(c.sampler, self.schedule, c.steps, eta=None if SAMPLERS.get(c.sampler).fixed_eta is not None else c.eta,
                            spacing=c.spacing)
         for i, t in enumerate(smp.timesteps):
             x0, eps = self.denoise(x, t, idx)
