@@ -136,6 +136,55 @@ def test_high_dimensional_tables_invert_with_finite_gradients(name):
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
+# -- values outside [0, 1] ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf", "nsf"])
+def test_log_prob_outside_the_unit_box_is_minus_inf(name):
+    """The density of [0, 1] data is 0 outside [0, 1]^D: -inf, never NaN, whatever the
+    mode; the rows inside keep their values, and gradients stay finite."""
+    shape = (1, 4, 4)
+    model = _perturbed(name, _image_spec(shape), IMAGE[name])
+    x = torch.rand(4, *shape) * 0.9 + 0.05
+    with torch.no_grad():
+        inside = model.log_prob(x)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = 1.0 + 1e-3
+    bad[1, 0, 2, 3] = -0.5
+    for train in (False, True):
+        model.train(train)
+        w = bad.clone().requires_grad_(True)
+        lp = model.log_prob(w)
+        assert lp[0].item() == -math.inf and lp[1].item() == -math.inf
+        torch.testing.assert_close(lp[2:], inside[2:])
+        lp.sum().backward()  # -inf, but no NaN gradient: the rows outside get 0
+        assert bool(torch.isfinite(w.grad).all()) and w.grad[:2].abs().max() == 0 and w.grad[2:].abs().max() > 0
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+        model.zero_grad()
+    model.eval()
+    with pytest.raises(UserError, match="NaN"):
+        model.log_prob(x.masked_fill(x > 0.5, float("nan")))
+
+
+@pytest.mark.parametrize("name", ["glow", "maf"])
+def test_codes_of_values_outside_the_unit_box_are_a_user_error(name):
+    shape = (1, 4, 4)
+    model = _perturbed(name, _image_spec(shape), IMAGE[name])
+    x = torch.rand(2, *shape) * 0.5
+    x[1, 0, 3, 3] = 1.5
+    with pytest.raises(UserError, match=r"encode: .*values from 0(\.\d+)? to 1\.5, which have no code"):
+        model.encode(x)
+    x[1, 0, 3, 3] = 1.0
+    assert bool(torch.isfinite(model.encode(x)).all())  # 0 and 1 themselves have codes
+    with pytest.raises(UserError, match="forward: .*no code"):
+        model(x - 1.0)
+    with pytest.raises(UserError, match="no code"):
+        model.interpolate(x[0], x[1] + 2.0, steps=3)
+    with pytest.raises(UserError, match=r"inverse takes codes z \(N, 16\)"):
+        model.inverse(torch.zeros(2, 15))
+
+
 # -- run folders and the command line -------------------------------------------------------------------
 
 

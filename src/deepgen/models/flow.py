@@ -222,8 +222,27 @@ class Flow(GenerativeModel):
     # -- the invertible map (the contract) ---------------------------------------------------
     def forward(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, *shape) in model space -> (z (N, D), log |det dz/dx| (N,)), the logit's
-        log-determinant included."""
+        log-determinant included. [0, 1] data outside [0, 1] has no code (the logit is not
+        defined there): one :class:`UserError` in eval mode (:meth:`_check_unit_box`)."""
+        self._check_unit_box(x, "forward")
         return self._forward(x, self.one_hot(cond, len(x)))
+
+    def _check_unit_box(self, x: torch.Tensor, method: str) -> None:
+        """Refuse [0, 1] (``continuous``) data with values outside [0, 1]. A host read, so
+        only where the base class reads values too (:meth:`check_data`: eval mode, not
+        traced, captured in a CUDA graph or under torch.func)."""
+        if self.pre is None or self.training or not isinstance(x, torch.Tensor) or x.numel() == 0:
+            return
+        if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return
+        if torch._C._functorch.maybe_get_level(x) != -1:
+            return
+        lo, hi = x.detach().aminmax()
+        if float(lo) < 0 or float(hi) > 1:
+            raise UserError(
+                f"{type(self).registered_name}.{method}: this flow models data in [0, 1] (through a logit), and x holds values "
+                f"from {float(lo):g} to {float(hi):g}, which have no code. (log_prob gives them -inf: no density there.)"
+            )
 
     def _forward(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(x)
@@ -236,6 +255,9 @@ class Flow(GenerativeModel):
 
     def inverse(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """z (N, D) -> x (N, *shape), the exact inverse of :meth:`forward`."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.spec.dim:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else f"a {type(z).__name__}"
+            raise UserError(f"{type(self).registered_name}.inverse takes codes z (N, {self.spec.dim}) (what forward returns); got {got}.")
         n = len(z)
         x = self.body.inverse(z.to(self.dtype), self.one_hot(cond, n)).reshape(n, *self.spec.shape)
         return x if self.pre is None else self.pre.inverse(x, None)
@@ -252,8 +274,15 @@ class Flow(GenerativeModel):
 
     def log_prob(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) per example (N,), exact, in nats: a density of the model-space values
-        (dequantized values for quantised data)."""
-        return self._log_prob(x, self.one_hot(cond, len(x)))
+        (dequantized values for quantised data). The density of [0, 1] data is 0 outside
+        [0, 1]^D, so an example with a value outside [0, 1] gets -inf (computed without a
+        host read, its gradient 0); NaN stays NaN (eval mode refuses it)."""
+        c = self.one_hot(cond, len(x))
+        if self.pre is None:
+            return self._log_prob(x, c)
+        x = x.to(self.dtype)
+        outside = ((x < 0) | (x > 1)).flatten(1).any(dim=1)  # (N,)
+        return self._log_prob(x.clamp(0.0, 1.0), c).masked_fill(outside, -math.inf)
 
     def loss(self, batch: Batch, phase: str = "main") -> LossOutput:
         """Mean -log p(y) over the batch (nats per example) at dequantized y for quantised
@@ -287,7 +316,8 @@ class Flow(GenerativeModel):
 
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The code z = f(x): (N, *shape) -> (N, D)."""
-        return self.forward(x, cond=cond)[0]
+        self._check_unit_box(x, "encode")
+        return self._forward(x, self.one_hot(cond, len(x)))[0]
 
     def code_dim(self) -> int:
         """D, the data's size: a flow's code z = f(x) holds as many values as x."""
