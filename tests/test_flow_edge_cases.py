@@ -14,6 +14,7 @@ import torch
 
 import deepgen
 from deepgen.data.dataset import Batch, DataSpec
+from deepgen.data.dequantize import dequantize
 from deepgen.errors import UserError
 from deepgen.nn import flows as fl
 
@@ -183,6 +184,59 @@ def test_codes_of_values_outside_the_unit_box_are_a_user_error(name):
         model.interpolate(x[0], x[1] + 2.0, steps=3)
     with pytest.raises(UserError, match=r"inverse takes codes z \(N, 16\)"):
         model.inverse(torch.zeros(2, 15))
+
+
+def test_the_logit_is_as_exact_near_one_as_near_zero():
+    """float32: log(1 - p) from 1 - x, so x and 1 - x give mirrored values near both ends
+    (before, 0.013 nats per value off at x = 1), and a tiny alpha stays finite at x = 1."""
+    x = torch.tensor([[0.0, 2**-24, 2**-20, 2**-17, 0.25]])  # 1 - x exact in float32
+    for alpha in (1e-6, 0.05):
+        layer = fl.Logit(alpha)
+        y0, ld0 = layer(x)
+        y1, ld1 = layer(1 - x)
+        ref, ref_ld = layer(1 - x.double())
+        torch.testing.assert_close(y1, -y0, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ld1, ld0, atol=1e-5, rtol=0)
+        torch.testing.assert_close(y1.double(), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ld1.double(), ref_ld, atol=1e-5, rtol=0)
+    y, ld = fl.Logit(1e-9)(torch.ones(1, 3))
+    assert bool(torch.isfinite(y).all()) and bool(torch.isfinite(ld).all())
+    assert y[0, 0].item() == pytest.approx(math.log((1 - 1e-9) / 1e-9), rel=1e-6)
+
+
+# -- the figures: nats and bits/dim by hand -----------------------------------------------------------
+
+
+def _identity_log_density(y: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log p(y) of a flow whose body is the identity (every coupling starts so): the logit
+    transform's log-determinant plus log N(logit(p); 0, 1) per value, summed per example."""
+    p = alpha + (1 - 2 * alpha) * y.double()
+    logit = torch.log(p) - torch.log1p(-p)
+    per_value = -0.5 * logit**2 - 0.5 * math.log(2 * math.pi) + math.log(1 - 2 * alpha) - torch.log(p) - torch.log1p(-p)
+    return per_value.flatten(1).sum(1)
+
+
+def test_nats_and_bits_per_dim_agree_with_the_logit_by_hand():
+    spec = _image_spec((1, 2, 2))
+    model = deepgen.create_model("realnvp", spec, scales=1, couplings=1, channels=4).double()
+    alpha = model.config.logit_alpha
+    # Every value at 0.5: logit 0, so log p = D (log 4 + log(1 - 2 alpha) - log(2 pi) / 2).
+    half = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    assert model.log_prob(half).item() == pytest.approx(4 * (math.log(4) + math.log(1 - 2 * alpha) - 0.5 * math.log(2 * math.pi)), abs=1e-12)
+    # The ends mirror each other (the same density at 0 and at 1, in float32 too).
+    ends = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    torch.testing.assert_close(model.float().log_prob(ends), _identity_log_density(ends, alpha).float(), atol=1e-3, rtol=0)
+    model.double()
+    # The loss at the same dequantization draws: nats per example and bits/dim with ln 256.
+    k = torch.tensor([0.0, 1.0, 128.0, 255.0]).reshape(1, 1, 2, 2).repeat(3, 1, 1, 1) / 255
+    torch.manual_seed(3)
+    out = model.loss(Batch(k.double(), None))
+    torch.manual_seed(3)
+    y = dequantize(k.double(), spec)
+    assert bool(((y >= k * 255 / 256) & (y < (k * 255 + 1) / 256)).all())  # level k's bin [k/256, (k+1)/256)
+    nll = -_identity_log_density(y, alpha).mean().item()
+    assert out.logs["nll"].item() == pytest.approx(nll, rel=1e-12)
+    assert out.logs["bits_per_dim"].item() == pytest.approx((nll / 4 + math.log(256)) / math.log(2), rel=1e-12)
 
 
 # -- run folders and the command line -------------------------------------------------------------------
