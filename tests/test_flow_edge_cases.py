@@ -239,6 +239,83 @@ def test_nats_and_bits_per_dim_agree_with_the_logit_by_hand():
     assert out.logs["bits_per_dim"].item() == pytest.approx((nll / 4 + math.log(256)) / math.log(2), rel=1e-12)
 
 
+# -- sampling --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf", "nsf"])
+def test_samples_and_interpolations_are_the_eval_map_in_training_mode(name):
+    """Dropout acts in training only, so a model left in training mode (a fresh one, or
+    after Trainer.fit) still draws the model's samples: the same generator, the same draws
+    as in eval mode; the modules' own modes come back afterwards."""
+    model = _perturbed(name, DataSpec((3,), "real"), VECTOR[name], scale=0.3, dropout=0.5)
+    model.eval()
+    expected = model.sample(4, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3)
+    model.train()
+    model.body.layers[0].eval()  # a mixed mode of the caller's
+    for _ in range(2):
+        assert torch.equal(model.sample(4, generator=torch.Generator().manual_seed(1)), expected)
+        path = model.interpolate(x[0], x[1], steps=3)
+        torch.testing.assert_close(path[[0, -1]], x, atol=1e-5, rtol=1e-5)
+    assert model.training and not model.body.layers[0].training and model.body.layers[1].training
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow"])
+def test_temperatures_zero_and_one_with_one_sample_per_class(name):
+    spec = _image_spec((3, 4, 4), classes=3)
+    model = _perturbed(name, spec, IMAGE[name], conditional=True)
+    mode = torch.zeros(1, 48)
+    for temperature in (0.0, 1.0):
+        model.config = model.config.replace(temperature=temperature)
+        for label in range(3):
+            one = model.sample(1, cond=label, generator=torch.Generator().manual_seed(2))
+            assert one.shape == (1, 3, 4, 4)
+            if temperature == 0:  # z = 0: the mode, put on the levels
+                expected = (model.decode(mode, cond=torch.tensor([label])).clamp(0, 1) * 256).floor().clamp(max=255) / 255
+                torch.testing.assert_close(one, expected)
+    model.config = model.config.replace(temperature=0.0)
+    rows = model.sample(4, cond=torch.tensor([0, 0, 2, 2]))
+    assert torch.equal(rows[0], rows[1]) and torch.equal(rows[2], rows[3]) and not torch.equal(rows[0], rows[2])
+    assert model.sample(0, cond=1).shape == (0, 3, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf", "nsf"])
+def test_float64_and_bf16_autocast_give_the_float32_density(name):
+    spec = _image_spec((3, 4, 4), classes=2)
+    model = _perturbed(name, spec, IMAGE[name], scale=0.05, conditional=True)
+    x = torch.rand(3, *spec.shape) * 0.9 + 0.05
+    y = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        lp = model.log_prob(x, cond=y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lp_bf16 = model.log_prob(x, cond=y)
+            samples = model.sample(2, cond=1)
+        lp64 = model.double().log_prob(x.double(), cond=y)
+        samples64 = model.sample(2, cond=0)
+    assert lp_bf16.dtype == torch.float32 and samples.dtype == torch.float32 and bool(torch.isfinite(samples).all())
+    assert lp64.dtype == torch.float64 and samples64.dtype == torch.float64
+    torch.testing.assert_close(lp_bf16, lp, atol=0.1, rtol=0)
+    torch.testing.assert_close(lp64, lp.double(), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_nsf_density_is_continuous_across_its_tail_bound(autoregressive):
+    """The spline joins the identity tails with slope 1: log p just inside and just outside
+    +-B agree, values at +-B invert exactly, and gradients there are finite."""
+    model = _perturbed("nsf", DataSpec((2,), "real"), VECTOR["nsf"], scale=0.3, autoregressive=autoregressive).double()
+    bound = model.config.tail_bound
+    x = torch.tensor([[bound, 0.3], [-bound, -0.2], [0.1, bound], [bound, -bound]], dtype=torch.float64)
+    for eps in (1e-7, -1e-7):
+        shifted = x + eps * x.sign() * (x.abs() == bound)
+        torch.testing.assert_close(model.log_prob(shifted), model.log_prob(x), atol=1e-5, rtol=0)
+    z, _ = model(x)
+    torch.testing.assert_close(model.inverse(z), x, atol=1e-10, rtol=0)
+    w = x.clone().requires_grad_(True)
+    model.log_prob(w).sum().backward()
+    assert bool(torch.isfinite(w.grad).all())
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
 # -- run folders and the command line -------------------------------------------------------------------
 
 

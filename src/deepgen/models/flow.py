@@ -34,6 +34,8 @@ Shapes: ``N`` batch, ``D`` values per example, images (N, C, H, W), codes z (N, 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -198,6 +200,18 @@ class Flow(GenerativeModel):
         self._forward(x, self.one_hot(batch.y, len(x), checked=False))
         self.train(was)
 
+    @contextmanager
+    def _modes(self, *, train: bool) -> Iterator[None]:
+        """Every submodule in training (``train=True``) or eval mode for the block, each
+        module's own mode restored after it."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.train(train)
+        try:
+            yield
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
     def norm_layers(self, d: int) -> list[fl.Bijection]:
         """The ``norm`` setting's layer for vectors (N, d), as a list: [] for ``"none"``."""
         if self.config.norm == "batchnorm":
@@ -303,11 +317,14 @@ class Flow(GenerativeModel):
         mode of the base density), mapped back; quantised data is put back on its levels.
         ``mean`` is not used: the inverse map is deterministic, so the output has no noise
         of its own to average (and callers pass ``mean=True`` for every image model: it must
-        not turn n draws into n copies of the mode)."""
+        not turn n draws into n copies of the mode). The inverse runs in eval mode whatever
+        the model's mode (no dropout; batch norm's running averages), so the draws are the
+        model's and repeat with the same generator."""
         labels = self.labels(cond, n)
         z = torch.randn((n, self.spec.dim), generator=generator, device=self.device, dtype=self.dtype)
         z = z * self.config.temperature
-        x = self.inverse(z, cond=labels)
+        with self._modes(train=False):
+            x = self.inverse(z, cond=labels)
         if self.spec.kind == "continuous":
             x = x.clamp(0.0, 1.0)
             if self.spec.num_levels:
@@ -332,8 +349,10 @@ class Flow(GenerativeModel):
         self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8, *, cond: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         """Decoded points along the straight line between the codes of x1 and x2 (one
-        example each): (steps, *shape), the first row x1 and the last x2."""
-        return interpolate_codes(self, x1, x2, steps, cond)
+        example each): (steps, *shape), the first row x1 and the last x2. In eval mode
+        whatever the model's mode, as :meth:`sample`."""
+        with self._modes(train=False):
+            return interpolate_codes(self, x1, x2, steps, cond)
 
 
 # -- 2b. vector bodies: dropout against overfitting small tables (the batch norm is nn.flows.BatchNorm) --------
