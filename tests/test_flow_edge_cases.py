@@ -13,10 +13,12 @@ import pytest
 import torch
 
 import deepgen
+from deepgen.data import DataConfig
 from deepgen.data.dataset import Batch, DataSpec
 from deepgen.data.dequantize import dequantize
 from deepgen.errors import UserError
 from deepgen.nn import flows as fl
+from deepgen.training import TrainConfig, Trainer, seed_all
 
 IMAGE = {
     "realnvp": {"scales": 2, "couplings": 1, "channels": 4, "blocks": 1},
@@ -314,6 +316,67 @@ def test_nsf_density_is_continuous_across_its_tail_bound(autoregressive):
     model.log_prob(w).sum().backward()
     assert bool(torch.isfinite(w.grad).all())
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+# -- actnorm: a new trainer on a trained flow ---------------------------------------------------------
+
+
+def _actnorm_state(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for m in model.modules() if isinstance(m, fl.ActNorm) for t in (m.bias, m.log_scale)]
+
+
+def test_data_init_keeps_trained_or_loaded_actnorm_and_redoes_a_provisional_one():
+    spec = _image_spec((1, 4, 4))
+    batch_a = Batch(torch.rand(16, 1, 4, 4), None)
+    batch_b = Batch(torch.rand(16, 1, 4, 4) * 0.5, None)
+    torch.manual_seed(0)
+    model = deepgen.create_model("glow", spec, **IMAGE["glow"])
+    reference = deepgen.create_model("glow", spec, **IMAGE["glow"])
+    reference.load_state_dict(model.state_dict())
+    # A stray training-mode forward (on other data) is provisional: data_init redoes it.
+    model.train()
+    with torch.no_grad():
+        model.log_prob(batch_b.x)
+    torch.manual_seed(1)
+    model.data_init(batch_a)
+    torch.manual_seed(1)
+    reference.data_init(batch_a)
+    for a, b in zip(_actnorm_state(model), _actnorm_state(reference)):
+        torch.testing.assert_close(a, b)
+    # A training step makes the values the layer's own: a later data_init keeps them.
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.loss(Batch(batch_a.x, None)).loss.backward()
+    opt.step()
+    trained = _actnorm_state(model)
+    model.data_init(batch_b)
+    for a, b in zip(_actnorm_state(model), trained):
+        assert torch.equal(a, b)
+    # So do values loaded from a state dict.
+    loaded = deepgen.create_model("glow", spec, **IMAGE["glow"])
+    loaded.load_state_dict(model.state_dict())
+    loaded.data_init(batch_b)
+    for a, b in zip(_actnorm_state(loaded), trained):
+        assert torch.equal(a, b)
+
+
+def test_a_new_trainer_on_a_loaded_flow_starts_from_its_weights(tmp_path):
+    """Fine-tuning a run: the new trainer's data_init leaves the trained actnorms alone,
+    so the first (almost zero-lr) step leaves the density where it was."""
+    data = DataConfig(name="digits", max_train=64)
+    ds = deepgen.load_dataset(data)
+    seed_all(0)
+    model = deepgen.create_model("glow", ds, levels=1, steps=2, channels=4)
+    cfg = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False, tensorboard=False, val_limit=0, log_every=1)
+    Trainer(model, ds, cfg, tmp_path / "run", data_config=data).fit()
+    x = dequantize(ds.convert(ds.test.x[:16]), ds.spec, torch.Generator().manual_seed(0))
+    loaded = deepgen.load_run(tmp_path / "run").model.eval()
+    with torch.no_grad():
+        before = loaded.log_prob(x)
+    tune = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False, tensorboard=False, val_limit=0, max_steps=1, warmup_steps=10**9)
+    Trainer(loaded, ds, tune, None, data_config=data).fit()
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_prob(x), before, atol=1e-3, rtol=0)
 
 
 # -- run folders and the command line -------------------------------------------------------------------

@@ -188,17 +188,21 @@ class Flow(GenerativeModel):
         calls it before the first step (before the weights are broadcast under torchrun
         and the EMA copy is made), so it does not depend on the first training step running
         eagerly (compile skips the actnorm's lazy initialisation). A flow without actnorm
-        has nothing to initialise."""
-        actnorms = [m for m in self.modules() if isinstance(m, fl.ActNorm)]
+        has nothing to initialise.
+
+        Only provisional layers are initialised (:attr:`~deepgen.nn.flows.ActNorm.provisional`:
+        never initialised, or set by a training-mode forward pass and untouched since, e.g. a
+        caller's log_prob before training): a layer whose scale and bias were trained or
+        loaded keeps them, so a new trainer on a trained or loaded flow (fine-tuning) starts
+        from its weights instead of resetting every actnorm."""
+        actnorms = [m for m in self.modules() if isinstance(m, fl.ActNorm) and m.provisional]
         if not actnorms:
             return
         x = dequantize(batch.x, self.spec) if self.spec.bin_width else batch.x
         for m in actnorms:
             m.initialized.fill_(False)
-        was = self.training
-        self.train()
-        self._forward(x, self.one_hot(batch.y, len(x), checked=False))
-        self.train(was)
+        with self._modes(train=True):
+            self._forward(x, self.one_hot(batch.y, len(x), checked=False))
 
     @contextmanager
     def _modes(self, *, train: bool) -> Iterator[None]:

@@ -132,6 +132,7 @@ class ActNorm(Bijection):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self._seen: tuple[int, int] | None = None  # (id, version) of the flag last read
         self._seen_value = False
+        self._set_from_batch: tuple[int, int, int, int] | None = None  # (id, version) of bias and log_scale after initialize
 
     def extra_repr(self) -> str:
         return f"{self.channels}, image={self.image}"
@@ -144,6 +145,18 @@ class ActNorm(Bijection):
 
     def _view(self, p: torch.Tensor) -> torch.Tensor:
         return p.view(1, -1, 1, 1) if self.image else p.view(1, -1)
+
+    def _parameter_versions(self) -> tuple[int, int, int, int]:
+        return id(self.bias), self.bias._version, id(self.log_scale), self.log_scale._version
+
+    @property
+    def provisional(self) -> bool:
+        """True while the layer holds nothing to keep: never initialised, or initialised by
+        :meth:`initialize` (a training-mode forward, on whatever batch it saw) with its scale
+        and bias untouched since. An optimizer step, ``load_state_dict`` or any other change
+        of them in place (their version counters move) makes the values the layer's own.
+        The flows' ``data_init`` initialises provisional layers only. One host read."""
+        return not bool(self.initialized) or self._set_from_batch == self._parameter_versions()
 
     def _needs_init(self) -> bool:
         if not self.training or torch.compiler.is_compiling():
@@ -172,6 +185,7 @@ class ActNorm(Bijection):
             self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
         self._seen, self._seen_value = (id(self.initialized), self.initialized._version), True
+        self._set_from_batch = self._parameter_versions()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) or (N, C) -> (z of the same shape, log_det (N,)); cond is ignored."""
