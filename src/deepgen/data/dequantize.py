@@ -34,7 +34,9 @@ def levels_of(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
 
 
 def dequantize(x: torch.Tensor, spec: DataSpec, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Quantised model-space values x (B, *shape) -> y = (k + u) / L in [0, 1), u ~ U[0, 1).
+    """Quantised model-space values x (B, *shape) -> y = (k + u) / L, u ~ U[0, 1): in [0, 1)
+    exactly, in [0, 1] in float32, which rounds (L - 1 + u) / L to 1.0 for u within about
+    3e-8 of 1 (quantize still gives the top level back; the flows' logit is exact there).
 
     ``generator`` (on x's device) draws u; None uses torch's global generator (graph-safe,
     so a captured training step draws new noise at every replay). Data without levels
