@@ -300,6 +300,25 @@ def test_the_bound_refuses_data_off_its_levels(spec, bad, words):
     assert model.log_prob(x).shape == (1,)
 
 
+
+def test_a_bf16_models_samples_are_scored_at_their_levels():
+    """bfloat16 cannot hold k / 255 (it rounds by up to half a level): a bf16 model's samples
+    are scored on the levels they stand for, the same bound as their float32 values gives
+    (before: bins centred up to half a level off the levels; then refused as off them)."""
+    spec = DataSpec((1, 4, 4), "continuous", num_levels=256)
+    model = deepgen.create_model("ddpm", spec, **{**SMALL_UNET, "attention": ()})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    model.eval()
+    half = deepgen.create_model("ddpm", spec, **{**SMALL_UNET, "attention": ()})
+    half.load_state_dict(model.state_dict())
+    x = half.bfloat16().eval().sample(32, generator=torch.Generator().manual_seed(1))
+    assert x.dtype == torch.bfloat16 and float(((x.double() * 255) - (x.double() * 255).round()).abs().max()) > 0.1
+    levels = (x.float() * 255).round() / 255
+    got = model.log_prob(x, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(got, model.log_prob(levels, generator=torch.Generator().manual_seed(2))) and torch.isfinite(got).all()
+
 # -- the command line ---------------------------------------------------------------------------------
 
 

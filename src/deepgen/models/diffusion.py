@@ -459,10 +459,9 @@ class DDPM(GenerativeModel):
         conditional model p(x | y), unguided whatever the config's ``guidance`` (a guided
         sampler defines no likelihood; :meth:`likelihood_info` says so)."""
         idx = self._index(cond, len(x))
-        self._check_levels(x)
         sched = self.schedule
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        x0 = to_signed(x.to(dt), self.spec)  # the levels exactly, whatever the model's dtype
+        x0 = to_signed(self._on_levels(x, dt), self.spec)  # the levels exactly, whatever the model's and the data's dtype
         n = len(x0)
         ts = torch.arange(0, sched.T, self.config.bound_stride, device=x0.device)  # ascending chain
         dims = tuple(range(1, x0.dim()))
@@ -490,31 +489,40 @@ class DDPM(GenerativeModel):
                 total = total + x0[0].numel() * math.log(2.0)
         return total
 
-    def _check_levels(self, x: torch.Tensor) -> None:
-        """Refuse, with one :class:`UserError`, discrete data x (N, *shape) off its levels.
+    def _on_levels(self, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+        """Discrete data x (N, *shape) in ``dt``, exactly on its levels (binary 0 / 1, the
+        integers 0..L-1, or k / (L - 1) of [0, 1]); other data as it is.
 
-        The bound of discrete data (binary, levels) is a probability of the L values: its
-        decoder gives each level the mass of its bin. A value between levels (a binary pixel
-        given as the probability 0.3, a resized or dequantized 8-bit image) or outside them
-        would be scored as a bin centred on itself: a figure that is no bound of anything.
-        One host read, skipped where :meth:`check_data` skips its value checks (training,
-        tracing, CUDA-graph capture, torch.func transforms such as the anomaly app's vmap)."""
-        if not self._discrete or self.training or x.numel() == 0 or torch.compiler.is_compiling():
-            return
-        if (x.is_cuda and torch.cuda.is_current_stream_capturing()) or torch._C._functorch.maybe_get_level(x) != -1:
-            return
+        The bound of discrete data is a probability of its L values: the decoder gives each
+        level the mass of its bin, centred on the level. Values are put on the nearest level,
+        which undoes the dtype's rounding: in bfloat16 (a bf16 model's own samples) k / 255
+        lies up to half a level away, and was scored as a bin centred off the level. A value
+        farther than that rounding from any level, or outside them (a binary pixel given as
+        the probability 0.3, a resized or dequantized 8-bit image, level 2.5) is refused with
+        one :class:`UserError`: scored, it gave a finite figure that bounds nothing. The
+        check is one host read, skipped where :meth:`check_data` skips its value checks
+        (training, tracing, CUDA-graph capture, torch.func transforms such as the anomaly
+        app's vmap); the rounding is not."""
+        if not self._discrete:
+            return x.to(dt)
         levels = _levels(self.spec)
-        k = x.double() if self.spec.kind == "discrete" else x.double() * (levels - 1)  # level indices, if on them
-        off = ((k - k.round()).abs() > 1e-2) | (k < -1e-2) | (k > levels - 1 + 1e-2)
-        if bool(off.any()):
-            bad = float(x.flatten()[off.flatten().nonzero()[0]])
-            values = ("0 and 1" if self.spec.kind == "binary" else
-                      f"the integers 0..{levels - 1}" if self.spec.kind == "discrete" else f"k / {levels - 1}, k = 0..{levels - 1}")
-            raise UserError(
-                f"ddpm.log_prob: the bound of {self.spec.kind} data is a probability of its {levels} levels ({values}); "
-                f"x holds {int(off.sum())} value(s) off them (e.g. {bad:g}). Pass the data as its dataset gives it "
-                "(binary pixels drawn or thresholded, 8-bit images as k / 255, not dequantized)."
-            )
+        scale = 1 if self.spec.kind == "discrete" else levels - 1  # data value -> level index
+        k = x.to(dt) * scale
+        near = k.round().clamp(0, levels - 1)
+        if not (self.training or x.numel() == 0 or torch.compiler.is_compiling()
+                or (x.is_cuda and torch.cuda.is_current_stream_capturing()) or torch._C._functorch.maybe_get_level(x) != -1):
+            tol = max(1e-2, scale * _half_ulp(levels - 1 if scale == 1 else 1.0, x.dtype))  # in levels: bf16 0.498 of 255
+            off = (k - near).abs() > tol
+            if bool(off.any()):
+                bad = float(x.flatten()[off.flatten().nonzero()[0]])
+                values = ("0 and 1" if self.spec.kind == "binary" else
+                          f"the integers 0..{levels - 1}" if self.spec.kind == "discrete" else f"k / {levels - 1}, k = 0..{levels - 1}")
+                raise UserError(
+                    f"ddpm.log_prob: the bound of {self.spec.kind} data is a probability of its {levels} levels ({values}); "
+                    f"x holds {int(off.sum())} value(s) off them (e.g. {bad:g}). Pass the data as its dataset gives it "
+                    "(binary pixels drawn or thresholded, 8-bit images as k / 255, not dequantized)."
+                )
+        return near / scale
 
     def _estimate(self, xt: torch.Tensor, t: torch.Tensor, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) estimates without guidance or clipping (the bound's model), in x_t's dtype."""
@@ -536,6 +544,14 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _half_ulp(top: float, dtype: torch.dtype) -> float:
+    """The largest rounding error of ``dtype`` on values in [0, top) (half the spacing of its
+    floats below ``top``), 0 for integer dtypes: bfloat16 on [0, 1) rounds by up to 2^-9."""
+    if not dtype.is_floating_point:
+        return 0.0
+    return 2.0 ** math.ceil(math.log2(top) - 1) * torch.finfo(dtype).eps / 2
 
 
 def _levels(spec: DataSpec) -> int:
