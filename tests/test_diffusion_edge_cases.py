@@ -103,6 +103,8 @@ def test_every_sampler_runs_at_1_2_and_T_steps_and_refuses_T_plus_1(sampler, eta
     for steps in (13, 0, -1):
         with pytest.raises(UserError, match=r"steps must be in 1\.\.timesteps \(12\)"):
             model.config.replace(steps=steps)
+    with pytest.raises(UserError, match=r"got 50 \(the sampling steps' default: .* set steps too, e.g. steps=6\)"):
+        deepgen.create_model("ddpm", DataSpec(shape, "real"), hidden=(8,), timesteps=12)  # steps left at its 50
 
 
 

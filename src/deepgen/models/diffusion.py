@@ -123,7 +123,10 @@ class DDPMConfig(ModelConfig):
         self.check(0.0 <= self.p_uncond < 1.0, f"p_uncond must be in [0, 1), got {self.p_uncond}")
         samplers = SAMPLERS.names()
         self.check(self.sampler in samplers, f"sampler must be one of {', '.join(samplers)}, got {self.sampler!r}")
-        self.check(1 <= self.steps <= self.timesteps, f"steps must be in 1..timesteps ({self.timesteps}), got {self.steps}")
+        default = type(self).__dataclass_fields__["steps"].default
+        hint = (f" (the sampling steps' default: with timesteps below {default}, set steps too, e.g. steps={self.timesteps // 2 or 1})"
+                if self.steps == default > self.timesteps else "")
+        self.check(1 <= self.steps <= self.timesteps, f"steps must be in 1..timesteps ({self.timesteps}), got {self.steps}{hint}")
         self.check(0 <= self.eta <= 1, f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM's variance), got {self.eta}")
         fixed = SAMPLERS.get(self.sampler).fixed_eta
         if fixed is not None:  # 0 is the default, read as "not set"
