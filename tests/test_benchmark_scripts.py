@@ -336,9 +336,10 @@ def test_diffusion_quality_scores_each_sampler_setting_separately(real_data_dir:
     monkeypatch.setattr(dq, "digit_classifier", lambda ds, device: Classifier())
     run, out = tmp_path / "run", tmp_path / "q.json"
     common = ["--tiny", "--max-train", "64", "--samples", "32", "--data-dir", str(real_data_dir), "--device", "cpu", "--run-dir", str(run),
-              "--pictures", str(tmp_path / "pics"), "--out", str(out)]
+              "--out", str(out)]
     assert dq.main([*common, "--time-budget", "1", "--settings", "conditional=true", "--grid", "ddim:5:0,dpm-solver++:3:0,ddim:50:0",
-                    "--guidance", "0,2", "--guidance-config", "ddim:4:0", "--bound-stride", "5", "--bound-limit", "8"]) == 0
+                    "--guidance", "0,2", "--guidance-config", "ddim:4:0", "--bound-stride", "5", "--bound-limit", "8",
+                    "--pictures", str(tmp_path / "pics")]) == 0
     rec = json.loads(out.read_text())
     assert [(r["sampler"], r["steps"]) for r in rec["fid"]] == [("ddim", 5), ("dpm-solver++", 3)]  # 50 > timesteps: left out
     assert rec["fid"][0]["fid"] != rec["fid"][1]["fid"] and all(math.isfinite(r["fid"]) for r in rec["fid"])
@@ -346,6 +347,7 @@ def test_diffusion_quality_scores_each_sampler_setting_separately(real_data_dir:
     assert math.isfinite(rec["bound"]["nll_bpd"]) and "every 5-th" in rec["bound"]["note"]
     assert len(list((tmp_path / "pics").glob("mnist_*.png"))) == 4
     first = rec["steps"]
+    # The resumed call scores without --pictures (64 more samples a configuration): the first drew and counted them.
     assert dq.main([*common, "--resume", "--time-budget", "1", "--grid", "ddim:5:0"]) == 0
     again = json.loads(out.read_text())
     assert again["resumed"] and again["steps"] > first
