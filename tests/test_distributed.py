@@ -138,8 +138,7 @@ def test_a_resumed_two_rank_run_equals_an_uninterrupted_one(tmp_path):
     have trained straight through."""
     full, part = tmp_path / "full", tmp_path / "part"
     args = ["train", "vae", *TRAIN[1:], "--set", "log_every=1"]
-    _deepgen([*args, "--epochs", "2", "--out", str(full)], ranks=2)
-    _deepgen([*args, "--epochs", "1", "--out", str(part)], ranks=2)
+    _together(([*args, "--epochs", "2", "--out", str(full)], 2), ([*args, "--epochs", "1", "--out", str(part)], 2))
     _deepgen(["train", "--resume", str(part), "--epochs", "2"], ranks=2)
     assert _losses(part) == pytest.approx(_losses(full), rel=1e-6)
     wa, wb = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
