@@ -55,7 +55,8 @@ def test_train_sample_eval_round_trip(tmp_path: Path, capsys: pytest.CaptureFixt
     metrics = "recon,elbo,nll" if model == "vae" else "recon"
     capsys.readouterr()
     extra = ["--set", "iwae_k=5"] if model == "vae" else []
-    assert main(["eval", str(run), "--metrics", metrics, "--device", "cpu", "--limit", "50", *extra]) == 0
+    # No --metrics: those of recon, elbo and nll the model supports (all three for a VAE).
+    assert main(["eval", str(run), "--device", "cpu", "--limit", "50", *extra]) == 0
     table = capsys.readouterr().out
     assert "recon_mse" in table and "n" in table
     report = json.loads((run / "eval.json").read_text())
@@ -68,6 +69,21 @@ def test_train_sample_eval_round_trip(tmp_path: Path, capsys: pytest.CaptureFixt
     report2 = json.loads((run / "eval.json").read_text())
     assert set(report2) == set(report) and report2["recon"]["train"]["n"] == 20
     assert report2["recon"]["test"] == report["recon"]["test"]
+
+
+def test_eval_default_metrics_are_what_the_model_supports() -> None:
+    import deepgen
+    from deepgen.errors import UserError
+    from deepgen.metrics import default_metrics
+
+    ds = deepgen.load_dataset("ring8")
+    assert default_metrics(deepgen.create_model("vae", ds)) == ["recon", "elbo", "nll"]
+    assert default_metrics(deepgen.create_model("ae", ds)) == ["recon"]
+    for name in ("maf", "ddpm"):
+        assert default_metrics(deepgen.create_model(name, ds)) == ["nll"], name
+    assert default_metrics(deepgen.create_model("made", deepgen.load_dataset("digits"))) == ["nll"]
+    with pytest.raises(UserError, match=r"none of the default metrics.*--metrics.*supports: .*fid"):
+        default_metrics(deepgen.create_model("gan", ds))
 
 
 def test_toy_2d_run_writes_scatters_and_csv(tmp_path: Path) -> None:

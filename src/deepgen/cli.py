@@ -618,10 +618,10 @@ def _read_eval(path: Path) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``deepgen eval``: metrics of a run; print a table and merge them into ``eval.json``."""
     from .io import write_json
-    from .metrics import check_metrics, eval_figures, evaluate, format_table
+    from .metrics import check_metrics, default_metrics, eval_figures, evaluate, format_table
     from .training import load_run
 
-    names = _metric_names(args.metrics)
+    names = None if args.metrics is None else _metric_names(args.metrics)
     device = _device(args.device)
     if args.limit < 0:
         raise UserError(f"--limit must be >= 0 (0 = the whole split), got {args.limit}.")
@@ -634,7 +634,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     data_sets = {k.removeprefix("data."): settings.pop(k) for k in list(settings) if k.removeprefix("data.") in EVAL_DATA_SETTINGS}
     _check_run_settings(args.run, settings, "eval", EVAL_DATA_SETTINGS)
     run = load_run(args.run, device=device, model_overrides=settings or None, checkpoint=_which_checkpoint(args.checkpoint))
-    check_metrics(run.model, names)
+    names = default_metrics(run.model) if names is None else check_metrics(run.model, names)
     dataset = run.load_dataset(**run.data_config.with_overrides(data_sets).to_dict()) if data_sets else run.load_dataset()
     table: dict[str, Any] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -1209,7 +1209,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--metrics", default="recon,elbo,nll", help="comma-separated metric names (default recon,elbo,nll)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metric names (default: those of recon, elbo and nll the model supports)")
     p.add_argument("--split", default="test", choices=["train", "test", "val"], help="split to evaluate (default test; val: the run's held-out validation split)")
     p.add_argument("--limit", type=int, default=0, help="use the first N examples (default 0 = all)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per model call (default 256)")

@@ -453,6 +453,25 @@ def _supports(model: GenerativeModel, name: str) -> bool:
     return needs is None or isinstance(model, CAPABILITIES[needs])
 
 
+DEFAULT_METRICS = ("recon", "elbo", "nll")
+
+
+def default_metrics(model: GenerativeModel) -> list[str]:
+    """The metrics ``deepgen eval`` computes when none are named: those of recon, elbo and
+    nll the model supports (a VAE all three, an autoencoder recon, a flow, an autoregressive
+    model or ddpm nll). A model with none of them (a GAN) raises one :class:`UserError`
+    naming the metrics it does support, which are then asked for by name."""
+    names = [n for n in DEFAULT_METRICS if _supports(model, n)]
+    if names:
+        return names
+    label = getattr(model, "registered_name", "") or type(model).__name__
+    supported = [n for n in METRICS.names() if _supports(model, n)]
+    raise UserError(
+        f"model {label!r} has none of the default metrics ({', '.join(DEFAULT_METRICS)}); name the metrics with --metrics. "
+        f"This model supports: {', '.join(supported) or 'none'}."
+    )
+
+
 def check_metrics(model: GenerativeModel, names: list[str] | tuple[str, ...] | str) -> list[str]:
     """Parse metric names and check the model can provide each; return the names.
 
