@@ -168,7 +168,11 @@ class ArrayCodec:
         x = (np.asarray(X, dtype=np.float64) - self.low) / (self.high - self.low)
         x = (np.clip(x, 0.0, 1.0) if clip else x).astype(np.float32)
         if self.channels_last:
-            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            # A copy, not ascontiguousarray: with one channel the transposed view already
+            # counts as contiguous (numpy ignores the strides of size-1 axes) and keeps a
+            # channel stride of 1, which torch's convolutions read as channels-last and
+            # compute in another order (grey (N, H, W, 1) codes differed from (N, 1, H, W) ones by 4e-8).
+            return x.transpose(0, 3, 1, 2).copy(order="C")
         return x.reshape(len(X), *self.spec.shape)
 
     def from_model(self, x: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
