@@ -98,7 +98,9 @@ def test_conditional_capabilities_take_cond(name, data_dir):
         with pytest.raises(UserError, match="labels must be in 0..9"):
             model.sample(2, cond=torch.tensor([0, 10]))
     unconditional = deepgen.create_model(name, ds)
-    assert unconditional.num_classes is None and unconditional.labels(torch.tensor([1, 2]), 2) is None
+    assert unconditional.num_classes is None and unconditional.labels(None, 2) is None
+    with pytest.raises(UserError, match="is unconditional: it takes no labels"):  # not silently ignored
+        unconditional.labels(torch.tensor([1, 2]), 2)
 
 
 def test_every_model_with_a_likelihood_declares_it():

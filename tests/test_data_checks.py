@@ -189,3 +189,17 @@ def test_complete_checks_its_mask(name: str) -> None:
         model.complete(x, torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(UserError, match="known"):
         model.complete(x, None)  # type: ignore[arg-type]
+
+
+SAMPLE_COND_MODELS = [n for n in model_names() if "cond" in __import__("inspect").signature(model_class(n).sample).parameters]
+
+
+@pytest.mark.parametrize("name", SAMPLE_COND_MODELS)
+def test_an_unconditional_model_refuses_labels(name: str) -> None:
+    """Labels given to an unconditional model were silently ignored (sample(n, cond=3) gave
+    unconditional samples); they are one UserError. Without labels it samples as before."""
+    model = deepgen.create_model(name, _spec_for(name)).eval()
+    assert model.num_classes is None
+    with pytest.raises(UserError, match=rf"this {name} is unconditional: it takes no labels"):
+        model.sample(2, cond=1)
+    assert model.sample(2).shape == (2, *model.spec.shape)

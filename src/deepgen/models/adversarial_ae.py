@@ -186,8 +186,9 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
     ) -> torch.Tensor:
         """n examples (n, *shape): decode z ~ p(z); the head's mean with ``mean=True``, else a draw.
 
-        ``cond`` is ignored (the aae is unconditional).
+        ``cond`` is refused (the aae is unconditional).
         """
+        self.labels(cond, n)
         params = self.decoder(self.prior_sample(n, generator))
         return self.head.mean(params) if mean else self.head.sample(params, generator)
 
@@ -198,5 +199,6 @@ class AdversarialAutoencoder(LatentCodeMixin, GenerativeModel):
         return self.encoder(self.encoder_input(x))
 
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Codes z = E(x): (N, *shape) -> (N, L). Differentiable; ``cond`` is ignored (unconditional)."""
+        """Codes z = E(x): (N, *shape) -> (N, L). Differentiable; ``cond`` is refused (unconditional)."""
+        self.labels(cond, len(x))
         return self._codes(x)

@@ -325,15 +325,17 @@ class Autoencoder(LatentCodeMixin, GenerativeModel):
         """n examples (n, *shape): decode codes from the fitted N(mu, Sigma).
 
         ``mean=True`` returns the head's mean, else a draw from p(x | z) of the data's kind.
-        ``cond`` is ignored: these autoencoders are unconditional.
+        ``cond`` is refused: these autoencoders are unconditional.
         """
+        self.labels(cond, n)
         with torch.no_grad():
             params = self.decoder(self.sample_codes(n, generator))
             return self.head.mean(params) if mean else self.head.sample(params, generator)
 
     # -- capabilities -------------------------------------------------------------------
     def encode(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Codes h = f(x): (N, *shape) -> (N, latent_dim). Differentiable; ``cond`` is ignored (unconditional)."""
+        """Codes h = f(x): (N, *shape) -> (N, latent_dim). Differentiable; ``cond`` is refused (unconditional)."""
+        self.labels(cond, len(x))
         return self.squash(self.encoder(x))
 
 

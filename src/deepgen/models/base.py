@@ -433,8 +433,8 @@ class GenerativeModel(nn.Module):
     ) -> torch.Tensor:
         """``n`` new examples (n, *spec.shape) in the data's space.
 
-        ``cond``: labels (n,) (or one label for all) for conditional models; ignored by
-        unconditional ones. ``mean=True`` returns the mean of the output distribution
+        ``cond``: labels (n,) (or one label for all) for conditional models; refused by
+        unconditional ones (one UserError, :meth:`labels`). ``mean=True`` returns the mean of the output distribution
         instead of a draw from it, where the family has one (:meth:`has_output_mean`).
         """
         raise NotImplementedError
@@ -462,12 +462,18 @@ class GenerativeModel(nn.Module):
     def labels(self, cond: torch.Tensor | int | Sequence[int] | None, n: int) -> torch.Tensor | None:
         """Labels for ``n`` examples as int64 (n,) on the model's device; None when unconditional.
 
-        ``cond``: (n,) labels, or one label for all n. A conditional model given no labels
-        raises one :class:`UserError` (unless it declares ``null_label``: then every
-        example gets :data:`NULL_LABEL`); labels outside 0..C-1 (and NULL_LABEL where
-        accepted) are refused.
+        ``cond``: (n,) labels, or one label for all n. An unconditional model given labels
+        raises one :class:`UserError`, and so does a conditional model given none (unless it
+        declares ``null_label``: then every example gets :data:`NULL_LABEL`); labels outside
+        0..C-1 (and NULL_LABEL where accepted) are refused.
         """
         if self.num_classes is None:
+            if cond is not None:
+                # Labels given to an unconditional model were silently ignored: samples that
+                # looked conditional were not.
+                name = type(self).registered_name or type(self).__name__
+                raise UserError(f"this {name} is unconditional: it takes no labels (cond=). "
+                                "Train it with conditional=true for class-conditional outputs.")
             return None
         c = self.num_classes
         if cond is None:
@@ -515,6 +521,8 @@ class GenerativeModel(nn.Module):
         return torch.where(y < 0, torch.full_like(y, self.num_classes), y)
 
     def _label_tensor(self, cond: torch.Tensor | int | None, n: int, checked: bool) -> torch.Tensor | None:
+        if self.num_classes is None and not checked:  # batch labels inside loss(): unused
+            return None
         if checked or cond is None or self.num_classes is None:
             return self.labels(cond, n)
         y = torch.as_tensor(cond, device=self.device).reshape(-1).long()
