@@ -26,6 +26,8 @@ import pytest
 import torch
 
 import deepgen
+import deepgen.analysis
+import deepgen.cli
 from deepgen.cli import main
 from deepgen.data.dataset import DataSpec
 from deepgen.errors import UserError
@@ -36,6 +38,17 @@ from deepgen.training import load_run
 QUIET = ["--set", "progress=false", "--set", "tensorboard=false", "--set", "max_train=64", "--set", "max_steps=2"]
 SMALL_DDPM = ["--set", "channels=8", "--set", "channel_mult=1,2", "--set", "res_blocks=1", "--set", "timesteps=20", "--set", "steps=4"]
 DIGITS = DataSpec((1, 8, 8), "continuous", num_levels=17, num_classes=10, name="digits")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_pictures():
+    # The runs here are trained for what sample, eval and score say and accept; the pictures
+    # and the analysis that `train` draws along the way and at its end come from the same
+    # code for every run, and the CLI's and each family's own tests draw and check them.
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(deepgen.cli, "_pictures", lambda: [])
+        m.setattr(deepgen.analysis, "write_analysis", lambda *a, **k: [])
+        yield
 
 
 def _train(root: Path, name: str, model: str, *settings: str, data: str = "digits") -> Path:
