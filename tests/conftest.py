@@ -84,6 +84,16 @@ class ClassifierJob:
         self._err.close()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files whose tests use ``mnist_net`` run last, each in its own order: the
+    background training (about 210 s of one core) then has the idle core of the whole
+    session instead of the part before tests/test_features.py, and those tests find the
+    network trained instead of waiting for it."""
+    users = {item.path for item in items if "mnist_net" in getattr(item, "fixturenames", ())}
+    if users:
+        items[:] = [item for item in items if item.path not in users] + [item for item in items if item.path in users]
+
+
 @pytest.fixture(scope="session")
 def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder for the session, so the real MNIST classifier is trained once."""
