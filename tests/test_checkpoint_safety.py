@@ -523,7 +523,10 @@ def test_sigkill_at_random_instants_never_loses_the_last_checkpoint(tmp_path: Pa
         assert loaded.step == ck.step >= last_step
         _verify_whole(run)
         last_step = ck.step
-    assert kills >= 20 and mid_write >= 2 and no_checkpoint >= 1, (kills, mid_write, no_checkpoint)
+    # no_checkpoint (the first kill landed before the first checkpoint) is aimed for but not
+    # required: it depends on the kill beating a write about 20 ms away, and a loaded CI
+    # machine must not fail the suite on a scheduling delay; when it happens it is checked above.
+    assert kills >= 20 and mid_write >= 2, (kills, mid_write, no_checkpoint)
     assert last_step == STEPS
     for name in (ckpt.WEIGHTS, ckpt.EMA_WEIGHTS):
         a = ckpt.current_checkpoint(full).read_tensors(name)
