@@ -312,6 +312,17 @@ class GenerativeModel(nn.Module):
             if not _is_whole(steps) or steps < 1:
                 raise UserError(f"{where} takes steps, the points along the path, as a whole number >= 1; got {steps!r}.")
 
+    def may_read_values(self, x: torch.Tensor) -> bool:
+        """Whether a check of ``x``'s values (a host read) may run: in eval mode, on a
+        non-empty tensor, and not while traced by torch.compile, captured in a CUDA graph or
+        under a torch.func transform (vmap, grad: the applications score through vmap).
+        :meth:`check_data` and the families' own value checks ask it."""
+        if self.training or x.numel() == 0 or torch.compiler.is_compiling():
+            return False
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return False
+        return torch._C._functorch.maybe_get_level(x) == -1
+
     def check_data(self, x: Any, method: str = "this method") -> None:
         """Refuse, with one :class:`UserError`, data ``x`` that is not (N, *spec.shape).
 
@@ -332,12 +343,8 @@ class GenerativeModel(nn.Module):
             raise UserError(
                 f"{where} takes x of shape {want}: N examples of the data's shape {tuple(spec.shape)}; got {tuple(x.shape)}."
             )
-        if self.training or x.numel() == 0 or torch.compiler.is_compiling():
+        if not self.may_read_values(x):
             return
-        if x.is_cuda and torch.cuda.is_current_stream_capturing():
-            return
-        if torch._C._functorch.maybe_get_level(x) != -1:
-            return  # under torch.func.vmap / grad (the applications score through vmap): no host reads
         if x.is_floating_point() or x.is_complex():
             bad = int((~torch.isfinite(x)).sum())
             if bad:

@@ -512,8 +512,7 @@ class DDPM(GenerativeModel):
         scale = 1 if self.spec.kind == "discrete" else levels - 1  # data value -> level index
         k = x.to(dt) * scale
         near = k.round().clamp(0, levels - 1)
-        if not (self.training or x.numel() == 0 or torch.compiler.is_compiling()
-                or (x.is_cuda and torch.cuda.is_current_stream_capturing()) or torch._C._functorch.maybe_get_level(x) != -1):
+        if self.may_read_values(x):
             tol = max(1e-2, scale * _half_ulp(levels - 1 if scale == 1 else 1.0, x.dtype))  # in levels: bf16 0.498 of 255
             off = (k - near).abs() > tol
             if bool(off.any()):

@@ -249,11 +249,7 @@ class Flow(GenerativeModel):
         """Refuse [0, 1] (``continuous``) data with values outside [0, 1]. A host read, so
         only where the base class reads values too (:meth:`check_data`: eval mode, not
         traced, captured in a CUDA graph or under torch.func)."""
-        if self.pre is None or self.training or not isinstance(x, torch.Tensor) or x.numel() == 0:
-            return
-        if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return
-        if torch._C._functorch.maybe_get_level(x) != -1:
+        if self.pre is None or not isinstance(x, torch.Tensor) or not self.may_read_values(x):
             return
         lo, hi = x.detach().aminmax()
         if float(lo) < 0 or float(hi) > 1:
