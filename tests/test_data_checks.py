@@ -203,3 +203,25 @@ def test_an_unconditional_model_refuses_labels(name: str) -> None:
     with pytest.raises(UserError, match=rf"this {name} is unconditional: it takes no labels"):
         model.sample(2, cond=1)
     assert model.sample(2).shape == (2, *model.spec.shape)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_sample_runs_in_eval_mode_whatever_the_models_mode(name: str) -> None:
+    """sample (and interpolate) are the model's, not a training-time perturbation of it: in
+    training mode they give the eval-mode draws (no dropout, batch norm's running statistics,
+    which they leave as they were), and each module's mode is restored afterwards."""
+    try:  # with dropout where the model takes it on this data
+        model = deepgen.create_model(name, _spec_for(name), dropout=0.5)
+    except (UserError, TypeError):
+        model = deepgen.create_model(name, _spec_for(name))
+    model.eval()
+    want = model.sample(3, generator=torch.Generator().manual_seed(0))
+    model.train()
+    first = next(iter(model.children()), None)
+    if first is not None:
+        first.eval()  # a caller's mixed modes come back as they were
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    got = model.sample(3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert model.training and (first is None or not first.training)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())

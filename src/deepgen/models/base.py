@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -161,6 +162,12 @@ DATA_METHODS: tuple[str, ...] = ("log_prob", "elbo", "encode", "reconstruct", "r
 CHECKED_METHODS: tuple[str, ...] = (*DATA_METHODS, "sample", "decode", "interpolate")
 
 
+#: Methods that run in eval mode whatever the model's mode, each module's own mode restored
+#: after: their outputs are the model's (no dropout, batch norm's running statistics, and
+#: no update of them), not a training-time perturbation, and repeat with the same generator.
+EVAL_METHODS: tuple[str, ...] = ("sample", "interpolate")
+
+
 def _argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], i: int, name: str, default: Any = None) -> Any:
     return args[i] if len(args) > i else kwargs.get(name, default)
 
@@ -184,6 +191,9 @@ def _checking(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     @functools.wraps(fn)
     def call(self: GenerativeModel, *args: Any, **kwargs: Any) -> Any:
         self.check_arguments(name, args, kwargs)
+        if name in EVAL_METHODS:
+            with self.modes(train=False):
+                return fn(self, *args, **kwargs)
         return fn(self, *args, **kwargs)
 
     call._checks_arguments = True  # type: ignore[attr-defined]
@@ -268,6 +278,18 @@ class GenerativeModel(nn.Module):
             fn = getattr(cls, name, None)
             if callable(fn) and not getattr(fn, "_checks_arguments", False):
                 setattr(cls, name, _checking(fn, name))
+
+    @contextmanager
+    def modes(self, *, train: bool) -> Iterator[None]:
+        """Every submodule in training (``train=True``) or eval mode for the block, each
+        module's own mode restored after it (a caller's mixed modes too)."""
+        saved = [(m, m.training) for m in self.modules()]
+        self.train(train)
+        try:
+            yield
+        finally:
+            for m, mode in saved:
+                m.training = mode
 
     def code_dim(self) -> int | None:
         """The width D of the codes (N, D) that ``encode`` returns and ``decode`` takes;

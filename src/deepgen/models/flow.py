@@ -34,8 +34,6 @@ Shapes: ``N`` batch, ``D`` values per example, images (N, C, H, W), codes z (N, 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -201,20 +199,8 @@ class Flow(GenerativeModel):
         x = dequantize(batch.x, self.spec) if self.spec.bin_width else batch.x
         for m in actnorms:
             m.initialized.fill_(False)
-        with self._modes(train=True):
+        with self.modes(train=True):
             self._forward(x, self.one_hot(batch.y, len(x), checked=False))
-
-    @contextmanager
-    def _modes(self, *, train: bool) -> Iterator[None]:
-        """Every submodule in training (``train=True``) or eval mode for the block, each
-        module's own mode restored after it."""
-        modes = [(m, m.training) for m in self.modules()]
-        self.train(train)
-        try:
-            yield
-        finally:
-            for m, mode in modes:
-                m.training = mode
 
     def norm_layers(self, d: int) -> list[fl.Bijection]:
         """The ``norm`` setting's layer for vectors (N, d), as a list: [] for ``"none"``."""
@@ -317,14 +303,12 @@ class Flow(GenerativeModel):
         mode of the base density), mapped back; quantised data is put back on its levels.
         ``mean`` is not used: the inverse map is deterministic, so the output has no noise
         of its own to average (and callers pass ``mean=True`` for every image model: it must
-        not turn n draws into n copies of the mode). The inverse runs in eval mode whatever
-        the model's mode (no dropout; batch norm's running averages), so the draws are the
-        model's and repeat with the same generator."""
+        not turn n draws into n copies of the mode). In eval mode whatever the model's mode
+        (:data:`~deepgen.models.base.EVAL_METHODS`): no dropout, batch norm's running averages."""
         labels = self.labels(cond, n)
         z = torch.randn((n, self.spec.dim), generator=generator, device=self.device, dtype=self.dtype)
         z = z * self.config.temperature
-        with self._modes(train=False):
-            x = self.inverse(z, cond=labels)
+        x = self.inverse(z, cond=labels)
         if self.spec.kind == "continuous":
             x = x.clamp(0.0, 1.0)
             if self.spec.num_levels:
@@ -351,8 +335,7 @@ class Flow(GenerativeModel):
         """Decoded points along the straight line between the codes of x1 and x2 (one
         example each): (steps, *shape), the first row x1 and the last x2. In eval mode
         whatever the model's mode, as :meth:`sample`."""
-        with self._modes(train=False):
-            return interpolate_codes(self, x1, x2, steps, cond)
+        return interpolate_codes(self, x1, x2, steps, cond)
 
 
 # -- 2b. vector bodies: dropout against overfitting small tables (the batch norm is nn.flows.BatchNorm) --------
