@@ -213,6 +213,16 @@ def kernel_category(name: str) -> str:
     return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
 
 
+def kernels_only(prof, gpu: bool) -> list[tuple[str, float]]:
+    """(kernel name, device time) from the operators' kernel lists: the fallback where the
+    profiler's averages carry no device-type rows."""
+    out: dict[str, float] = {}
+    for e in prof.events() if gpu else []:
+        for k in getattr(e, "kernels", None) or []:
+            out[k.name] = out.get(k.name, 0.0) + k.duration
+    return list(out.items())
+
+
 def profile_kernels(step, steps: int, device: torch.device) -> dict:
     """GPU time by kernel category and the 15 longest kernels over ``steps`` calls of
     ``step`` (already warmed up): {"ms_per_step", "by_category": {cat: share}, "top": [...]}."""
@@ -220,11 +230,15 @@ def profile_kernels(step, steps: int, device: torch.device) -> dict:
 
     gpu = device.type == "cuda"  # on a CPU (the smoke test): the operators' own CPU time
     sync(device)
-    with profile(activities=[ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]) as prof:
+    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]  # the CPU side: which operator launched each kernel
+    with profile(activities=acts, record_shapes=gpu) as prof:
         for _ in range(steps):
             step()
         sync(device)
-    kernels = [(e.key, e.device_time_total if gpu else e.self_cpu_time_total) for e in prof.key_averages() if e.key]
+    # On the GPU the kernels' own time (device type CUDA rows); the CPU rows of the operators
+    # that launched them would count each kernel twice.
+    kernels = [(e.key, e.self_device_time_total if gpu else e.self_cpu_time_total) for e in prof.key_averages()
+               if e.key and (not gpu or e.device_type == torch.autograd.DeviceType.CUDA)] or kernels_only(prof, gpu)
     kernels = [(k, t) for k, t in kernels if t > 0]
     total = sum(t for _, t in kernels) or 1.0
     by_cat: dict[str, float] = {}
@@ -232,7 +246,29 @@ def profile_kernels(step, steps: int, device: torch.device) -> dict:
         by_cat[kernel_category(name)] = by_cat.get(kernel_category(name), 0.0) + t
     top = sorted(kernels, key=lambda kv: -kv[1])[:15]
     return {"ms_per_step": total / steps / 1e3, "by_category": {k: v / total for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
-            "top": [{"kernel": k[:120], "share": t / total, "category": kernel_category(k)} for k, t in top]}
+            "top": [{"kernel": k[:120], "share": t / total, "category": kernel_category(k)} for k, t in top],
+            "sources": kernel_sources(prof.events(), [k for k, _ in top[:3]], total) if gpu else {}}
+
+
+def kernel_sources(events, names: list[str], total: float, chains: int = 6) -> dict[str, list[dict]]:
+    """For each kernel of ``names``: the operators that launched it, as chains of operator
+    names from the launching one outwards (``aten::copy_ < aten::contiguous <
+    aten::cudnn_convolution``) with the launching one's input shapes, and the share of the
+    profile's device time each chain takes (its ``chains`` largest). What a kernel's name
+    alone cannot say: which layer or conversion asks for it."""
+    by: dict[str, dict[str, float]] = {n: {} for n in names}
+    for e in events:
+        for k in getattr(e, "kernels", None) or []:
+            if k.name not in by:
+                continue
+            chain, p = [e.name], getattr(e, "cpu_parent", None)
+            while p is not None and len(chain) < 7:
+                chain.append(p.name)
+                p = getattr(p, "cpu_parent", None)
+            key = " < ".join(chain) + f" {list(getattr(e, 'input_shapes', None) or [])[:3]}"
+            by[k.name][key] = by[k.name].get(key, 0.0) + k.duration
+    return {n[:120]: [{"ops": c, "share": t / total} for c, t in sorted(d.items(), key=lambda kv: -kv[1])[:chains]]
+            for n, d in by.items()}
 
 
 def profile_training(ds, settings: dict, batch: int, args, device: torch.device) -> dict:
@@ -358,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"profile {name}: {prof['ms_per_step']:.2f} ms of device time per step; {shares}", flush=True)
                 for k in prof["top"]:
                     print(f"  {k['share']:.1%} {k['category']}: {k['kernel']}", flush=True)
+                for kernel, chains in prof.get("sources", {}).items():
+                    print(f"  launched {kernel[:60]} ...:", flush=True)
+                    for c in chains:
+                        print(f"    {c['share']:.1%} {c['ops'][:300]}", flush=True)
             else:
                 print(f"profile {name}: {prof}", flush=True)
     print(f"\nparameters: deepgen {record['parameters']:,}, diffusers {record['diffusers_parameters']:,}")

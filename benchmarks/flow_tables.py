@@ -118,7 +118,7 @@ def gmm_row(ds: Dataset, seed: int, tiny: bool) -> dict:
     ll = g.score_samples(te)
     return {"model": "gaussian-mixture", "components": k, "covariance": cov, "reg_covar": reg, "val_ll": v,
             "test_ll": float(ll.mean()), "test_ll_sem": float(ll.std(ddof=1) / math.sqrt(len(ll))),
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1), "_ll": ll}
 
 
 def train_settings(args, **over) -> dict:
@@ -160,7 +160,15 @@ def test_figures(model: torch.nn.Module, ds: Dataset, device: str) -> dict:
     with torch.no_grad():
         test = ds.convert(ds.test.x).to(device)
         ll = torch.cat([model.log_prob(chunk).double().cpu() for chunk in test.split(8192)])
-    return {"test_ll": float(ll.mean()), "test_ll_sem": float(ll.std() / math.sqrt(len(ll)))}
+    return {"test_ll": float(ll.mean()), "test_ll_sem": float(ll.std() / math.sqrt(len(ll))), "_ll": ll.numpy()}
+
+
+def paired(flow_ll: np.ndarray, mixture_ll: np.ndarray) -> dict:
+    """The flow's test log-likelihood minus the mixture's, example by example: its mean and
+    standard error. Both models score the same test rows, so this error is the one that says
+    whether the flow beats the mixture (the rows' own spread, common to both, cancels)."""
+    d = flow_ll - mixture_ll
+    return {"vs_mixture": float(d.mean()), "vs_mixture_sem": float(d.std(ddof=1) / math.sqrt(len(d)))}
 
 
 def flow_row(name: str, ds: Dataset, candidates: list[tuple[dict, dict]], args) -> dict:
@@ -197,6 +205,16 @@ def candidates(name: str, data: str, args) -> list[tuple[dict, dict]]:
         over["dropout"] = args.dropout
     if args.norm != "none":
         over["norm"] = args.norm
+    if args.settings:
+        import ast
+
+        from deepgen.config import parse_assignments
+
+        for k, v in parse_assignments(args.settings).items():  # numbers and tuples as Python reads them, the rest text
+            try:
+                over[k] = ast.literal_eval(v) if isinstance(v, str) else v
+            except (ValueError, SyntaxError):
+                over[k] = v
     if args.tiny and args.grid:  # the smoke test of the grid: two tiny candidates
         return [({**base, **over}, train_settings(args)), ({**base, "dropout": 0.5, "norm": "batchnorm", **over}, train_settings(args))]
     if not args.grid:
@@ -224,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", type=float, default=0.0, help="dropout in every flow's conditioner networks")
     p.add_argument("--norm", default="none", choices=("none", "batchnorm", "actnorm"), help="a normalisation layer before every transform")
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's weight decay (L2) for the flows")
+    p.add_argument("--settings", nargs="*", default=[], help="every flow's model settings key=value (e.g. bins=16), over its own")
     p.add_argument("--tiny", action="store_true", help="tiny networks and data (CPU smoke test)")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
@@ -237,11 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         ds = table(data, args.seed) if data in TABLES else plane(data, args.seed, args.tiny)
         info = {"dataset": data, "dim": ds.spec.dim, "train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
         found = [gmm_row(ds, args.seed, args.tiny)]
-        print(json.dumps({**info, **found[-1]}), flush=True)
+        print(json.dumps({**info, **{k: v for k, v in found[-1].items() if k != "_ll"}}), flush=True)
         for name in models:
             found.append(flow_row(name, ds, candidates(name, data, args), args))
-            print(json.dumps({**info, **{k: v for k, v in found[-1].items() if k != "grid"}}), flush=True)
-        rows += [{**info, **r} for r in found]
+            found[-1].update(paired(found[-1]["_ll"], found[0]["_ll"]))
+            print(json.dumps({**info, **{k: v for k, v in found[-1].items() if k not in ("grid", "_ll")}}), flush=True)
+        rows += [{**info, **{k: v for k, v in r.items() if k != "_ll"}} for r in found]
         print(f"{data}: {time.perf_counter() - t0:.1f} s", flush=True)
     total = time.perf_counter() - t_all
     print(f"total: {total:.1f} s")
@@ -252,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         best = max(r["test_ll"] for r in these)
         cells = []
         for r in these:
-            extra = f" (k={r['components']}, {r['covariance']})" if "components" in r else f" (epoch {r['best_epoch']}/{r['epochs']})"
+            extra = (f" (k={r['components']}, {r['covariance']})" if "components" in r else
+                     f" (epoch {r['best_epoch']}/{r['epochs']}; vs mixture {r['vs_mixture']:+.3f} ± {r['vs_mixture_sem']:.3f})")
             cell = f"{r['test_ll']:.2f} ± {r['test_ll_sem']:.2f}{extra}"
             cells.append(f"**{cell}**" if r["test_ll"] == best else cell)
         r0 = these[0]
