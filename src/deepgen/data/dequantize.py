@@ -52,9 +52,15 @@ def dequantize(x: torch.Tensor, spec: DataSpec, generator: torch.Generator | Non
 def nearest_level(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     """Continuous values ``x`` in [0, 1] put on the nearest level k / (L - 1) of quantised
     data (8-bit images); other data unchanged. What a sampler whose output lands anywhere in
-    [0, 1] (diffusion, a GAN's tanh) returns, so that samples are values of the data."""
+    [0, 1] (diffusion, a GAN's tanh) returns, so that samples are values of the data.
+
+    Half-precision input (a bf16 or float16 model's output) comes back in float32: bfloat16
+    cannot hold k / 255 (it rounds by up to half a level), so in the model's own dtype the
+    "levels" would not be the data's values."""
     if spec.kind != "continuous" or not spec.num_levels:
         return x
+    if x.is_floating_point() and torch.finfo(x.dtype).bits < 32:
+        x = x.float()
     return levels_of(x, spec) / (spec.num_levels - 1)
 
 

@@ -112,7 +112,8 @@ class ActNorm(Bijection):
 
     Data-dependent initialisation (Glow sec. 3.1): :meth:`initialize` sets b = -mean and
     log_s = -log(std + eps) per channel from a batch, so that the outputs on that batch have
-    zero mean and unit variance per channel, and sets the ``initialized`` buffer (a 0-d bool
+    zero mean and unit variance per channel (a channel constant on the batch keeps log_s = 0:
+    zero mean, its spread untouched), and sets the ``initialized`` buffer (a 0-d bool
     tensor, saved in the state_dict, so a resumed run or a loaded model is not initialised
     again). :meth:`forward` calls :meth:`initialize` by itself on its input when the module is
     in training mode and ``initialized`` is False (the first training batch, or the first
@@ -182,7 +183,12 @@ class ActNorm(Bijection):
             mean = xw.mean(dim=dims)
             std = xw.std(dim=dims, unbiased=False)
             self.bias.copy_(-mean)
-            self.log_scale.copy_(-torch.log(std + self.eps))
+            # A channel constant on this batch (a table's column that is all zeros in the
+            # first batch, a blank border pixel) has no scale to set: 1 / (0 + eps) would
+            # multiply it by 1e6 and put that in every later log-determinant. Such channels
+            # keep the scale 1; "constant" is a spread at rounding level of the values.
+            constant = std <= 1e-5 * mean.abs().clamp_min(1.0)
+            self.log_scale.copy_(torch.where(constant, torch.zeros_like(std), -torch.log(std + self.eps)))
         self.initialized.fill_(True)
         self._seen, self._seen_value = (id(self.initialized), self.initialized._version), True
         self._set_from_batch = self._parameter_versions()
