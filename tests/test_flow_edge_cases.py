@@ -8,6 +8,7 @@ bound, a new trainer on a trained flow (actnorm kept), run-folder round trips an
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -124,8 +125,30 @@ def test_one_dimensional_densities_integrate_to_one(name, kw):
 
 
 def test_blocks_on_vectors_is_refused():
-    with pytest.raises(UserError, match="blocks .* is for images"):
+    with pytest.raises(UserError, match="blocks=2: .*convolutional image networks"):
         deepgen.create_model("realnvp", DataSpec((4,), "real"), blocks=2)
+
+
+@pytest.mark.parametrize(("name", "spec", "setting"), [
+    ("realnvp", DataSpec((4,), "real"), {"scales": 2}),
+    ("realnvp", DataSpec((4,), "real"), {"couplings": 1, "channels": 16}),
+    ("glow", DataSpec((2,), "real"), {"levels": 3}),
+    ("glow", DataSpec((6,), "real"), {"channels": 32}),
+    ("realnvp", DataSpec((1, 8, 8), "continuous", num_levels=256), {"layers": 2}),
+    ("realnvp", DataSpec((1, 8, 8), "continuous", num_levels=256), {"hidden": (32,)}),
+    ("glow", DataSpec((1, 8, 8), "continuous", num_levels=256), {"hidden": (32,)}),
+    ("glow", DataSpec((1, 8, 8), "continuous", num_levels=256), {"dropout": 0.2}),
+])
+def test_settings_of_the_other_kind_of_body_are_refused_not_ignored(name, spec, setting):
+    """A multi-scale flow's image settings on a table (or its MLP settings on images) would
+    build the very same flow as without them: one error naming them, not a silent no-op."""
+    key, value = next(iter(setting.items()))
+    with pytest.raises(UserError, match=re.escape(f"{key}={value!r}")):
+        deepgen.create_model(name, spec, **setting)
+    # the defaults, and settings of the body that is built, are accepted
+    deepgen.create_model(name, spec)
+    deepgen.create_model(name, spec, steps=2) if name == "glow" else deepgen.create_model(name, spec, **(
+        {"layers": 2} if spec.shape == (4,) else {"scales": 2, "couplings": 1, "channels": 8}))
 
 
 @pytest.mark.parametrize("name", ["realnvp", "glow", "maf", "nsf"])

@@ -62,6 +62,11 @@ class FlowConfig(ModelConfig):
 
     load_time: ClassVar[frozenset[str]] = frozenset({"temperature"})
     sampling: ClassVar[frozenset[str]] = frozenset({"temperature"})
+    #: Settings that size the convolutional image body alone, and those of the vector body
+    #: alone (the multi-scale flows): set on the other kind of data they would change nothing,
+    #: so the flow refuses them there (Flow.__init__) instead of ignoring them.
+    image_only: ClassVar[tuple[str, ...]] = ()
+    vector_only: ClassVar[tuple[str, ...]] = ()
     conditional: bool = False  # class-conditional p(x | y): labels enter every coupling network
     # [0, 1] data: y -> logit(alpha + (1 - 2 alpha) y) (RealNVP sec. 4.1). 1e-6 as MAF's
     # MNIST runs (Papamakarios et al. 2017, sec. 4.3): with RealNVP's 0.05 the blank
@@ -89,6 +94,8 @@ class FlowConfig(ModelConfig):
 class RealNVPConfig(FlowConfig):
     """Settings of ``realnvp``."""
 
+    image_only: ClassVar[tuple[str, ...]] = ("scales", "couplings", "channels", "blocks")
+    vector_only: ClassVar[tuple[str, ...]] = ("layers", "hidden", "dropout", "norm")
     scales: int = 3  # images: scales of the multi-scale architecture (each but the last squeezes and factors out half)
     couplings: int = 3  # images: checkerboard couplings per scale (and as many channel couplings after each squeeze)
     channels: int = 64  # images: width of the coupling networks' convolutions
@@ -109,6 +116,8 @@ class RealNVPConfig(FlowConfig):
 class GlowConfig(FlowConfig):
     """Settings of ``glow``."""
 
+    image_only: ClassVar[tuple[str, ...]] = ("levels", "channels")
+    vector_only: ClassVar[tuple[str, ...]] = ("hidden", "dropout")  # (norm: refused on all data, glow has actnorm)
     levels: int = 2  # images: levels L (each squeezes; each but the last factors out half the channels)
     steps: int = 8  # flow steps K per level (vectors: in all): actnorm, invertible 1x1 conv, affine coupling
     channels: int = 128  # images: width of the coupling networks' convolutions
@@ -168,11 +177,7 @@ class Flow(GenerativeModel):
         self.cond_dim = self.num_classes or 0
         # [0, 1] data is unbounded after the logit; real data is already.
         self.pre = fl.Logit(config.logit_alpha) if spec.kind == "continuous" else None
-        if self.image_body and (config.dropout or config.norm != "none"):
-            raise UserError(
-                f"dropout and norm apply to the vector networks (tables, points, maf and nsf on flattened images); "
-                f"{type(self).__name__.lower()} on images has convolutional couplings. Leave them unset."
-            )
+        self._refuse_unused(config)
         self.body = self.build_body()
         if config.dropout:
             add_dropout(self.body, config.dropout)
@@ -201,6 +206,26 @@ class Flow(GenerativeModel):
             m.initialized.fill_(False)
         with self.modes(train=True):
             self._forward(x, self.one_hot(batch.y, len(x), checked=False))
+
+    def _refuse_unused(self, config: FlowConfig) -> None:
+        """One UserError for settings changed from their defaults that the body built for
+        this data does not use (``image_only`` on vectors, ``vector_only`` on images): a
+        table's ``channels=32`` or an image's ``hidden=(64,)`` would be silently ignored."""
+        unused = config.vector_only if self.image_body else config.image_only
+        default = type(config)()
+        changed = [f"{k}={getattr(config, k)!r}" for k in unused if getattr(config, k) != getattr(default, k)]
+        if not changed:
+            return
+        name = type(self).__name__.lower()
+        if self.image_body:
+            raise UserError(
+                f"{', '.join(changed)}: {', '.join(config.vector_only)} size the vector networks (tables, points); {name} on "
+                f"images has convolutional couplings, sized by {', '.join(config.image_only)}. Leave them unset."
+            )
+        raise UserError(
+            f"{', '.join(changed)}: {', '.join(config.image_only)} size {name}'s convolutional image networks; on vectors "
+            f"({self.spec.dim} values) its couplings are MLPs, sized by {', '.join(config.vector_only)}. Leave them unset."
+        )
 
     def norm_layers(self, d: int) -> list[fl.Bijection]:
         """The ``norm`` setting's layer for vectors (N, d), as a list: [] for ``"none"``."""
@@ -464,11 +489,6 @@ class RealNVP(Flow):
         if not self.spec.is_image:
             d = self.spec.dim
             _check_halves(d, "realnvp")
-            if c.blocks:
-                raise UserError(
-                    f"blocks (residual blocks in the convolutional coupling networks) is for images; on vectors realnvp's "
-                    f"couplings are MLPs, sized by layers and hidden. Leave blocks at 0, got blocks={c.blocks}."
-                )
             return fl.Sequential(
                 layer for i in range(c.layers)
                 for layer in [*self.norm_layers(d), fl.AffineCoupling((d,), "half", i % 2 == 1, c.hidden, self.cond_dim)]
