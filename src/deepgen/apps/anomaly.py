@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +42,9 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
       draws seeded from ``random_state`` (the same for every example): scores repeat and do
       not depend on the batch. On 8-bit images a density is taken at dequantized pixels
       and counts the bin width (log p(y) - D ln 256), as ``deepgen eval`` does.
+
+    Fitted attributes: those of :class:`~deepgen.apps.base.AutoencoderEstimator`, ``offset_``
+    and ``score_type_`` (the score ``offset_`` is of, used until the next ``fit``).
 
     ``contamination`` (default 0.1, in (0, 0.5]): the expected fraction of outliers.
     ``offset_`` is the training scores' ``contamination`` quantile;
@@ -88,7 +92,8 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
     def _check_model(self, cls: type[GenerativeModel]) -> None:
         if self.score_type not in SCORES:
             raise UserError(f"unknown score {self.score_type!r}. Accepted: {', '.join(SCORES)}.")
-        if not isinstance(self.contamination, (int, float)) or not 0 < self.contamination <= 0.5:
+        # numbers.Real: NumPy floats too (np.float32 is no float subclass; GridSearchCV grids hold them).
+        if isinstance(self.contamination, bool) or not isinstance(self.contamination, numbers.Real) or not 0 < self.contamination <= 0.5:
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
         if self.score_type == "likelihood" and not issubclass(cls, LogProb):
             raise UserError(
@@ -104,12 +109,15 @@ class AutoencoderOutlierDetector(OutlierMixin, AutoencoderEstimator, BaseEstimat
     def fit(self, X: Any, y: Any = None) -> AutoencoderOutlierDetector:
         """Train on normal X (N, F) or images (N, H, W), (N, C, H, W), (N, H, W, C); set ``offset_``. ``y`` is ignored."""
         self._fit_arrays(X)
+        # The score offset_ is a quantile of: score_samples keeps to it whatever set_params
+        # changes later (a likelihood against a reconstruction offset flagged every row).
+        self.score_type_ = self.score_type
         train_scores = self._scores(self._validate_input(X))
-        self.offset_ = float(np.percentile(train_scores, 100.0 * self.contamination))
+        self.offset_ = float(np.percentile(train_scores, 100.0 * float(self.contamination)))
         return self
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
-        if self.score_type == "reconstruction":
+        if getattr(self, "score_type_", self.score_type) == "reconstruction":  # getattr: estimators pickled before score_type_
             return -self._reconstruction_error(x).astype(np.float64)
         return self._log_probs(x)
 

@@ -74,6 +74,8 @@ def image_layout(shape: tuple[int, ...], layout: str = "auto") -> str:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
     if len(shape) == 2:
         return "table"
+    if len(shape) in (3, 4) and 0 in shape[1:]:  # scikit-learn checks the features of tables only
+        raise ValueError(f"X has shape {shape}: images with an axis of size 0 hold no pixels; {ACCEPTED_SHAPES}.")
     if len(shape) == 3:
         return "hw"
     if len(shape) != 4:
@@ -211,6 +213,24 @@ def dtype_of(X: Any) -> np.dtype:
         return np.asarray(X).dtype
 
 
+def plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays made Python ones, inside lists, tuples and dicts
+    too. The model and training configs take Python ints, floats and tuples only, and
+    scikit-learn users pass NumPy ones: ``GridSearchCV`` grids from ``np.arange`` /
+    ``np.linspace`` hand ``latent_dim=np.int64(4)`` or ``lr=np.float32(1e-3)`` to ``set_params``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return tuple(plain(v) for v in value.tolist())
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def models_with(capability: Any) -> list[str]:
     """The registered model names whose class has ``capability`` (a runtime Protocol)."""
     return [n for n in model_names() if issubclass(model_class(n), capability)]
@@ -289,18 +309,19 @@ class AutoencoderEstimator:
         the network (``"auto"`` or unset: conv for images big enough, else mlp)."""
         cls = model_class(self.model)  # an unknown name: UserError listing the names
         fields = config_fields(self.model)
-        settings = dict(self.settings or {})
+        settings = plain(dict(self.settings or {}))
+        latent_dim = plain(self.latent_dim)
         if self.lr is not None:
-            settings["lr"] = self.lr
-        if self.latent_dim is not None:
+            settings["lr"] = plain(self.lr)
+        if latent_dim is not None:
             if "latent_dim" not in fields:
                 raise UserError(f"the {self.model} model has no latent_dim setting; pass latent_dim=None.")
-            if "latent_dim" in settings and settings["latent_dim"] != self.latent_dim:
+            if "latent_dim" in settings and settings["latent_dim"] != latent_dim:
                 raise UserError(
-                    f"latent_dim={self.latent_dim} and settings['latent_dim']={settings['latent_dim']} disagree; set one of them."
+                    f"latent_dim={latent_dim} and settings['latent_dim']={settings['latent_dim']} disagree; set one of them."
                 )
-            settings["latent_dim"] = self.latent_dim
-        settings.update(self._extra_settings())
+            settings["latent_dim"] = latent_dim
+        settings.update(plain(self._extra_settings()))
         channels = settings.get("channels", getattr(cls.config_class(), "channels", None))
         # The encoder-decoder families' conv networks halve the size once per entry of
         # ``channels``; other families (a diffusion U-Net: one int width) choose for themselves.
@@ -329,8 +350,8 @@ class AutoencoderEstimator:
             state=codec.state,
         )
         config = TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
+            epochs=plain(self.epochs),
+            batch_size=plain(self.batch_size),
             seed=seed,
             device=str(device),
             progress=bool(self.verbose),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import UserError
 from ..models.base import GenerativeModel, Reconstructor
@@ -17,7 +20,7 @@ from .base import AutoencoderEstimator, config_fields, dtype_of
 NOISES = ("gaussian", "masking", "salt-pepper")
 
 
-class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator):
+class AutoencoderDenoiser(OneToOneFeatureMixin, TransformerMixin, AutoencoderEstimator, BaseEstimator):
     """A denoising autoencoder trained on clean data: ``transform(X_noisy)`` -> denoised X.
 
     ``fit(X_clean)`` trains the registered ``denoising-ae`` (Vincent et al. 2008) to
@@ -80,6 +83,14 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
     def _check_model(self, cls: type[GenerativeModel]) -> None:
         if self.noise not in NOISES:
             raise UserError(f"unknown noise {self.noise!r}. Accepted: {', '.join(NOISES)}.")
+        # Checked here, under this estimator's names: the model calls the level ``noise``
+        # (this estimator's name for the kind), so its own message misleads, and float()
+        # would turn None into a bare TypeError and "0.3" into 0.3.
+        level = self.noise_level
+        high = math.inf if self.noise == "gaussian" else 1.0
+        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 <= level <= high or math.isnan(level):
+            accepted = "a finite number >= 0 (the noise's std)" if self.noise == "gaussian" else "a number in [0, 1] (a fraction of the values)"
+            raise UserError(f"noise_level must be {accepted} for noise={self.noise!r}, got {level!r}.")
         if not issubclass(cls, Reconstructor) or "corruption" not in config_fields(self.model):
             raise UserError(
                 f"AutoencoderDenoiser needs a model trained on corrupted inputs (settings corruption and noise); "
@@ -119,6 +130,17 @@ class AutoencoderDenoiser(TransformerMixin, AutoencoderEstimator, BaseEstimator)
         cfg = self.model_.config
         clip = cfg.corruption != "gaussian" or bool(getattr(cfg, "clip", False))
         return self._batched(lambda b, _: self._denoise(b), X, partial(self.codec_.to_model, clip=clip), lambda out: self.codec_.from_model(out, dtype))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Tables: the input's feature names (each denoised feature is its input's). Defined so
+        that ``set_output`` and ``Pipeline.set_output`` work; images have no feature names."""
+        check_is_fitted(self, "model_")
+        if self.codec_.image:
+            raise ValueError(
+                f"feature names are defined for tables (N, F); this denoiser was fitted on images of shape "
+                f"{self.codec_.input_shape}, which transform returns as images."
+            )
+        return super().get_feature_names_out(input_features)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -96,7 +96,9 @@ class AutoencoderEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Au
     @property
     def _n_features_out(self) -> int:
         """Width of the codes (for ``get_feature_names_out``)."""
-        return int(self.model_.config.latent_dim) if hasattr(self.model_.config, "latent_dim") else int(self.latent_dim or 0)
+        # Models without a latent_dim setting (flows, ddpm) encode to the data's own size,
+        # flattened (the Encoder contract); latent_dim is None for them, so it cannot say.
+        return int(self.model_.config.latent_dim) if hasattr(self.model_.config, "latent_dim") else int(self.model_.spec.dim)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
