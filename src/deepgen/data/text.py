@@ -50,8 +50,16 @@ def encode_text(text: str, vocab: str) -> torch.Tensor:
 
 
 def decode_text(ids: torch.Tensor, vocab: str) -> str:
-    """Ids (T,) -> the string of their characters."""
-    return "".join(vocab[int(i)] for i in ids.reshape(-1).tolist())
+    """Ids (T,) -> the string of their characters; an id outside 0..len(vocab)-1 is one
+    :class:`UserError` (a negative one would otherwise index from the end, silently)."""
+    values = ids.reshape(-1).tolist()
+    bad = [i for i in values if not 0 <= int(i) < len(vocab) or int(i) != i]
+    if bad:
+        raise UserError(
+            f"{len(bad)} id(s) not in the vocabulary of {len(vocab)} characters (first {bad[0]!r}); "
+            f"accepted: whole numbers 0..{len(vocab) - 1}."
+        )
+    return "".join(vocab[int(i)] for i in values)
 
 
 def _windows(stream: torch.Tensor, length: int, stride: int) -> torch.Tensor:

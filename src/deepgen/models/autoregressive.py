@@ -34,6 +34,7 @@ per element, ``V`` values per position, ``C`` classes, ``E`` Transformer width.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,7 +44,14 @@ from torch import nn
 
 from ..data.dataset import Batch, DataSpec, Kind
 from ..errors import UserError
-from ..nn.likelihoods import HEADS, Bernoulli, Categorical, LikelihoodHead, make_head
+from ..nn.likelihoods import (
+    HEADS,
+    Bernoulli,
+    Categorical,
+    LikelihoodHead,
+    at_least_float32,
+    make_head,
+)
 from ..nn.masked import MADE
 from ..nn.transformer import Block, KVCache, init_gpt_weights
 from ..optim import OptimizerSpec, decay_groups
@@ -107,6 +115,9 @@ class PixelCNNConfig(AutoregressiveConfig):
         self.check(self.channels >= 1 and self.layers >= 1 and self.out_hidden >= 1, "channels, layers and out_hidden must be >= 1")
         self.check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         self.check(self.kernel % 2 == 1 and self.first_kernel % 2 == 1, f"kernels must be odd, got {self.kernel} and {self.first_kernel}")
+        # Mask A takes the current row out of a 1x1 vertical kernel and the current pixel out
+        # of a 1x1 horizontal one: nothing is left, and the network would ignore its input.
+        self.check(self.first_kernel >= 3, f"first_kernel (the mask-A layer's) must be an odd number >= 3, got {self.first_kernel}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,13 @@ def _temper_bernoulli(logits: torch.Tensor, temperature: float, top_k: int) -> t
     return logits
 
 
+def _value_dtype(spec: DataSpec, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sampled or completed data: int64 ids for tokens, else the model's
+    floating dtype but at least float32 (bfloat16 cannot hold k / 255: a bf16 model's
+    samples would sit up to half a level off the data's own values)."""
+    return torch.long if spec.kind == "tokens" else torch.promote_types(model_dtype, torch.float32)
+
+
 class Autoregressive(GenerativeModel):
     """Shared part of the autoregressive models (not registered).
 
@@ -214,12 +232,18 @@ class Autoregressive(GenerativeModel):
 
     def log_prob(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) per example (N,), exact, in nats (a probability of the data's discrete values)."""
-        return -self.head.nll(self.head_params(x, self.one_hot(cond, len(x))), x)
+        return -self._nll(self.head_params(x, self.one_hot(cond, len(x))), x)
+
+    def _nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The head's NLL (N,) from parameters upcast to float32: a bf16 model's per-element
+        terms summed in bf16 are off by several nats over a few hundred elements (autocast
+        upcasts cross-entropy itself; a model converted with ``.bfloat16()`` does not)."""
+        return self.head.nll(at_least_float32(params), x)
 
     def loss(self, batch: Batch, phase: str = "main") -> LossOutput:
         """Mean NLL over the batch (nats per example); logs ``nll`` and ``bits_per_dim``."""
         c = self.one_hot(batch.y, len(batch.x), checked=False)
-        nll = self.head.nll(self.head_params(batch.x, c), batch.x).mean()
+        nll = self._nll(self.head_params(batch.x, c), batch.x).mean()
         return LossOutput(nll, {"nll": nll.detach(), "bits_per_dim": nll.detach() / (self.spec.dim * math.log(2))})
 
     # -- the contract's autoregressive capability ------------------------------------------------
@@ -237,6 +261,9 @@ class Autoregressive(GenerativeModel):
     def _draw(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """One draw of every element from tempered head parameters (N, P, *shape) -> (N, *shape)."""
         cfg = self.config
+        # Drawn in float32 at least: Gumbel-max in bfloat16 ties often (8-bit mantissa) and
+        # argmax breaks ties towards the first values, which biases a bf16 model's samples.
+        params = at_least_float32(params)
         if isinstance(self.head, Categorical):
             params = _temper(params, cfg.temperature, cfg.top_k, dim=1)
         elif isinstance(self.head, Bernoulli):
@@ -280,7 +307,7 @@ class Autoregressive(GenerativeModel):
     ) -> torch.Tensor:
         """``n`` examples (n, *shape) drawn position by position. ``mean`` is not used: an
         autoregressive model has no mean to return without sampling earlier positions."""
-        x = torch.zeros((n, *self.spec.shape), device=self.device, dtype=torch.long if self.spec.kind == "tokens" else self.dtype)
+        x = torch.zeros((n, *self.spec.shape), device=self.device, dtype=_value_dtype(self.spec, self.dtype))
         return self.complete(x, torch.zeros_like(x, dtype=torch.bool), generator=generator, cond=cond)
 
 
@@ -330,11 +357,17 @@ class MADEModel(Autoregressive):
         return list(self.made.order(0).to(self.device).split(1))
 
     def loss(self, batch: Batch, phase: str = "main") -> LossOutput:
-        """The NLL under the mask in use, then the next mask (connectivity-agnostic training, sec. 3.2)."""
+        """In training, the NLL under the mask in use, then the next mask (connectivity-agnostic
+        training, sec. 3.2); in eval mode, the NLL of the K-mask ensemble (:meth:`log_prob`'s)."""
         c = self.one_hot(batch.y, len(batch.x), checked=False)
-        nll = self.head.nll(self._params(batch.x, c, None), batch.x).mean()
         if self.training:
+            nll = self._nll(self._params(batch.x, c, None), batch.x).mean()
             self.made.next_mask()
+        else:
+            # Evaluation (the trainer's validation loss, model selection, early stopping)
+            # scores the model that log_prob and sample use, the ensemble of the K masks,
+            # not whichever single mask the training steps happened to stop at.
+            nll = -self._ensemble_log_prob(batch.x, c).mean()
         return LossOutput(nll, {"nll": nll.detach(), "bits_per_dim": nll.detach() / (self.spec.dim * math.log(2))})
 
     def likelihood_info(self) -> Likelihood:
@@ -343,10 +376,10 @@ class MADEModel(Autoregressive):
 
     def log_prob(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
         """log (1/K) sum_k p_k(x) over the K masks (Germain et al. 2015, sec. 3.2): (N,) nats."""
-        c = self.one_hot(cond, len(x))
-        lps = [
-            -self.head.nll(self._params(x, c, torch.tensor(k, device=x.device)), x) for k in range(self.config.num_masks)
-        ]
+        return self._ensemble_log_prob(x, self.one_hot(cond, len(x)))
+
+    def _ensemble_log_prob(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        lps = [-self._nll(self._params(x, c, torch.tensor(k, device=x.device)), x) for k in range(self.config.num_masks)]
         return torch.logsumexp(torch.stack(lps), dim=0) - math.log(len(lps))
 
     @torch.no_grad()
@@ -358,7 +391,7 @@ class MADEModel(Autoregressive):
         labels = self.labels(cond, n)
         k = self.config.num_masks
         pick = torch.randint(k, (n,), generator=generator, device=self.device) if k > 1 else torch.zeros(n, dtype=torch.long, device=self.device)
-        out = torch.zeros((n, *self.spec.shape), device=self.device, dtype=torch.long if self.spec.kind == "tokens" else self.dtype)
+        out = torch.zeros((n, *self.spec.shape), device=self.device, dtype=_value_dtype(self.spec, self.dtype))
         c = self.one_hot(labels, n) if labels is not None else None
         for mask in range(k):
             rows = (pick == mask).nonzero().reshape(-1)
@@ -714,7 +747,7 @@ class TransformerModel(GenerativeModel):
         k = ids * width
         if width > 1:
             k = k + torch.randint(width, ids.shape, generator=generator, device=ids.device)
-        x = k.to(self.dtype)
+        x = k.to(_value_dtype(self.spec, self.dtype))  # float32 at least: bf16 cannot hold k / 255
         if self.spec.kind == "continuous":
             x = x / (self.fine - 1)
         return x.reshape(len(ids), *self.spec.shape)
@@ -754,8 +787,9 @@ class TransformerModel(GenerativeModel):
         return [Phase("main", decay_groups(self, c.weight_decay), OptimizerSpec(name="adamw", lr=c.lr, betas=c.betas, weight_decay=c.weight_decay))]
 
     def _log_prob_ids(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Sum over positions of log softmax at the ids, minus the within-bin split for coarse ids: (N,)."""
-        lp = -F.cross_entropy(logits.transpose(1, 2), ids, reduction="none").sum(dim=1)
+        """Sum over positions of log softmax at the ids, minus the within-bin split for coarse ids: (N,).
+        In float32 at least: a bf16 model's per-token terms summed in bf16 are off by nats."""
+        lp = -F.cross_entropy(at_least_float32(logits).transpose(1, 2), ids, reduction="none").sum(dim=1)
         width = self.fine // self.values if self.spec.kind != "tokens" else 1
         return lp - self.length * math.log(width) if width > 1 else lp
 
@@ -822,7 +856,14 @@ class TransformerModel(GenerativeModel):
         """Fill the positions where ``known`` is False, left to right, with the cache: the
         longest prefix known in every example is read in one pass, then one position per
         pass. x (N, *shape), known (N, *shape) or (*shape) -> (N, *shape); known positions
-        are returned unchanged."""
+        are returned unchanged. Runs in eval mode whatever the model's mode (as ``sample``):
+        the draws are the model's, without dropout, and repeat with the same generator."""
+        with self.modes(train=False):
+            return self._complete_ids(x, known, generator, cond)
+
+    def _complete_ids(
+        self, x: torch.Tensor, known: torch.Tensor, generator: torch.Generator | None, cond: torch.Tensor | None
+    ) -> torch.Tensor:
         n = len(x)
         known = known.to(torch.bool).expand(x.shape).reshape(n, self.length)  # not -1: n may be 0
         ids = self.to_ids(x).clone()
@@ -847,8 +888,7 @@ class TransformerModel(GenerativeModel):
         self, n: int, *, generator: torch.Generator | None = None, cond: torch.Tensor | int | None = None, mean: bool = False
     ) -> torch.Tensor:
         """``n`` sequences (n, *shape) drawn with the cache, one position per network pass."""
-        dtype = torch.long if self.spec.kind == "tokens" else self.dtype
-        x = torch.zeros((n, *self.spec.shape), device=self.device, dtype=dtype)
+        x = torch.zeros((n, *self.spec.shape), device=self.device, dtype=_value_dtype(self.spec, self.dtype))
         return self.complete(x, torch.zeros_like(x, dtype=torch.bool), generator=generator, cond=cond)
 
     @torch.no_grad()
@@ -859,9 +899,42 @@ class TransformerModel(GenerativeModel):
         the model's context T by a sliding window: the model reads [start, window ids]
         with at most T inputs; when the window is full it restarts from the last T/2 ids
         (learned positions cannot shift, so the cache is refilled), which costs about one
-        pass per id plus one prefill per T/2 ids."""
+        pass per id plus one prefill per T/2 ids. The prompt is kept as the first P ids
+        (``length`` >= P); runs in eval mode whatever the model's mode (as ``sample``)."""
+        self._check_prompt(prompt, length)
+        with self.modes(train=False):
+            return self._generate_ids(prompt, operator.index(length), generator, cond)
+
+    def _check_prompt(self, prompt: torch.Tensor, length: int) -> None:
+        """One :class:`UserError` for a prompt that is not (N, P) integer ids in 0..V-1 or a
+        ``length`` that is not a whole number >= P (instead of an unpacking or index error
+        deep inside, or a float prompt truncated to ids, or a prompt cut short silently)."""
+        v = self.values
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2:
+            got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else f"a {type(prompt).__name__}"
+            raise UserError(f"transformer.generate_ids takes prompt as a tensor of ids (N, P), P >= 0 (prompt[None] for one); got {got}.")
+        if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
+            raise UserError(f"transformer.generate_ids takes prompt as integer ids 0..{v - 1}; got a {prompt.dtype} tensor.")
+        if prompt.numel() and (int(prompt.min()) < 0 or int(prompt.max()) >= v):
+            raise UserError(
+                f"transformer.generate_ids: prompt ids must be in 0..{v - 1} (the model's {v} values); "
+                f"got values from {int(prompt.min())} to {int(prompt.max())}."
+            )
+        try:
+            whole = not isinstance(length, bool) and operator.index(length) >= prompt.shape[1]
+        except TypeError:
+            whole = False
+        if not whole:
+            raise UserError(
+                f"transformer.generate_ids takes length, the ids returned including the prompt's {prompt.shape[1]}, "
+                f"as a whole number >= {prompt.shape[1]}; got {length!r}."
+            )
+
+    def _generate_ids(
+        self, prompt: torch.Tensor, length: int, generator: torch.Generator | None, cond: torch.Tensor | None
+    ) -> torch.Tensor:
         n, p = prompt.shape
-        ids = torch.zeros(n, max(length, p), dtype=torch.long, device=self.device)
+        ids = torch.zeros(n, length, dtype=torch.long, device=self.device)
         ids[:, :p] = prompt.to(self.device)
         first = self._starts(self.labels(cond, n), n)
         t_max, pos, window, step = self.length, p, 0, None
@@ -877,7 +950,7 @@ class TransformerModel(GenerativeModel):
                 logits = step(ids[:, pos - 1 : pos], pos - window)
             ids[:, pos] = self._draw_ids(logits, generator)
             pos += 1
-        return ids[:, :length]
+        return ids
 
 
 __all__ = [

@@ -68,6 +68,13 @@ class CausalSelfAttention(nn.Module):
         elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
+            if start + t > cache.length or b > cache.k.shape[1]:
+                # A slice past the end would be cut short and fail as a shape mismatch (or,
+                # for a larger batch, write only part of it): say what does not fit.
+                raise ValueError(
+                    f"positions {start}..{start + t - 1} of {b} sequences do not fit a cache of "
+                    f"{cache.length} positions for {cache.k.shape[1]} sequences"
+                )
             cache.k[layer, :b, :, start : start + t] = k
             cache.v[layer, :b, :, start : start + t] = v
             keys, values = cache.k[layer, :b, :, : start + t], cache.v[layer, :b, :, : start + t]  # (B, H, start+T, hd)
