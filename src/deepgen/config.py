@@ -51,6 +51,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _python_scalar(value: Any) -> Any:
+    """A NumPy scalar (np.int64(4), np.float32(1e-3), np.bool_(True): what ``np.arange`` and
+    scikit-learn grids hand over) as the Python number it holds; anything else unchanged."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against annotation ``tp``; convert lists to tuples and ints to floats."""
     origin = get_origin(tp)
@@ -73,10 +81,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise UserError(f"{where} got {value!r}. {did_you_mean(str(value), choices)}")
         return value
     if origin is tuple:
+        if type(value).__module__ == "numpy" and hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:
+            value = value.tolist()  # a NumPy vector (hidden=np.array([64, 64])): its Python items
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where} must be {_type_name(tp)}, got {value!r}.")
         item_tp = get_args(tp)[0]
         return tuple(_coerce(v, item_tp, where) for v in value)
+    value = _python_scalar(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise UserError(f"{where} must be true or false, got {value!r}.")

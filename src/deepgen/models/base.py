@@ -350,8 +350,8 @@ class GenerativeModel(nn.Module):
 
         Every capability method taking data (:data:`DATA_METHODS`) calls it first. In eval
         mode (``model.eval()``: the evaluator, the command line, the applications) it also
-        checks the values: finite, and for binary data in [0, 1], for discrete data in
-        0..num_levels-1, for tokens in 0..vocab_size-1. That needs one host sync, so it is
+        checks the values: finite, and for binary data in [0, 1], for discrete data whole
+        numbers in 0..num_levels-1, for tokens whole numbers in 0..vocab_size-1. That needs one host sync, so it is
         skipped in training mode (the training step, whose batches the data layer checked)
         and while traced, captured in a CUDA graph or under a torch.func transform (vmap, grad).
         """
@@ -382,8 +382,16 @@ class GenerativeModel(nn.Module):
         else:
             return  # continuous (noisy inputs of a denoiser may leave [0, 1]) and real data: any finite value
         lo, hi = (x.to(torch.uint8) if x.dtype == torch.bool else x).aminmax()
-        if float(lo) < low or float(hi) > high:
-            raise UserError(f"{where}: {accepted}; x holds values from {float(lo):g} to {float(hi):g}.")
+        # Levels and ids are whole numbers: 1.5 would be truncated by one model and rounded
+        # by another, each scoring a value that is not the data's. (Binary data keeps its
+        # probabilities: the VAEs' Bernoulli terms take grey values as soft targets.)
+        whole = spec.kind != "binary" and x.is_floating_point()
+        frac = (x - x.round()).abs().amax() if whole else lo.new_zeros(())
+        lo, hi, frac = (float(v) for v in torch.stack([lo.double(), hi.double(), frac.double()]).tolist())
+        if lo < low or hi > high:
+            raise UserError(f"{where}: {accepted}; x holds values from {lo:g} to {hi:g}.")
+        if frac > 0:
+            raise UserError(f"{where}: {accepted}, whole numbers; x holds a value {frac:g} away from the nearest one.")
 
     def _check_kind(self, spec: DataSpec) -> None:
         if spec.kind in self.data_kinds:
