@@ -77,3 +77,75 @@ def test_a_bf16_models_samples_of_8_bit_data_are_the_datas_values(name):
     model = deepgen.create_model(name, EIGHT_BIT, **small).bfloat16().eval()
     s = model.sample(8, generator=torch.Generator().manual_seed(0))
     assert s.shape == (8, 1, 8, 8) and _on_levels(s)
+
+
+# -- converted (.bfloat16()) VAEs: they crashed (float32 codes into bf16 layers) -------------------
+
+VAE_CASES = [
+    (DataSpec((1, 8, 8), "binary"), {}),
+    (DataSpec((1, 8, 8), "binary"), {"stochastic_layers": 2, "latent_dim2": 2}),
+    (DataSpec((1, 8, 8), "binary"), {"posterior": "iaf"}),
+    (DataSpec((1, 8, 8), "discrete", num_levels=8), {"likelihood": "categorical"}),
+    (EIGHT_BIT, {"likelihood": "logistic-mixture"}),
+]
+
+
+@pytest.mark.parametrize(("spec", "settings"), VAE_CASES)
+def test_a_bf16_vae_scores_like_its_float32_self_and_samples_the_datas_values(spec, settings):
+    torch.manual_seed(0)
+    model = deepgen.create_model("vae", spec, latent_dim=4, hidden=(32,), **settings).eval()
+    half = deepgen.create_model("vae", spec, latent_dim=4, hidden=(32,), **settings)
+    half.load_state_dict(model.state_dict())
+    half = half.bfloat16().eval()
+    levels = spec.num_levels or 2
+    x = torch.randint(0, levels, (16, *spec.shape), generator=torch.Generator().manual_seed(1)).float()
+    if spec.kind == "continuous":
+        x = x / (levels - 1)
+    for m in (model, half):
+        assert m.log_prob(x, generator=torch.Generator().manual_seed(2)).dtype == torch.float32
+    full = model.log_prob(x, generator=torch.Generator().manual_seed(2))
+    got = half.log_prob(x, generator=torch.Generator().manual_seed(2))
+    # bf16 weights move each term a little; the sums are float32 and close (not off by nats)
+    assert float((got - full).abs().max()) < 0.02 * float(full.abs().mean())
+    s = half.sample(64, generator=torch.Generator().manual_seed(3))
+    assert s.shape == (64, *spec.shape) and torch.isfinite(s.float()).all()
+    if spec.num_levels == 256:
+        assert _on_levels(s)
+
+
+def test_a_bf16_categorical_draw_is_not_biased_towards_the_first_values():
+    from deepgen.nn.likelihoods import Categorical
+
+    head = Categorical(DataSpec((1,), "discrete", num_levels=64))
+    logits = torch.zeros(20000, 64, 1, dtype=torch.bfloat16)  # uniform over 64 values
+    k = head.sample(logits, torch.Generator().manual_seed(0)).long().reshape(-1)
+    counts = torch.bincount(k, minlength=64).double()
+    chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())
+    assert chi2 < 120, chi2  # 63 degrees of freedom: about 63 +- 11; bf16 ties gave over 1,000
+
+
+def test_levels_and_ids_must_be_whole_numbers():
+    from deepgen.errors import UserError
+
+    made = deepgen.create_model("made", DataSpec((4,), "discrete", num_levels=5), hidden=(8,)).eval()
+    assert torch.isfinite(made.log_prob(torch.tensor([[0.0, 1, 2, 4]]))).all()
+    with pytest.raises(UserError, match="whole numbers.*0.5 away"):
+        made.log_prob(torch.tensor([[0.0, 1.5, 2, 4]]))
+    text = deepgen.create_model("transformer", DataSpec((6,), "tokens", vocab_size=7), width=8, layers=1, heads=2).eval()
+    with pytest.raises(UserError, match="whole numbers"):
+        text.log_prob(torch.tensor([[0.0, 1, 2, 3, 4, 5.25]]))
+    # binary data keeps its probabilities (soft targets of the VAEs' Bernoulli terms)
+    vae = deepgen.create_model("vae", DataSpec((4,), "binary"), latent_dim=2, hidden=(8,)).eval()
+    assert torch.isfinite(vae.log_prob(torch.full((2, 4), 0.5))).all()
+
+
+def test_settings_take_numpy_numbers():
+    import numpy as np
+
+    from deepgen.errors import UserError
+
+    model = deepgen.create_model("vae", DataSpec((4,), "real"), latent_dim=np.int64(3), lr=np.float32(1e-3), hidden=np.array([8, 8]))
+    c = model.config
+    assert (c.latent_dim, c.hidden) == (3, (8, 8)) and type(c.latent_dim) is int and type(c.lr) is float
+    with pytest.raises(UserError, match="latent_dim must be an integer"):
+        deepgen.create_model("vae", DataSpec((4,), "real"), latent_dim=np.float64(3.5))

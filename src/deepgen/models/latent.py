@@ -87,7 +87,10 @@ class LatentCodeMixin:
         return int(self.config.latent_dim)
 
     def decoder_params(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        """Head parameters (N, P, *shape) for codes z (N, L) and one-hot labels c (N, C) or None."""
+        """Head parameters (N, P, *shape) for codes z (N, L) and one-hot labels c (N, C) or None.
+        The codes go in the model's dtype: they are drawn in float32 (the VAE upcasts its
+        posterior's parameters), which a converted (``.bfloat16()``) decoder cannot take."""
+        z = z.to(self.dtype)
         return self.decoder(z) if c is None else self.decoder(z, c)
 
     def decode(self, z: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -202,7 +202,11 @@ class IAFStep(nn.Module):
 
     def forward(self, z: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # Reversing z before the MADE and its outputs after it is a MADE in the reversed order.
-        out = self.made(z.flip(-1), h).flip(1) if self.reverse else self.made(z, h)  # (M, L, 2)
+        # The MADE reads z and h in its own dtype (a converted bf16 model; z is float32 from
+        # the second step on), the update below stays in float32.
+        dt = next(self.made.parameters()).dtype
+        zin, hin = z.to(dt), None if h is None else h.to(dt)
+        out = self.made(zin.flip(-1), hin).flip(1) if self.reverse else self.made(zin, hin)  # (M, L, 2)
         m, s = at_least_float32(out).unbind(dim=-1)  # (M, L) each, full precision (sigma and log sigma must agree)
         s = s + _IAF_GATE_BIAS
         sigma = torch.sigmoid(s)
@@ -355,7 +359,7 @@ class VAE(LatentCodeMixin, GenerativeModel):
         self, x: torch.Tensor, c: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (N, *shape), c (N, C) or None -> mu (N, L), logvar (N, L), the IAF context h (N, H) or None."""
-        x = self.encoder_input(x)
+        x = self.encoder_input(x).to(self.dtype)  # a converted (.bfloat16()) model takes float32 data too
         out = self.encoder(x) if c is None else self.encoder(x, c)  # (N, 2L + H)
         L = self.config.latent_dim
         out = at_least_float32(out)
@@ -369,8 +373,10 @@ class VAE(LatentCodeMixin, GenerativeModel):
 
     @staticmethod
     def _gaussian(net: nn.Module, z: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu, logvar (M, out) of a Gaussian layer ``net`` (q(z2 | z1) or p(z1 | z2)) at z (M, in)."""
-        return at_least_float32(net(z, c)).chunk(2, dim=-1)
+        """mu, logvar (M, out) of a Gaussian layer ``net`` (q(z2 | z1) or p(z1 | z2)) at z (M, in);
+        z goes in the layer's dtype (the float32 codes into a converted bf16 layer)."""
+        dt = next((p.dtype for p in net.parameters() if p.is_floating_point()), z.dtype)
+        return at_least_float32(net(z.to(dt), c)).chunk(2, dim=-1)
 
     @property
     def dequantizes(self) -> bool:
@@ -408,7 +414,7 @@ class VAE(LatentCodeMixin, GenerativeModel):
             log_q = log_normal_diag(zs, mu.detach(), logvar.detach())
         if self.flow is not None:
             # IAF (Kingma et al. 2016, eq. 15 with Algorithm 1): log q(z_T | x) = log q(z0 | x) - sum_t sum log sigma_t.
-            zt, log_det = self.flow(z.reshape(k * n, L), _repeat(h, k))
+            zt, log_det = self._iaf(z.reshape(k * n, L), _repeat(h, k))
             z, log_q = zt.reshape(k, n, L), log_q - log_det.reshape(k, n)
         z1 = z if dreg is None else zs  # the code the weights are computed from, (K, N, L)
         c_rep = _repeat(c, k)  # (K*N, C)
@@ -538,7 +544,13 @@ class VAE(LatentCodeMixin, GenerativeModel):
         input); with an IAF posterior the flow's image of that mean (eps = 0), given h.
         """
         mu, _, h = self._encoder_outputs(x, self.one_hot(cond, len(x)))
-        return mu if self.flow is None else self.flow(mu, h)[0]
+        return mu if self.flow is None else self._iaf(mu, h)[0]
+
+    def _iaf(self, z: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The IAF posterior flow at codes z (M, L) with context h (M, H): (z_T, log det) in
+        float32 at least (each step's MADE reads them in its own dtype)."""
+        zt, log_det = self.flow(z, h)
+        return at_least_float32(zt), at_least_float32(log_det)
 
     # -- 6. the likelihood bound -----------------------------------------------------------
     def likelihood_info(self) -> Likelihood:

@@ -69,12 +69,17 @@ class LikelihoodHead(nn.Module):
 
 
 def _sum_per_example(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(len(t), -1).sum(dim=1)
+    """(N, ...) per-element terms -> (N,) sums, accumulated in float32 at least: summed in
+    bfloat16 (a model converted with ``.bfloat16()``), 784 terms are off by nats."""
+    return t.reshape(len(t), -1).sum(dim=1, dtype=torch.promote_types(t.dtype, torch.float32))
 
 
 def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None, dim: int = 1, keepdim: bool = False) -> torch.Tensor:
     """One draw of a categorical over ``dim`` of ``logits`` (unnormalised log-probabilities),
     by Gumbel-max with an explicit generator: argmax(logits - log(-log u)), u ~ U(0, 1)."""
+    # float32 at least: in bfloat16 (8 mantissa bits) logits + Gumbel noise tie often, and
+    # argmax breaks ties towards the first values, which biases a bf16 model's draws.
+    logits = at_least_float32(logits)
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
     return (logits + gumbel).argmax(dim=dim, keepdim=keepdim)
@@ -199,7 +204,7 @@ class Categorical(LikelihoodHead):
         return k if self.spec.kind == "discrete" else k / (self.levels - 1)
 
     def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return _sum_per_example(F.cross_entropy(params, self._to_index(x), reduction="none"))
+        return _sum_per_example(F.cross_entropy(at_least_float32(params), self._to_index(x), reduction="none"))
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         if self.spec.kind == "tokens":
@@ -410,7 +415,8 @@ class LogisticMixture(LikelihoodHead):
         return k_mean if self.spec.kind == "discrete" else k_mean / (levels - 1)
 
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        logit_pi, mu, log_s = self._split(params)
+        # float32 at least (as nll): a bf16 model's draws would land off the levels k / 255.
+        logit_pi, mu, log_s = self._split(at_least_float32(params))
         pick = _gumbel_argmax(logit_pi, generator, keepdim=True)
         mu_k = mu.gather(1, pick).squeeze(1)
         s_k = torch.exp(log_s.gather(1, pick).squeeze(1))
