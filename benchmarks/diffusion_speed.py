@@ -38,7 +38,9 @@ fastest, for every mode of the call (diffusers' and deepgen's alike; the trainer
 
 ``--profile``: where the time goes. One training step of deepgen's fastest eager-launch
 mode (bf16, compile, channels-last; the CUDA graph replays the same kernels but hides them
-from the profiler; 20 steps in one ``fit``, so that its start and end count once) at each
+from the profiler; 20 steps in one ``fit``, so that its start and end count once; with
+``--profile-sources`` 5 steps, and for the top three kernels the chains of operators that
+launched them, with input shapes) at each
 batch size of ``--profile-batches`` (default ``--batches``), and one compiled channels-last
 sampling step at ``--sample-batch`` (not with ``--sample-modes ""``), under torch.profiler: the GPU time by kernel category (convolution,
 matmul, attention, the compiled fused kernels of the norms and element-wise ops, the
@@ -223,15 +225,18 @@ def kernels_only(prof, gpu: bool) -> list[tuple[str, float]]:
     return list(out.items())
 
 
-def profile_kernels(step, steps: int, device: torch.device) -> dict:
+def profile_kernels(step, steps: int, device: torch.device, sources: bool = False) -> dict:
     """GPU time by kernel category and the 15 longest kernels over ``steps`` calls of
     ``step`` (already warmed up): {"ms_per_step", "by_category": {cat: share}, "top": [...]}."""
     from torch.profiler import ProfilerActivity, profile
 
     gpu = device.type == "cuda"  # on a CPU (the smoke test): the operators' own CPU time
     sync(device)
-    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]  # the CPU side: which operator launched each kernel
-    with profile(activities=acts, record_shapes=gpu) as prof:
+    # sources: the CPU side too, to say which operator launched each top kernel (session 17:
+    # with record_shapes over 20 compiled steps it outran a 110 s call; hence a flag, on fewer steps)
+    sources = sources and gpu
+    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if sources else [ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]
+    with profile(activities=acts, record_shapes=sources) as prof:
         for _ in range(steps):
             step()
         sync(device)
@@ -247,7 +252,7 @@ def profile_kernels(step, steps: int, device: torch.device) -> dict:
     top = sorted(kernels, key=lambda kv: -kv[1])[:15]
     return {"ms_per_step": total / steps / 1e3, "by_category": {k: v / total for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
             "top": [{"kernel": k[:120], "share": t / total, "category": kernel_category(k)} for k, t in top],
-            "sources": kernel_sources(prof.events(), [k for k, _ in top[:3]], total) if gpu else {}}
+            "sources": kernel_sources(prof.events(), [k for k, _ in top[:3]], total) if sources else {}}
 
 
 def kernel_sources(events, names: list[str], total: float, chains: int = 6) -> dict[str, list[dict]]:
@@ -285,13 +290,13 @@ def profile_training(ds, settings: dict, batch: int, args, device: torch.device)
     trainer.config = cfg.replace(max_steps=args.warmup)
     trainer.fit()  # compiles and warms up
 
-    n = 2 if args.tiny else 20
+    n = 2 if args.tiny else 5 if args.profile_sources else 20
 
     def steps() -> None:  # one fit of n steps: its start (data checks, the resident copy) counted once, not per step
         trainer.config = cfg.replace(max_steps=trainer.step + n)
         trainer.fit()
 
-    prof = profile_kernels(steps, 1, device)
+    prof = profile_kernels(steps, 1, device, sources=args.profile_sources)
     prof["ms_per_step"] /= n
     return prof
 
@@ -321,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autotune", action="store_true", help="also deepgen_autotune_graph_cl: compile_mode=max-autotune-no-cudagraphs")
     p.add_argument("--profile", action="store_true", help="GPU time by kernel category of the fastest modes (see the docstring)")
     p.add_argument("--profile-batches", default=None, help="the training batch sizes --profile profiles (default: --batches)")
+    p.add_argument("--profile-sources", action="store_true",
+                   help="with --profile: also the operators that launched the top kernels (CPU activity and shapes; 5 steps, slower)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="torch.backends.cudnn.benchmark for every mode, diffusers' and deepgen's (the trainer's cudnn_benchmark=true)")
     p.add_argument("--tiny", action="store_true", help="tiny networks and batches (CPU smoke test)")

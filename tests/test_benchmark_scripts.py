@@ -282,6 +282,24 @@ def test_flow_speed_builds_normflows_layer_for_layer(real_data_dir: Path, tmp_pa
     assert all(r["normflows_train"] > 0 and r["deepgen_eager"] > 0 and r["deepgen_sample"] > 0 and r["normflows_sample"] > 0 for r in rows)
 
 
+def test_diffusion_speed_names_the_operators_behind_a_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kernel_sources (GPU profiles only, so never run by the CPU smoke test): each kernel's
+    time is put on the chain of operators that launched it, largest first, as shares."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ds_speed = _load("diffusion_speed")
+    from types import SimpleNamespace as E
+
+    conv = E(name="aten::cudnn_convolution", cpu_parent=None, kernels=[], input_shapes=[[8, 64, 32, 32]])
+    contig = E(name="aten::contiguous", cpu_parent=conv, kernels=[])
+    copy = E(name="aten::copy_", cpu_parent=contig, kernels=[E(name="direct_copy", duration=30.0)], input_shapes=[[8, 64, 32, 32], [8, 64, 32, 32]])
+    other = E(name="aten::clone", cpu_parent=None, kernels=[E(name="direct_copy", duration=10.0), E(name="gemm", duration=60.0)], input_shapes=[])
+    out = ds_speed.kernel_sources([conv, contig, copy, other], ["direct_copy"], total=100.0)
+    chains = out["direct_copy"]
+    assert [c["share"] for c in chains] == [0.3, 0.1]
+    assert chains[0]["ops"].startswith("aten::copy_ < aten::contiguous < aten::cudnn_convolution [[8, 64, 32, 32]")
+    assert chains[1]["ops"].startswith("aten::clone []") and "gemm" not in out
+
+
 def test_diffusion_speed_matches_diffusers_network_and_runs(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The peer network of the diffusion speed benchmark has deepgen's parameter count
     exactly (the full 6.5M configuration and the tiny one), and the script's rows come out."""
