@@ -296,8 +296,8 @@ class Trainer:
             names = each[0] if len(each) == 1 else f"{', '.join(each[:-1])} and {each[-1]}"
             raise UserError(
                 f"{self.model_name} would never train phase{'s' if len(idle) > 1 else ''} {names}: the run trains only "
-                f"{epochs} epoch{'' if epochs == 1 else 's'}. Train at least {needed} epochs (--epochs {needed}), "
-                "so that every phase runs."
+                f"{epochs} epoch{'' if epochs == 1 else 's'}. Train at least {needed} epochs (epochs={needed}; "
+                f"--epochs {needed} on the command line), so that every phase runs."
             )
 
     def _check_early_stop(self) -> None:
@@ -767,7 +767,8 @@ class Trainer:
             kept = self._kept_checkpoint()
             raise TrainingDiverged(
                 f"training diverged: {', '.join(bad)} became NaN/Inf by step {self.step}; {kept}. "
-                "Lower the learning rate (--set lr=...), set grad_clip=1.0, or turn off bf16."
+                "Lower the model's learning rate lr, set the trainer's grad_clip=1.0, or turn off bf16 (on the command line: "
+                "--set lr=..., --set grad_clip=1.0)."
             )
         self.last = means
         self._figures.update(means)
