@@ -8,8 +8,10 @@ needs, detected with ``isinstance`` on the Protocols of :mod:`deepgen.models.bas
 file                   needs              shows
 =====================  =================  ===============================================
 ``reconstructions.png`` ``reconstruct``   test inputs (top row) above their reconstructions
-``samples.png``         (every model)     a grid of samples, or a 2-D scatter with the
-                                          dataset's true modes as red crosses
+``samples.png``         ``sample``        a grid of samples, or a 2-D scatter with the
+                                          dataset's true modes as red crosses (a model
+                                          whose ``sample`` raises NotImplementedError gets
+                                          none, nor the rows of samples below)
 ``latent.png``          ``encode``        test codes coloured by label (PCA to 2-D when
                                           the latent has more than 2 dimensions)
 ``manifold.png``        ``decode``, 2-D   a 15x15 grid of decoded codes spanning the codes'
@@ -232,12 +234,15 @@ def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torc
     n = SAMPLES * (20 if spec.shape == (2,) else 1) if spec.kind != "tokens" else TEXT_SAMPLES
     gen = torch.Generator(device).manual_seed(seed + 12345)
     sample_cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
-    samples = model.sample(n, generator=gen, cond=sample_cond, mean=spec.is_image)
+    try:
+        samples = model.sample(n, generator=gen, cond=sample_cond, mean=spec.is_image)
+    except NotImplementedError:  # a model without a sampler: the pictures that need none are still written
+        samples = None
     path = run_dir / "samples.png"
-    if save_samples(samples, spec, path, reference=dataset.meta.get("modes")):
+    if samples is not None and save_samples(samples, spec, path, reference=dataset.meta.get("modes")):
         written.append(path)
     vocab = dataset.meta.get("vocab")
-    if spec.kind == "tokens" and isinstance(vocab, str):
+    if samples is not None and spec.kind == "tokens" and isinstance(vocab, str):
         path = run_dir / "samples.txt"
         text = "\n\n".join(f"--- sample {i + 1} ---\n" + decode_text(s, vocab) for i, s in enumerate(samples))
         with atomic_path(path) as tmp:
@@ -256,14 +261,15 @@ def _write(run_dir: Path, model: GenerativeModel, dataset: Dataset, device: torc
         lab = torch.zeros(len(points), dtype=torch.long, device=device) if cond else None
         logp = torch.cat([_with_labels(model.log_prob, points[i : i + 10000], None if lab is None else lab[i : i + 10000]) for i in range(0, len(points), 10000)])
         path = run_dir / "density.png"
-        title = "model log density" + (" of class 0" if cond else "") + " (8 nats shown), samples in white"
-        save_density(logp.reshape(DENSITY_GRID, DENSITY_GRID), (lo[0], hi[0], lo[1], hi[1]), x, samples[: 20 * SAMPLES], path, title)
+        title = "model log density" + (" of class 0" if cond else "") + " (8 nats shown)" + (", samples in white" if samples is not None else "")
+        overlay = samples[: 20 * SAMPLES] if samples is not None else x[:0]
+        save_density(logp.reshape(DENSITY_GRID, DENSITY_GRID), (lo[0], hi[0], lo[1], hi[1]), x, overlay, path, title)
         written.append(path)
 
     # Rows of samples under a few sampling settings, from the same seed (images): the
     # temperature of flows and autoregressive models; a diffusion model's samplers and
     # step counts (the same starting noise in every row), and its guidance scales.
-    if spec.is_image:
+    if spec.is_image and samples is not None:
         for name, field, settings in (
             ("temperatures.png", "temperature", [{"temperature": t} for t in TEMPERATURES]),
             ("samplers.png", "sampler", [s for s in SAMPLER_ROWS if _accepts(model, s)]),

@@ -31,6 +31,7 @@ from .errors import UserError, did_you_mean
 from .io import write_json
 from .metrics import evaluate
 from .metrics.progress import progress_bar, resolve_progress
+from .metrics.units import eval_figures
 from .models import create_model, model_class
 from .models.base import LogProb, Reconstructor
 from .pictures import SamplePictures
@@ -221,7 +222,15 @@ def evaluate_floor(
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "NaN"  # a diverged model: said, not sorted or printed as a figure
     return f"{v:.{digits}f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def _fid_key(row: dict[str, Any]) -> float:
+    """Leaderboard order: FID ascending, a row without a finite FID (none, NaN) last."""
+    v = row.get("fid")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else float("inf")
 
 
 def _row_text(r: dict[str, Any]) -> str:
@@ -247,13 +256,14 @@ def leaderboard_markdown(record: dict[str, Any]) -> str:
         recall=_fmt(floor.get("recall")), density=_fmt(floor.get("density")), coverage=_fmt(floor.get("coverage")),
         bpd="-", mse="-", steps="-", secs="-",
     )
-    for r in sorted(record["rows"], key=lambda r: r.get("fid", float("inf"))):
+    for r in sorted(record["rows"], key=_fid_key):
         body += line.format(
             label=f"{r['label']} (`{r['model']}`)", fid=_fmt(r.get("fid")), kid=_fmt(r.get("kid"), 4), precision=_fmt(r.get("precision")),
             recall=_fmt(r.get("recall")), density=_fmt(r.get("density")), coverage=_fmt(r.get("coverage")),
             bpd=_fmt(r.get("nll_bpd"), 3), mse=_fmt(r.get("recon_mse"), 4), steps=r["steps"], secs=_fmt(r["train_seconds"], 0),
         )
-    notes = {r["label"]: r["nll_note"] for r in record["rows"] if "nll_note" in r}
-    tail = "".join(f"\n- {label}: likelihood is the {note}." for label, note in notes.items())
+    # Worded as `deepgen eval` prints them: a bound's note says it bounds the NLL of the column.
+    notes = {r["label"]: eval_figures({"nll_note": r["nll_note"]})["nll_note"] for r in record["rows"] if "nll_note" in r}
+    tail = "".join(f"\n- {label}: likelihood: {note}." for label, note in notes.items())
     return head + body + tail + "\n"
 

@@ -20,7 +20,8 @@ and the last step) it writes into the run folder:
 * ``histograms.png``: the model's value histograms where it has the ``histograms``
   capability (a critic's weights), beside the TensorBoard histograms the trainer logs.
 
-Other data (tables, vectors) gets no sample picture. Nothing is written without a run
+Other data (tables, vectors) gets no sample picture, nor does a model whose ``sample``
+raises NotImplementedError (training goes on). Nothing is written without a run
 folder (``run_dir=None``, or the ranks other than 0 under torchrun).
 """
 
@@ -76,13 +77,16 @@ class SamplePictures:
         try:
             gen = torch.Generator(trainer.device).manual_seed(trainer.config.seed + PICTURE_SEED)
             cond = torch.arange(n, device=trainer.device) % model.num_classes if model.num_classes else None
-            samples = model.sample(n, generator=gen, cond=cond, mean=spec.is_image)
+            try:
+                samples = model.sample(n, generator=gen, cond=cond, mean=spec.is_image)
+            except NotImplementedError:  # a model without a sampler: training goes on, without sample pictures
+                samples = None
             if isinstance(model, HasHistograms):
                 save_histograms(model.histograms(), run_dir / HISTOGRAMS, title=f"step {trainer.step}")
         finally:
             model.train(was_training)
         path = run_dir / SAMPLES
-        if not save_samples(samples, spec, path, reference=trainer.dataset.meta.get("modes")):
+        if samples is None or not save_samples(samples, spec, path, reference=trainer.dataset.meta.get("modes")):
             return None
         with atomic_path(run_dir / SAMPLES_DIR / f"step{trainer.step:07d}.png") as tmp:
             tmp.write_bytes(path.read_bytes())

@@ -7,9 +7,12 @@ network, the likelihood's note such as the IWAE k, the ``--set`` settings, the s
 training curves drawn from ``metrics.jsonl`` (one panel per logged value: losses and
 diagnostics such as ``lr``, ``grad_norm``, ``samples_per_s``; a validation value shares
 the panel of its training value, ``val_loss`` beside ``loss``, so overfitting shows), and
-every picture the run wrote (samples, reconstructions, latent scatter, manifold, ...)
-with a strip of the sample pictures written during training (``samples/``: on 2-D data,
-mode hopping shows from frame to frame).
+every picture the run wrote (samples, reconstructions, latent scatter, manifold, ...),
+a token run's text samples (``samples.txt``, its only samples), with a strip of the
+sample pictures written during training (``samples/``: on 2-D data, mode hopping shows
+from frame to frame). A NaN figure reads "undefined (NaN)". The
+legend of the ``val_*`` values names the split they read: the validation examples held
+out from training (``data.validation=N``) or the test split.
 With several runs, a table first compares them: the settings that differ between them
 (model, trainer and data; :data:`COSMETIC_SETTINGS`, which change nothing that is trained,
 are left out), their evaluation figures, and an overlay of the curves they share.
@@ -44,6 +47,7 @@ from .training.checkpoint import (
     RECONSTRUCTIONS,
     SAMPLES,
     SAMPLES_DIR,
+    SAMPLES_TEXT,
     current_checkpoint,
     read_run_config,
 )
@@ -55,6 +59,7 @@ PICTURE_ORDER = (SAMPLES, RECONSTRUCTIONS, MANIFOLD, LATENT, INTERPOLATION)
 _NOT_CURVES = {"step", "epoch", "seconds"}
 MAX_OVERLAY_KEYS = 8
 MAX_FRAMES = 8  # pictures of samples/ shown as a strip (how the samples moved during training)
+MAX_TEXT_CHARS = 20_000  # samples.txt (text samples of token data) shown up to this many characters
 
 # Settings (flattened as RunSummary.settings names them) that change nothing that is
 # trained: display, logging cadence, checkpoint bookkeeping, loader workers, where files
@@ -195,6 +200,7 @@ class RunSummary:
     checkpoint_problem: str = ""  # why current_step is unknown, when reading the checkpoint failed
     pictures: list[Path] = field(default_factory=list)
     frames: list[Path] = field(default_factory=list)  # samples/ pictures written during training
+    text_samples: str | None = None  # samples.txt of a token run (its samples: a token run has no samples.png)
     name: str = ""  # shown instead of the folder's name when set
 
     @property
@@ -291,6 +297,9 @@ def read_run(path: str | Path) -> RunSummary:
     if len(frames) > MAX_FRAMES:  # evenly spaced, the first and the last kept
         frames = [frames[round(i * (len(frames) - 1) / (MAX_FRAMES - 1))] for i in range(MAX_FRAMES)]
     run.frames = frames
+    text = path / SAMPLES_TEXT
+    if text.is_file():
+        run.text_samples = text.read_text(encoding="utf-8", errors="replace")
     return run
 
 
@@ -399,14 +408,23 @@ def _eval_rows(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[Any]]]:
     for run in runs:
         for f in run.figures:
             for k, v in f.printed().items():
-                if _finite(v):
+                if _is_number(v):  # a NaN figure too: its column says so rather than vanishing
                     keys.setdefault(k)
     rows = []
     for run in runs:
         for f in run.figures:
             shown = f.printed()  # numbers as `deepgen eval` prints them, to the digit
-            rows.append([run.label, f.label, f.state(), *[format_value(shown[k]) if k in shown else "-" for k in keys]])
+            rows.append([run.label, f.label, f.state(), *[_figure_cell(shown[k]) if k in shown else "-" for k in keys]])
     return ["run", "evaluation", "computed at", *keys], rows
+
+
+def _figure_cell(v: Any) -> str:
+    """One evaluation figure as ``deepgen eval`` prints it; a NaN (a diverged model, a
+    figure with nothing to measure such as the reverse KL of samples in no mode) reads
+    "undefined (NaN)", not as a number."""
+    if isinstance(v, float) and math.isnan(v):
+        return "undefined (NaN)"
+    return format_value(v)
 
 
 def _negative_note(runs: Sequence[RunSummary]) -> str | None:
@@ -430,7 +448,13 @@ def _logged_rows(run: RunSummary) -> tuple[list[list[Any]], list[str]]:
     rows = [[f.label, f.value, last[f.key][1], f.unit] for f in sorted(figures, key=lambda f: f.key)]
     rows += [[k, v, s, ""] for k, (v, s) in sorted(last.items()) if k not in shown and not _is_number(v)]
     val_limit = run.config.get("train", {}).get("val_limit")
-    where = f"the test split (its first val_limit={val_limit} examples at most)" if isinstance(val_limit, int) else None
+    held_out = run.config.get("data", {}).get("validation")
+    # data.validation=N holds out the last N training examples, and val_* read them, not the test split.
+    if _is_number(held_out) and held_out > 0:
+        where = f"the validation split held out from training (validation={held_out}" + (
+            f"; its first val_limit={val_limit} examples at most)" if isinstance(val_limit, int) else ")")
+    else:
+        where = f"the test split (its first val_limit={val_limit} examples at most)" if isinstance(val_limit, int) else None
     return rows, logged_legend(figures, val_examples=where)
 
 
@@ -470,6 +494,7 @@ figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; 
 figure img { max-width: 560px; image-rendering: pixelated; border: 1px solid #eee; }
 figure.wide img { max-width: 100%; image-rendering: auto; }
 figcaption { font-size: 0.8em; color: #666; } .muted { color: #777; font-size: 0.85em; }
+pre.samples { background: #f7f7f7; border: 1px solid #eee; padding: 0.6em; white-space: pre-wrap; max-height: 40em; overflow: auto; }
 """
 
 
@@ -546,6 +571,12 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
             parts.append("<h3>Training curves</h3>" + _img(_data_uri(png), f"{run.label}: logged values against the step", wide=True))
         if run.pictures:
             parts.append("<h3>Pictures</h3>" + "".join(_img(_data_uri(p.read_bytes()), p.name) for p in run.pictures))
+        if run.text_samples is not None:
+            shown = run.text_samples[:MAX_TEXT_CHARS]
+            cut = (f" (the first {MAX_TEXT_CHARS:,} of its {len(run.text_samples):,} characters)"
+                   if len(run.text_samples) > MAX_TEXT_CHARS else "")
+            parts.append(f"<h3>Text samples</h3><p class='muted'>{SAMPLES_TEXT}{cut}</p>"
+                         f"<pre class='samples'>{html.escape(shown)}</pre>")
         if run.frames:
             parts.append("<h3>Samples during training</h3>" + "".join(_img(_data_uri(p.read_bytes()), f"{SAMPLES_DIR}/{p.name}") for p in run.frames))
         settings = sorted(run.settings().items())

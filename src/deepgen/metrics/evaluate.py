@@ -565,10 +565,25 @@ def evaluate(
                     figures = fn(model, dataset, ctx.with_metric(name))
             except KeyboardInterrupt as e:
                 raise EvaluationInterrupted(dict(results), name) from e
+            except NotImplementedError as e:  # a model without a sampler (or another method a metric calls)
+                raise UserError(_not_implemented(model, name, e)) from None
             results.update(figures)
     finally:
         model.train(was_training)
     return results
+
+
+def _not_implemented(model: GenerativeModel, name: str, error: NotImplementedError) -> str:
+    """The message of metric ``name`` stopped by a method ``model`` does not implement
+    (its innermost frame names the method: ``sample`` for a model that cannot sample)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    method = tb.tb_frame.f_code.co_name if tb is not None else "a method"
+    label = getattr(model, "registered_name", "") or type(model).__name__
+    detail = f" ({error})" if str(error) else ""
+    return (f"metric {name!r} calls {method}() of model {label!r}, which it does not implement{detail}: "
+            f"this metric cannot run for this model; ask for others with --metrics.")
 
 
 def format_value(v: Any) -> str:
