@@ -149,3 +149,29 @@ def test_settings_take_numpy_numbers():
     assert (c.latent_dim, c.hidden) == (3, (8, 8)) and type(c.latent_dim) is int and type(c.lr) is float
     with pytest.raises(UserError, match="latent_dim must be an integer"):
         deepgen.create_model("vae", DataSpec((4,), "real"), latent_dim=np.float64(3.5))
+
+
+def test_kid_of_sets_no_larger_than_a_subset_has_no_spread():
+    from deepgen.metrics.sample_quality import kid
+
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(300, 8, generator=g), torch.randn(300, 8, generator=g) + 0.3
+    mean, std = kid(x, y, subsets=100, subset_size=1000, generator=torch.Generator().manual_seed(0))
+    assert std == 0.0 and mean == kid(x, y, subsets=1, subset_size=1000, generator=torch.Generator().manual_seed(5))[0]
+    _, spread = kid(x, y, subsets=20, subset_size=100, generator=torch.Generator().manual_seed(0))
+    assert spread > 0  # real subsets do vary
+
+
+def test_the_elbo_of_a_likelihood_that_is_not_normalised_is_not_labelled_a_bound():
+    from deepgen.metrics.units import EVAL_LABELS, NOT_NORMALISED_ELBO, eval_figures
+
+    shown = eval_figures({"elbo": -12.5, "elbo_note": "not a normalised likelihood"})
+    assert shown[NOT_NORMALISED_ELBO] == 12.5 and EVAL_LABELS["elbo"] not in shown and "bound on" not in NOT_NORMALISED_ELBO.split(":")[0]
+    assert eval_figures({"elbo": -12.5})[EVAL_LABELS["elbo"]] == 12.5
+
+
+def test_a_model_refusing_a_data_kind_says_which_it_takes():
+    from deepgen.errors import UserError
+
+    with pytest.raises(UserError, match=r"the made model takes binary, continuous, discrete or tokens data; 't.csv' holds real data\."):
+        deepgen.create_model("made", DataSpec((3,), "real", name="t.csv"))

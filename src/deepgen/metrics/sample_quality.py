@@ -215,7 +215,8 @@ def kid(
         MMD^2_u = sum_{i != j} k(x_i, x_j) / (m (m-1)) + sum_{i != j} k(y_i, y_j) / (m (m-1))
                   - 2 sum_{i, j} k(x_i, y_j) / m^2.
 
-    Returns the mean and the (population) standard deviation over subsets. Unbiased, so
+    Returns the mean and the (population) standard deviation over subsets (exactly 0 when
+    N = M <= ``subset_size``: every subset is then the whole of both sets). Unbiased, so
     it can be slightly negative when the two distributions are equal. Subsets are drawn
     from ``generator`` (a CPU generator; the global RNG when None).
     """
@@ -231,8 +232,12 @@ def kid(
     def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (g * (a @ b.T) + coef0) ** degree  # (m, m)
 
-    scores = torch.empty(subsets, dtype=torch.float64)
-    for s in range(subsets):
+    # Every subset the whole of both sets (m = N = M): MMD^2_u is invariant to the rows'
+    # order, so all draws give one value: computed once, with a std of exactly 0 (not the
+    # 1e-16 of summing the same kernel matrices in other orders).
+    draws = 1 if m == n == m_fake else subsets
+    scores = torch.empty(draws, dtype=torch.float64)
+    for s in range(draws):
         x = r[torch.randperm(n, generator=generator)[:m].to(r.device)]  # (m, F)
         y = f[torch.randperm(m_fake, generator=generator)[:m].to(f.device)]  # (m, F)
         kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)

@@ -64,6 +64,8 @@ EVAL_LABELS: dict[str, str] = {
     "reverse_kl": "reverse_kl (nats)",
     "hq_percent": "hq_percent (%)",
 }
+#: The label of ``elbo`` when the model's likelihood is not normalised (``elbo_note`` set).
+NOT_NORMALISED_ELBO = "-elbo (nats, a loss: not normalised, no bound on -log p(x))"
 #: Raw keys whose printed value is the negated raw value.
 NEGATED = frozenset({"elbo"})
 # The likelihood note of a bound, said beside an NLL: the bound on the NLL, not on log p(x).
@@ -82,10 +84,14 @@ def eval_figures(results: Mapping[str, Any]) -> dict[str, Any]:
     printed as -ELBO (the value negated), notes about a bound say it bounds -log p(x),
     ``<metric>_seconds`` becomes ``<metric> time (s)``, and when a likelihood figure in
     nats is negative a ``note`` entry says why. The values are the results', so
-    ``eval_figures(r)["-elbo (nats, upper bound on -log p(x))"] == -r["elbo"]``.
+    ``eval_figures(r)["-elbo (nats, upper bound on -log p(x))"] == -r["elbo"]`` (with
+    :data:`NOT_NORMALISED_ELBO` as the label where ``r`` holds an ``elbo_note``).
     """
     out: dict[str, Any] = {}
     negative = False
+    # A likelihood that is not normalised (a Bernoulli decoder on grey values; the evaluator
+    # adds elbo_note) bounds nothing: its -ELBO is a loss, and the label must not call it one.
+    loose = "elbo_note" in results
     for k, v in results.items():
         if k.endswith("_seconds"):
             out[f"{k.removesuffix('_seconds')} time (s)"] = v
@@ -95,7 +101,7 @@ def eval_figures(results: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(v, str):
             for old, new in _NOTE_FIXES:
                 v = v.replace(old, new)
-        label = EVAL_LABELS.get(k, k)
+        label = NOT_NORMALISED_ELBO if loose and k == "elbo" else EVAL_LABELS.get(k, k)
         negative |= label.split(" ", 1)[0] in ("-elbo", "nll", "recon_nll") and "(nats" in label and _number(v) and v < 0
         out[label] = v
     if negative:

@@ -98,6 +98,11 @@ class Phase:
         return epoch >= start and (stop is None or epoch < stop)
 
 
+def _or_list(words: Sequence[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 @dataclass
 class LossOutput:
     """The scalar ``loss`` to minimise and a dict of 0-d device tensors to log."""
@@ -400,7 +405,7 @@ class GenerativeModel(nn.Module):
         takers = [n for n in MODELS.names() if spec.kind in getattr(MODELS.get(n), "data_kinds", ())]
         others = f" Models for {spec.kind} data: {', '.join(takers)}." if takers else ""
         raise UserError(
-            f"the {name} models {', '.join(self.data_kinds)} data; {spec.name or 'this dataset'!r} holds {spec.kind}.{others}"
+            f"the {name} model takes {_or_list(self.data_kinds)} data; {spec.name or 'this dataset'!r} holds {spec.kind} data.{others}"
         )
 
     # -- user networks ----------------------------------------------------------------
