@@ -131,6 +131,29 @@ def test_leaderboard_files_rows_and_floor(stand_in, tmp_path, monkeypatch):
     assert fids == sorted(fids)
 
 
+def test_a_crash_in_a_later_preset_keeps_the_rows_already_measured(stand_in, tmp_path, monkeypatch):
+    presets = (
+        bench.Preset("vae-small", "vae", {"hidden": (32,), "latent_dim": 4}),
+        bench.Preset("ae-small", "ae", {"hidden": (32,), "latent_dim": 4}),
+    )
+    monkeypatch.setitem(bench.PRESETS, "digits", presets)
+    real = bench.create_model
+
+    def create(name, *args, **kwargs):
+        if name == "ae":
+            raise RuntimeError("killed in the second preset")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "create_model", create)
+    with pytest.raises(RuntimeError, match="second preset"):
+        bench.run_bench("digits", budget=0.3, device="cpu", out=tmp_path / "lb", eval_samples=100, batch_size=32)
+    record = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    assert [r["label"] for r in record["rows"]] == ["vae-small"] and record["complete"] is False
+    md = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "vae-small" in md and "Partial: 1 of 2 presets measured so far; still to run: ae-small." in md
+    assert not list((tmp_path / "lb").glob(".*.tmp*"))  # nothing half-written beside them (atomic_path's temporaries)
+
+
 def test_bench_errors():
     with pytest.raises(UserError, match="no leaderboard presets"):
         bench.select_presets("frey-faces", None)

@@ -28,7 +28,7 @@ import torch
 from .data import DataConfig, load_dataset
 from .devices import configure_threads
 from .errors import UserError, did_you_mean
-from .io import write_json
+from .io import atomic_path, write_json
 from .metrics import evaluate
 from .metrics.progress import progress_bar, resolve_progress
 from .metrics.units import eval_figures
@@ -133,7 +133,10 @@ def run_bench(
     """Train each preset for ``budget`` seconds, evaluate, and write the leaderboard.
 
     Writes ``out/leaderboard.md``, ``out/leaderboard.json`` and one run folder per preset
-    under ``out/runs/`` (with its sample pictures). Returns the JSON record.
+    under ``out/runs/`` (with its sample pictures). Returns the JSON record. The two
+    leaderboard files are rewritten (atomically) after each preset, ``"complete": false``
+    and a line saying so until the last one: a crash or a kill in a later preset keeps the
+    rows already measured.
     ``progress``: a bar of the models done, and the evaluator's bars (None = when stderr
     is a terminal). ``threads``: CPU threads (:func:`deepgen.devices.configure_threads`;
     None or 0 = deepgen's default).
@@ -194,22 +197,35 @@ def run_bench(
             bar.write(f"{preset.label}: {_row_text(rows[-1])}", file=sys.stdout)
             sys.stdout.flush()
             bar.update(1)
-    record = {
-        "dataset": dataset,
-        "budget_seconds": budget,
-        "batch_size": batch_size,
-        "seed": seed,
-        "eval_samples": eval_samples,
-        "floor": floor,
-        "rows": rows,
-        "hardware": hardware(dev),
-        "torch": torch.__version__,
-        "deepgen": __version__,
-        "date": date.today().isoformat(),
-    }
-    write_json(out / "leaderboard.json", record)
-    (out / "leaderboard.md").write_text(leaderboard_markdown(record))
+            record = {
+                "dataset": dataset,
+                "budget_seconds": budget,
+                "batch_size": batch_size,
+                "seed": seed,
+                "eval_samples": eval_samples,
+                "floor": floor,
+                "rows": rows,
+                "complete": len(rows) == len(presets),
+                "presets": [p.label for p in presets],
+                "hardware": hardware(dev),
+                "torch": torch.__version__,
+                "deepgen": __version__,
+                "date": date.today().isoformat(),
+            }
+            _write_leaderboard(out, record)
     return record
+
+
+def _write_leaderboard(out: Path, record: dict[str, Any]) -> None:
+    """``leaderboard.json`` and ``leaderboard.md`` of the rows so far, each written atomically."""
+    write_json(out / "leaderboard.json", record)
+    text = leaderboard_markdown(record)
+    if not record.get("complete", True):
+        done = {r["label"] for r in record["rows"]}
+        text += f"\nPartial: {len(done)} of {len(record['presets'])} presets measured so far; still to run: " + \
+            ", ".join(p for p in record["presets"] if p not in done) + ".\n"
+    with atomic_path(out / "leaderboard.md") as tmp:
+        tmp.write_text(text)
 
 
 def evaluate_floor(
