@@ -324,7 +324,24 @@ def nll_metric(model: GenerativeModel, dataset: Dataset, ctx: EvalContext) -> Re
     out: Result = {"nll": mean, "nll_sem": sem}
     out.update(_bpd_keys("nll", model, dataset, mean))
     out["nll_note"] = likelihood_of(model).note
+    out.update(_original_units(model, dataset, mean, out["nll_note"]))
     return out
+
+
+def _original_units(model: GenerativeModel, dataset: Dataset, nll_nats: float, note: str) -> Result:
+    """A standardised table's NLL in its own units: the model scores z = (x - mean) / std,
+    and -log p(x) = -log p(z) + sum_j log std_j (the change of variables). ``{}`` for other
+    data and for likelihoods that are not normalised; else ``nll_original_units`` and the
+    note extended to say which of the two ``nll`` is."""
+    std = dataset.state.get("std") if dataset.spec.kind == "real" and "mean" in dataset.state else None
+    if std is None or not likelihood_of(model).normalised:
+        return {}
+    shift = float(torch.as_tensor(std, dtype=torch.float64).log().sum())
+    return {
+        "nll_original_units": nll_nats + shift,
+        "nll_note": f"{note}; nll is of the standardised columns (x - mean) / std, nll_original_units of the "
+                    f"table's own units (+ sum of log std = {shift:.4g} nats)",
+    }
 
 
 def _bpd_keys(prefix: str, model: GenerativeModel, dataset: Dataset, nll_nats: float) -> Result:

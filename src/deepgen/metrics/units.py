@@ -60,6 +60,7 @@ EVAL_LABELS: dict[str, str] = {
     "nll_sem": "nll sem (nats)",
     "nll_bpd": "nll (bits/dim)",
     "nll_bin_width": "nll bin width",
+    "nll_original_units": "nll (nats, the table's own units)",
     "kl": "kl (nats)",
     "reverse_kl": "reverse_kl (nats)",
     "hq_percent": "hq_percent (%)",
