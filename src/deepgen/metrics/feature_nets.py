@@ -214,9 +214,13 @@ class FeatureNet(nn.Module):
             acc = "test accuracy unknown" if self.accuracy is None else f"test accuracy {100 * self.accuracy:.2f}%"
             return f"{_display(self.name)} classifier ({acc}, seed {self.seed})"
         why = "no labels" if self.info.get("num_classes") is None else "no classifier recipe"
+        # Trained on the run's own training rows: two runs of other rows (another max_train,
+        # another file) get other features, and their FIDs do not compare; the data's hash
+        # says which features a figure used.
         return (
             f"autoencoder features for {self.name} ({why}: not a classifier; "
-            f"{self.feature_dim}-d ae codes, seed {self.seed})"
+            f"{self.feature_dim}-d ae codes, seed {self.seed}, trained on data {self.data_sha256[:12]}: "
+            f"FIDs compare between runs with these features only)"
         )
 
     def extra_repr(self) -> str:
