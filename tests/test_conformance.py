@@ -221,7 +221,7 @@ def test_every_model_declares_kinds_and_refuses_the_others():
         for kind, spec in examples.items():
             if kind in cls.data_kinds:
                 continue
-            with pytest.raises(UserError, match=f"the {name} models .*holds {kind}"):
+            with pytest.raises(UserError, match=f"the {name} model takes .*holds {kind}"):
                 deepgen.create_model(name, spec)
 
 
