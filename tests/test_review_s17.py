@@ -203,3 +203,26 @@ def test_a_tables_nll_is_also_given_in_its_own_units():
     images = evaluate(deepgen.create_model("maf", DataSpec((1, 4, 4), "continuous", num_levels=256), hidden=(8,), layers=1).eval(),
                       deepgen.load_dataset((rng.integers(0, 256, size=(64, 4, 4))).astype(np.uint8)), ["nll"])
     assert "nll_original_units" not in images
+
+
+def test_a_flow_run_saved_with_a_setting_it_ignored_still_loads_and_resumes(tmp_path, capsys):
+    """Runs from before the refusal (an image realnvp trained with hidden=32,16, which it never
+    read) load, sample and resume: the rebuilt config puts the ignored setting back."""
+    import json
+
+    from deepgen.cli import main
+
+    run = tmp_path / "run"
+    small = [a for kv in ("max_train=64", "progress=false", "tensorboard=false", "scales=1", "couplings=1", "channels=4")
+             for a in ("--set", kv)]
+    assert main(["train", "realnvp", "--data", "digits", "--epochs", "1", "--out", str(run), *small]) == 0
+    path = run / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["model_config"]["hidden"] = [32, 16]  # what the older deepgen saved, and ignored
+    path.write_text(json.dumps(cfg))
+    assert main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "s.npy")]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    # a new run with it is still refused
+    assert main(["train", "realnvp", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "new"), *small,
+                 "--set", "hidden=32,16"]) == 2
+    assert "size the vector networks" in capsys.readouterr().err

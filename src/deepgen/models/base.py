@@ -588,6 +588,15 @@ class GenerativeModel(nn.Module):
         return torch.get_default_dtype()
 
     @classmethod
+    def rebuilt_config(cls, config: ModelConfig, spec: DataSpec) -> ModelConfig:
+        """The config a saved run is rebuilt with (``training.checkpoint.build_model``, for
+        load and resume): ``config`` as saved, for a family to put back settings that an
+        older deepgen ignored for this data and a newer one refuses, so that such a run
+        still loads (the rebuilt model is the same; nothing its weights depend on changes).
+        Default: unchanged."""
+        return config
+
+    @classmethod
     def variants(cls, spec: DataSpec) -> list[dict[str, object]]:
         """Settings that cover the model's structure for data ``spec``: the conformance
         suites build the model once per variant. Structurally different networks (e.g.

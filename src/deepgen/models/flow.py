@@ -207,6 +207,16 @@ class Flow(GenerativeModel):
         with self.modes(train=True):
             self._forward(x, self.one_hot(batch.y, len(x), checked=False))
 
+    @classmethod
+    def rebuilt_config(cls, config: ModelConfig, spec: DataSpec) -> ModelConfig:
+        """A saved run's settings of the body it does not build back at their defaults: runs
+        of deepgen before they were refused (``_refuse_unused``) ignored them, so they built
+        the same flow, and they still load."""
+        assert isinstance(config, FlowConfig)
+        unused = config.vector_only if cls.keeps_images and spec.is_image else config.image_only
+        default = type(config)()
+        return config.replace(**{k: getattr(default, k) for k in unused if getattr(config, k) != getattr(default, k)})
+
     def _refuse_unused(self, config: FlowConfig) -> None:
         """One UserError for settings changed from their defaults that the body built for
         this data does not use (``image_only`` on vectors, ``vector_only`` on images): a

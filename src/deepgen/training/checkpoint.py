@@ -798,7 +798,9 @@ def build_model(
     :func:`load_run` and ``Trainer.resume`` both come here.
     """
     spec_or_data = saved_spec(cfg) if data is None else data
-    return create_model(cfg["model"], spec_or_data, saved_model_config(cfg, model_overrides), **saved_networks(cfg))
+    spec = spec_or_data.spec if isinstance(spec_or_data, Dataset) else spec_or_data
+    config = model_class(cfg["model"]).rebuilt_config(saved_model_config(cfg, model_overrides), spec)
+    return create_model(cfg["model"], spec_or_data, config, **saved_networks(cfg))
 
 
 def same_data(saved: DataSpec, now: DataSpec) -> str | None:
