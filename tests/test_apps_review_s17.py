@@ -96,3 +96,19 @@ def test_outlier_scores_keep_the_fitted_score_type(table):
     assert (det.predict(table) == -1).mean() == pytest.approx(0.1)
     det.fit(table)  # the new score from the next fit on
     assert det.score_type_ == "likelihood" and (det.predict(table) == -1).mean() == pytest.approx(0.1)
+
+
+def test_images_on_another_scale_than_the_training_images_are_refused():
+    """0..255 pixels to an estimator fitted on [0, 1] floats were clipped to white, [0, 1]
+    floats to one fitted on 0..255 pixels read as almost black: one clear error each."""
+    rng = np.random.default_rng(3)
+    floats = rng.random((32, 8, 8))
+    pixels = (floats * 255).round().astype(np.uint8)
+    on_floats = AutoencoderEmbedding(**TINY).fit(floats)
+    with pytest.raises(UserError, match="fitted on images in \\[0, 1\\].*divide by 255"):
+        on_floats.transform(pixels)
+    assert on_floats.transform(floats).shape == (32, 2)
+    on_pixels = AutoencoderEmbedding(**TINY).fit(pixels)
+    with pytest.raises(UserError, match="fitted on 0..255 pixels"):
+        on_pixels.transform(floats)
+    assert on_pixels.transform(pixels.astype(np.float64)).shape == (32, 2)  # 0..255 as floats is the same scale

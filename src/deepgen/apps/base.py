@@ -167,6 +167,8 @@ class ArrayCodec:
         if not self.image:
             assert self.mean is not None and self.std is not None
             return ((np.asarray(X, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+        if clip:  # (a denoiser's noisy inputs, clip=False, may leave any range)
+            self._check_scale(X)
         x = (np.asarray(X, dtype=np.float64) - self.low) / (self.high - self.low)
         x = (np.clip(x, 0.0, 1.0) if clip else x).astype(np.float32)
         if self.channels_last:
@@ -176,6 +178,26 @@ class ArrayCodec:
             # compute in another order (grey (N, H, W, 1) codes differed from (N, 1, H, W) ones by 4e-8).
             return x.transpose(0, 3, 1, 2).copy(order="C")
         return x.reshape(len(X), *self.spec.shape)
+
+    def _check_scale(self, X: np.ndarray) -> None:
+        """One UserError for images on another scale than the training images': 0..255 pixels
+        given to an estimator fitted on [0, 1] images would be clipped to white, fractional
+        [0, 1] values given to one fitted on 0..255 pixels read as almost black. The limit is
+        ten times the training range: a denoiser's noisy inputs leave it, by a few noise stds."""
+        x = np.asarray(X)
+        if not x.size or self.low != 0.0:
+            return
+        hi = float(np.nanmax(x))
+        if hi > 10 * self.high:
+            raise UserError(
+                f"these images hold values up to {hi:g}; the estimator was fitted on images in [0, {self.high:g}]. "
+                f"Scale them as the training images were (0..255 pixels for one fitted on [0, 1] floats: divide by 255)."
+            )
+        if self.high == 255.0 and hi <= 1.0 and bool(np.any(x != np.round(x))):
+            raise UserError(
+                "these images hold fractional values in [0, 1]; the estimator was fitted on 0..255 pixels. "
+                "Give them as 0..255 (multiply by 255), or fit on [0, 1] images."
+            )
 
     def from_model(self, x: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
         """Model space (N, *spec.shape) -> the input's space, shape and layout (N, *input_shape);
