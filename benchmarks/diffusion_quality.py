@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     model = trainer.eval_model
     full = deepgen.load_dataset(trainer.data_config.replace(max_train=0))
     model.eval()
+    # Printed at once: a call cut off while sampling still leaves what was trained in the log.
+    print(json.dumps({"trained_steps": trainer.step, "train_seconds": round(trainer.seconds, 1)}), flush=True)
     if args.pictures:
         Path(args.pictures).mkdir(parents=True, exist_ok=True)
     gpu = device.type == "cuda"
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         model.config = model.config.replace(bound_stride=args.bound_stride)
         t0 = time.perf_counter()
         r = evaluate(model, full, ["nll"], limit=args.bound_limit, seed=args.seed, device=device, progress=False)
-        bound = {"stride": args.bound_stride, "nll": r["nll"], "nll_bpd": r.get("nll_bpd"), "n": r["n"], "note": r["nll_note"],
+        bound = {"stride": args.bound_stride, "nll": r["nll"], "nll_sem": r["nll_sem"], "nll_bpd": r.get("nll_bpd"),
+                 "nll_bpd_sem": r["nll_sem"] / (full.spec.dim * math.log(2)), "n": r["n"], "note": r["nll_note"],
                  "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(bound), flush=True)
     record = {

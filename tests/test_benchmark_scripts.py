@@ -363,6 +363,8 @@ def test_diffusion_quality_scores_each_sampler_setting_separately(real_data_dir:
     assert rec["fid"][0]["fid"] != rec["fid"][1]["fid"] and all(math.isfinite(r["fid"]) for r in rec["fid"])
     assert [g["guidance"] for g in rec["guidance"]] == [0.0, 2.0] and all(0 <= g["classifier_accuracy"] <= 1 for g in rec["guidance"])
     assert math.isfinite(rec["bound"]["nll_bpd"]) and "every 5-th" in rec["bound"]["note"]
+    # The bound's standard error in bits/dim is its nats' over D ln 2 (the bin offset is a constant).
+    assert rec["bound"]["nll_bpd_sem"] == pytest.approx(rec["bound"]["nll_sem"] / (784 * math.log(2))) and rec["bound"]["nll_sem"] > 0
     assert len(list((tmp_path / "pics").glob("mnist_*.png"))) == 4
     first = rec["steps"]
     # The resumed call scores without --pictures (64 more samples a configuration): the first drew and counted them.
