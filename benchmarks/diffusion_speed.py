@@ -225,6 +225,25 @@ def kernels_only(prof, gpu: bool) -> list[tuple[str, float]]:
     return list(out.items())
 
 
+def device_kernels(averages, gpu: bool) -> list[tuple[str, float]]:
+    """(name, time) of the kernels in a profile's ``key_averages()`` rows: on the GPU the
+    kernels' own time (device type CUDA rows; the CPU rows of the operators that launched
+    them would count each kernel twice), on a CPU the operators' own CPU time. User
+    annotations are left out: with CPU activity recorded, compiled graphs show as
+    ``## Call CompiledFxGraph ... ##`` rows of device type CUDA spanning the kernels they
+    launch (session 18's profile counted them, 67 ms a step where the kernels took 12)."""
+    out = []
+    for e in averages:
+        if not e.key or getattr(e, "is_user_annotation", False) or (e.key.startswith("## ") and e.key.endswith(" ##")):
+            continue
+        if gpu and e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        t = e.self_device_time_total if gpu else e.self_cpu_time_total
+        if t > 0:
+            out.append((e.key, t))
+    return out
+
+
 def profile_kernels(step, steps: int, device: torch.device, sources: bool = False) -> dict:
     """GPU time by kernel category and the 15 longest kernels over ``steps`` calls of
     ``step`` (already warmed up): {"ms_per_step", "by_category": {cat: share}, "top": [...]}."""
@@ -240,11 +259,7 @@ def profile_kernels(step, steps: int, device: torch.device, sources: bool = Fals
         for _ in range(steps):
             step()
         sync(device)
-    # On the GPU the kernels' own time (device type CUDA rows); the CPU rows of the operators
-    # that launched them would count each kernel twice.
-    kernels = [(e.key, e.self_device_time_total if gpu else e.self_cpu_time_total) for e in prof.key_averages()
-               if e.key and (not gpu or e.device_type == torch.autograd.DeviceType.CUDA)] or kernels_only(prof, gpu)
-    kernels = [(k, t) for k, t in kernels if t > 0]
+    kernels = device_kernels(prof.key_averages(), gpu) or kernels_only(prof, gpu)
     total = sum(t for _, t in kernels) or 1.0
     by_cat: dict[str, float] = {}
     for name, t in kernels:

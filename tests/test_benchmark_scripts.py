@@ -300,6 +300,27 @@ def test_diffusion_speed_names_the_operators_behind_a_kernel(monkeypatch: pytest
     assert chains[1]["ops"].startswith("aten::clone []") and "gemm" not in out
 
 
+def test_diffusion_speed_counts_kernels_not_annotations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """device_kernels: a GPU profile's time is its kernels' own; the CPU rows of operators
+    and the user annotations of compiled graphs (device type CUDA too, spanning the kernels
+    they launch) are not counted again."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ds_speed = _load("diffusion_speed")
+    from types import SimpleNamespace as E
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    rows = [E(key="gemm", device_type=cuda, self_device_time_total=6.0, self_cpu_time_total=0.0, is_user_annotation=False),
+            E(key="direct_copy", device_type=cuda, self_device_time_total=2.0, self_cpu_time_total=0.0, is_user_annotation=False),
+            E(key="## Call CompiledFxGraph abc ##", device_type=cuda, self_device_time_total=8.0, self_cpu_time_total=0.0),  # older torch: no flag
+            E(key="my_range", device_type=cuda, self_device_time_total=8.0, self_cpu_time_total=0.0, is_user_annotation=True),
+            E(key="aten::mm", device_type=cpu, self_device_time_total=6.0, self_cpu_time_total=3.0, is_user_annotation=False),
+            E(key="idle", device_type=cuda, self_device_time_total=0.0, self_cpu_time_total=0.0, is_user_annotation=False)]
+    assert ds_speed.device_kernels(rows, gpu=True) == [("gemm", 6.0), ("direct_copy", 2.0)]
+    assert ds_speed.device_kernels(rows, gpu=False) == [("aten::mm", 3.0)]
+
+
 def test_diffusion_speed_matches_diffusers_network_and_runs(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The peer network of the diffusion speed benchmark has deepgen's parameter count
     exactly (the full 6.5M configuration and the tiny one), and the script's rows come out."""
