@@ -36,6 +36,9 @@ which does not change the time).
 fastest, for every mode of the call (diffusers' and deepgen's alike; the trainer's
 ``cudnn_benchmark=true``); without it both run cuDNN's heuristic choice, torch's default.
 
+``--inductor key=value ...``: ``torch._inductor.config`` options for every compiled mode of
+the call (e.g. ``layout_optimization=False``), recorded in the record's ``inductor``.
+
 ``--profile``: where the time goes. One training step of deepgen's fastest eager-launch
 mode (bf16, compile, channels-last; the CUDA graph replays the same kernels but hides them
 from the profiler; 20 steps in one ``fit``, so that its start and end count once; with
@@ -326,6 +329,31 @@ def profile_sampling(model: deepgen.GenerativeModel, args, device: torch.device)
         return profile_kernels(lambda: model.denoiser(x, t, None), 1 if args.tiny else 5, device)
 
 
+def set_inductor(assignments: list[str]) -> dict:
+    """Set ``torch._inductor.config`` options from ``key=value`` strings (Python literals:
+    True, 1, "x"), for the layout experiments of the compiled modes (session 18's profile:
+    the copies are layout conversions in the compiled backward's convolutions). Returns
+    {key: value} as set; an unknown key or a malformed assignment is a SystemExit naming it."""
+    import ast
+
+    import torch._inductor.config as cfg
+
+    out = {}
+    for a in assignments:
+        key, eq, text = a.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--inductor takes key=value, got {a!r}")
+        if not hasattr(cfg, key):
+            raise SystemExit(f"--inductor: torch._inductor.config has no option {key!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare word: a string option
+        setattr(cfg, key, value)
+        out[key] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -345,11 +373,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --profile: also the operators that launched the top kernels (CPU activity and shapes; 5 steps, slower)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="torch.backends.cudnn.benchmark for every mode, diffusers' and deepgen's (the trainer's cudnn_benchmark=true)")
+    p.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="torch._inductor.config settings for every compiled mode of the call (e.g. layout_optimization=False)")
     p.add_argument("--tiny", action="store_true", help="tiny networks and batches (CPU smoke test)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark  # process-wide: both sides alike
+    inductor = set_inductor(args.inductor)
     ds = padded_mnist(args.data_dir, 256 if args.tiny else 0)
     x_u8 = ds.train.x.to(device)
     settings = TINY if args.tiny else SETTINGS
@@ -357,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_all(0)
     ours = deepgen.create_model("ddpm", ds, **settings).to(device)
     record: dict = {"parameters": sum(q.numel() for q in ours.parameters()), "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-                    "cudnn_benchmark": args.cudnn_benchmark}
+                    "cudnn_benchmark": args.cudnn_benchmark, "inductor": inductor}
     record["diffusers_parameters"] = sum(q.numel() for q in diffusers_unet(args.tiny).parameters())
     record["flops_per_sample"] = flops_per_sample(ours, ds.spec.shape)
     if gpu:

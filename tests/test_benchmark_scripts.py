@@ -321,6 +321,24 @@ def test_diffusion_speed_counts_kernels_not_annotations(monkeypatch: pytest.Monk
     assert ds_speed.device_kernels(rows, gpu=False) == [("aten::mm", 3.0)]
 
 
+def test_diffusion_speed_sets_inductor_options_and_refuses_unknown_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--inductor key=value: torch._inductor.config options as Python literals (a bare word
+    as a string), returned as set; an unknown option or a missing '=' stops the call."""
+    import torch._inductor.config as cfg
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ds_speed = _load("diffusion_speed")
+    monkeypatch.setattr(cfg, "layout_optimization", cfg.layout_optimization)  # restored after the test
+    monkeypatch.setattr(cfg, "max_autotune", cfg.max_autotune)
+    flip = not cfg.layout_optimization
+    assert ds_speed.set_inductor([f"layout_optimization={flip}", "max_autotune=1"]) == {"layout_optimization": flip, "max_autotune": 1}
+    assert cfg.layout_optimization is flip and cfg.max_autotune == 1
+    with pytest.raises(SystemExit, match="no option 'no_such_option'"):
+        ds_speed.set_inductor(["no_such_option=1"])
+    with pytest.raises(SystemExit, match="key=value"):
+        ds_speed.set_inductor(["layout_optimization"])
+
+
 def test_diffusion_speed_matches_diffusers_network_and_runs(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The peer network of the diffusion speed benchmark has deepgen's parameter count
     exactly (the full 6.5M configuration and the tiny one), and the script's rows come out."""
