@@ -7,7 +7,7 @@
 #     bash benchmarks/diffusion_call.sh speed                     # deepgen vs diffusers, training and sampling
 #     BATCHES=128 SAMPLE_MODES=compile TAG=-128 bash benchmarks/diffusion_call.sh speed   # a part (BATCHES="": sampling only)
 #     SPEED_ARGS="--autotune --profile --sample-settings channels=32" ... speed            # more of diffusion_speed.py's options
-#     BATCHES=128 SAMPLE_MODES= TAG=-nolayout SPEED_ARGS="--inductor layout_optimization=False" bash benchmarks/diffusion_call.sh speed
+#     BATCHES=128 SAMPLE_MODES=compile_cl TAG=-nolayout SPEED_ARGS="--inductor layout_optimization=False" bash benchmarks/diffusion_call.sh speed
 #     BUDGET=480 bash benchmarks/diffusion_call.sh mnist          # train, then FID against steps (10,000 samples each)
 #     BUDGET=480 bash benchmarks/diffusion_call.sh mnist-resume   # at once, on the same warm machine: train on, score again
 #     bash benchmarks/diffusion_call.sh mnist-eval                # at once: the rest of the FID table, no training
