@@ -167,7 +167,9 @@ class _Flattened(nn.Module):
         self.net, self.shape = net, shape
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(x.reshape(len(x), -1), t, cond).reshape(len(x), *self.shape)
+        # flatten(1), not reshape(len(x), -1): with no examples (sample(0), the contract's
+        # empty batch) the -1 is ambiguous and reshape raises; flatten keeps (0, D).
+        return self.net(x.flatten(1), t, cond).reshape(len(x), *self.shape)
 
 
 # -- 3. the model ---------------------------------------------------------------------------------
