@@ -398,8 +398,11 @@ class DDPM(GenerativeModel):
             for i, t in enumerate(ts):
                 at = ts[i - 1] if i else ts[0]  # the first estimate at the data itself, taken as x at ts[0]
                 x0, eps = self.denoise(h, at, idx, guidance=1.0, clip=False)
-                a = sched.alpha_bar(t, h).to(h.dtype)
-                h = a.sqrt() * x0 + (1 - a).sqrt() * eps
+                # sqrt(abar), sqrt(1 - abar) in float64, cast as the last step (as the samplers
+                # do): in bf16 abar_t > 0.998 rounds to 1, so 1 - abar was 0 (or 2^-8) over the
+                # first timesteps and the code drifted with the number of steps.
+                a = sched.alpha_bar(t, h)
+                h = a.sqrt().to(h.dtype) * x0 + (1 - a).sqrt().to(h.dtype) * eps
         return h.flatten(1)
 
     def code_dim(self) -> int:
@@ -417,8 +420,8 @@ class DDPM(GenerativeModel):
             h = z.reshape(len(z), *self.spec.shape).to(self.dtype)
             for i, t in enumerate(ts):
                 x0, eps = self.denoise(h, t, idx, guidance=1.0, clip=False)
-                b = sched.alpha_bar(ts[i + 1] if i + 1 < len(ts) else -1, h).to(h.dtype)
-                h = b.sqrt() * x0 + (1 - b).sqrt() * eps
+                b = sched.alpha_bar(ts[i + 1] if i + 1 < len(ts) else -1, h)  # float64, cast at use (see encode)
+                h = b.sqrt().to(h.dtype) * x0 + (1 - b).sqrt().to(h.dtype) * eps
         return from_signed(h, self.spec, mean=True) if self._images else h
 
     @torch.no_grad()
