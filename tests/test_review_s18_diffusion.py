@@ -9,6 +9,7 @@ from torch import nn
 
 import deepgen
 from deepgen.data.dataset import DataSpec
+from deepgen.samplers import NoiseSchedule, make_sampler, usable_timesteps
 
 
 @pytest.mark.parametrize("shape", [(2,), (3, 4)])
@@ -62,3 +63,30 @@ def test_ddim_codes_of_a_bf16_model_keep_the_schedule_in_float64():
     assert float((low.decode(z).double() - back).abs().mean()) < 0.05
     x = back[:64]
     assert float((low.encode(x).double() - ref.encode(x)).abs().mean()) < 0.1
+
+
+class _NoFloat64(torch.Tensor):
+    """A tensor that refuses conversion to float64, as one on Apple's MPS does."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.double or (func is torch.Tensor.to and torch.float64 in (*args[1:], *kwargs.values())):
+            raise RuntimeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm-solver++"])
+def test_samplers_build_and_step_on_float32_tables_that_refuse_float64(kind, name):
+    """On MPS the model keeps its tables in float32 (NoiseSchedule.to, DDPM._apply) and the
+    device has no float64: usable_timesteps converted the tables with .double(), so no sampler
+    could be built there. Its count in float32 is the float64 one (996 of the cosine's 1000)."""
+    ref = NoiseSchedule.make(kind, 1000)
+    sched = NoiseSchedule.from_tables(ref.betas.float().as_subclass(_NoFloat64), ref.abar.float().as_subclass(_NoFloat64))
+    assert usable_timesteps(sched) == usable_timesteps(ref) == (1000 if kind == "linear" else 996)
+    smp = make_sampler(name, sched, 4)
+    x = torch.randn(3, 2)
+    for i in range(len(smp)):
+        x = smp.step(i, x, 0.5 * x, x, torch.Generator().manual_seed(i)).as_subclass(torch.Tensor)
+    assert torch.isfinite(x).all()

@@ -82,8 +82,11 @@ def spaced_timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
 def usable_timesteps(schedule: NoiseSchedule, lambda_min: float = LAMBDA_MIN) -> int:
     """How many of the timesteps 0..T-1 have lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t))
     >= ``lambda_min``: the samplers' spacings run over those (see :class:`Sampler`)."""
-    abar = schedule.abar[1:].double()
-    return int((0.5 * (abar.log() - (1 - abar).log()) >= lambda_min).sum())  # lambda falls with t: a prefix
+    # In the tables' own dtype, not .double(): on Apple's MPS the tables are float32 (it has
+    # no float64, NoiseSchedule.to) and converting them raised, so no sampler could be built
+    # there; float32 places the threshold at the same timestep (lambda is far from -5.1 in ulps).
+    abar = schedule.abar[1:]
+    return int((0.5 * (abar.log() - torch.log1p(-abar)) >= lambda_min).sum())  # lambda falls with t: a prefix
 
 
 class Sampler:
