@@ -90,3 +90,16 @@ def test_samplers_build_and_step_on_float32_tables_that_refuse_float64(kind, nam
     for i in range(len(smp)):
         x = smp.step(i, x, 0.5 * x, x, torch.Generator().manual_seed(i)).as_subclass(torch.Tensor)
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("convert", ["half", "bfloat16", "float", "double"])
+def test_a_dtype_conversion_keeps_the_tables_on_the_models_device(convert):
+    """model.cuda().bfloat16(): the schedule's tables are rebuilt in float64 after any
+    conversion, on the device the conversion sends tensors to, which was probed with a CPU
+    tensor, so a dtype-only conversion of a model off the CPU put them back on the CPU, away
+    from the parameters. The meta device stands in for CUDA here (no GPU on CI)."""
+    model = deepgen.create_model("ddpm", DataSpec((2,), "real"), hidden=(4,), timesteps=20, steps=5).to("meta")
+    model = getattr(model, convert)()
+    assert next(model.parameters()).device.type == "meta"
+    assert model.abar.device.type == model.betas.device.type == "meta"
+    assert model.abar.dtype == model.betas.dtype == torch.float64

@@ -222,7 +222,11 @@ class DDPM(GenerativeModel):
         self.betas = self.abar = None  # not converted with the parameters
         try:
             super()._apply(fn, recurse)
-            device = fn(torch.zeros(())).device  # where the conversion sends tensors
+            # Where the conversion sends a tensor of this model's device: a probe made on the
+            # CPU told a dtype-only conversion (.half(), .bfloat16(), .float()) of a CUDA model
+            # to bring the tables to the CPU, away from the parameters (model.cuda().bfloat16()
+            # then sampled across devices). float32, not the float64 tables: MPS refuses float64.
+            device = fn(torch.zeros((), device=abar.device)).device
         finally:
             self.betas, self.abar = betas, abar
         dt = torch.float32 if device.type == "mps" else torch.float64
