@@ -369,7 +369,16 @@ class DDPM(GenerativeModel):
         configured sampler; labels ``cond`` for conditional models (None or -1: the
         unconditional model). Binary data: each pixel drawn with probability (x_0 + 1) / 2
         of the final x_0 (clamped), or thresholded at 0.5 with ``mean=True``; quantised data:
-        the nearest level."""
+        the nearest level.
+
+        Reproducibility: the same ``generator`` state, ``n``, settings and device give the same
+        samples, the global generator playing no part. Not across batch sizes: the first k of
+        ``sample(n)`` are not ``sample(k)`` in general. x_T is one draw of the whole batch
+        (torch's CPU normal fills 16 values at a time, so even its prefix agrees only when both
+        sizes are multiples of 16), and the stochastic samplers (ddpm, ddim with eta > 0, and
+        binary data's final draw) take each step's noise for the whole batch after it. For
+        per-example seeds, draw each example (or each fixed-size batch) with its own generator,
+        as diffusers' list of generators does."""
         idx = self._index(cond, n)
         with self._evaluating():
             x = torch.randn((n, *self.spec.shape), generator=generator, device=self.device, dtype=self.dtype)
