@@ -103,3 +103,23 @@ def test_a_dtype_conversion_keeps_the_tables_on_the_models_device(convert):
     assert next(model.parameters()).device.type == "meta"
     assert model.abar.device.type == model.betas.device.type == "meta"
     assert model.abar.dtype == model.betas.dtype == torch.float64
+
+
+@pytest.mark.parametrize("eta", [0.3, 0.7])
+@pytest.mark.parametrize("kind,steps", [("linear", 7), ("cosine", 13)])
+def test_a_ddim_step_at_eta_between_0_and_1_is_diffusers_formula(eta, kind, steps):
+    """Song et al. eq. 12 with sigma from eq. 16, written as diffusers' DDIMScheduler.step
+    does: std = eta sqrt((1 - a_prev) / (1 - a_t) (1 - a_t / a_prev)), x_prev = sqrt(a_prev)
+    x0 + sqrt(1 - a_prev - std^2) eps + std z. Only eta = 0 and 1 were checked elsewhere,
+    where eta, eta^2 and sqrt(eta) scale sigma alike; steps that do not divide T."""
+    sched = NoiseSchedule.make(kind, 1000)
+    smp = make_sampler("ddim", sched, steps, eta=eta)
+    g = torch.Generator().manual_seed(0)
+    x, x0, eps = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    for i in range(len(smp) - 1):
+        a_t, a_prev = (float(sched.abar[int(t) + 1]) for t in (smp.timesteps[i], smp.prev[i]))
+        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        want = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps + std * z
+        got = smp.step(i, x, x0, eps, torch.Generator().manual_seed(i))
+        assert torch.allclose(got, want, rtol=0, atol=1e-12), i
