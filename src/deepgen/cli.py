@@ -1385,6 +1385,15 @@ def _glue_negative_labels(argv: list[str]) -> list[str]:
     return out
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """True for an allocation that failed: Python's MemoryError, torch's OutOfMemoryError (CUDA,
+    MPS) and the CPU allocator's RuntimeError ("can't allocate memory")."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -1403,6 +1412,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted.", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        # More at once than memory holds (`sample --n 100000000`, a huge --batch-size) ended in
+        # the allocator's traceback, exit status 1: it is a count the user chose, so it gets one
+        # line and status 2. Any other RuntimeError is a bug and keeps its traceback.
+        if not _out_of_memory(e):
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        print(
+            f"{PROG}: error: out of memory ({first}). Ask for less at once: a smaller --n (sample), "
+            "--batch-size or --limit (eval, encode, score), or a smaller batch_size or model (train).",
+            file=sys.stderr,
+        )
+        return 2
     except OSError as e:
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         hint = ""

@@ -1,0 +1,85 @@
+"""Review s18: user mistakes on the command line that did not get one clear line and exit 2.
+
+Each test names the defect it pins:
+
+1. ``sample --n 100000000`` (more samples than memory holds) ended in a RuntimeError
+   traceback from the allocator, exit status 1; now one line saying to ask for fewer.
+2. ``train --resume RUN --set epoch=3`` (a misspelt name) listed every model, trainer and
+   data setting as accepted, though a resume refuses all but the trainer's (and workers).
+3. ``bench mnist --models ,`` (an empty list) ran every preset, the whole leaderboard; and
+   an unknown preset's message listed names twice (a preset label that is also a model name).
+4. ``demo faces --data PATH`` where PATH is no folder said that image_size and
+   image_channels apply to a folder of images only, settings the user never gave.
+5. ``--set hidden=256,,3`` (an empty item in a list) was read as ``256,3``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import deepgen.analysis
+import deepgen.cli
+from deepgen.cli import main
+from deepgen.models import model_class
+
+QUIET = ["--set", "progress=false", "--set", "tensorboard=false", "--set", "max_train=64", "--set", "max_steps=1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_pictures():
+    # What these tests check is what the commands say and accept; the pictures and the
+    # analysis train draws are checked by the CLI's and each family's own tests.
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(deepgen.cli, "_pictures", lambda: [])
+        m.setattr(deepgen.analysis, "write_analysis", lambda *a, **k: [])
+        yield
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("s18") / "gan"
+    assert main(["train", "gan", "--data", "ring8", *QUIET, "--out", str(run)]) == 0
+    return run
+
+
+def _refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+# 1 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                 "you tried to allocate 51200000000 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    MemoryError(),
+])
+def test_sample_too_many_for_memory_is_one_line(gan_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    def sample(*a: object, **k: object) -> torch.Tensor:
+        raise error
+
+    monkeypatch.setattr(model_class("gan"), "sample", sample)
+    out = tmp_path / "s.npy"
+    err = _refused(capsys, ["sample", str(gan_run), "--n", "100000000", "--out", str(out)])
+    assert "memory" in err and "--n" in err
+    assert not out.exists()
+
+
+def test_a_runtime_error_that_is_not_memory_still_propagates(gan_run: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def sample(*a: object, **k: object) -> torch.Tensor:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(model_class("gan"), "sample", sample)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["sample", str(gan_run), "--n", "4", "--out", str(tmp_path / "s.npy")])
+
+
