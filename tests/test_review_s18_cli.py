@@ -83,3 +83,15 @@ def test_a_runtime_error_that_is_not_memory_still_propagates(gan_run: Path, tmp_
         main(["sample", str(gan_run), "--n", "4", "--out", str(tmp_path / "s.npy")])
 
 
+# 2 -----------------------------------------------------------------------------------------
+
+
+def test_resume_unknown_setting_names_only_what_resume_takes(gan_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _refused(capsys, ["train", "--resume", str(gan_run), "--set", "epoch=3"])
+    assert "'epochs'" in err  # the close name
+    assert "workers" in err and "max_steps" in err
+    assert "noise_dim" not in err and "toy_noise" not in err  # model and data settings cannot change on resume
+    err = _refused(capsys, ["train", "--resume", str(gan_run), "--set", "train.epochz=3"])
+    assert "'epochs'" in err and "noise_dim" not in err
+
+

@@ -352,7 +352,9 @@ def _resume(args: argparse.Namespace) -> int:
         "train": saved_train,
         "data": ckpt.saved_data_config(cfg),
     }
-    routed = split_overrides({**_overrides(args.set), **_train_shortcuts(args)}, configs)
+    resume_sets = {**_overrides(args.set), **_train_shortcuts(args)}
+    _check_resume_setting_names(resume_sets, configs)
+    routed = split_overrides(resume_sets, configs)
     # `workers` changes how fast a streamed folder is decoded, not what is trained.
     new_data = configs["data"].with_overrides({k: v for k, v in routed["data"].items() if k in RESUMABLE_DATA})
     routed["data"] = {k: v for k, v in routed["data"].items() if k not in RESUMABLE_DATA}
@@ -385,6 +387,27 @@ def _resume(args: argparse.Namespace) -> int:
             f"step {start}. Pass --epochs N with N > {trainer.loader.epochs_done} to train longer."
         )
     return _fit_and_report(trainer, write_analysis, resumed_from=start)
+
+
+def _check_resume_setting_names(sets: dict[str, str], configs: dict[str, Config]) -> None:
+    """An unknown ``--set`` name on ``--resume``: one line naming the settings a resume takes
+    (the trainer's, and RESUMABLE_DATA), the closest first. split_overrides' own message
+    listed every model and data setting as accepted, though a resume refuses them all."""
+    from .training import TrainConfig
+
+    takes = [*TrainConfig.field_names(), *RESUMABLE_DATA]
+    for key in sets:
+        prefix, dot, rest = key.partition(".")
+        known = rest in configs[prefix].field_names() if dot and prefix in configs else any(
+            key in cfg.field_names() for cfg in configs.values())
+        if known:
+            continue  # a model or data setting: refused below, by name, as one that cannot change
+        close = closest_names(rest if dot and prefix in configs else key, takes, n=2)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UserError(
+            f"unknown setting {key!r}.{hint} On --resume only trainer settings may change: "
+            f"{', '.join(TrainConfig.field_names())}, and the data's {', '.join(RESUMABLE_DATA)}."
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
