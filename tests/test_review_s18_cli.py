@@ -22,7 +22,9 @@ import torch
 
 import deepgen.analysis
 import deepgen.cli
+from deepgen.bench import select_presets
 from deepgen.cli import main
+from deepgen.errors import UserError
 from deepgen.models import model_class
 
 QUIET = ["--set", "progress=false", "--set", "tensorboard=false", "--set", "max_train=64", "--set", "max_steps=1"]
@@ -93,5 +95,25 @@ def test_resume_unknown_setting_names_only_what_resume_takes(gan_run: Path, caps
     assert "noise_dim" not in err and "toy_noise" not in err  # model and data settings cannot change on resume
     err = _refused(capsys, ["train", "--resume", str(gan_run), "--set", "train.epochz=3"])
     assert "'epochs'" in err and "noise_dim" not in err
+
+
+# 3 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("models", [",", "", " , "])
+def test_bench_empty_models_list_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], models: str) -> None:
+    out = tmp_path / "bench"
+    err = _refused(capsys, ["bench", "mnist", "--models", models, "--budget", "1", "--out", str(out)])
+    assert "--models" in err and "vae" in err
+    assert not out.exists()
+
+
+def test_bench_unknown_preset_lists_each_name_once() -> None:
+    with pytest.raises(UserError) as e:
+        select_presets("mnist", ["foo"])
+    accepted = str(e.value).split("Accepted: ")[1].rstrip(".").split(", ")
+    assert len(accepted) == len(set(accepted)), accepted
+    with pytest.raises(UserError, match="one or more"):
+        select_presets("mnist", [])
 
 

@@ -101,8 +101,12 @@ def select_presets(dataset: str, models: Sequence[str] | None) -> list[Preset]:
     if dataset not in PRESETS:
         raise UserError(f"no leaderboard presets for dataset {dataset!r}. {did_you_mean(dataset, list(PRESETS))}")
     presets = list(PRESETS[dataset])
+    # Once each: a preset label that is also a model name (dcgan, ddpm) was listed twice.
+    known = list(dict.fromkeys([p.label for p in presets] + sorted({p.model for p in presets})))
+    if models is not None and not list(models):
+        # An empty selection (`--models ,`) ran every preset: the whole leaderboard, not none.
+        raise UserError(f"--models needs one or more preset labels or model names for {dataset}, e.g. vae,gan. Accepted: {', '.join(sorted(known))}.")
     if models:
-        known = [p.label for p in presets] + sorted({p.model for p in presets})
         for m in models:
             if m not in known:
                 raise UserError(f"no preset {m!r} for {dataset}. {did_you_mean(m, known)}")

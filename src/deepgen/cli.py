@@ -1016,7 +1016,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--budget must be > 0 seconds, got {args.budget}.")
     if args.samples < 10:
         raise UserError(f"--samples must be >= 10, got {args.samples}.")
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    # `--models ""` is an empty selection too (refused by select_presets), not the default of all.
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else None
     out = Path(args.out or f"bench/{args.dataset}")
     record = run_bench(
         args.dataset, budget=args.budget, models=models, device=args.device, data_dir=args.data_dir,
