@@ -117,3 +117,16 @@ def test_bench_unknown_preset_lists_each_name_once() -> None:
         select_presets("mnist", [])
 
 
+# 4 -----------------------------------------------------------------------------------------
+
+
+def test_demo_faces_data_that_is_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "faces"
+    for data in (tmp_path / "missing", tmp_path / "a.npy"):
+        if data.suffix:
+            data.write_bytes(b"")
+        err = _refused(capsys, ["demo", "faces", "--data", str(data), "--out", str(out)])
+        assert "folder" in err and "image_size" not in err
+        assert not out.exists()
+
+

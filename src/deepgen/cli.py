@@ -1049,6 +1049,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     demo = DEMOS[args.which]
     if args.data is not None and not demo.folder_settings:
         raise UserError(f"--data applies to the faces demo (a folder of face images); the {args.which} demo trains on {demo.data}.")
+    if args.data is not None and not Path(args.data).expanduser().is_dir():
+        # The demo reads --data as a folder of images (image_size, image_channels); anything
+        # else was refused for those two settings, which the user never gave.
+        raise UserError(
+            f"--data {args.data!r} is not a folder: the {args.which} demo trains on a folder of face images "
+            "(PNG/JPEG, sub-folders allowed; read in grey and resized to 28x20). Leave --data out for Frey faces."
+        )
     data = demo.data if args.data is None else args.data
     out = Path(args.out or f"runs/{'demo' if args.which == 'digits' else args.which}")
     if out.is_dir() and ckpt.is_run(out):
