@@ -130,3 +130,20 @@ def test_demo_faces_data_that_is_no_folder(tmp_path: Path, capsys: pytest.Captur
         assert not out.exists()
 
 
+# 5 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["256,,3", ",256", "256,,"])
+def test_list_setting_with_an_empty_item_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    out = tmp_path / "run"
+    err = _refused(capsys, ["train", "vae", "--data", "digits", "--set", f"hidden={value}", *QUIET, "--out", str(out)])
+    assert "hidden" in err and "empty" in err
+    assert not out.exists()
+
+
+def test_list_setting_forms_that_stay_accepted() -> None:
+    from deepgen.models.vae import VAEConfig
+
+    assert VAEConfig().with_overrides({"hidden": "256,3"}).hidden == (256, 3)
+    assert VAEConfig().with_overrides({"hidden": "(256,)"}).hidden == (256,)  # Python's 1-tuple
+    assert VAEConfig().with_overrides({"hidden": " 256 , 3 "}).hidden == (256, 3)

@@ -135,8 +135,13 @@ def _parse(text: str, tp: Any, where: str) -> Any:
         raise UserError(f"{where} got {text!r}. {did_you_mean(s, [str(a) for a in get_args(tp)])}")
     if origin is tuple:
         inner = s.strip("()[] ")
-        items = [p for p in (q.strip() for q in inner.split(",")) if p] if inner else []
-        return tuple(_parse(p, get_args(tp)[0], where) for p in items)
+        pieces = [q.strip() for q in inner.split(",")] if inner else []
+        if pieces and not pieces[-1]:
+            pieces.pop()  # one trailing comma: Python's 1-tuple, "(256,)"
+        if any(not p for p in pieces):
+            # "256,,3" was read as (256, 3): a value lost to a typo, silently.
+            raise UserError(f"{where} must be {_type_name(tp)}, written as items separated by commas; got {text!r}, which has an empty item.")
+        return tuple(_parse(p, get_args(tp)[0], where) for p in pieces)
     if tp is bool:
         if s.lower() in _TRUE_WORDS:
             return True
