@@ -183,10 +183,12 @@ class AttentionBlock(nn.Module):
         n, c, h, w = x.shape
         # (N, 3C, H, W) -> (3, N, heads, HW, d). Channels-last first: then these are views,
         # and d stays the contiguous last dimension SDPA wants. An NCHW qkv (the default
-        # layout) is copied to channels-last once: with d strided by H*W, the CPU's SDPA ran
-        # 5.5x slower (387 against 70 ms at (256, 4, 196, 4)). A no-op when already so.
-        qkv = self.qkv(self.norm(x)).contiguous(memory_format=torch.channels_last)
-        qkv = qkv.permute(0, 2, 3, 1).reshape(n, h * w, 3, self.heads, c // self.heads)
+        # layout) is copied to (N, H, W, 3C) once: with d strided by H*W, the CPU's SDPA ran
+        # 5.5x slower (387 against 70 ms at (256, 4, 196, 4)). A no-op for a channels-last
+        # qkv; a plain .contiguous(), as torch.func.vmap (the anomaly app's scoring) takes it
+        # and not .contiguous(memory_format=...).
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).contiguous()
+        qkv = qkv.reshape(n, h * w, 3, self.heads, c // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v)  # (N, heads, HW, d)
         y = y.transpose(1, 2).reshape(n, h, w, c).permute(0, 3, 1, 2)
