@@ -339,6 +339,9 @@ def test_bad_settings_and_contamination(digits):
         AutoencoderEmbedding(**{**TINY, "settings": {"latent_dim": 5}}).fit(X)
 
 
+# The U-Net's bound runs under torch.func.vmap: a fallback to one example at a time (its
+# RuntimeWarning; session 18's first attention copy did that) fails the test.
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_a_diffusion_model_scores_outliers_by_its_bound_on_images():
     """Families whose ``channels`` is one width (the ddpm U-Net) pick their own network: the
     encoder-decoder rule (one halving per entry of a channels tuple) is not applied to them."""
