@@ -170,19 +170,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _two_nodes(out: Path) -> list[tuple[subprocess.Popen, str, str]]:
+    """Two torchrun agents ("nodes") of one process each over a c10d rendezvous on a free port."""
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    rdzv = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{_free_port()}", "--rdzv_id=deepgen-test"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "deepgen", *REFERENCE, "--out", str(out)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    return [(node, *node.communicate(timeout=240)) for node in nodes]
+
+
 def test_two_nodes_over_a_rendezvous_train_what_one_process_trains(tmp_path, one_process_run):
     """``torchrun --nnodes=2`` with a c10d rendezvous: two "nodes" on 127.0.0.1, one process
     each (RANK 0 and 1, LOCAL_RANK 0 on both), train what one process trains on the whole
     batch; only global rank 0 writes the run folder."""
     two = tmp_path / "two"
-    args = REFERENCE
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    rdzv = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{_free_port()}", "--rdzv_id=deepgen-test"]
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "deepgen", *args, "--out", str(two)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [node.communicate(timeout=240) for node in nodes]
-    assert all(node.returncode == 0 for node in nodes), [o[1][-3000:] for o in outs]
-    assert sum(o[0].count("run folder:") for o in outs) == 1, "only global rank 0 reports"
+    runs = _two_nodes(two)
+    first = [err[-3000:] for node, _, err in runs if node.returncode != 0]
+    if first and any("store" in err.lower() for err in first):
+        # torch elastic's own shutdown race between the agents' TCP store and the exit barrier
+        # and heartbeats (pytorch/pytorch#69520: a store op fails, a worker gets SIGABRT; seen
+        # once in CI, session 18): launched again, once, in a fresh folder on a fresh port.
+        two = tmp_path / "two-again"
+        runs = _two_nodes(two)
+    assert all(node.returncode == 0 for node, _, _ in runs), (first, [err[-3000:] for _, _, err in runs])
+    assert sum(out.count("run folder:") for _, out, _ in runs) == 1, "only global rank 0 reports"
     assert _losses(two) == pytest.approx(_losses(one_process_run()), rel=1e-4)
 
 
