@@ -20,6 +20,21 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def no_pictures():
+    """For a module whose tests check what CLI commands say and accept (``pytestmark =
+    pytest.mark.usefixtures("no_pictures")``): ``train`` draws no pictures and writes no
+    analysis. Those come from the same code for every run, and the CLI's and each family's
+    own tests draw and check them."""
+    import deepgen.analysis
+    import deepgen.cli
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(deepgen.cli, "_pictures", lambda: [])
+        m.setattr(deepgen.analysis, "write_analysis", lambda *a, **k: [])
+        yield
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     root = os.environ.get("DEEPGEN_DATA")

@@ -40,15 +40,7 @@ SMALL_DDPM = ["--set", "channels=8", "--set", "channel_mult=1,2", "--set", "res_
 DIGITS = DataSpec((1, 8, 8), "continuous", num_levels=17, num_classes=10, name="digits")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_pictures():
-    # The runs here are trained for what sample, eval and score say and accept; the pictures
-    # and the analysis that `train` draws along the way and at its end come from the same
-    # code for every run, and the CLI's and each family's own tests draw and check them.
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(deepgen.cli, "_pictures", lambda: [])
-        m.setattr(deepgen.analysis, "write_analysis", lambda *a, **k: [])
-        yield
+pytestmark = pytest.mark.usefixtures("no_pictures")  # conftest: train draws no pictures here
 
 
 def _train(root: Path, name: str, model: str, *settings: str, data: str = "digits") -> Path:

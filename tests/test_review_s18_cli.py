@@ -20,8 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import deepgen.analysis
-import deepgen.cli
 from deepgen.bench import select_presets
 from deepgen.cli import main
 from deepgen.errors import UserError
@@ -30,14 +28,7 @@ from deepgen.models import model_class
 QUIET = ["--set", "progress=false", "--set", "tensorboard=false", "--set", "max_train=64", "--set", "max_steps=1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_pictures():
-    # What these tests check is what the commands say and accept; the pictures and the
-    # analysis train draws are checked by the CLI's and each family's own tests.
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(deepgen.cli, "_pictures", lambda: [])
-        m.setattr(deepgen.analysis, "write_analysis", lambda *a, **k: [])
-        yield
+pytestmark = pytest.mark.usefixtures("no_pictures")  # conftest: train draws no pictures here
 
 
 @pytest.fixture(scope="module")
